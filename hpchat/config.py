@@ -1,0 +1,295 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The ini file turned into a validated, typed L{Config}.
+
+Every problem is reported as one L{ConfigError} naming the file, the section and the key,
+so that a node refuses to start with a single clear line instead of failing later.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+class ConfigError(Exception):
+    """
+    The configuration cannot be used; C{str()} is one line naming file, section and key.
+    """
+
+    def __init__(self, path: str, section: str | None, key: str | None, message: str):
+        self.path = path
+        self.section = section
+        self.key = key
+        self.message = message
+        where = path
+        if section is not None:
+            where += f" [{section}]"
+        if key is not None:
+            where += f" {key}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    id: str
+    listen: str
+    advertise_url: str
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    groups: int
+    max_text_chars: int
+    typing_ttl: float
+    max_poll_timeout: float
+    history_in_memory: int
+    idle_evict: float
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str
+    path: str
+    batch_size: int
+    flush_interval: float
+    max_pending: int
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    secret: bytes
+    dev_login: bool
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    etcd: str
+    prefix: str
+    lease_ttl: int
+    fence_margin: float
+    rebalance_slack: int
+
+
+@dataclass(frozen=True)
+class NSQConfig:
+    nsqd_tcp: tuple[str, ...]
+    topic: str
+    channel: str
+    max_in_flight: int
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    node: NodeConfig
+    chat: ChatConfig
+    storage: StorageConfig
+    auth: AuthConfig
+    cluster: ClusterConfig | None = None
+    nsq: NSQConfig | None = None
+    extra: dict = field(default_factory=dict)
+
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NSQ_NAME = re.compile(r"^[.a-zA-Z0-9_-]{1,64}(#ephemeral)?$")
+
+
+class _Section:
+    """
+    Typed accessors over one ini section that raise L{ConfigError} naming the key.
+    """
+
+    def __init__(self, path: str, name: str, values: dict[str, str]):
+        self.path = path
+        self.name = name
+        self._values = values
+        self._used: set[str] = set()
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        return ConfigError(self.path, self.name, key, message)
+
+    def raw(self, key: str, default: str | None) -> str:
+        self._used.add(key)
+        value = self._values.get(key)
+        if value is None or value.strip() == "":
+            if default is None:
+                raise self.error(key, "is required")
+            return default
+        return value.strip()
+
+    def text(self, key: str, default: str | None = None, check: Callable[[str], bool] | None = None,
+             expected: str = "") -> str:
+        value = self.raw(key, default)
+        if check is not None and not check(value):
+            raise self.error(key, f"must be {expected} (got {value!r})")
+        return value
+
+    def integer(self, key: str, default: int | None, low: int, high: int) -> int:
+        value = self.raw(key, None if default is None else str(default))
+        try:
+            number = int(value)
+        except ValueError:
+            raise self.error(key, f"must be an integer (got {value!r})") from None
+        if not low <= number <= high:
+            raise self.error(key, f"must be between {low} and {high} (got {number})")
+        return number
+
+    def number(self, key: str, default: float | None, low: float, high: float) -> float:
+        value = self.raw(key, None if default is None else str(default))
+        try:
+            number = float(value)
+        except ValueError:
+            raise self.error(key, f"must be a number (got {value!r})") from None
+        if not low <= number <= high:
+            raise self.error(key, f"must be between {low:g} and {high:g} (got {number:g})")
+        return number
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw(key, "true" if default else "false").lower()
+        if value in ("1", "yes", "true", "on"):
+            return True
+        if value in ("0", "no", "false", "off"):
+            return False
+        raise self.error(key, f"must be true or false (got {value!r})")
+
+    def checkNoUnknownKeys(self) -> None:
+        unknown = sorted(set(self._values) - self._used)
+        if unknown:
+            raise self.error(unknown[0], "is not a known option (typo?)")
+
+
+def _isURL(value: str) -> bool:
+    return re.match(r"^https?://[^/\s]+(/.*)?$", value) is not None
+
+
+def _readSecret(section: _Section, baseDir: str) -> bytes:
+    secret = section.raw("secret", "")
+    secretFile = section.raw("secret_file", "")
+    if secret and secretFile:
+        raise section.error("secret_file", "give either secret or secret_file, not both")
+    if secretFile:
+        fullPath = os.path.join(baseDir, secretFile)
+        try:
+            with open(fullPath, "rb") as f:
+                secretBytes = f.read().strip()
+        except OSError as e:
+            raise section.error("secret_file", f"cannot be read: {e.strerror} ({fullPath})") from None
+    elif secret:
+        secretBytes = secret.encode("utf-8")
+    else:
+        raise section.error("secret", "is required (or secret_file)")
+    if len(secretBytes) < 16:
+        raise section.error("secret_file" if secretFile else "secret",
+                            "must be at least 16 bytes long")
+    return secretBytes
+
+
+_KNOWN_SECTIONS = {"node", "chat", "storage", "auth", "cluster", "nsq"}
+
+
+def parseConfig(text: str, path: str = "<config>") -> Config:
+    """
+    Parse and validate the ini C{text}; relative paths are taken relative to C{path}'s folder.
+    """
+    parser = configparser.ConfigParser(interpolation=None, default_section="\x00unused")
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as e:
+        line = getattr(e, "lineno", None)
+        message = e.message.splitlines()[0] if hasattr(e, "message") else str(e)
+        raise ConfigError(path, None, None,
+                          f"not a valid ini file{' (line %d)' % line if line else ''}: {message}") from None
+    baseDir = os.path.dirname(os.path.abspath(path)) if path != "<config>" else os.getcwd()
+    for name in parser.sections():
+        if name not in _KNOWN_SECTIONS:
+            raise ConfigError(path, name, None, "is not a known section")
+
+    def section(name: str) -> _Section:
+        values = dict(parser.items(name)) if parser.has_section(name) else {}
+        return _Section(path, name, values)
+
+    s = section("node")
+    node = NodeConfig(
+        id=s.text("id", None, _NODE_ID.match, "1-64 characters of A-Z a-z 0-9 _ . -"),
+        listen=s.text("listen", "tcp:8080:interface=127.0.0.1"),
+        advertise_url=s.text("advertise_url", None, _isURL, "an http(s) URL").rstrip("/"),
+    )
+    s.checkNoUnknownKeys()
+
+    s = section("chat")
+    chat = ChatConfig(
+        groups=s.integer("groups", 64, 1, 4096),
+        max_text_chars=s.integer("max_text_chars", 4000, 1, 60000),
+        typing_ttl=s.number("typing_ttl", 6, 0.1, 600),
+        max_poll_timeout=s.number("max_poll_timeout", 60, 0, 3600),
+        history_in_memory=s.integer("history_in_memory", 200, 1, 100000),
+        idle_evict=s.number("idle_evict", 300, 1, 86400),
+    )
+    s.checkNoUnknownKeys()
+
+    s = section("storage")
+    backend = s.text("backend", "sqlite", lambda v: v in ("sqlite",), "sqlite")
+    storagePath = s.raw("path", "var/hpchat.sqlite3")
+    storage = StorageConfig(
+        backend=backend,
+        path=os.path.join(baseDir, storagePath),
+        batch_size=s.integer("batch_size", 100, 1, 10000),
+        flush_interval=s.number("flush_interval", 0.005, 0.0005, 10),
+        max_pending=s.integer("max_pending", 10000, 1, 10_000_000),
+    )
+    s.checkNoUnknownKeys()
+
+    s = section("auth")
+    auth = AuthConfig(secret=_readSecret(s, baseDir), dev_login=s.boolean("dev_login", False))
+    s.checkNoUnknownKeys()
+
+    cluster = None
+    if parser.has_section("cluster"):
+        s = section("cluster")
+        cluster = ClusterConfig(
+            etcd=s.text("etcd", None, _isURL, "an http(s) URL of etcd's client port").rstrip("/"),
+            prefix=s.text("prefix", "/hpchat/", lambda v: v.startswith("/") and v.endswith("/"),
+                          "a key prefix starting and ending with /"),
+            lease_ttl=s.integer("lease_ttl", 5, 2, 600),
+            fence_margin=s.number("fence_margin", 1.0, 0, 60),
+            rebalance_slack=s.integer("rebalance_slack", 1, 0, 4096),
+        )
+        if cluster.fence_margin >= cluster.lease_ttl:
+            raise s.error("fence_margin", "must be smaller than lease_ttl")
+        s.checkNoUnknownKeys()
+
+    nsq = None
+    if parser.has_section("nsq"):
+        s = section("nsq")
+        addresses = tuple(a.strip() for a in s.text("nsqd_tcp", None).split(",") if a.strip())
+        for address in addresses:
+            if not re.match(r"^[^:\s]+:\d{1,5}$", address):
+                raise s.error("nsqd_tcp", f"must be host:port[, host:port...] (got {address!r})")
+        nsq = NSQConfig(
+            nsqd_tcp=addresses,
+            topic=s.text("topic", "hpchat.notifications", _NSQ_NAME.match, "a valid NSQ topic name"),
+            channel=s.text("channel", "hpchat", _NSQ_NAME.match, "a valid NSQ channel name"),
+            max_in_flight=s.integer("max_in_flight", 200, 1, 100000),
+        )
+        s.checkNoUnknownKeys()
+
+    return Config(path=path, node=node, chat=chat, storage=storage, auth=auth,
+                  cluster=cluster, nsq=nsq)
+
+
+def loadConfig(path: str) -> Config:
+    """
+    Read and validate the config file at C{path}.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, None, None, f"cannot read config file: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, None, "config file is not UTF-8 text") from None
+    return parseConfig(text, path)

@@ -1,0 +1,47 @@
+"""
+The node's Prometheus metrics (prometheus_client), all named C{hpchat_*}.
+
+They live in one registry of their own so that /metrics shows exactly these plus the process
+collector, and tests can read them without touching the global default registry.
+"""
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+requests = Counter("hpchat_http_requests", "HTTP requests answered, by route and status",
+                   ["route", "status"], registry=REGISTRY)
+waitingPolls = Gauge("hpchat_waiting_polls", "Long-polls currently waiting", registry=REGISTRY)
+redirects = Counter("hpchat_redirects", "Requests redirected to the owner of their group",
+                    registry=REGISTRY)
+messagesCommitted = Counter("hpchat_messages_committed",
+                            "Events made durable, by stream kind", ["kind"], registry=REGISTRY)
+persistBatchSize = Histogram("hpchat_persist_batch_size", "Events per persisted batch",
+                             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+                             registry=REGISTRY)
+persistLatency = Histogram("hpchat_persist_seconds", "Time to make one batch durable",
+                           buckets=_FAST, registry=REGISTRY)
+pendingEvents = Gauge("hpchat_persist_pending", "Events waiting to become durable",
+                      registry=REGISTRY)
+storeErrors = Counter("hpchat_store_errors", "Failed store calls, by kind", ["kind"],
+                      registry=REGISTRY)
+overloaded = Counter("hpchat_overloaded", "Sends refused because too many were pending",
+                     registry=REGISTRY)
+streamsInMemory = Gauge("hpchat_streams_in_memory", "Streams held in memory", registry=REGISTRY)
+groupsOwned = Gauge("hpchat_groups_owned", "Chat groups this node owns", registry=REGISTRY)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

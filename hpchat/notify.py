@@ -1,0 +1,115 @@
+# -*- test-case-name: tests.test_notify -*-
+"""
+Inbox notifications: what they are, how a committed conversation message becomes one, and
+their in-process delivery on a node without NSQ.
+
+A notification goes to the inbox stream of its user, once per notification id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from hpchat.storage.base import Event
+from hpchat.streamids import inboxStream, isUserId, parseConversation
+
+MAX_BODY = 8 * 1024
+PREVIEW_CHARS = 100
+_TYPE = re.compile(r"^[a-z0-9_.-]{1,32}$")
+
+
+class BadNotification(ValueError):
+    """
+    A notification body that does not follow the documented format.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    id: str
+    user: str
+    type: str
+    sender: str | None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def toJSON(self) -> bytes:
+        return json.dumps({"id": self.id, "user": self.user, "type": self.type,
+                           "from": self.sender, "data": dict(self.data)},
+                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def parseNotification(body: bytes) -> Notification:
+    """
+    Validate a notification body: C{{"id", "user", "type", "from", "data"}}, at most 8 KiB.
+    """
+    if len(body) > MAX_BODY:
+        raise BadNotification(f"body is {len(body)} bytes, over {MAX_BODY}")
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadNotification("body is not JSON") from None
+    if not isinstance(value, dict):
+        raise BadNotification("body is not a JSON object")
+    nid, user, type = value.get("id"), value.get("user"), value.get("type")
+    sender, data = value.get("from"), value.get("data", {})
+    if not isinstance(nid, str) or not 1 <= len(nid) <= 64:
+        raise BadNotification("id must be a string of 1 to 64 characters")
+    if not isUserId(user):
+        raise BadNotification("user must be a valid user id")
+    if not isinstance(type, str) or not _TYPE.match(type):
+        raise BadNotification("type must match [a-z0-9_.-]{1,32}")
+    if sender is not None and not isUserId(sender):
+        raise BadNotification("from must be a valid user id or null")
+    if not isinstance(data, dict):
+        raise BadNotification("data must be a JSON object")
+    return Notification(id=nid, user=user, type=type, sender=sender, data=data)
+
+
+def messageNotification(event: Event) -> Notification | None:
+    """
+    The C{message} notification for the recipient of a committed conversation message.
+    """
+    if event.type != "message" or not event.stream.startswith("dm:") or event.sender is None:
+        return None
+    a, b = parseConversation(event.stream)
+    recipient = b if event.sender == a else a
+    return Notification(
+        id=f"m.{event.id}", user=recipient, type="message", sender=event.sender,
+        data={"conversation": event.stream, "seq": event.seq,
+              "preview": event.data.get("text", "")[:PREVIEW_CHARS]})
+
+
+def deliverToInbox(streams, notification: Notification) -> defer.Deferred:
+    """
+    Append C{notification} to its user's inbox on this node (which must own it).
+    """
+    return streams.appendNotification(notification.user, inboxStream(notification.user),
+                                      notification.id, notification.type, notification.sender,
+                                      notification.data)
+
+
+class InProcessNotifier:
+    """
+    Turns committed conversation messages into inbox notifications delivered on this node:
+    the single-node default, used when no NSQ is configured.
+    """
+
+    log = Logger()
+
+    def __init__(self, streams, deliver: Callable[[Notification], defer.Deferred] | None = None):
+        self._deliver = deliver or (lambda n: deliverToInbox(streams, n))
+
+    def messageCommitted(self, event: Event) -> None:
+        notification = messageNotification(event)
+        if notification is None:
+            return
+        d = defer.maybeDeferred(self._deliver, notification)
+        d.addErrback(lambda f: self.log.warn(
+            "inbox notification {id} for {user} not delivered: {error}",
+            id=notification.id, user=notification.user, error=f.getErrorMessage()))

@@ -1,0 +1,246 @@
+# -*- test-case-name: tests.test_persister -*-
+"""
+The batch persister: events queue up in memory and a LoopingCall writes them to the store
+in batches of up to C{batchSize}, one batch at a time, in the order they were queued.
+
+An event's Deferred fires only once its batch is durable, which is when the sender gets its
+acknowledgement and pollers see it. Store errors are retried with backoff (the batch stays at
+the head of the queue); a fence rejection or conflict fails the queued events of the groups
+concerned, since their writer has lost or misjudged them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from hpchat import metrics
+from hpchat.storage.base import Event, FenceRejected, StoreError, StreamConflict
+
+
+class Overloaded(Exception):
+    """
+    Too many events are waiting to become durable; the caller should retry later.
+    """
+
+
+class PersisterStopped(Exception):
+    """
+    The persister is stopping or stopped and takes no new events.
+    """
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: Event
+    token: int
+    deferred: defer.Deferred = field(default_factory=defer.Deferred)
+
+
+class BatchPersister(Service):
+    """
+    @ivar onGroupsLost: called with the groups of a L{FenceRejected} or L{StreamConflict}
+        after their queued events have been failed, so the owner can drop its state.
+    """
+
+    log = Logger()
+    minBackoff = 0.05
+    maxBackoff = 5.0
+    stopTimeout = 30.0
+
+    def __init__(self, clock, store, batchSize: int = 100, flushInterval: float = 0.005,
+                 maxPending: int = 10000):
+        self._clock = clock
+        self._store = store
+        self.batchSize = batchSize
+        self.flushInterval = flushInterval
+        self.maxPending = maxPending
+        self.onGroupsLost: Callable[[Iterable[int], Exception], None] = lambda groups, e: None
+        self._queue: deque[_Pending] = deque()
+        self._flushing: defer.Deferred | None = None
+        self._kick = None
+        self._loop: task.LoopingCall | None = None
+        self._backoff = 0.0
+        self._retryAt = 0.0
+        self._accepting = False
+        self._inFlight = 0
+
+    # -- service
+
+    def startService(self):
+        super().startService()
+        self._accepting = True
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = self._clock
+        self._loop.start(self.flushInterval, now=False).addErrback(
+            lambda f: self.log.failure("persister loop died", f))
+
+    def stopService(self):
+        """
+        Stop taking events and write everything queued; fires when the queue is empty.
+        """
+        super().stopService()
+        self._accepting = False
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._kick is not None and self._kick.active():
+            self._kick.cancel()
+        self._kick = None
+        return defer.ensureDeferred(self._drain())
+
+    async def _drain(self):
+        deadline = self._clock.seconds() + self.stopTimeout
+        while self._queue or self._flushing is not None:
+            if self._clock.seconds() >= deadline:
+                error = StoreError("the store did not take the last events before shutdown")
+                self.log.error("shutdown: {count} events could not be written",
+                               count=len(self._queue))
+                self._failWhere(lambda p: True, error)
+                break
+            if self._flushing is not None:
+                await self._flushing
+                continue
+            delay = max(0.0, self._retryAt - self._clock.seconds())
+            if delay:
+                await task.deferLater(self._clock, delay, lambda: None)
+            await self._flush()
+
+    # -- API
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def enqueue(self, event: Event, token: int) -> defer.Deferred:
+        """
+        Queue C{event}, written under fence C{token}; the result fires with the event once it
+        is durable. Raises L{Overloaded} when C{maxPending} events are waiting.
+        """
+        if not self._accepting:
+            raise PersisterStopped("the node is shutting down")
+        if len(self._queue) >= self.maxPending:
+            metrics.overloaded.inc()
+            raise Overloaded(f"{len(self._queue)} events are waiting to be written")
+        pending = _Pending(event, token)
+        self._queue.append(pending)
+        metrics.pendingEvents.set(len(self._queue))
+        if (len(self._queue) >= self.batchSize and self._flushing is None
+                and self._kick is None and self._clock.seconds() >= self._retryAt):
+            self._kick = self._clock.callLater(0, self._kicked)
+        return pending.deferred
+
+    def failGroups(self, groups: Iterable[int], error: Exception) -> None:
+        """
+        Fail every queued event of C{groups} that is not already being written.
+        """
+        groups = set(groups)
+        inFlight = self._inFlight if self._flushing is not None else 0
+        kept = deque(list(self._queue)[:inFlight])
+        failed = []
+        for pending in list(self._queue)[inFlight:]:
+            (failed if pending.event.group in groups else kept).append(pending)
+        self._queue = kept
+        metrics.pendingEvents.set(len(self._queue))
+        for pending in failed:
+            pending.deferred.errback(error)
+
+    # -- the loop
+
+    def _kicked(self):
+        self._kick = None
+        self._flush()
+
+    def _tick(self):
+        if self._flushing is None and self._queue and self._clock.seconds() >= self._retryAt:
+            return self._flush()
+
+    def _flush(self) -> defer.Deferred:
+        if self._flushing is not None:
+            return self._flushing
+        batch = self._takeBatch()
+        if not batch:
+            return defer.succeed(None)
+        self._inFlight = len(batch)
+        fences = {p.event.group: p.token for p in batch}
+        started = self._clock.seconds()
+        d = defer.maybeDeferred(self._store.append, [p.event for p in batch], fences)
+        d.addCallbacks(self._written, self._failed, callbackArgs=(batch, started),
+                       errbackArgs=(batch,))
+        d.addErrback(lambda f: self.log.failure("persister bug", f))
+        self._flushing = d
+
+        def done(result):
+            self._flushing = None
+            if (self._queue and len(self._queue) >= self.batchSize and self._kick is None
+                    and self._clock.seconds() >= self._retryAt):
+                self._kick = self._clock.callLater(0, self._kicked)
+            return result
+
+        d.addBoth(done)
+        # The loop waits for the batch but must never see its errors.
+        return d
+
+    def _takeBatch(self) -> list[_Pending]:
+        """
+        The head of the queue, up to batchSize events, stopping where a group's token changes
+        (events of two ownership epochs never share a batch).
+        """
+        batch: list[_Pending] = []
+        tokens: dict[int, int] = {}
+        for pending in self._queue:
+            if len(batch) >= self.batchSize:
+                break
+            known = tokens.setdefault(pending.event.group, pending.token)
+            if known != pending.token:
+                break
+            batch.append(pending)
+        return batch
+
+    def _written(self, _, batch: list[_Pending], started: float):
+        for _ in batch:
+            self._queue.popleft()
+        self._backoff = 0.0
+        self._retryAt = 0.0
+        metrics.pendingEvents.set(len(self._queue))
+        metrics.persistBatchSize.observe(len(batch))
+        metrics.persistLatency.observe(self._clock.seconds() - started)
+        for pending in batch:
+            pending.deferred.callback(pending.event)
+
+    def _failed(self, failure, batch: list[_Pending]):
+        error = failure.value
+        if isinstance(error, (FenceRejected, StreamConflict)):
+            kind = "fenced" if isinstance(error, FenceRejected) else "conflict"
+            metrics.storeErrors.labels(kind).inc()
+            self.log.warn("batch refused for groups {groups}: {error}", groups=list(error.groups),
+                          error=str(error))
+            self._failWhere(lambda p: p.event.group in error.groups, error)
+            self.onGroupsLost(error.groups, error)
+            return
+        if isinstance(error, StoreError):
+            metrics.storeErrors.labels("retry").inc()
+            self._backoff = min(self.maxBackoff, max(self.minBackoff, self._backoff * 2))
+            self._retryAt = self._clock.seconds() + self._backoff
+            self.log.warn("store error, retrying {count} events in {backoff}s: {error}",
+                          count=len(batch), backoff=self._backoff, error=str(error))
+            return
+        # Anything else may recur: give up the groups of the batch rather than loop on it, and
+        # let their owner reload them from the store (later events would leave a seq gap).
+        metrics.storeErrors.labels("unexpected").inc()
+        self.log.failure("unexpected error writing a batch; dropping its groups", failure)
+        groups = {p.event.group for p in batch}
+        self._failWhere(lambda p: p.event.group in groups,
+                        StoreError(f"unexpected store error: {error!r}"))
+        self.onGroupsLost(sorted(groups), error)
+
+    def _failWhere(self, predicate, error: Exception) -> None:
+        failed = [p for p in self._queue if predicate(p)]
+        self._queue = deque(p for p in self._queue if not predicate(p))
+        metrics.pendingEvents.set(len(self._queue))
+        for pending in failed:
+            pending.deferred.errback(error)

@@ -1,0 +1,273 @@
+# -*- test-case-name: tests.storage.test_contract -*-
+"""
+The embedded event store: one SQLite file in WAL mode with durable commits.
+
+All writes run on one dedicated writer thread, reads on one reader thread with their own
+connection, so the reactor thread never touches SQLite. Several node processes may share one
+file (tests, small installs): each transaction takes SQLite's write lock, and the fence table
+makes a deposed owner's late batch fail here too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any, Callable, Sequence
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from hpchat.storage.base import (
+    Event,
+    FenceRejected,
+    IEventStore,
+    StoreError,
+    StreamConflict,
+    StreamSnapshot,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    stream    TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    id        TEXT    NOT NULL,
+    grp       INTEGER NOT NULL,
+    type      TEXT    NOT NULL,
+    sender    TEXT,
+    ts        REAL    NOT NULL,
+    client_id TEXT,
+    data      TEXT    NOT NULL,
+    PRIMARY KEY (stream, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (stream, id);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_client_id
+    ON events (stream, sender, client_id) WHERE client_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS fences (
+    grp   INTEGER PRIMARY KEY,
+    token INTEGER NOT NULL
+);
+"""
+
+_COLUMNS = "stream, seq, id, grp, type, sender, ts, client_id, data"
+
+
+def _row(row: tuple) -> Event:
+    stream, seq, id, grp, type, sender, ts, client_id, data = row
+    return Event(stream=stream, seq=seq, id=id, group=grp, type=type, sender=sender, ts=ts,
+                 client_id=client_id, data=json.loads(data))
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk before it returns, so an acknowledged message survives kill -9
+    # and power loss alike.
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA busy_timeout=10000")
+    return connection
+
+
+@implementer(IEventStore)
+class SQLiteStore:
+    """
+    L{IEventStore} on one SQLite file.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, path: str):
+        self._reactor = reactor
+        self.path = path
+        self.ready = False
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._writePool = ThreadPool(1, 1, "hpchat-sqlite-writer")
+        self._readPool = ThreadPool(1, 1, "hpchat-sqlite-reader")
+
+    # -- lifecycle
+
+    def open(self):
+        self._writePool.start()
+        self._readPool.start()
+
+        def openBoth():
+            folder = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(folder, exist_ok=True)
+            self._writer = _connect(self.path)
+            self._writer.executescript(_SCHEMA)
+            self._reader = _connect(self.path)
+
+        def opened(_):
+            self.ready = True
+            self.log.info("event store open: SQLite {path}", path=self.path)
+
+        d = self._write(openBoth)
+        d.addCallback(opened)
+        return d
+
+    def close(self):
+        self.ready = False
+
+        def closeWriter():
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+        def closeReader():
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+        def stopPools(result):
+            self._writePool.stop()
+            self._readPool.stop()
+            return result
+
+        d = self._write(closeWriter)
+        d.addCallback(lambda _: self._read(closeReader))
+        d.addBoth(stopPools)
+        return d
+
+    # -- thread plumbing
+
+    def _write(self, f: Callable[..., Any], *args):
+        return deferToThreadPool(self._reactor, self._writePool, self._guard, f, *args)
+
+    def _read(self, f: Callable[..., Any], *args):
+        return deferToThreadPool(self._reactor, self._readPool, self._guard, f, *args)
+
+    @staticmethod
+    def _guard(f, *args):
+        try:
+            return f(*args)
+        except sqlite3.Error as e:
+            raise StoreError(f"sqlite: {e}") from e
+
+    # -- writes (writer thread)
+
+    def claim(self, group: int, token: int, stream: str, recent: int):
+        return self._write(self._claimTxn, group, token, stream, recent)
+
+    def _claimTxn(self, group: int, token: int, stream: str, recent: int) -> StreamSnapshot:
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rejected = self._raiseFences(db, {group: token})
+            if rejected:
+                raise FenceRejected(rejected)
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE stream = ? ORDER BY seq DESC LIMIT ?",
+                (stream, recent),
+            ).fetchall()
+            if rows:
+                lastSeq = rows[0][1]
+            else:
+                lastSeq = 0
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return StreamSnapshot(last_seq=lastSeq, recent=[_row(r) for r in reversed(rows)])
+
+    @staticmethod
+    def _raiseFences(db: sqlite3.Connection, fences: dict[int, int]) -> list[int]:
+        """
+        Inside a write transaction: return the groups whose stored token exceeds ours, or
+        raise the stored tokens to ours when there are none.
+        """
+        rejected = []
+        for group, token in fences.items():
+            row = db.execute("SELECT token FROM fences WHERE grp = ?", (group,)).fetchone()
+            if row is not None and row[0] > token:
+                rejected.append(group)
+        if not rejected:
+            db.executemany(
+                "INSERT INTO fences (grp, token) VALUES (?, ?) "
+                "ON CONFLICT (grp) DO UPDATE SET token = excluded.token "
+                "WHERE excluded.token > fences.token",
+                list(fences.items()),
+            )
+        return rejected
+
+    def append(self, events: Sequence[Event], fences: dict[int, int]):
+        missing = {e.group for e in events} - set(fences)
+        if missing:
+            raise ValueError(f"no fence token for groups {sorted(missing)}")
+        rows = [
+            (e.stream, e.seq, e.id, e.group, e.type, e.sender, e.ts, e.client_id,
+             json.dumps(e.data, separators=(",", ":"), ensure_ascii=False))
+            for e in events
+        ]
+        return self._write(self._appendTxn, rows, dict(fences))
+
+    def _appendTxn(self, rows: list[tuple], fences: dict[int, int]) -> None:
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rejected = self._raiseFences(db, fences)
+            if rejected:
+                raise FenceRejected(rejected)
+            db.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           rows)
+        except sqlite3.IntegrityError as e:
+            db.execute("ROLLBACK")
+            raise StreamConflict(self._conflictingGroups(db, rows), str(e)) from None
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @staticmethod
+    def _conflictingGroups(db: sqlite3.Connection, rows: list[tuple]) -> list[int]:
+        groups = set()
+        seen: set[tuple] = set()
+        for stream, seq, id, grp, _type, sender, _ts, clientId, _data in rows:
+            keys = [("seq", stream, seq), ("id", stream, id)]
+            if clientId is not None:
+                keys.append(("client", stream, sender, clientId))
+            if any(k in seen for k in keys):
+                groups.add(grp)
+            seen.update(keys)
+            hit = db.execute(
+                "SELECT 1 FROM events WHERE stream = ? AND (seq = ? OR id = ? OR "
+                "(client_id IS NOT NULL AND sender IS ? AND client_id = ?)) LIMIT 1",
+                (stream, seq, id, sender, clientId),
+            ).fetchone()
+            if hit is not None:
+                groups.add(grp)
+        return sorted(groups) or sorted({r[3] for r in rows})
+
+    # -- reads (reader thread)
+
+    def readAfter(self, stream: str, after: int, limit: int):
+        return self._read(self._select,
+                          f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND seq > ? "
+                          "ORDER BY seq ASC LIMIT ?", (stream, after, limit), False)
+
+    def readBefore(self, stream: str, before: int | None, limit: int):
+        if before is None:
+            before = 2**62
+        return self._read(self._select,
+                          f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND seq < ? "
+                          "ORDER BY seq DESC LIMIT ?", (stream, before, limit), True)
+
+    def findClientId(self, stream: str, sender: str, client_id: str):
+        d = self._read(self._select,
+                       f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND sender = ? "
+                       "AND client_id = ?", (stream, sender, client_id), False)
+        return d.addCallback(lambda events: events[0] if events else None)
+
+    def findEventId(self, stream: str, id: str):
+        d = self._read(self._select,
+                       f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND id = ?",
+                       (stream, id), False)
+        return d.addCallback(lambda events: events[0] if events else None)
+
+    def _select(self, sql: str, params: tuple, reverse: bool) -> list[Event]:
+        rows = self._reader.execute(sql, params).fetchall()
+        if reverse:
+            rows.reverse()
+        return [_row(r) for r in rows]

@@ -1,0 +1,464 @@
+# -*- test-case-name: tests.test_streams -*-
+"""
+Streams in memory: for each conversation or inbox this node serves, its committed seq, a
+bounded log of recent events, the long-poll waiters and who is typing.
+
+A stream is loaded from the store on first use (raising the group's fence in the same
+transaction, so a former owner can write nothing more) and evicted when idle. New events get
+the next seq, go to the batch persister, and only once durable become visible: the sender's
+Deferred fires, waiters wake, and the C{onCommitted} hooks run (the notifier listens there).
+
+Waiters follow Synapse's notifier: compare cursors before waiting; one Deferred per waiter whose
+canceller deregisters it; a clock timeout cancelled when the waiter is answered.
+
+This module knows nothing of HTTP, etcd or NSQ.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from hpchat import metrics
+from hpchat.storage.base import Event, StreamSnapshot
+from hpchat.streamids import groupOf
+
+MAX_EVENTS_PER_POLL = 100
+
+
+class StreamUnavailable(Exception):
+    """
+    This node does not (or no longer) serve the stream's group; ask the ownership where to go.
+    """
+
+
+class CursorAhead(Exception):
+    """
+    The client's cursor is beyond the stream's last seq.
+    """
+
+    def __init__(self, lastSeq: int):
+        self.lastSeq = lastSeq
+        super().__init__(f"cursor is ahead of last_seq {lastSeq}")
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    events: list[Event]
+    last_seq: int
+    typing: list[str]
+    typing_version: int
+
+
+class _Waiter:
+    __slots__ = ("after", "typingVersion", "deferred", "timer")
+
+    def __init__(self, after: int, typingVersion: int | None):
+        self.after = after
+        self.typingVersion = typingVersion
+        self.deferred: defer.Deferred | None = None
+        self.timer = None
+
+
+class Stream:
+    """
+    The in-memory state of one stream. Owned and mutated by L{Streams} only.
+    """
+
+    __slots__ = ("name", "group", "token", "lastSeq", "nextSeq", "recent", "complete",
+                 "waiters", "typing", "typingVersion", "inFlight", "lastUsed")
+
+    def __init__(self, name: str, group: int, token: int, snapshot: StreamSnapshot,
+                 historyInMemory: int, now: float):
+        self.name = name
+        self.group = group
+        self.token = token
+        self.lastSeq = snapshot.last_seq
+        self.nextSeq = snapshot.last_seq + 1
+        self.recent: deque[Event] = deque(snapshot.recent, maxlen=historyInMemory)
+        # True while the log in memory starts at seq 1, i.e. it holds the whole stream.
+        self.complete = not self.recent or self.recent[0].seq == 1
+        if snapshot.last_seq == 0:
+            self.complete = True
+        self.waiters: set[_Waiter] = set()
+        self.typing: dict[str, Any] = {}
+        self.typingVersion = 0
+        # Dedupe keys (("c", sender, client_id) or ("n", id)) of events being written, each
+        # with the Deferreds of repeated requests waiting for the first one's outcome.
+        self.inFlight: dict[tuple, list[defer.Deferred]] = {}
+        self.lastUsed = now
+
+    def eventsAfter(self, after: int) -> list[Event] | None:
+        """
+        Up to MAX_EVENTS_PER_POLL events after C{after} from memory, or None if memory does
+        not reach back that far.
+        """
+        if after >= self.lastSeq:
+            return []
+        if not self.recent or self.recent[0].seq > after + 1:
+            return None
+        start = after + 1 - self.recent[0].seq
+        end = min(len(self.recent), start + MAX_EVENTS_PER_POLL)
+        return [self.recent[i] for i in range(start, end)]
+
+    def findInMemory(self, key: tuple) -> Event | None:
+        for event in reversed(self.recent):
+            if _dedupeKey(event) == key:
+                return event
+        return None
+
+
+def _dedupeKey(event: Event) -> tuple | None:
+    if event.type == "message":
+        if event.client_id is None:
+            return None
+        return ("c", event.sender, event.client_id)
+    return ("n", event.id)
+
+
+class Streams(Service):
+    """
+    All streams this node serves.
+
+    @ivar onCommitted: callables run with each event once it is durable.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock, store, persister, ownership, groups: int,
+                 historyInMemory: int = 200, typingTtl: float = 6.0, idleEvict: float = 300.0):
+        self._clock = clock
+        self._store = store
+        self._persister = persister
+        self._ownership = ownership
+        self.groups = groups
+        self.historyInMemory = historyInMemory
+        self.typingTtl = typingTtl
+        self.idleEvict = idleEvict
+        self.onCommitted: list[Callable[[Event], Any]] = []
+        self._streams: dict[str, Stream] = {}
+        self._loading: dict[str, defer.Deferred] = {}
+        self._evictor: task.LoopingCall | None = None
+        self._waiting = 0
+
+    # -- service
+
+    def startService(self):
+        super().startService()
+        self._evictor = task.LoopingCall(self._evictIdle)
+        self._evictor.clock = self._clock
+        self._evictor.start(max(1.0, min(30.0, self.idleEvict / 2)), now=False).addErrback(
+            lambda f: self.log.failure("stream evictor died", f))
+
+    def stopService(self):
+        super().stopService()
+        if self._evictor is not None and self._evictor.running:
+            self._evictor.stop()
+        # Waiting polls are answered now so that their clients retry elsewhere or later.
+        for stream in list(self._streams.values()):
+            self._drop(stream, StreamUnavailable("this node is shutting down"))
+        return defer.succeed(None)
+
+    # -- loading
+
+    def groupOf(self, name: str) -> int:
+        return groupOf(name, self.groups)
+
+    def get(self, name: str) -> defer.Deferred:
+        """
+        The L{Stream} called C{name}, loaded from the store if needed. Fails with
+        L{StreamUnavailable} when this node does not own its group.
+        """
+        stream = self._streams.get(name)
+        if stream is not None:
+            if self._ownership.tokenFor(stream.group) == stream.token:
+                stream.lastUsed = self._clock.seconds()
+                return defer.succeed(stream)
+            self._drop(stream, StreamUnavailable(f"group {stream.group} is no longer owned here"))
+        followers = self._loading.get(name)
+        if followers is None:
+            followers = self._loading[name] = []
+            defer.ensureDeferred(self._load(name)).addBoth(self._loaded, name)
+        follower: defer.Deferred = defer.Deferred()
+        followers.append(follower)
+        return follower
+
+    def _loaded(self, result, name):
+        for follower in self._loading.pop(name):
+            follower.callback(result)
+        return None
+
+    async def _load(self, name: str) -> Stream:
+        group = self.groupOf(name)
+        token = self._ownership.tokenFor(group)
+        if token is None:
+            raise StreamUnavailable(f"group {group} is not owned here")
+        snapshot = await self._store.claim(group, token, name, self.historyInMemory)
+        if self._ownership.tokenFor(group) != token:
+            raise StreamUnavailable(f"group {group} changed hands while loading {name}")
+        stream = Stream(name, group, token, snapshot, self.historyInMemory, self._clock.seconds())
+        self._streams[name] = stream
+        metrics.streamsInMemory.set(len(self._streams))
+        return stream
+
+    def dropGroups(self, groups) -> None:
+        """
+        Forget every stream of C{groups} (this node no longer owns them): their waiters are
+        answered with L{StreamUnavailable} so that clients go to the new owner.
+        """
+        groups = set(groups)
+        for stream in [s for s in self._streams.values() if s.group in groups]:
+            self._drop(stream, StreamUnavailable(f"group {stream.group} is no longer owned here"))
+
+    def _drop(self, stream: Stream, reason: Exception) -> None:
+        if self._streams.get(stream.name) is stream:
+            del self._streams[stream.name]
+            metrics.streamsInMemory.set(len(self._streams))
+        for timer in stream.typing.values():
+            if timer.active():
+                timer.cancel()
+        stream.typing.clear()
+        for waiter in list(stream.waiters):
+            self._finishWaiter(stream, waiter)
+            waiter.deferred.errback(reason)
+
+    def _evictIdle(self):
+        try:
+            cutoff = self._clock.seconds() - self.idleEvict
+            idle = [s for s in self._streams.values()
+                    if s.lastUsed < cutoff and not s.waiters and not s.inFlight and not s.typing
+                    and s.nextSeq == s.lastSeq + 1]
+            for stream in idle:
+                del self._streams[stream.name]
+            metrics.streamsInMemory.set(len(self._streams))
+        except Exception:
+            self.log.failure("evicting idle streams failed")
+
+    # -- writing
+
+    def send(self, name: str, sender: str, text: str, clientId: str | None) -> defer.Deferred:
+        """
+        Append a conversation message; fires with C{(event, created)} once it is durable, where
+        C{created} is False for a repeated C{clientId} (the original message is returned).
+        """
+        return defer.ensureDeferred(self._append(
+            name, "message", sender, {"text": text}, clientId=clientId,
+            key=("c", sender, clientId) if clientId is not None else None))
+
+    def appendNotification(self, user: str, stream: str, notificationId: str, type: str,
+                           sender: str | None, data: Mapping[str, Any]) -> defer.Deferred:
+        """
+        Append a notification to an inbox stream, at most once per C{notificationId}; fires
+        with C{(event, created)} once durable.
+        """
+        return defer.ensureDeferred(self._append(
+            stream, type, sender, dict(data), eventId=notificationId, key=("n", notificationId)))
+
+    async def _append(self, name: str, type: str, sender: str | None, data: dict,
+                      clientId: str | None = None, eventId: str | None = None,
+                      key: tuple | None = None) -> tuple[Event, bool]:
+        stream = await self.get(name)
+        if key is not None:
+            duplicate = await self._findDuplicate(stream, key)
+            if duplicate is not None:
+                return duplicate, False
+        if self._streams.get(name) is not stream:
+            # Dropped while we looked for a duplicate: start again on the current state.
+            return await self._append(name, type, sender, data, clientId, eventId, key)
+        event = Event(stream=name, seq=stream.nextSeq, id=eventId or uuid.uuid4().hex,
+                      group=stream.group, type=type, sender=sender, ts=self._clock.seconds(),
+                      client_id=clientId, data=data)
+        durable = self._persister.enqueue(event, stream.token)
+        stream.nextSeq += 1
+        stream.lastUsed = event.ts
+        followers: list[defer.Deferred] = []
+        if key is not None:
+            stream.inFlight[key] = followers
+        try:
+            await durable
+        except Exception as e:
+            stream.inFlight.pop(key, None)
+            for follower in followers:
+                follower.errback(e)
+            self._drop(stream, StreamUnavailable(f"write to {name} failed: {e}"))
+            raise
+        stream.inFlight.pop(key, None)
+        self._commit(stream, event)
+        for follower in followers:
+            follower.callback(event)
+        return event, True
+
+    async def _findDuplicate(self, stream: Stream, key: tuple) -> Event | None:
+        """
+        The event already written (or being written) under dedupe C{key}, if any.
+        """
+        if not stream.complete and key not in stream.inFlight \
+                and stream.findInMemory(key) is None:
+            if key[0] == "c":
+                stored = await self._store.findClientId(stream.name, key[1], key[2])
+            else:
+                stored = await self._store.findEventId(stream.name, key[1])
+            if stored is not None:
+                return stored
+        # Checked after the store lookup too: the same key may have been written meanwhile.
+        found = stream.findInMemory(key)
+        if found is not None:
+            return found
+        followers = stream.inFlight.get(key)
+        if followers is not None:
+            follower: defer.Deferred = defer.Deferred()
+            followers.append(follower)
+            return await follower
+        return None
+
+    def _commit(self, stream: Stream, event: Event) -> None:
+        if self._streams.get(stream.name) is not stream:
+            return
+        stream.lastSeq = event.seq
+        stream.recent.append(event)
+        if stream.complete and stream.recent[0].seq != 1:
+            stream.complete = False
+        metrics.messagesCommitted.labels(stream.name.partition(":")[0]).inc()
+        typingChanged = event.sender is not None and event.sender in stream.typing
+        if typingChanged:
+            timer = stream.typing.pop(event.sender)
+            if timer.active():
+                timer.cancel()
+            stream.typingVersion += 1
+        self._wake(stream, typingChanged)
+        for hook in self.onCommitted:
+            try:
+                hook(event)
+            except Exception:
+                self.log.failure("onCommitted hook failed for {stream} seq {seq}",
+                                 stream=event.stream, seq=event.seq)
+
+    # -- typing
+
+    def setTyping(self, name: str, user: str, typing: bool) -> defer.Deferred:
+        """
+        Mark C{user} as typing in C{name} for C{typingTtl} seconds, or not typing.
+        """
+        return self.get(name).addCallback(self._setTyping, user, typing)
+
+    def _setTyping(self, stream: Stream, user: str, typing: bool) -> None:
+        timer = stream.typing.get(user)
+        if typing:
+            if timer is not None and timer.active():
+                timer.reset(self.typingTtl)
+                return
+            stream.typing[user] = self._clock.callLater(self.typingTtl, self._typingExpired,
+                                                        stream, user)
+        else:
+            if timer is None:
+                return
+            del stream.typing[user]
+            if timer.active():
+                timer.cancel()
+        stream.typingVersion += 1
+        self._wake(stream, typingChanged=True)
+
+    def _typingExpired(self, stream: Stream, user: str) -> None:
+        stream.typing.pop(user, None)
+        stream.typingVersion += 1
+        self._wake(stream, typingChanged=True)
+
+    # -- reading
+
+    def poll(self, name: str, after: int | None, typingVersion: int | None,
+             timeout: float) -> defer.Deferred:
+        """
+        Fire with a L{PollResult} as soon as there are events after C{after}, or the typing
+        version differs from C{typingVersion} (when given), or C{timeout} seconds have passed.
+        Cancelling the Deferred forgets the waiter.
+        """
+        return self.get(name).addCallback(self._poll, after, typingVersion, timeout)
+
+    def _poll(self, stream: Stream, after: int | None, typingVersion: int | None,
+              timeout: float):
+        if after is None:
+            after = stream.lastSeq
+        if after > stream.lastSeq:
+            raise CursorAhead(stream.lastSeq)
+        if after < stream.lastSeq:
+            events = stream.eventsAfter(after)
+            if events is None:
+                return self._store.readAfter(stream.name, after, MAX_EVENTS_PER_POLL).addCallback(
+                    lambda events: self._result(stream, events))
+            return self._result(stream, events)
+        if typingVersion is not None and typingVersion != stream.typingVersion:
+            return self._result(stream, [])
+        if timeout <= 0:
+            return self._result(stream, [])
+        return self._wait(stream, after, typingVersion, timeout)
+
+    def _wait(self, stream: Stream, after: int, typingVersion: int | None, timeout: float):
+        waiter = _Waiter(after, typingVersion)
+
+        def cancel(d):
+            # Klein cancels the handler's Deferred when the client goes away.
+            self._finishWaiter(stream, waiter)
+
+        def timedOut():
+            waiter.timer = None
+            self._finishWaiter(stream, waiter)
+            waiter.deferred.callback(self._result(stream, []))
+
+        waiter.deferred = defer.Deferred(cancel)
+        waiter.timer = self._clock.callLater(timeout, timedOut)
+        stream.waiters.add(waiter)
+        self._waiting += 1
+        metrics.waitingPolls.set(self._waiting)
+        return waiter.deferred
+
+    def _finishWaiter(self, stream: Stream, waiter: _Waiter) -> None:
+        if waiter in stream.waiters:
+            stream.waiters.discard(waiter)
+            self._waiting -= 1
+            metrics.waitingPolls.set(self._waiting)
+        if waiter.timer is not None:
+            if waiter.timer.active():
+                waiter.timer.cancel()
+            waiter.timer = None
+        stream.lastUsed = self._clock.seconds()
+
+    def _wake(self, stream: Stream, typingChanged: bool) -> None:
+        for waiter in list(stream.waiters):
+            if stream.lastSeq > waiter.after:
+                events = stream.eventsAfter(waiter.after) or []
+            elif typingChanged and waiter.typingVersion is not None \
+                    and waiter.typingVersion != stream.typingVersion:
+                events = []
+            else:
+                continue
+            self._finishWaiter(stream, waiter)
+            waiter.deferred.callback(self._result(stream, events))
+
+    def _result(self, stream: Stream, events: list[Event]) -> PollResult:
+        return PollResult(events=events, last_seq=stream.lastSeq, typing=sorted(stream.typing),
+                          typing_version=stream.typingVersion)
+
+    def history(self, name: str, before: int | None, limit: int) -> defer.Deferred:
+        """
+        Fire with C{(events, hasMore)}: up to C{limit} events before seq C{before} (None: the
+        newest), oldest first.
+        """
+        return self.get(name).addCallback(self._history, before, limit)
+
+    def _history(self, stream: Stream, before: int | None, limit: int):
+        end = stream.lastSeq + 1 if before is None else min(before, stream.lastSeq + 1)
+        start = max(1, end - limit)
+        if end <= 1:
+            return [], False
+        if stream.recent and stream.recent[0].seq <= start:
+            offset = stream.recent[0].seq
+            events = [stream.recent[i - offset] for i in range(start, end)]
+            return events, start > 1
+        d = self._store.readBefore(stream.name, end, limit + 1)
+        return d.addCallback(lambda events: (events[-limit:], len(events) > limit))

@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd hpchat --config FILE}: command-line options and the wiring of one node's services.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application.service import MultiService
+from twisted.python import usage
+
+from hpchat.config import ConfigError, loadConfig
+
+
+class Options(usage.Options):
+    synopsis = "--config FILE"
+    optParameters = [["config", "c", None, "Path to the node's ini file (see etc/hpchat.ini)."]]
+
+    def postOptions(self):
+        if not self["config"]:
+            raise usage.UsageError("--config FILE is required")
+        try:
+            self["settings"] = loadConfig(self["config"])
+            _checkStorage(self["settings"])
+        except ConfigError as e:
+            # One line, no usage text and no traceback: the operator sees what to fix.
+            sys.stderr.write(f"hpchat: config error: {e}\n")
+            raise SystemExit(2) from None
+
+
+def _checkStorage(config) -> None:
+    folder = os.path.dirname(config.storage.path) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(config.path, "storage", "path",
+                          f"cannot create folder {folder}: {e.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(config.path, "storage", "path", f"folder {folder} is not writable")
+
+
+def makeService(options, reactor=None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    return buildNode(options["settings"], reactor)
+
+
+def buildNode(config, reactor) -> MultiService:
+    """
+    Wire one node: store, persister, ownership, streams, notifications, HTTP API.
+    """
+    from hpchat.groups import SingleNodeOwnership
+    from hpchat.notify import InProcessNotifier
+    from hpchat.persister import BatchPersister
+    from hpchat.storage.service import StoreService
+    from hpchat.storage.sqlite import SQLiteStore
+    from hpchat.streams import Streams
+    from hpchat.web.api import ChatAPI
+    from hpchat.web.auth import Authenticator
+    from hpchat.web.site import WebService
+
+    node = MultiService()
+
+    def fatal(failure):
+        if reactor.running:
+            reactor.stop()
+
+    store = SQLiteStore(reactor, config.storage.path)
+    StoreService(store, fatal).setServiceParent(node)
+
+    persister = BatchPersister(reactor, store, batchSize=config.storage.batch_size,
+                               flushInterval=config.storage.flush_interval,
+                               maxPending=config.storage.max_pending)
+    persister.setServiceParent(node)
+
+    ownership = SingleNodeOwnership(config.node.id, config.node.advertise_url,
+                                    config.chat.groups)
+
+    streams = Streams(reactor, store, persister, ownership, groups=config.chat.groups,
+                      historyInMemory=config.chat.history_in_memory,
+                      typingTtl=config.chat.typing_ttl, idleEvict=config.chat.idle_evict)
+    streams.setServiceParent(node)
+    persister.onGroupsLost = lambda groups, error: streams.dropGroups(groups)
+    ownership.subscribeLost(streams.dropGroups)
+
+    notifier = InProcessNotifier(streams)
+    streams.onCommitted.append(notifier.messageCommitted)
+
+    api = ChatAPI(streams, ownership, Authenticator(config.auth.secret, reactor), store,
+                  config.chat, persister)
+    WebService(api, config.node.listen, reactor).setServiceParent(node)
+    return node

@@ -1,0 +1,346 @@
+# -*- test-case-name: tests.web.test_api -*-
+"""
+The HTTP API v1 (JSON over Klein): send, typing, long-poll events, history, inbox, cluster
+view, health and metrics.
+
+Every request for a stream is checked in this order: token, stream id, membership, body, and
+then ownership of the stream's group (307 to the owner, or 503 while unsettled). Errors are
+always C{{"error": {"code", "message"}}} with the documented status; never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from klein import Klein
+from twisted.internet import defer
+from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from hpchat import metrics
+from hpchat.groups import Local, Redirect, resolveRoute
+from hpchat.persister import Overloaded, PersisterStopped
+from hpchat.storage.base import Event, StoreError
+from hpchat.streamids import BadConversation, inboxStream, parseConversation
+from hpchat.streams import CursorAhead, StreamUnavailable
+from hpchat.web.auth import Unauthorized
+
+MAX_BODY = 64 * 1024
+DEFAULT_POLL_TIMEOUT = 25.0
+DEFAULT_HISTORY = 50
+MAX_HISTORY = 200
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def _badRequest(message: str, code: str = "bad_request") -> ApiError:
+    return ApiError(400, code, message)
+
+
+def messageJSON(event: Event) -> dict[str, Any]:
+    return {"id": event.id, "conversation": event.stream, "seq": event.seq,
+            "sender": event.sender, "text": event.data.get("text", ""), "ts": event.ts,
+            "client_id": event.client_id}
+
+
+def inboxEventJSON(event: Event) -> dict[str, Any]:
+    return {"seq": event.seq, "id": event.id, "type": event.type, "from": event.sender,
+            "ts": event.ts, "data": dict(event.data)}
+
+
+def _json(request, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _route(request, name: str) -> None:
+    request.hpchatRoute = name
+
+
+class ChatAPI:
+    """
+    The routes. State comes from the constructor: streams, ownership, auth, store, settings.
+    """
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(self, streams, ownership, authenticator, store, chat, persister=None):
+        self._streams = streams
+        self._ownership = ownership
+        self._auth = authenticator
+        self._store = store
+        self._persister = persister
+        self._chat = chat
+        self.draining = False
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- errors
+
+    @app.handle_errors(ApiError)
+    def _apiError(self, request, failure):
+        error = failure.value
+        for name, value in error.headers.items():
+            request.setHeader(name, value)
+        return _json(request, error.status, {"error": {"code": error.code,
+                                                       "message": error.message}})
+
+    @app.handle_errors(NotFound)
+    def _notFound(self, request, failure):
+        return _json(request, 404, {"error": {"code": "not_found",
+                                              "message": "no such resource"}})
+
+    @app.handle_errors(MethodNotAllowed)
+    def _methodNotAllowed(self, request, failure):
+        allowed = failure.value.valid_methods or []
+        if allowed:
+            request.setHeader(b"allow", ", ".join(allowed).encode())
+        return _json(request, 405, {"error": {"code": "method_not_allowed",
+                                              "message": "method not allowed here"}})
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request, failure):
+        self.log.failure("unexpected error answering {method} {path}", failure,
+                         method=request.method.decode("latin-1"),
+                         path=request.path.decode("latin-1"))
+        return _json(request, 500, {"error": {"code": "internal",
+                                              "message": "internal error"}})
+
+    # -- request helpers
+
+    def _user(self, request) -> str:
+        header = request.getHeader(b"authorization")
+        token = None
+        if header:
+            scheme, _, value = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not value.strip():
+                raise ApiError(401, "unauthorized", "use Authorization: Bearer <token>")
+            token = value.strip().decode("utf-8", "replace")
+        else:
+            values = request.args.get(b"access_token")
+            if values:
+                token = values[0].decode("utf-8", "replace")
+        try:
+            return self._auth.userFor(token)
+        except Unauthorized as e:
+            raise ApiError(401, "unauthorized", str(e),
+                           {b"www-authenticate": b'Bearer realm="hpchat"'}) from None
+
+    def _conversation(self, cid: str, user: str) -> str:
+        try:
+            a, b = parseConversation(cid)
+        except BadConversation as e:
+            raise _badRequest(str(e), "bad_conversation") from None
+        if user not in (a, b):
+            raise ApiError(403, "forbidden", "only its two participants may use a conversation")
+        return cid
+
+    @staticmethod
+    def _body(request) -> dict:
+        length = request.getHeader(b"content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+            raise ApiError(413, "too_large", f"request bodies are at most {MAX_BODY} bytes")
+        raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+        if len(raw) > MAX_BODY:
+            raise ApiError(413, "too_large", f"request bodies are at most {MAX_BODY} bytes")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise _badRequest("the body must be JSON", "bad_json") from None
+        if not isinstance(body, dict):
+            raise _badRequest("the body must be a JSON object", "bad_json")
+        return body
+
+    @staticmethod
+    def _intArg(request, name: str, low: int | None = None) -> int | None:
+        values = request.args.get(name.encode())
+        if not values:
+            return None
+        text = values[0].decode("ascii", "replace")
+        if not re.fullmatch(r"-?\d{1,18}", text):
+            raise _badRequest(f"{name} must be an integer")
+        value = int(text)
+        if low is not None and value < low:
+            raise _badRequest(f"{name} must be at least {low}")
+        return value
+
+    def _timeout(self, request) -> float:
+        values = request.args.get(b"timeout")
+        if not values:
+            return min(DEFAULT_POLL_TIMEOUT, self._chat.max_poll_timeout)
+        try:
+            timeout = float(values[0])
+        except ValueError:
+            raise _badRequest("timeout must be a number of seconds") from None
+        if timeout != timeout:  # NaN
+            raise _badRequest("timeout must be a number of seconds")
+        return max(0.0, min(timeout, self._chat.max_poll_timeout))
+
+    async def _serveHere(self, request, stream: str) -> None:
+        """
+        Return if this node serves C{stream}; otherwise raise the 307 or 503 answer.
+        """
+        if self.draining:
+            raise ApiError(503, "unavailable", "this node is shutting down",
+                           {b"retry-after": b"1"})
+        group = self._streams.groupOf(stream)
+        route = await resolveRoute(self._ownership, group)
+        if isinstance(route, Local):
+            return
+        if isinstance(route, Redirect) and route.node != self._ownership.nodeId():
+            metrics.redirects.inc()
+            location = route.url + request.uri.decode("latin-1")
+            raise ApiError(307, "moved", f"group {group} is served by node {route.node}",
+                           {b"location": location.encode("utf-8"),
+                            b"x-hpchat-owner": route.node.encode("utf-8")})
+        retry = getattr(route, "retryAfter", 1.0)
+        raise ApiError(503, "unavailable", f"the owner of group {group} is not settled yet",
+                       {b"retry-after": str(max(1, int(round(retry)))).encode()})
+
+    async def _onStream(self, request, stream: str, call):
+        """
+        Run C{call()} against C{stream} on this node, mapping stream errors to answers. A
+        group lost meanwhile is routed again, so the client is redirected to the new owner.
+        """
+        await self._serveHere(request, stream)
+        try:
+            return await call()
+        except StreamUnavailable:
+            await self._serveHere(request, stream)
+            raise ApiError(503, "unavailable", "the stream moved; retry",
+                           {b"retry-after": b"1"}) from None
+        except CursorAhead as e:
+            raise ApiError(409, "cursor_ahead",
+                           f"after is beyond the last seq ({e.lastSeq})") from None
+        except Overloaded as e:
+            raise ApiError(503, "overloaded", f"too many pending writes: {e}",
+                           {b"retry-after": b"1"}) from None
+        except PersisterStopped:
+            raise ApiError(503, "unavailable", "this node is shutting down",
+                           {b"retry-after": b"1"}) from None
+        except StoreError as e:
+            self.log.warn("store error on {stream}: {error}", stream=stream, error=str(e))
+            raise ApiError(503, "unavailable", "storage is unavailable; retry",
+                           {b"retry-after": b"1"}) from None
+
+    # -- conversations
+
+    @app.route("/v1/conversations/<cid>/messages", methods=["POST"])
+    async def sendMessage(self, request, cid):
+        _route(request, "send")
+        user = self._user(request)
+        cid = self._conversation(cid, user)
+        body = self._body(request)
+        text, clientId = body.get("text"), body.get("client_id")
+        if not isinstance(text, str) or not text.strip():
+            raise _badRequest("text must be a non-empty string")
+        if len(text) > self._chat.max_text_chars:
+            raise _badRequest(f"text is longer than {self._chat.max_text_chars} characters")
+        if clientId is not None and (not isinstance(clientId, str)
+                                     or not _CLIENT_ID.match(clientId)):
+            raise _badRequest("client_id must match [A-Za-z0-9_-]{1,64}")
+        event, created = await self._onStream(
+            request, cid, lambda: self._streams.send(cid, user, text, clientId))
+        return _json(request, 201 if created else 200, {"message": messageJSON(event)})
+
+    @app.route("/v1/conversations/<cid>/typing", methods=["POST"])
+    async def typing(self, request, cid):
+        _route(request, "typing")
+        user = self._user(request)
+        cid = self._conversation(cid, user)
+        body = self._body(request)
+        typing = body.get("typing")
+        if not isinstance(typing, bool):
+            raise _badRequest("typing must be true or false")
+        await self._onStream(request, cid, lambda: self._streams.setTyping(cid, user, typing))
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/v1/conversations/<cid>/events", methods=["GET"])
+    async def events(self, request, cid):
+        _route(request, "events")
+        user = self._user(request)
+        cid = self._conversation(cid, user)
+        after = self._intArg(request, "after", low=0)
+        typingVersion = self._intArg(request, "typing_version", low=0)
+        timeout = self._timeout(request)
+        result = await self._poll(request, cid, after, typingVersion, timeout)
+        return _json(request, 200, {"events": [messageJSON(e) for e in result.events],
+                                    "last_seq": result.last_seq, "typing": result.typing,
+                                    "typing_version": result.typing_version})
+
+    async def _poll(self, request, stream, after, typingVersion, timeout):
+        return await self._onStream(
+            request, stream, lambda: self._streams.poll(stream, after, typingVersion, timeout))
+
+    @app.route("/v1/conversations/<cid>/messages", methods=["GET"])
+    async def history(self, request, cid):
+        _route(request, "history")
+        user = self._user(request)
+        cid = self._conversation(cid, user)
+        before = self._intArg(request, "before", low=1)
+        limit = self._intArg(request, "limit", low=1)
+        limit = DEFAULT_HISTORY if limit is None else min(limit, MAX_HISTORY)
+        events, hasMore = await self._onStream(
+            request, cid, lambda: self._streams.history(cid, before, limit))
+        return _json(request, 200, {"messages": [messageJSON(e) for e in events],
+                                    "has_more": hasMore})
+
+    # -- inbox
+
+    @app.route("/v1/inbox/events", methods=["GET"])
+    async def inboxEvents(self, request):
+        _route(request, "inbox")
+        user = self._user(request)
+        stream = inboxStream(user)
+        after = self._intArg(request, "after", low=0)
+        timeout = self._timeout(request)
+        result = await self._poll(request, stream, after, None, timeout)
+        return _json(request, 200, {"events": [inboxEventJSON(e) for e in result.events],
+                                    "last_seq": result.last_seq})
+
+    # -- cluster and operations
+
+    @app.route("/v1/cluster", methods=["GET"])
+    def cluster(self, request):
+        _route(request, "cluster")
+        nodes, groups = self._ownership.cluster()
+        return _json(request, 200, {"node": self._ownership.nodeId(), "nodes": nodes,
+                                    "groups": {str(g): n for g, n in sorted(groups.items())}})
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request):
+        _route(request, "healthz")
+        return _json(request, 200, {"status": "ok", "node": self._ownership.nodeId()})
+
+    @app.route("/readyz", methods=["GET"])
+    def readyz(self, request):
+        _route(request, "readyz")
+        checks = {"store": bool(self._store.ready), "ownership": bool(self._ownership.ready()),
+                  "accepting": not self.draining}
+        if all(checks.values()):
+            return _json(request, 200, {"status": "ready", "checks": checks})
+        failing = ", ".join(k for k, v in checks.items() if not v)
+        return _json(request, 503, {"error": {"code": "unavailable",
+                                              "message": f"not ready: {failing}"},
+                                    "checks": checks})
+
+    @app.route("/metrics", methods=["GET"])
+    def metricsPage(self, request):
+        _route(request, "metrics")
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return metrics.render()
