@@ -182,9 +182,10 @@ def _readSecret(section: _Section, baseDir: str) -> bytes:
         secretBytes = secret.encode("utf-8")
     else:
         raise section.error("secret", "is required (or secret_file)")
-    if len(secretBytes) < 16:
+    if len(secretBytes) < 32:
+        # RFC 7518 3.2: an HS256 key at least as long as the hash output (32 bytes).
         raise section.error("secret_file" if secretFile else "secret",
-                            "must be at least 16 bytes long")
+                            "must be at least 32 bytes long")
     return secretBytes
 
 

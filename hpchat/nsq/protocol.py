@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from hpchat.nsq import commands
@@ -222,6 +222,13 @@ class NSQProtocol(Protocol):
         # Messages still in flight stay with nsqd until their msg_timeout runs out.
         self.inFlight.clear()
         self.disconnected.callback(reason)
+
+    @property
+    def usable(self) -> bool:
+        """
+        Connected, and not being dropped after a fatal error or a bad frame.
+        """
+        return self.connected and not self._dropped
 
     def _drop(self, why: str, **fields: Any) -> None:
         """
@@ -448,8 +455,11 @@ class NSQProtocol(Protocol):
         if msg.id not in self.inFlight:
             return
         delay = self.requeueDelay(msg.attempts)
-        self.log.failure("NSQ handler failed on {id!r} (attempt {attempts}); requeue in {delay} ms",
-                         failure, LogLevel.warn, id=msg.id, attempts=msg.attempts, delay=delay)
+        # Not log.failure: a failing handler (e.g. the inbox owner is unreachable) is an
+        # operational event, not a bug.
+        self.log.warn("NSQ handler failed on {id!r} (attempt {attempts}): {error}; requeue in "
+                      "{delay} ms", id=msg.id, attempts=msg.attempts, delay=delay,
+                      error=failure.getErrorMessage())
         self.requeue(msg, delay)
 
     def finish(self, msg: NSQMessage) -> None:

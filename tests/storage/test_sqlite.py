@@ -1,0 +1,79 @@
+"""
+The event store contract on SQLite, plus what is particular to SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from hpchat.storage.base import StoreError
+from hpchat.storage.sqlite import SQLiteStore
+from tests.storage.contract import EventStoreContract, asyncTest, event
+
+
+class SQLiteContractTests(EventStoreContract, unittest.TestCase):
+    def makeStore(self):
+        from twisted.internet import reactor
+
+        folder = os.path.abspath(self.mktemp())
+        return SQLiteStore(reactor, os.path.join(folder, "sub", "events.sqlite3"))
+
+    def reopenStore(self, store):
+        from twisted.internet import reactor
+
+        return SQLiteStore(reactor, store.path)
+
+
+class SQLiteSpecificTests(unittest.TestCase):
+    def store(self, path=None):
+        from twisted.internet import reactor
+
+        return SQLiteStore(reactor, path or os.path.join(os.path.abspath(self.mktemp()), "e.db"))
+
+    @asyncTest
+    async def test_walAndDurableCommits(self):
+        """
+        The file is in WAL mode and the writer commits with synchronous=FULL.
+        """
+        store = self.store()
+        await store.open()
+        self.addCleanup(store.close)
+        mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
+        self.assertEqual(mode, "wal")
+        level = await store._write(lambda: store._writer.execute("PRAGMA synchronous").fetchone())
+        self.assertEqual(level[0], 2)
+
+    @asyncTest
+    async def test_twoStoresShareOneFile(self):
+        """
+        Two stores (two nodes) on one file: the fence written by one stops the other's batch.
+        """
+        first = self.store()
+        await first.open()
+        self.addCleanup(first.close)
+        second = self.store(first.path)
+        await second.open()
+        self.addCleanup(second.close)
+        await first.append([event(1)], {1: 10})
+        await second.claim(1, 11, "dm:alice:bob", 10)
+        with self.assertRaises(Exception) as caught:
+            await first.append([event(2)], {1: 10})
+        self.assertEqual(type(caught.exception).__name__, "FenceRejected")
+        await second.append([event(2)], {1: 11})
+        self.assertEqual([e.seq for e in await first.readAfter("dm:alice:bob", 0, 10)], [1, 2])
+
+    @asyncTest
+    async def test_unopenableFileIsAStoreError(self):
+        """
+        A path that cannot be a database fails open() with StoreError.
+        """
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(folder, "adir"))
+        store = self.store(os.path.join(folder, "adir"))
+        with self.assertRaises(StoreError):
+            await store.open()
+        await store.close()
