@@ -181,12 +181,13 @@ class Streams(Service):
                 stream.lastUsed = self._clock.seconds()
                 return defer.succeed(stream)
             self._drop(stream, StreamUnavailable(f"group {stream.group} is no longer owned here"))
-        followers = self._loading.get(name)
-        if followers is None:
-            followers = self._loading[name] = []
-            defer.ensureDeferred(self._load(name)).addBoth(self._loaded, name)
         follower: defer.Deferred = defer.Deferred()
-        followers.append(follower)
+        followers = self._loading.get(name)
+        if followers is not None:
+            followers.append(follower)
+        else:
+            self._loading[name] = [follower]
+            defer.ensureDeferred(self._load(name)).addBoth(self._loaded, name)
         return follower
 
     def _loaded(self, result, name):

@@ -165,11 +165,11 @@ class _NSQService(Service):
     def _connectionReady(self, p: NSQProtocol) -> None:
         pass
 
-    def _lost(self, p: NSQProtocol, reason: Failure) -> Failure:
+    def _lost(self, p: NSQProtocol, reason: BaseException | None) -> BaseException | None:
         if self._protocol is p:
             self._protocol = None
             self.log.info("NSQ connection to {endpoint} lost: {reason}",
-                          endpoint=self.endpoint, reason=reason.getErrorMessage())
+                          endpoint=self.endpoint, reason=reason)
         return reason
 
     def startService(self) -> None:

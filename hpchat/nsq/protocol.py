@@ -152,7 +152,7 @@ class NSQProtocol(Protocol):
 
     @ivar identified: fires with the IDENTIFY response (a dict) once negotiated; fails with the
         L{NSQError} or L{NSQConnectionLost} that prevented it.
-    @ivar disconnected: fires with the reason (a L{Failure}, as a value) when the connection is
+    @ivar disconnected: fires (never fails) with the reason, an exception, when the connection is
         lost.
     @ivar inFlight: messages delivered and neither FINed nor REQed yet, by id.
     """
@@ -187,7 +187,7 @@ class NSQProtocol(Protocol):
         self.negotiated: dict[str, Any] = {}
         self.inFlight: dict[bytes, NSQMessage] = {}
         self.identified: defer.Deferred[dict[str, Any]] = defer.Deferred()
-        self.disconnected: defer.Deferred[Failure] = defer.Deferred()
+        self.disconnected: defer.Deferred[BaseException | None] = defer.Deferred()
         self._closed: defer.Deferred[None] | None = None
 
     # -- connection
@@ -221,7 +221,7 @@ class NSQProtocol(Protocol):
                     f"connection lost before the reply to {p.name}: {reason.getErrorMessage()}"))
         # Messages still in flight stay with nsqd until their msg_timeout runs out.
         self.inFlight.clear()
-        self.disconnected.callback(reason)
+        self.disconnected.callback(reason.value if reason is not None else None)
 
     @property
     def usable(self) -> bool:

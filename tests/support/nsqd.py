@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from unittest import SkipTest
 from urllib.parse import urlencode
 
-import treq
+from treq.client import HTTPClient
 from twisted.internet import defer, protocol, task
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.logger import Logger
@@ -96,7 +96,7 @@ class NSQD:
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 2
         self._pool.retryAutomatically = False
-        self.http = treq.HTTPClient(Agent(reactor, pool=self._pool))
+        self.http = HTTPClient(Agent(reactor, pool=self._pool))
 
     @property
     def running(self) -> bool:

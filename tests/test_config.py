@@ -1,0 +1,118 @@
+"""
+Config parsing: defaults, types, and one clear error naming file, section and key.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from hpchat.config import ConfigError, loadConfig, parseConfig
+
+MINIMAL = """
+[node]
+id = n1
+advertise_url = http://127.0.0.1:8080/
+[auth]
+secret = 0123456789abcdef0123456789abcdef
+"""
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ConfigTests(SynchronousTestCase):
+    def error(self, text, path="etc/x.ini") -> ConfigError:
+        return self.assertRaises(ConfigError, parseConfig, text, path)
+
+    def test_minimalGetsDefaults(self):
+        """
+        A config with only the required keys gets the documented defaults.
+        """
+        config = parseConfig(MINIMAL, "/srv/hpchat/etc/hpchat.ini")
+        self.assertEqual(config.node.advertise_url, "http://127.0.0.1:8080")
+        self.assertEqual(config.node.listen, "tcp:8080:interface=127.0.0.1")
+        self.assertEqual((config.chat.groups, config.chat.max_text_chars), (64, 4000))
+        self.assertEqual(config.storage.path, "/srv/hpchat/etc/var/hpchat.sqlite3")
+        self.assertEqual((config.storage.batch_size, config.storage.backend), (100, "sqlite"))
+        self.assertFalse(config.auth.dev_login)
+        self.assertIsNone(config.cluster)
+        self.assertIsNone(config.nsq)
+
+    def test_shippedConfigIsValid(self):
+        """
+        etc/hpchat.ini parses, has no [cluster] or [nsq], and keeps dev_login off.
+        """
+        config = loadConfig(os.path.join(REPO, "etc", "hpchat.ini"))
+        self.assertIsNone(config.cluster)
+        self.assertFalse(config.auth.dev_login)
+
+    def test_errorsNameFileSectionAndKey(self):
+        """
+        Each bad value gives one line naming the file, section and key.
+        """
+        cases = [
+            (MINIMAL.replace("id = n1", "id = bad id"), "[node] id"),
+            (MINIMAL + "[chat]\ngroups = many\n", "[chat] groups: must be an integer"),
+            (MINIMAL + "[chat]\ngroups = 0\n", "[chat] groups: must be between 1 and 4096"),
+            (MINIMAL + "[chat]\ntyping_ttl = soon\n", "[chat] typing_ttl: must be a number"),
+            (MINIMAL + "[storage]\nbackend = oracle\n", "[storage] backend"),
+            (MINIMAL + "[storage]\nbatchsize = 5\n", "[storage] batchsize: is not a known"),
+            (MINIMAL.replace("0123456789abcdef0123456789abcdef", "short"),
+             "[auth] secret: must be at least 32 bytes"),
+            (MINIMAL.replace("secret = 0123456789abcdef0123456789abcdef", ""),
+             "[auth] secret: is required"),
+            (MINIMAL + "[bogus]\n", "[bogus]: is not a known section"),
+            (MINIMAL.replace("http://127.0.0.1:8080/", "localhost"), "[node] advertise_url"),
+            (MINIMAL + "[cluster]\n", "[cluster] etcd: is required"),
+            (MINIMAL + "[cluster]\netcd = http://e:2379\nlease_ttl = 1\n",
+             "[cluster] lease_ttl"),
+            (MINIMAL + "[nsq]\nnsqd_tcp = nohost\n", "[nsq] nsqd_tcp"),
+            (MINIMAL.replace("[auth]", "[auth]\ndev_login = maybe"), "[auth] dev_login"),
+            ("[node\nid=1", "not a valid ini file"),
+        ]
+        for text, expected in cases:
+            message = str(self.error(text))
+            self.assertIn(expected, message, text)
+            self.assertTrue(message.startswith("etc/x.ini"), message)
+            self.assertNotIn("\n", message)
+
+    def test_duplicateSectionIsAnError(self):
+        """
+        A section given twice is reported, not merged silently.
+        """
+        self.assertIn("not a valid ini file", str(self.error(MINIMAL + "[node]\nid = x\n")))
+
+    def test_secretFile(self):
+        """
+        secret_file is read relative to the config file; unreadable files are named.
+        """
+        folder = self.mktemp()
+        os.makedirs(folder)
+        with open(os.path.join(folder, "secret"), "w") as f:
+            f.write("s" * 40 + "\n")
+        text = MINIMAL.replace("secret = 0123456789abcdef0123456789abcdef", "secret_file = secret")
+        config = parseConfig(text, os.path.join(folder, "hpchat.ini"))
+        self.assertEqual(config.auth.secret, b"s" * 40)
+        message = str(self.error(text.replace("= secret", "= missing"),
+                                 os.path.join(folder, "hpchat.ini")))
+        self.assertIn("[auth] secret_file: cannot be read", message)
+
+    def test_missingFile(self):
+        """
+        A missing config file is named in the error.
+        """
+        message = str(self.assertRaises(ConfigError, loadConfig, "/nonexistent/hpchat.ini"))
+        self.assertIn("/nonexistent/hpchat.ini: cannot read config file", message)
+
+    def test_clusterAndNSQSections(self):
+        """
+        The optional sections are typed when present.
+        """
+        config = parseConfig(MINIMAL + "[cluster]\netcd = http://127.0.0.1:2379/\n"
+                             "[nsq]\nnsqd_tcp = 127.0.0.1:4150, 127.0.0.1:4250\n")
+        self.assertEqual((config.cluster.etcd, config.cluster.prefix, config.cluster.lease_ttl),
+                         ("http://127.0.0.1:2379", "/hpchat/", 5))
+        self.assertEqual(config.nsq.nsqd_tcp, ("127.0.0.1:4150", "127.0.0.1:4250"))
+        self.assertEqual((config.nsq.topic, config.nsq.channel),
+                         ("hpchat.notifications", "hpchat"))

@@ -1,0 +1,161 @@
+"""
+The batch persister, on a Clock with an in-memory store.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import task
+from twisted.trial.unittest import SynchronousTestCase
+
+from hpchat.persister import BatchPersister, Overloaded, PersisterStopped
+from hpchat.storage.base import Event, FenceRejected, StoreError
+from tests.fakes import MemoryStore
+
+
+def ev(seq, stream="dm:a:b", group=0):
+    return Event(stream=stream, seq=seq, id=f"{stream}/{seq}", group=group, type="message",
+                 sender="a", ts=0.0, data={"text": "x"})
+
+
+class PersisterTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.store = MemoryStore()
+        self.persister = BatchPersister(self.clock, self.store, batchSize=3, flushInterval=0.01,
+                                        maxPending=10)
+        self.persister.startService()
+        self.lost = []
+        self.persister.onGroupsLost = lambda groups, error: self.lost.append((groups, error))
+
+    def test_notDurableBeforeFlush(self):
+        """
+        An event's Deferred fires only once its batch has been written.
+        """
+        d = self.persister.enqueue(ev(1), 1)
+        self.assertNoResult(d)
+        self.assertEqual(self.store.appends, [])
+        self.clock.advance(0.01)
+        self.assertEqual(self.successResultOf(d).seq, 1)
+        self.assertEqual(len(self.store.appends), 1)
+
+    def test_heldWriteKeepsEventsUnacknowledged(self):
+        """
+        While the store has not confirmed the batch, nothing is acknowledged, and no second
+        batch is started (commits are serialised).
+        """
+        self.store.hold = True
+        first = self.persister.enqueue(ev(1), 1)
+        self.clock.advance(0.01)
+        second = self.persister.enqueue(ev(2), 1)
+        self.clock.advance(0.05)
+        self.assertNoResult(first)
+        self.assertEqual(len(self.store.held), 1)
+        self.store.release()
+        self.successResultOf(first)
+        self.assertNoResult(second)
+        self.clock.advance(0.01)
+        self.store.release()
+        self.successResultOf(second)
+
+    def test_batchesAreBoundedAndFullBatchFlushesAtOnce(self):
+        """
+        A full batch is written without waiting for the interval; batches hold at most
+        batchSize events, in order.
+        """
+        ds = [self.persister.enqueue(ev(i), 1) for i in range(1, 8)]
+        self.clock.advance(0)
+        self.assertEqual([len(b) for b in self.store.appends], [3, 3])
+        self.clock.advance(0.01)
+        self.assertEqual([len(b) for b in self.store.appends], [3, 3, 1])
+        self.assertEqual([e.seq for b in self.store.appends for e in b], list(range(1, 8)))
+        for d in ds:
+            self.successResultOf(d)
+
+    def test_overloaded(self):
+        """
+        Past maxPending waiting events, enqueue raises Overloaded and queues nothing.
+        """
+        for i in range(10):
+            self.persister.enqueue(ev(i + 1), 1)
+        self.assertRaises(Overloaded, self.persister.enqueue, ev(11), 1)
+        self.assertEqual(self.persister.pending, 10)
+
+    def test_storeErrorsAreRetriedWithBackoff(self):
+        """
+        A failing store is retried with growing delays; the events stay queued, in order,
+        and are acknowledged once written.
+        """
+        self.store.failNext = 2
+        d = self.persister.enqueue(ev(1), 1)
+        self.clock.advance(0.01)
+        self.assertNoResult(d)
+        self.clock.advance(0.04)
+        self.assertNoResult(d)
+        self.clock.advance(0.02)  # first retry after 0.05 s fails too
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d).seq, 1)
+        self.assertEqual(len(self.store.appends), 1)
+
+    def test_fenceRejectionFailsTheGroupOnly(self):
+        """
+        A fence rejection fails every queued event of that group and reports the group lost;
+        the other groups' events are written.
+        """
+        self.store.fences[5] = 99
+        lostEvents = [self.persister.enqueue(ev(1, "dm:a:b", 5), 1),
+                      self.persister.enqueue(ev(2, "dm:a:b", 5), 1)]
+        kept = self.persister.enqueue(ev(1, "dm:c:d", 6), 1)
+        self.clock.advance(0.01)
+        self.clock.advance(0.01)
+        for d in lostEvents:
+            self.failureResultOf(d, FenceRejected)
+        self.successResultOf(kept)
+        self.assertEqual([groups for groups, _ in self.lost], [(5,)])
+
+    def test_tokensOfTwoEpochsNeverShareABatch(self):
+        """
+        Events of one group under different tokens go into different batches.
+        """
+        self.persister.enqueue(ev(1), 1)
+        self.persister.enqueue(ev(2), 2)
+        self.clock.advance(0.01)
+        self.clock.advance(0.01)
+        self.assertEqual([len(b) for b in self.store.appends], [1, 1])
+
+    def test_stopFlushesEverything(self):
+        """
+        stopService writes everything queued before it fires, and refuses new events.
+        """
+        ds = [self.persister.enqueue(ev(i), 1) for i in range(1, 3)]
+        stopped = self.persister.stopService()
+        self.successResultOf(stopped)
+        for d in ds:
+            self.successResultOf(d)
+        self.assertRaises(PersisterStopped, self.persister.enqueue, ev(9), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopRetriesThenGivesUp(self):
+        """
+        At shutdown a failing store is retried until stopTimeout, then the events fail.
+        """
+        self.store.failNext = 10**6
+        d = self.persister.enqueue(ev(1), 1)
+        stopped = self.persister.stopService()
+        self.assertNoResult(stopped)
+        self.clock.pump([1.0] * 40)
+        self.successResultOf(stopped)
+        self.failureResultOf(d, StoreError)
+
+    def test_unexpectedErrorDropsTheGroups(self):
+        """
+        An unexpected exception from the store fails the batch's groups and reports them lost,
+        without killing the loop.
+        """
+        self.store.append = lambda events, fences: 1 / 0
+        d = self.persister.enqueue(ev(1, group=3), 1)
+        self.clock.advance(0.01)
+        self.failureResultOf(d, StoreError)
+        self.assertEqual([groups for groups, _ in self.lost], [[3]])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertTrue(self.persister._loop.running)

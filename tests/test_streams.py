@@ -1,0 +1,306 @@
+"""
+Streams in memory: seqs, visibility after durability, long-poll waiters, typing, dedupe,
+eviction and loss of a group. Deterministic: a Clock and an in-memory store.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer, task
+from twisted.trial.unittest import SynchronousTestCase
+
+from hpchat.groups import Redirect
+from hpchat.persister import BatchPersister
+from hpchat.storage.base import Event
+from hpchat.streams import CursorAhead, Streams, StreamUnavailable
+from tests.fakes import MemoryStore, SettableOwnership
+
+CID = "dm:alice:bob"
+
+
+class StreamsTestCase(SynchronousTestCase):
+    history = 5
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.store = MemoryStore()
+        self.store.open()
+        self.ownership = SettableOwnership(token=7)
+        self.persister = BatchPersister(self.clock, self.store, batchSize=100,
+                                        flushInterval=0.005)
+        self.streams = Streams(self.clock, self.store, self.persister, self.ownership,
+                               groups=16, historyInMemory=self.history, typingTtl=5,
+                               idleEvict=60)
+        self.persister.onGroupsLost = lambda groups, e: self.streams.dropGroups(groups)
+        self.ownership.subscribeLost(self.streams.dropGroups)
+        self.persister.startService()
+        self.streams.startService()
+        self.committed: list[Event] = []
+        self.streams.onCommitted.append(self.committed.append)
+
+    def tearDown(self):
+        self.streams.stopService()
+        self.successResultOf(self.persister.stopService())
+
+    def waiterTimers(self):
+        return [c for c in self.clock.getDelayedCalls() if "timedOut" in repr(c.func)]
+
+    def send(self, text="hi", sender="alice", clientId=None, stream=CID):
+        d = self.streams.send(stream, sender, text, clientId)
+        self.clock.advance(0.005)
+        return d
+
+    def sent(self, *args, **kw):
+        return self.successResultOf(self.send(*args, **kw))
+
+
+class SendTests(StreamsTestCase):
+    def test_seqsAreConsecutiveFromOne(self):
+        """
+        Messages get seqs 1, 2, 3 in order, and are stored with the owner's token.
+        """
+        seqs = [self.sent(f"m{i}")[0].seq for i in range(3)]
+        self.assertEqual(seqs, [1, 2, 3])
+        self.assertEqual(self.store.fences[self.streams.groupOf(CID)], 7)
+
+    def test_visibleOnlyOnceDurable(self):
+        """
+        Until the batch is durable the send is unanswered, pollers see nothing and no
+        onCommitted hook has run.
+        """
+        self.store.hold = True
+        sending = self.streams.send(CID, "alice", "hi", None)
+        poll = self.streams.poll(CID, 0, None, 10)
+        self.clock.advance(0.005)
+        self.assertNoResult(sending)
+        self.assertNoResult(poll)
+        self.assertEqual(self.committed, [])
+        self.store.release()
+        event, created = self.successResultOf(sending)
+        self.assertTrue(created)
+        self.assertEqual(self.successResultOf(poll).events, [event])
+        self.assertEqual(self.committed, [event])
+
+    def test_repeatedClientIdReturnsOriginal(self):
+        """
+        A repeated client_id from the same sender returns the original, not a new message;
+        from the other participant it is a new message.
+        """
+        first, created = self.sent("a", clientId="k1")
+        again, createdAgain = self.sent("b", clientId="k1")
+        self.assertEqual((again, createdAgain), (first, False))
+        other, created = self.sent("c", sender="bob", clientId="k1")
+        self.assertEqual((other.seq, created), (2, True))
+
+    def test_concurrentRepeatsShareTheFirstOutcome(self):
+        """
+        Two sends with one client_id in flight at once produce one message.
+        """
+        self.store.hold = True
+        one = self.streams.send(CID, "alice", "a", "k")
+        two = self.streams.send(CID, "alice", "a", "k")
+        self.clock.advance(0.005)
+        self.store.release()
+        (first, created), (second, createdAgain) = (self.successResultOf(one),
+                                                    self.successResultOf(two))
+        self.assertEqual((second, created, createdAgain), (first, True, False))
+        self.assertEqual(len(self.store.events[CID]), 1)
+
+    def test_clientIdFoundInStoreBeyondMemory(self):
+        """
+        A client_id older than the in-memory log is found in the store after a reload.
+        """
+        first, _ = self.sent("a", clientId="old")
+        for i in range(self.history + 2):
+            self.sent(f"m{i}")
+        self.streams.dropGroups([self.streams.groupOf(CID)])
+        again, created = self.sent("a", clientId="old")
+        self.assertEqual((again, created), (first, False))
+
+    def test_lostGroupFailsTheSendAndDropsTheStream(self):
+        """
+        A fence rejection fails the send with the store's error and forgets the stream, whose
+        waiters are told to go elsewhere.
+        """
+        self.sent("first")
+        waiting = self.streams.poll(CID, 1, None, 30)
+        self.store.fences[self.streams.groupOf(CID)] = 100
+        failure = self.failureResultOf(self.send("second"))
+        self.assertEqual(type(failure.value).__name__, "FenceRejected")
+        self.failureResultOf(waiting, StreamUnavailable)
+        self.assertNotIn(CID, self.streams._streams)
+
+    def test_typingClearedBySending(self):
+        """
+        Sending a message clears the sender's typing mark.
+        """
+        self.streams.setTyping(CID, "alice", True)
+        self.sent("hi")
+        result = self.successResultOf(self.streams.poll(CID, None, None, 0))
+        self.assertEqual(result.typing, [])
+        self.assertEqual(result.typing_version, 2)
+
+
+class PollTests(StreamsTestCase):
+    def test_answersAtOnceWhenBehind(self):
+        """
+        A cursor behind last_seq gets the missing events at once.
+        """
+        self.sent("a")
+        self.sent("b")
+        result = self.successResultOf(self.streams.poll(CID, 1, None, 30))
+        self.assertEqual(([e.text if False else e.data["text"] for e in result.events],
+                          result.last_seq), (["b"], 2))
+
+    def test_waitsAndWakesOnSend(self):
+        """
+        A waiter at last_seq is answered when a message commits, and its timer is cancelled.
+        """
+        poll = self.streams.poll(CID, None, None, 30)
+        self.assertNoResult(poll)
+        event, _ = self.sent("hi")
+        self.assertEqual(self.successResultOf(poll).events, [event])
+        self.assertEqual(self.waiterTimers(), [])
+
+    def test_timeoutAnswersEmpty(self):
+        """
+        Nothing happening until the timeout gives an empty answer.
+        """
+        poll = self.streams.poll(CID, None, None, 3)
+        self.clock.advance(2.9)
+        self.assertNoResult(poll)
+        self.clock.advance(0.1)
+        result = self.successResultOf(poll)
+        self.assertEqual((result.events, result.last_seq), ([], 0))
+
+    def test_cursorAhead(self):
+        """
+        A cursor beyond last_seq fails with CursorAhead.
+        """
+        self.failureResultOf(self.streams.poll(CID, 3, None, 0), CursorAhead)
+
+    def test_cancelLeavesNothingBehind(self):
+        """
+        Cancelling a waiting poll (the client went away) removes the waiter and its timer.
+        """
+        poll = self.streams.poll(CID, None, None, 30)
+        poll.cancel()
+        self.failureResultOf(poll, defer.CancelledError)
+        stream = self.streams._streams[CID]
+        self.assertEqual(stream.waiters, set())
+        self.assertEqual(self.streams._waiting, 0)
+        self.assertEqual(self.waiterTimers(), [])
+
+    def test_typingWakesOnlyTypingWaiters(self):
+        """
+        A typing change answers waiters that gave typing_version, not those that did not.
+        """
+        withTyping = self.streams.poll(CID, None, 0, 30)
+        withoutTyping = self.streams.poll(CID, None, None, 30)
+        self.streams.setTyping(CID, "alice", True)
+        result = self.successResultOf(withTyping)
+        self.assertEqual((result.typing, result.typing_version), (["alice"], 1))
+        self.assertNoResult(withoutTyping)
+        withoutTyping.cancel()
+        self.failureResultOf(withoutTyping)
+
+    def test_typingExpiresAndRefreshes(self):
+        """
+        A typing mark lasts typing_ttl unless refreshed; its expiry bumps the version.
+        """
+        self.streams.setTyping(CID, "bob", True)
+        self.clock.advance(4)
+        self.streams.setTyping(CID, "bob", True)
+        self.clock.advance(4)
+        result = self.successResultOf(self.streams.poll(CID, None, None, 0))
+        self.assertEqual((result.typing, result.typing_version), (["bob"], 1))
+        waiting = self.streams.poll(CID, None, 1, 30)
+        self.clock.advance(1)
+        result = self.successResultOf(waiting)
+        self.assertEqual((result.typing, result.typing_version), ([], 2))
+
+    def test_staleTypingVersionAnswersAtOnce(self):
+        """
+        A typing_version different from the current one answers at once.
+        """
+        self.streams.setTyping(CID, "bob", True)
+        result = self.successResultOf(self.streams.poll(CID, None, 0, 30))
+        self.assertEqual(result.typing_version, 1)
+
+    def test_oldCursorReadsFromStore(self):
+        """
+        A cursor older than the in-memory log is served from the store, 100 at most.
+        """
+        for i in range(self.history + 3):
+            self.sent(f"m{i}")
+        result = self.successResultOf(self.streams.poll(CID, 0, None, 0))
+        self.assertEqual([e.seq for e in result.events], list(range(1, self.history + 4)))
+
+
+class HistoryTests(StreamsTestCase):
+    history = 10
+
+    def test_pages(self):
+        """
+        History pages backwards, oldest first, from memory and from the store alike.
+        """
+        for i in range(25):
+            self.sent(f"m{i}")
+        events, more = self.successResultOf(self.streams.history(CID, None, 5))
+        self.assertEqual(([e.seq for e in events], more), ([21, 22, 23, 24, 25], True))
+        events, more = self.successResultOf(self.streams.history(CID, 21, 12))
+        self.assertEqual(([e.seq for e in events], more), (list(range(9, 21)), True))
+        events, more = self.successResultOf(self.streams.history(CID, 9, 50))
+        self.assertEqual(([e.seq for e in events], more), (list(range(1, 9)), False))
+        self.assertEqual(self.successResultOf(self.streams.history(CID, 1, 5)), ([], False))
+
+
+class LifecycleTests(StreamsTestCase):
+    def test_loadsFromStoreOnFirstUse(self):
+        """
+        A stream already in the store continues from its last seq.
+        """
+        self.sent("a")
+        self.sent("b")
+        self.streams._streams.clear()
+        event, _ = self.sent("c")
+        self.assertEqual(event.seq, 3)
+
+    def test_notOwnedIsUnavailable(self):
+        """
+        A stream of a group this node does not own cannot be loaded.
+        """
+        self.ownership.routes[self.streams.groupOf(CID)] = Redirect("n2", "http://n2")
+        self.failureResultOf(self.streams.poll(CID, None, None, 0), StreamUnavailable)
+
+    def test_losingAGroupAnswersWaiters(self):
+        """
+        When ownership is lost, waiting polls fail with StreamUnavailable and the stream is
+        forgotten.
+        """
+        poll = self.streams.poll(CID, None, None, 30)
+        self.ownership.lose([self.streams.groupOf(CID)], Redirect("n2", "http://n2"))
+        self.failureResultOf(poll, StreamUnavailable)
+        self.assertEqual(self.streams._streams, {})
+        self.assertEqual(self.streams._waiting, 0)
+
+    def test_idleStreamsAreEvicted(self):
+        """
+        A stream unused for idle_evict seconds, with no waiter and nothing in flight, is
+        dropped from memory; one with a waiter stays.
+        """
+        self.sent("a")
+        self.sent("x", stream="dm:carol:dave", sender="carol")
+        waiting = self.streams.poll("dm:carol:dave", None, None, 3600)
+        self.clock.pump([30] * 4)
+        self.assertEqual(list(self.streams._streams), ["dm:carol:dave"])
+        waiting.cancel()
+        self.failureResultOf(waiting)
+
+    def test_stopAnswersWaiters(self):
+        """
+        Stopping answers every waiting poll so clients retry elsewhere.
+        """
+        poll = self.streams.poll(CID, None, None, 30)
+        self.streams.stopService()
+        self.failureResultOf(poll, StreamUnavailable)
+        self.streams.startService()
