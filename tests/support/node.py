@@ -22,7 +22,10 @@ SECRET = "test-secret-0123456789abcdef-0123456789"
 
 
 def twistdCommand() -> list[str]:
-    twistd = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
+    # The twistd next to the running Python first: that is the one of this environment.
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if not os.path.exists(twistd):
+        twistd = shutil.which("twistd") or twistd
     return [twistd]
 
 
