@@ -15,6 +15,8 @@ from typing import Callable, Union
 from twisted.internet import defer
 from zope.interface import Interface, implementer
 
+from hpchat.deferreds import shield
+
 
 @dataclass(frozen=True, slots=True)
 class Local:
@@ -53,7 +55,7 @@ class IOwnership(Interface):
     def route(group):
         """
         Where requests for C{group} go: a L{Route}, or a Deferred firing with one when the
-        group must be claimed first.
+        group must be claimed first (it may be shared by several callers).
         """
 
     def cluster():
@@ -108,6 +110,13 @@ class SingleNodeOwnership:
 
 def resolveRoute(ownership, group: int) -> defer.Deferred:
     """
-    C{ownership.route(group)} as a Deferred, whether it answered at once or not.
+    C{ownership.route(group)} as a Deferred of the caller's own, whether it answered at once
+    or not: cancelling it (the client went away) does not cancel a claim others wait for.
     """
-    return defer.maybeDeferred(ownership.route, group)
+    try:
+        route = ownership.route(group)
+    except Exception:
+        return defer.fail()
+    if isinstance(route, defer.Deferred):
+        return shield(route, "a group claim", shared=True)
+    return defer.succeed(route)

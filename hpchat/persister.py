@@ -46,6 +46,9 @@ class BatchPersister(Service):
     """
     @ivar onGroupsLost: called with the groups of a L{FenceRejected} or L{StreamConflict}
         after their queued events have been failed, so the owner can drop its state.
+    @ivar tokenValid: C{tokenValid(group, token)} says whether this node may still write
+        C{group} under C{token}; events whose token has lapsed (lease lost, self-fenced) are
+        failed with L{FenceRejected} instead of written.
     """
 
     log = Logger()
@@ -61,6 +64,7 @@ class BatchPersister(Service):
         self.flushInterval = flushInterval
         self.maxPending = maxPending
         self.onGroupsLost: Callable[[Iterable[int], Exception], None] = lambda groups, e: None
+        self.tokenValid: Callable[[int, int], bool] = lambda group, token: True
         self._queue: deque[_Pending] = deque()
         self._flushing: defer.Deferred | None = None
         self._kick = None
@@ -116,6 +120,10 @@ class BatchPersister(Service):
     def pending(self) -> int:
         return len(self._queue)
 
+    def pendingFor(self, groups: Iterable[int]) -> int:
+        groups = set(groups)
+        return sum(1 for p in self._queue if p.event.group in groups)
+
     def enqueue(self, event: Event, token: int) -> defer.Deferred:
         """
         Queue C{event}, written under fence C{token}; the result fires with the event once it
@@ -162,6 +170,7 @@ class BatchPersister(Service):
     def _flush(self) -> defer.Deferred:
         if self._flushing is not None:
             return self._flushing
+        self._failLapsed()
         batch = self._takeBatch()
         if not batch:
             return defer.succeed(None)
@@ -184,6 +193,15 @@ class BatchPersister(Service):
         d.addBoth(done)
         # The loop waits for the batch but must never see its errors.
         return d
+
+    def _failLapsed(self) -> None:
+        lapsed = {p.event.group for p in self._queue if not self.tokenValid(p.event.group, p.token)}
+        if lapsed:
+            error = FenceRejected(sorted(lapsed))
+            self.log.warn("not writing events of groups {groups}: no longer owned here",
+                          groups=sorted(lapsed))
+            self._failWhere(lambda p: p.event.group in lapsed, error)
+            self.onGroupsLost(error.groups, error)
 
     def _takeBatch(self) -> list[_Pending]:
         """

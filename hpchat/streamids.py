@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-_USER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_USER = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 
 
 class BadConversation(ValueError):
@@ -21,7 +21,7 @@ class BadConversation(ValueError):
 
 
 def isUserId(value: object) -> bool:
-    return isinstance(value, str) and _USER.match(value) is not None and value.isascii()
+    return isinstance(value, str) and _USER.fullmatch(value) is not None
 
 
 def parseConversation(cid: str) -> tuple[str, str]:

@@ -26,6 +26,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from hpchat import metrics
+from hpchat.deferreds import shield
 from hpchat.storage.base import Event, StreamSnapshot
 from hpchat.streamids import groupOf
 
@@ -248,9 +249,10 @@ class Streams(Service):
         Append a conversation message; fires with C{(event, created)} once it is durable, where
         C{created} is False for a repeated C{clientId} (the original message is returned).
         """
-        return defer.ensureDeferred(self._append(
+        # A sender that goes away does not stop the write: others will see the message.
+        return shield(defer.ensureDeferred(self._append(
             name, "message", sender, {"text": text}, clientId=clientId,
-            key=("c", sender, clientId) if clientId is not None else None))
+            key=("c", sender, clientId) if clientId is not None else None)), "a send")
 
     def appendNotification(self, user: str, stream: str, notificationId: str, type: str,
                            sender: str | None, data: Mapping[str, Any]) -> defer.Deferred:
@@ -258,8 +260,9 @@ class Streams(Service):
         Append a notification to an inbox stream, at most once per C{notificationId}; fires
         with C{(event, created)} once durable.
         """
-        return defer.ensureDeferred(self._append(
-            stream, type, sender, dict(data), eventId=notificationId, key=("n", notificationId)))
+        return shield(defer.ensureDeferred(self._append(
+            stream, type, sender, dict(data), eventId=notificationId,
+            key=("n", notificationId))), "a notification")
 
     async def _append(self, name: str, type: str, sender: str | None, data: dict,
                       clientId: str | None = None, eventId: str | None = None,

@@ -159,3 +159,16 @@ class PersisterTests(SynchronousTestCase):
         self.assertEqual([groups for groups, _ in self.lost], [[3]])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertTrue(self.persister._loop.running)
+
+    def test_lapsedTokensAreNeverWritten(self):
+        """
+        Events whose token is no longer valid (self-fenced) fail instead of being written.
+        """
+        self.persister.tokenValid = lambda group, token: group != 2
+        gone = self.persister.enqueue(ev(1, "dm:a:b", 2), 1)
+        kept = self.persister.enqueue(ev(1, "dm:c:d", 3), 1)
+        self.clock.advance(0.01)
+        self.failureResultOf(gone, FenceRejected)
+        self.successResultOf(kept)
+        self.assertEqual([e.group for b in self.store.appends for e in b], [3])
+        self.assertEqual([groups for groups, _ in self.lost], [(2,)])

@@ -882,6 +882,8 @@ class EtcdClient:
         self._pool = None
         if httpClient is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
+            # Keep enough idle connections for bursts (claims of many groups).
+            self._pool.maxPersistentPerHost = 8
             agent = Agent(reactor, pool=self._pool, connectTimeout=timeout)
             httpClient = HTTPClient(agent, data_to_body_producer=_BytesProducer)
         self._http = httpClient
@@ -1242,11 +1244,10 @@ class Watch:
     def _start(self):
         client = self._client
         self._createTimeout = client.reactor.callLater(client.timeout, self._timedOut)
-        self._request = client._post("/v3/watch", self._body)
-        self._request.addCallbacks(self._gotResponse, self._requestFailed)
-        self._request.addErrback(
-            lambda f: self.log.failure("Bug in watch {watch!r}", f, watch=self)
-        )
+        d = self._request = client._post("/v3/watch", self._body)
+        # (The answer may already be there: _gotResponse then runs right now.)
+        d.addCallbacks(self._gotResponse, self._requestFailed)
+        d.addErrback(lambda f: self.log.failure("Bug in watch {watch!r}", f, watch=self))
 
     def _timedOut(self):
         self._createTimeout = None
@@ -1438,6 +1439,8 @@ class WatchKeeper:
     @ivar kvs: C{{key: KeyValue}}, current as of L{revision}.
     @ivar revision: the store revision the mirror reflects.
     @ivar watching: is a confirmed watch stream open right now?
+    @ivar resyncs: how many snapshots were read (1 after the start).
+    @ivar streams: how many watch streams were opened.
     """
 
     log = Logger()
@@ -1466,6 +1469,7 @@ class WatchKeeper:
         self.nextRevision = None
         self.watching = False
         self.resyncs = 0
+        self.streams = 0
         self._needResync = True
         self._running = False
         self._attempt = 0
@@ -1577,6 +1581,7 @@ class WatchKeeper:
         self._retryLater()
 
     def _startWatch(self):
+        self.streams += 1
         watch = self._watch = self._client.watch(
             self.prefix,
             prefix=True,

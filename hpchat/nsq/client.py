@@ -74,7 +74,14 @@ def endpointFromAddress(reactor: Any, address: str, timeout: float = 10.0
     return TCP4ClientEndpoint(reactor, host, int(port), timeout=timeout)
 
 
+def _describe(endpoint: IStreamClientEndpoint) -> str:
+    host, port = getattr(endpoint, "_host", None), getattr(endpoint, "_port", None)
+    return f"{host}:{port}" if host is not None else repr(endpoint)
+
+
 class _NSQFactory(Factory):
+    noisy = False
+
     def __init__(self, build: Callable[[], NSQProtocol]) -> None:
         self._build = build
 
@@ -101,6 +108,7 @@ class _NSQService(Service):
         maxFrameSize: int,
     ) -> None:
         self.endpoint = endpoint
+        self.address = _describe(endpoint)
         self.clock = clock
         self.options = options
         self.counters = counters if counters is not None else NSQCounters()
@@ -146,8 +154,8 @@ class _NSQService(Service):
         self._ready(p)
 
     def _handshakeFailed(self, p: NSQProtocol, failure: Failure) -> None:
-        self.log.warn("NSQ handshake with {endpoint} failed: {error}",
-                      endpoint=self.endpoint, error=failure.getErrorMessage())
+        self.log.warn("NSQ handshake with {address} failed: {error}",
+                      address=self.address, error=failure.getErrorMessage())
 
     def _ready(self, p: NSQProtocol) -> None:
         if not p.usable:
@@ -155,7 +163,7 @@ class _NSQService(Service):
         if not self.running:
             p.close().addErrback(lambda f: self.log.failure("Closing NSQ connection", f))
             return
-        self.log.info("NSQ connection to {endpoint} ready", endpoint=self.endpoint)
+        self.log.info("NSQ connection to {address} ready", address=self.address)
         self._protocol = p
         waiters, self._waiters = self._waiters, []
         for w in waiters:
@@ -168,8 +176,8 @@ class _NSQService(Service):
     def _lost(self, p: NSQProtocol, reason: BaseException | None) -> BaseException | None:
         if self._protocol is p:
             self._protocol = None
-            self.log.info("NSQ connection to {endpoint} lost: {reason}",
-                          endpoint=self.endpoint, reason=reason)
+            self.log.info("NSQ connection to {address} lost: {reason}",
+                          address=self.address, reason=reason)
         return reason
 
     def startService(self) -> None:

@@ -18,6 +18,7 @@ from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from hpchat import metrics
 from hpchat.groups import Local, Redirect, resolveRoute
@@ -31,7 +32,7 @@ MAX_BODY = 64 * 1024
 DEFAULT_POLL_TIMEOUT = 25.0
 DEFAULT_HISTORY = 50
 MAX_HISTORY = 200
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 
 
 class ApiError(Exception):
@@ -104,6 +105,11 @@ class ChatAPI:
         return _json(request, 404, {"error": {"code": "not_found",
                                               "message": "no such resource"}})
 
+    @app.handle_errors(RequestRedirect)
+    def _slashRedirect(self, request, failure):
+        # werkzeug would redirect /v1//cluster to /v1/cluster; this API has no such aliases.
+        return self._notFound(request, failure)
+
     @app.handle_errors(MethodNotAllowed)
     def _methodNotAllowed(self, request, failure):
         allowed = failure.value.valid_methods or []
@@ -128,7 +134,8 @@ class ChatAPI:
         if header:
             scheme, _, value = header.partition(b" ")
             if scheme.lower() != b"bearer" or not value.strip():
-                raise ApiError(401, "unauthorized", "use Authorization: Bearer <token>")
+                raise ApiError(401, "unauthorized", "use Authorization: Bearer <token>",
+                               {b"www-authenticate": b'Bearer realm="hpchat"'})
             token = value.strip().decode("utf-8", "replace")
         else:
             values = request.args.get(b"access_token")
@@ -159,10 +166,10 @@ class ChatAPI:
             raise ApiError(413, "too_large", f"request bodies are at most {MAX_BODY} bytes")
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise _badRequest("the body must be JSON", "bad_json") from None
         if not isinstance(body, dict):
-            raise _badRequest("the body must be a JSON object", "bad_json")
+            raise _badRequest("the body must be a JSON object")
         return body
 
     @staticmethod
@@ -198,7 +205,15 @@ class ChatAPI:
             raise ApiError(503, "unavailable", "this node is shutting down",
                            {b"retry-after": b"1"})
         group = self._streams.groupOf(stream)
-        route = await resolveRoute(self._ownership, group)
+        try:
+            route = await resolveRoute(self._ownership, group)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            self.log.warn("cannot settle the owner of group {group}: {error}", group=group,
+                          error=str(e) or type(e).__name__)
+            raise ApiError(503, "unavailable", f"the owner of group {group} is not settled yet",
+                           {b"retry-after": b"1"}) from None
         if isinstance(route, Local):
             return
         if isinstance(route, Redirect) and route.node != self._ownership.nodeId():
@@ -248,10 +263,14 @@ class ChatAPI:
         text, clientId = body.get("text"), body.get("client_id")
         if not isinstance(text, str) or not text.strip():
             raise _badRequest("text must be a non-empty string")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _badRequest("text must be valid Unicode (no lone surrogates)") from None
         if len(text) > self._chat.max_text_chars:
             raise _badRequest(f"text is longer than {self._chat.max_text_chars} characters")
         if clientId is not None and (not isinstance(clientId, str)
-                                     or not _CLIENT_ID.match(clientId)):
+                                     or not _CLIENT_ID.fullmatch(clientId)):
             raise _badRequest("client_id must match [A-Za-z0-9_-]{1,64}")
         event, created = await self._onStream(
             request, cid, lambda: self._streams.send(cid, user, text, clientId))

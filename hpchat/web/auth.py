@@ -51,8 +51,10 @@ class Authenticator:
             del self._cache[token]
             raise Unauthorized("the token has expired")
         try:
+            # Times are checked below against the injected clock, not PyJWT's wall clock.
             claims = jwt.decode(token, self._secret, algorithms=["HS256"],
-                                options={"require": ["sub", "exp"], "verify_exp": False})
+                                options={"require": ["sub", "exp"], "verify_exp": False,
+                                         "verify_iat": False, "verify_nbf": False})
         except jwt.InvalidTokenError as e:
             raise Unauthorized(f"invalid token: {e}") from None
         user, expires = claims["sub"], claims["exp"]
@@ -62,6 +64,12 @@ class Authenticator:
             raise Unauthorized("invalid token: exp must be a number")
         if now >= expires:
             raise Unauthorized("the token has expired")
+        notBefore = claims.get("nbf")
+        if notBefore is not None:
+            if not isinstance(notBefore, (int, float)) or isinstance(notBefore, bool):
+                raise Unauthorized("invalid token: nbf must be a number")
+            if now < notBefore:
+                raise Unauthorized("the token is not valid yet")
         self._cache[token] = (user, float(expires))
         if len(self._cache) > self.cacheSize:
             self._cache.popitem(last=False)

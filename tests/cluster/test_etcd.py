@@ -428,9 +428,8 @@ class WatchTests(RealEtcdMixin, TestCase):
         r1 = yield self.client.put(b"/w/a", b"1")
         yield self.client.put(b"/outside", b"x")
         yield self.client.put(b"/w/a", b"2")
-        r4 = yield self.client.delete(b"/w/a").addCallback(lambda _: self.client.get(b"/w/b"))
+        yield self.client.delete(b"/w/a")
         yield collector.waitFor(3)
-        self.assertIsNone(r4)
         self.assertEqual(
             collector.summary(),
             [("PUT", b"/w/a", b"1"), ("PUT", b"/w/a", b"2"), ("DELETE", b"/w/a", b"")],
@@ -617,15 +616,14 @@ class WatchKeeperTests(RealEtcdMixin, TestCase):
         [(kvs, revision)] = self.resyncs
         self.assertEqual(set(kvs), {b"/hpchat/nodes/a", b"/hpchat/groups/1"})
         self.assertEqual(keeper.revision, revision)
-        yield self.client.put(b"/hpchat/groups/2", b"a")
-        last = yield self.client.delete(b"/hpchat/groups/1").addCallback(
-            lambda _: self.client.get(b"/hpchat/groups/2")
-        )
+        putRevision = yield self.client.put(b"/hpchat/groups/2", b"a")
+        yield self.client.delete(b"/hpchat/groups/1")
         yield self.collector.waitFor(2)
         self.assertEqual(
             self.values(keeper), {b"/hpchat/nodes/a": b"url-a", b"/hpchat/groups/2": b"a"}
         )
-        self.assertEqual(keeper.revision, last.modRevision + 1)
+        self.assertEqual(keeper.revision, putRevision + 1)
+        self.assertEqual(keeper.nextRevision, putRevision + 2)
         self.assertEqual(len(self.resyncs), 1)
 
     @inlineCallbacks
@@ -687,9 +685,9 @@ class WatchKeeperTests(RealEtcdMixin, TestCase):
         restart() drops the stream and resumes at once without a resync.
         """
         keeper = yield self.makeKeeper()
+        self.assertEqual(keeper.streams, 1)
         keeper.restart()
-        yield waitUntil(lambda: not keeper.watching or keeper._watch is None, what="drop")
-        yield waitUntil(lambda: keeper.watching, what="watch again")
+        yield waitUntil(lambda: keeper.streams == 2 and keeper.watching, what="watch again")
         yield self.client.put(b"/hpchat/nodes/z", b"z")
         yield self.collector.waitFor(1)
         self.assertEqual(len(self.resyncs), 1)
@@ -778,7 +776,6 @@ class TransportErrorTests(TestCase):
         d.cancel()
         yield self.assertFailure(d, Exception)
         yield self.waitServerSideClosed()
-        self.assertEqual(reactor.getDelayedCalls(), [])
 
 
 # ---------------------------------------------------------------------------
@@ -1174,13 +1171,13 @@ class WatchStreamTests(SynchronousTestCase):
             self.requests.append(request)
             return NOT_DONE_YET
 
-        self.gateway = CannedGateway(hold)
+        self.gateway = CannedGateway(*[hold] * 10)
         self.stub = StubTreq(self.gateway)
         self.clock = Clock()
         self.client = EtcdClient(self.clock, "http://etcd.test", httpClient=self.stub, timeout=5)
 
     def send(self, data):
-        self.requests[0].write(data)
+        self.requests[-1].write(data)
         self.stub.flush()
 
     def test_streamParsing(self):
@@ -1209,7 +1206,7 @@ class WatchStreamTests(SynchronousTestCase):
                 },
             ),
         )
-        created = self.successResultOf(watch.whenCreated()) if False else watch.whenCreated()
+        created = watch.whenCreated()
         lines = [
             {"result": {"header": {"revision": "7"}, "created": True}},
             {"result": {"header": {"revision": "7"}, "events": [
@@ -1296,23 +1293,28 @@ class WatchStreamTests(SynchronousTestCase):
         A line that is not a watch result ends the watch with
         L{EtcdBadResponse}; events before it were delivered.
         """
-        for bad in [b"garbage\n", b"[]\n", b'{"result":[]}\n', b'{"result":{"events":[{"kv":{"key":"%%"}}]}}\n', b'{"result":{"events":[{"type":"BOGUS","kv":{}}]}}\n']:
-            requests = len(self.requests)
-            watch = self.client.watch(b"k")
+        bad = [
+            b"garbage\n",
+            b"[]\n",
+            b'{"result":[]}\n',
+            b'{"result":{"events":[{"kv":{"key":"%%"}}]}}\n',
+            b'{"result":{"events":[{"type":"BOGUS","kv":{}}]}}\n',
+            b'{"result":{"events":[{"type":"PUT"}]}}\n',
+        ]
+        for line in bad:
+            collector = EventCollector()
+            watch = self.client.watch(b"k", onEvents=collector)
             self.stub.flush()
-            self.assertEqual(len(self.requests), requests + 1)
-            self.requests[0] = self.requests[-1]
-            self.gateway.responses.append(self.gateway_hold()) if False else None
-            self.send(b'{"result":{"header":{"revision":"1"},"created":true}}\n' + bad)
-            self.stub.flush()
+            self.send(
+                b'{"result":{"header":{"revision":"1"},"created":true}}\n'
+                b'{"result":{"header":{"revision":"2"},"events":[{"kv":{"key":"aw==","mod_revision":"2"}}]}}\n'
+                + line
+                + b'{"result":{"header":{"revision":"3"},"events":[{"kv":{"key":"aw==","mod_revision":"3"}}]}}\n'
+            )
             reason = self.successResultOf(watch.whenDone())
-            self.assertIsInstance(reason, EtcdBadResponse, bad)
-            self.gateway.responses.append(self.gateway.requests and self._hold)
-
-    def _hold(self, request):
-        request.setResponseCode(200)
-        self.requests.append(request)
-        return NOT_DONE_YET
+            self.assertEqual(type(reason), EtcdBadResponse, line)
+            self.assertEqual(len(collector.events), 1, line)
+            self.assertEqual(watch.nextRevision, 3)
 
     def test_streamErrorLine(self):
         """

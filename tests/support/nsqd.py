@@ -23,7 +23,6 @@ from urllib.parse import urlencode
 from treq.client import HTTPClient
 from twisted.internet import defer, protocol, task
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,6 +51,10 @@ def freePort() -> int:
         return s.getsockname()[1]
 
 
+class _PortTaken(RuntimeError):
+    pass
+
+
 class _NSQDProcess(protocol.ProcessProtocol):
     def __init__(self, log: list[bytes]) -> None:
         self.output = log
@@ -76,7 +79,6 @@ class NSQD:
     @ivar httpURL: C{"http://127.0.0.1:port"}.
     """
 
-    log = Logger()
 
     def __init__(self, reactor: Any, extraArgs: Sequence[str] = (),
                  startTimeout: float = 10.0, stopTimeout: float = 5.0) -> None:
@@ -85,10 +87,8 @@ class NSQD:
         self.extraArgs = list(extraArgs)
         self.startTimeout = startTimeout
         self.stopTimeout = stopTimeout
-        self.tcpPort = freePort()
-        self.httpPort = freePort()
-        self.tcpAddress = f"127.0.0.1:{self.tcpPort}"
-        self.httpURL = f"http://127.0.0.1:{self.httpPort}"
+        self._choosePorts()
+        self._started = False
         self.dataPath = tempfile.mkdtemp(prefix="hpchat-nsqd-")
         self.output: list[bytes] = []
         self._process: _NSQDProcess | None = None
@@ -97,6 +97,12 @@ class NSQD:
         self._pool.maxPersistentPerHost = 2
         self._pool.retryAutomatically = False
         self.http = HTTPClient(Agent(reactor, pool=self._pool))
+
+    def _choosePorts(self) -> None:
+        self.tcpPort = freePort()
+        self.httpPort = freePort()
+        self.tcpAddress = f"127.0.0.1:{self.tcpPort}"
+        self.httpURL = f"http://127.0.0.1:{self.httpPort}"
 
     @property
     def running(self) -> bool:
@@ -118,9 +124,26 @@ class NSQD:
     def start(self) -> Any:
         """
         Start nsqd and wait until C{/ping} answers C{OK}.
+
+        On the first start, ports taken in the meantime (e.g. by a parallel trial worker) are
+        replaced by new free ones; a restart keeps its ports.
         """
+        for attempt in range(3):
+            try:
+                yield self._start()
+            except _PortTaken:
+                if self._started or attempt == 2:
+                    raise
+                self._choosePorts()
+            else:
+                self._started = True
+                return
+
+    @defer.inlineCallbacks
+    def _start(self) -> Any:
         if self.running:
             raise RuntimeError("nsqd is already running")
+        self.output.clear()
         self._process = _NSQDProcess(self.output)
         args = self.arguments()
         self._transport = self.reactor.spawnProcess(
@@ -129,6 +152,8 @@ class NSQD:
         deadline = self.reactor.seconds() + self.startTimeout
         while True:
             if not self.running:
+                if "address already in use" in self.logText():
+                    raise _PortTaken(self.logText())
                 raise RuntimeError(f"nsqd exited at startup:\n{self.logText()}")
             if (yield self._pinged()):
                 return

@@ -23,7 +23,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from hpchat.config import ChatConfig
-from hpchat.groups import IOwnership, Local, Redirect, Unsettled
+from hpchat.groups import IOwnership, Local, Redirect
 from hpchat.notify import InProcessNotifier
 from hpchat.persister import BatchPersister
 from hpchat.storage.base import (
@@ -408,6 +408,14 @@ class Harness:
         self.clock.advance(seconds)
         self.flush()
 
+    def run(self, seconds: float, step: float = 0.01) -> None:
+        """
+        Advance the clock by C{seconds} in small steps, as real time would pass.
+        """
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+        self.flush()
+
     def settle(self, rounds: int = 4) -> None:
         """
         Run a few persister flushes (and what they trigger), then pump HTTP.
@@ -483,8 +491,8 @@ class Harness:
         body: dict[str, Any] = {"text": text}
         if clientId is not None:
             body["client_id"] = clientId
-        return self.request("POST", f"/v1/conversations/{quote(cid)}/messages", user=user,
-                            body=body, **kw)
+        return self.request("POST", f"/v1/conversations/{quote(cid, safe=':')}/messages",
+                            user=user, body=body, **kw)
 
     def sent(self, cid: str, user: str, text: str = "hello", clientId: str | None = None,
              **kw) -> Answer:
@@ -497,8 +505,8 @@ class Harness:
 
     def events(self, cid: str, user: str, **query) -> defer.Deferred:
         q = "&".join(f"{k}={v}" for k, v in query.items())
-        return self.request("GET", f"/v1/conversations/{quote(cid)}/events" + (f"?{q}" if q else ""),
-                            user=user)
+        p = f"/v1/conversations/{quote(cid, safe=':')}/events" + (f"?{q}" if q else "")
+        return self.request("GET", p, user=user)
 
     def lastSeq(self, cid: str, user: str = "alice") -> int:
         return self.answer(self.events(cid, user, timeout=0)).json["last_seq"]
