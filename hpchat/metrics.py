@@ -40,7 +40,12 @@ storeErrors = Counter("hpchat_store_errors", "Failed store calls, by kind", ["ki
 overloaded = Counter("hpchat_overloaded", "Sends refused because too many were pending",
                      registry=REGISTRY)
 streamsInMemory = Gauge("hpchat_streams_in_memory", "Streams held in memory", registry=REGISTRY)
-groupsOwned = Gauge("hpchat_groups_owned", "Chat groups this node owns", registry=REGISTRY)
+groupsOwned = Gauge("hpchat_groups_owned", "Chat groups this node serves", registry=REGISTRY)
+claims = Counter("hpchat_group_claims", "Group claims won in etcd (for any node)",
+                 registry=REGISTRY)
+releases = Counter("hpchat_group_releases", "Groups handed off by this node", registry=REGISTRY)
+keepaliveFailures = Counter("hpchat_lease_keepalive_failures",
+                            "Lease keepalives that failed or timed out", registry=REGISTRY)
 
 
 def render() -> bytes:

@@ -70,13 +70,22 @@ def buildNode(config, reactor) -> MultiService:
     store = SQLiteStore(reactor, config.storage.path)
     StoreService(store, fatal).setServiceParent(node)
 
+    if config.cluster is None:
+        ownership = SingleNodeOwnership(config.node.id, config.node.advertise_url,
+                                        config.chat.groups)
+    else:
+        ownership = clusterOwnership(config, reactor)
+        # Started after the store and stopped after the persister's last flush, so that
+        # revoking the lease hands over only durable state.
+        ownership.setServiceParent(node)
+
     persister = BatchPersister(reactor, store, batchSize=config.storage.batch_size,
                                flushInterval=config.storage.flush_interval,
                                maxPending=config.storage.max_pending)
     persister.setServiceParent(node)
-
-    ownership = SingleNodeOwnership(config.node.id, config.node.advertise_url,
-                                    config.chat.groups)
+    if config.cluster is not None:
+        ownership.pendingWrites = persister.pendingFor
+        persister.tokenValid = lambda group, token: ownership.mayWrite(group, token) is not None
 
     streams = Streams(reactor, store, persister, ownership, groups=config.chat.groups,
                       historyInMemory=config.chat.history_in_memory,
@@ -92,3 +101,14 @@ def buildNode(config, reactor) -> MultiService:
                   config.chat, persister)
     WebService(api, config.node.listen, reactor).setServiceParent(node)
     return node
+
+
+def clusterOwnership(config, reactor):
+    from hpchat.cluster.etcd import EtcdClient
+    from hpchat.cluster.ownership import EtcdOwnership
+
+    cluster = config.cluster
+    client = EtcdClient(reactor, cluster.etcd, timeout=max(1.0, cluster.lease_ttl / 3))
+    return EtcdOwnership(reactor, client, config.node.id, config.node.advertise_url,
+                         config.chat.groups, prefix=cluster.prefix, leaseTtl=cluster.lease_ttl,
+                         fenceMargin=cluster.fence_margin, slack=cluster.rebalance_slack)

@@ -214,11 +214,12 @@ class NSQProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.connected = False
         self._stopWatchdog()
+        why = reason.getErrorMessage() if reason is not None else "connection closed"
         pending, self._pending = self._pending, deque()
         for p in pending:
             if not p.deferred.called:
                 p.deferred.errback(NSQConnectionLost(
-                    f"connection lost before the reply to {p.name}: {reason.getErrorMessage()}"))
+                    f"connection lost before the reply to {p.name}: {why}"))
         # Messages still in flight stay with nsqd until their msg_timeout runs out.
         self.inFlight.clear()
         self.disconnected.callback(reason.value if reason is not None else None)
@@ -242,7 +243,8 @@ class NSQProtocol(Protocol):
 
     def _peer(self) -> str:
         try:
-            return str(self.transport.getPeer())
+            peer = self.transport.getPeer()
+            return f"{peer.host}:{peer.port}"
         except Exception:
             return "?"
 

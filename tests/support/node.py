@@ -54,7 +54,7 @@ class HTTP:
             data = json.dumps(body).encode() if not isinstance(body, bytes) else body
             headers[b"content-type"] = [b"application/json"]
         response = await self.client.request(method, url, data=data, headers=headers,
-                                             timeout=timeout)
+                                             timeout=timeout, allow_redirects=False)
         content = await treq.content(response)
         try:
             decoded = json.loads(content) if content else None

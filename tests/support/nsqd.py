@@ -89,7 +89,6 @@ class NSQD:
         self.stopTimeout = stopTimeout
         self._choosePorts()
         self._started = False
-        self.dataPath = tempfile.mkdtemp(prefix="hpchat-nsqd-")
         self.output: list[bytes] = []
         self._process: _NSQDProcess | None = None
         self._transport: Any = None
@@ -97,6 +96,7 @@ class NSQD:
         self._pool.maxPersistentPerHost = 2
         self._pool.retryAutomatically = False
         self.http = HTTPClient(Agent(reactor, pool=self._pool))
+        self.dataPath = tempfile.mkdtemp(prefix="hpchat-nsqd-")
 
     def _choosePorts(self) -> None:
         self.tcpPort = freePort()

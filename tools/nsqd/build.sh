@@ -3,7 +3,7 @@
 #
 # nsqd cannot be `go install`ed (its go.mod has a replace directive), so this
 # directory is a wrapper module that pins it with a `tool` directive and
-# copies upstream's replace line (see /work/shared/reference/nsq.md §3.3).
+# copies upstream's replace line (NSQ reference sheet, §3.3).
 # A no-op when the binary is newer than go.mod, go.sum and this script and
 # reports v1.3.0. Set FORCE=1 to rebuild anyway.
 set -eu

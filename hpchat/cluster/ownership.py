@@ -1,0 +1,503 @@
+# -*- test-case-name: tests.cluster.test_ownership -*-
+"""
+Group ownership through etcd: the node registry, group claims, keepalive and self-fencing.
+
+Keys under the prefix (default C{/hpchat/}):
+
+  - C{nodes/<id>} -> C{{"url", "started"}}, attached to the node's lease;
+  - C{groups/<g>} -> the owner's node id, attached to the owner's lease, created by a txn
+    comparing C{create_revision == 0}. Its create revision is the owner's fencing token.
+
+Every node mirrors both prefixes through one watch. A group nobody owns is claimed on demand,
+by whichever node first needs it, for the node that placement prefers (rendezvous hashing with
+a load bound): the claim puts the key with I{that} node's lease, so every node agrees on the
+owner at once and a redirect never points at a node that does not own the group.
+
+Self-fencing: the lease is kept alive every TTL/3, and this node serves its groups only until
+I{send time of the last acknowledged keepalive + TTL - margin}. etcd counts the TTL from some
+moment between our send and its answer, so that deadline is the latest one that is safe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from hpchat import metrics
+from hpchat.cluster.etcd import Compare, LeaseNotFound, Op, WatchKeeper
+from hpchat.cluster.placement import RendezvousPlacement, fairShare
+from hpchat.groups import IOwnership, Local, Redirect, Unsettled
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    node: str
+    token: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    url: str
+    lease: int
+
+
+class ClusterKeys:
+    def __init__(self, prefix: str):
+        self.prefix = prefix.encode()
+        self.nodes = self.prefix + b"nodes/"
+        self.groups = self.prefix + b"groups/"
+
+    def node(self, nodeId: str) -> bytes:
+        return self.nodes + nodeId.encode()
+
+    def group(self, group: int) -> bytes:
+        return self.groups + str(group).encode()
+
+    def parseGroup(self, key: bytes) -> int | None:
+        if not key.startswith(self.groups):
+            return None
+        rest = key[len(self.groups):]
+        return int(rest) if rest.isdigit() else None
+
+    def parseNode(self, key: bytes) -> str | None:
+        if not key.startswith(self.nodes):
+            return None
+        return key[len(self.nodes):].decode("utf-8", "replace") or None
+
+
+def readCluster(keys: ClusterKeys, kvs: Iterable) -> tuple[dict[str, NodeInfo], dict[int, Owner]]:
+    """
+    The live nodes and group owners described by the etcd keys C{kvs}. Malformed keys and
+    values are skipped.
+    """
+    nodes: dict[str, NodeInfo] = {}
+    owners: dict[int, Owner] = {}
+    for kv in kvs:
+        nodeId = keys.parseNode(kv.key)
+        if nodeId is not None:
+            try:
+                url = json.loads(kv.value)["url"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(url, str):
+                nodes[nodeId] = NodeInfo(url.rstrip("/"), kv.lease)
+            continue
+        group = keys.parseGroup(kv.key)
+        if group is not None and kv.value:
+            owners[group] = Owner(kv.value.decode("utf-8", "replace"), kv.createRevision,
+                                  kv.lease)
+    return nodes, owners
+
+
+@implementer(IOwnership)
+class EtcdOwnership(Service):
+    """
+    This node's membership of the cluster, and its view of who owns which group.
+
+    @ivar pendingWrites: C{pendingWrites(groups)}, the number of events of C{groups} not yet
+        durable; a group is released in a hand-off only once it is 0.
+    """
+
+    log = Logger()
+    handoffTimeout = 10.0
+
+    def __init__(self, clock, client, nodeId: str, url: str, groups: int, prefix: str = "/hpchat/",
+                 leaseTtl: int = 5, fenceMargin: float = 1.0, slack: int = 1, placement=None,
+                 retryDelays: tuple[float, float] = (0.2, 5.0)):
+        self._clock = clock
+        self._client = client
+        self._nodeId = nodeId
+        self._url = url
+        self.groups = groups
+        self.keys = ClusterKeys(prefix)
+        self.leaseTtl = leaseTtl
+        self.fenceMargin = fenceMargin
+        self.slack = slack
+        self.placement = placement or RendezvousPlacement()
+        self._minDelay, self._maxDelay = retryDelays
+        self.pendingWrites: Callable[[Iterable[int]], int] = lambda groups: 0
+        self._lease = None
+        self._validUntil = 0.0
+        self._fenceTimer = None
+        self._keepalive: task.LoopingCall | None = None
+        self._registering: defer.Deferred | None = None
+        self._nodes: dict[str, NodeInfo] = {}
+        self._owners: dict[int, Owner] = {}
+        self._claims: dict[int, defer.Deferred] = {}
+        self._handingOff: set[int] = set()
+        self._serving: set[int] = set()
+        self._lostCallbacks: list[Callable] = []
+        self._rebalanceCall = None
+        self._keeper = WatchKeeper(client, self.keys.prefix, onResync=self._resynced,
+                                   onEvents=self._changed, clock=clock)
+
+    # -- IOwnership
+
+    def nodeId(self) -> str:
+        return self._nodeId
+
+    def _leaseValid(self) -> bool:
+        return self._lease is not None and self._clock.seconds() < self._validUntil
+
+    def tokenFor(self, group: int) -> int | None:
+        if group in self._handingOff:
+            return None
+        return self.mayWrite(group, None)
+
+    def mayWrite(self, group: int, token: int | None) -> int | None:
+        """
+        The token under which this node may write C{group} now (if C{token} is given, only
+        when it is that one), else None. Unlike L{tokenFor}, true during a hand-off, so
+        that writes already queued can finish.
+        """
+        owner = self._owners.get(group)
+        if (owner is None or owner.node != self._nodeId or not self._leaseValid()
+                or owner.lease != self._lease.id):
+            return None
+        if token is not None and owner.token != token:
+            return None
+        return owner.token
+
+    def route(self, group: int):
+        known = self._routeKnown(group)
+        if known is not None:
+            return known
+        if not self.ready():
+            return Unsettled(1.0)
+        claim = self._claims.get(group)
+        if claim is None:
+            claim = self._claims[group] = defer.ensureDeferred(self._claim(group))
+            claim.addBoth(self._claimDone, group)
+        return claim
+
+    def _routeKnown(self, group: int):
+        token = self.tokenFor(group)
+        if token is not None:
+            return Local(token)
+        owner = self._owners.get(group)
+        if owner is None:
+            return None
+        if owner.node == self._nodeId:
+            # Ours on paper, but our lease lapsed or we are handing the group off.
+            return Unsettled(1.0)
+        node = self._nodes.get(owner.node)
+        if node is None:
+            return Unsettled(1.0)
+        return Redirect(owner.node, node.url)
+
+    def cluster(self):
+        return ({n: info.url for n, info in sorted(self._nodes.items())},
+                {g: o.node for g, o in sorted(self._owners.items())})
+
+    def subscribeLost(self, callback: Callable) -> None:
+        self._lostCallbacks.append(callback)
+
+    def ready(self) -> bool:
+        return self._leaseValid() and self._keeper.resyncs > 0 and self._nodeId in self._nodes
+
+    # -- claiming
+
+    async def _claim(self, group: int):
+        live = dict(self._nodes)
+        load: dict[str, int] = {}
+        for owner in self._owners.values():
+            load[owner.node] = load.get(owner.node, 0) + 1
+        cap = fairShare(self.groups, len(live), self.slack)
+        preferred = self.placement.preferred(group, live, load, cap)
+        if preferred is None:
+            return Unsettled(1.0)
+        lease = live[preferred].lease
+        key = self.keys.group(group)
+        try:
+            result = await self._client.txn(
+                compare=[Compare.createRevision(key, "==", 0)],
+                success=[Op.put(key, preferred.encode(), lease=lease)],
+                failure=[Op.range(key)])
+        except LeaseNotFound:
+            self.log.info("not claiming group {group} for {node}: its lease is gone",
+                          group=group, node=preferred)
+            return Unsettled(1.0)
+        except Exception as e:
+            self.log.warn("claiming group {group} failed: {error}", group=group,
+                          error=str(e) or type(e).__name__)
+            return Unsettled(1.0)
+        if result.succeeded:
+            metrics.claims.inc()
+            self.log.info("claimed group {group} for {node}, token {token}", group=group,
+                          node=preferred, token=result.revision)
+            self._learn(group, Owner(preferred, result.revision, lease))
+        else:
+            kvs = result.responses[0].kvs if result.responses else []
+            if kvs:
+                kv = kvs[0]
+                self._learn(group, Owner(kv.value.decode("utf-8", "replace"), kv.createRevision,
+                                         kv.lease))
+        return self._routeKnown(group) or Unsettled(1.0)
+
+    def _claimDone(self, result, group):
+        del self._claims[group]
+        return result
+
+    def _learn(self, group: int, owner: Owner) -> None:
+        known = self._owners.get(group)
+        if known is None or owner.token >= known.token:
+            self._owners[group] = owner
+        self._settle()
+
+    # -- the mirror of etcd
+
+    def _resynced(self, kvs, revision):
+        nodes, owners = readCluster(self.keys, kvs.values())
+        # Claims learnt from our own txns after this snapshot stay until the watch has them.
+        for group, owner in self._owners.items():
+            if owner.token > revision and group not in owners:
+                owners[group] = owner
+        self._nodes, self._owners = nodes, owners
+        self._settle()
+        self._scheduleRebalance()
+
+    def _changed(self, events, revision):
+        nodesChanged = False
+        for event in events:
+            key = event.kv.key
+            group = self.keys.parseGroup(key)
+            if group is not None:
+                known = self._owners.get(group)
+                if event.type == "DELETE":
+                    if known is not None and known.token < event.kv.modRevision:
+                        del self._owners[group]
+                elif event.kv.value and (known is None
+                                         or event.kv.createRevision >= known.token):
+                    self._owners[group] = Owner(event.kv.value.decode("utf-8", "replace"),
+                                                event.kv.createRevision, event.kv.lease)
+                continue
+            if self.keys.parseNode(key) is not None:
+                nodesChanged = True
+        if nodesChanged:
+            self._nodes, _ = readCluster(self.keys, self._keeper.kvs.values())
+            self._scheduleRebalance()
+        self._settle()
+
+    def _settle(self) -> None:
+        """
+        Recompute the groups this node serves; tell subscribers about the ones it lost.
+        """
+        serving = {g for g in self._owners if self.tokenFor(g) is not None}
+        lost = self._serving - serving
+        self._serving = serving
+        metrics.groupsOwned.set(len(serving))
+        if lost:
+            for callback in self._lostCallbacks:
+                try:
+                    callback(sorted(lost))
+                except Exception:
+                    self.log.failure("a lost-groups subscriber failed")
+
+    # -- lease, registration, keepalive, fencing
+
+    def startService(self):
+        super().startService()
+        self._keeper.start()
+        self._register()
+
+    def _register(self) -> None:
+        if self._registering is None and self.running:
+            self._registering = defer.ensureDeferred(self._registerLoop())
+            self._registering.addErrback(
+                lambda f: None if f.check(defer.CancelledError) else
+                self.log.failure("registration loop failed", f))
+
+    async def _registerLoop(self):
+        delay = self._minDelay
+        try:
+            while self.running:
+                try:
+                    await self._registerOnce()
+                    return
+                except defer.CancelledError:
+                    raise
+                except Exception as e:
+                    self.log.error(
+                        "cannot register node {node} with etcd at {etcd}: {error}; "
+                        "retrying in {delay:.1f}s", node=self._nodeId, etcd=self._client.url,
+                        error=str(e) or type(e).__name__, delay=delay)
+                    await task.deferLater(self._clock, delay, lambda: None)
+                    delay = min(self._maxDelay, delay * 2)
+        finally:
+            self._registering = None
+
+    async def _registerOnce(self):
+        sent = self._clock.seconds()
+        lease = await self._client.leaseGrant(self.leaseTtl)
+        self._lease = lease
+        self._acknowledged(sent, lease.ttl)
+        value = json.dumps({"url": self._url, "started": sent}).encode()
+        await self._client.put(self.keys.node(self._nodeId), value, lease=lease.id)
+        self._nodes[self._nodeId] = NodeInfo(self._url, lease.id)
+        if self._keepalive is None or not self._keepalive.running:
+            self._keepalive = task.LoopingCall(self._keepAlive)
+            self._keepalive.clock = self._clock
+            self._keepalive.start(max(0.5, lease.ttl / 3), now=False).addErrback(
+                lambda f: self.log.failure("keepalive loop died", f))
+        self.log.info("node {node} registered at {url} with lease {lease:x} (ttl {ttl}s)",
+                      node=self._nodeId, url=self._url, lease=lease.id, ttl=lease.ttl)
+        self._settle()
+        self._scheduleRebalance()
+
+    def _acknowledged(self, sent: float, ttl: int) -> None:
+        self._validUntil = sent + ttl - self.fenceMargin
+        if self._fenceTimer is not None and self._fenceTimer.active():
+            self._fenceTimer.cancel()
+        self._fenceTimer = self._clock.callLater(
+            max(0.0, self._validUntil - self._clock.seconds()), self._selfFence)
+
+    def _keepAlive(self):
+        lease = self._lease
+        if lease is None:
+            return None
+        sent = self._clock.seconds()
+        d = self._client.leaseKeepAlive(lease.id, timeout=max(0.5, lease.ttl / 3))
+
+        def ok(ttl):
+            if self._lease is lease:
+                wasFenced = not self._leaseValid()
+                self._acknowledged(sent, ttl)
+                if wasFenced:
+                    self.log.info("keepalive acknowledged again; serving resumes")
+                    self._settle()
+
+        def failed(failure):
+            metrics.keepaliveFailures.inc()
+            if failure.check(LeaseNotFound):
+                if self._lease is lease:
+                    self._leaseLost("etcd no longer knows our lease")
+                return None
+            self.log.warn("lease keepalive failed: {error}",
+                          error=failure.getErrorMessage() or failure.type.__name__)
+            return None
+
+        return d.addCallbacks(ok, failed)
+
+    def _selfFence(self):
+        self._fenceTimer = None
+        if self._lease is None or self._leaseValid():
+            return
+        self.log.warn("no keepalive acknowledged for {ttl}s - margin: self-fencing, "
+                      "stopping service of {count} groups", ttl=self._lease.ttl,
+                      count=len(self._serving))
+        self._settle()
+
+    def _leaseLost(self, why: str) -> None:
+        self.log.warn("lease lost ({why}): dropping {count} groups and registering again",
+                      why=why, count=len(self._serving))
+        self._lease = None
+        self._validUntil = 0.0
+        if self._fenceTimer is not None and self._fenceTimer.active():
+            self._fenceTimer.cancel()
+        self._fenceTimer = None
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._settle()
+        self._register()
+
+    # -- rebalancing
+
+    def _scheduleRebalance(self) -> None:
+        if self._rebalanceCall is None and self.running:
+            self._rebalanceCall = self._clock.callLater(1.0, self._rebalance)
+
+    def _rebalance(self) -> None:
+        self._rebalanceCall = None
+        try:
+            for group in self._handOffCandidates():
+                self._handingOff.add(group)
+                d = defer.ensureDeferred(self._handOff(group))
+                d.addErrback(lambda f, g=group: self.log.failure(
+                    "hand-off of group {group} failed", f, group=g))
+            if self._handingOff:
+                self._settle()
+        except Exception:
+            self.log.failure("rebalancing failed")
+
+    def _handOffCandidates(self) -> list[int]:
+        if not self.ready() or self._handingOff:
+            return []
+        live = list(self._nodes)
+        cap = fairShare(self.groups, len(live), self.slack)
+        mine = sorted(self._serving)
+        if len(mine) <= cap:
+            return []
+        load: dict[str, int] = {}
+        for owner in self._owners.values():
+            load[owner.node] = load.get(owner.node, 0) + 1
+        candidates = [g for g in mine if self.placement.preferred(g, live, load, cap)
+                      != self._nodeId]
+        # Give away first the groups for which this node ranks lowest.
+        candidates.sort(key=lambda g: self.placement.rank(g, live).index(self._nodeId),
+                        reverse=True)
+        return candidates[:len(mine) - cap]
+
+    async def _handOff(self, group: int):
+        """
+        Stop serving C{group}, let its queued writes become durable, then release it.
+        """
+        owner = self._owners.get(group)
+        try:
+            deadline = self._clock.seconds() + self.handoffTimeout
+            while self.pendingWrites([group]) and self._clock.seconds() < deadline:
+                await task.deferLater(self._clock, 0.01, lambda: None)
+            if owner is not None and self.mayWrite(group, owner.token) is not None:
+                await self._release(group, owner.token)
+                self.log.info("handed off group {group}", group=group)
+        finally:
+            self._handingOff.discard(group)
+            self._settle()
+
+    async def _release(self, group: int, token: int) -> None:
+        key = self.keys.group(group)
+        result = await self._client.txn(compare=[Compare.createRevision(key, "==", token)],
+                                        success=[Op.delete(key)])
+        if result.succeeded:
+            metrics.releases.inc()
+            known = self._owners.get(group)
+            if known is not None and known.token == token:
+                del self._owners[group]
+
+    # -- shutdown
+
+    def stopService(self):
+        """
+        Give everything back at once: revoking the lease deletes this node's key and all its
+        group claims, so other nodes take over without waiting for the TTL.
+        """
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self):
+        if self._rebalanceCall is not None and self._rebalanceCall.active():
+            self._rebalanceCall.cancel()
+        self._rebalanceCall = None
+        if self._registering is not None:
+            self._registering.cancel()
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        if self._fenceTimer is not None and self._fenceTimer.active():
+            self._fenceTimer.cancel()
+        lease, self._lease = self._lease, None
+        self._settle()
+        if lease is not None:
+            try:
+                await self._client.leaseRevoke(lease.id, timeout=2.0)
+                self.log.info("lease revoked: groups released for takeover")
+            except Exception as e:
+                self.log.warn("could not revoke lease {lease:x}: {error}", lease=lease.id,
+                              error=str(e) or type(e).__name__)
+        await self._keeper.stop()
+        await self._client.close()
