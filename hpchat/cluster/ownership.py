@@ -174,6 +174,7 @@ class EtcdOwnership(Service):
         claim = self._claims.get(group)
         if claim is None:
             claim = self._claims[group] = defer.ensureDeferred(self._claim(group))
+            claim.addErrback(self._claimFailed, group)
             claim.addBoth(self._claimDone, group)
         return claim
 
@@ -240,6 +241,10 @@ class EtcdOwnership(Service):
                 self._learn(group, Owner(kv.value.decode("utf-8", "replace"), kv.createRevision,
                                          kv.lease))
         return self._routeKnown(group) or Unsettled(1.0)
+
+    def _claimFailed(self, failure, group):
+        self.log.failure("claiming group {group} failed", failure, group=group)
+        return Unsettled(1.0)
 
     def _claimDone(self, result, group):
         del self._claims[group]

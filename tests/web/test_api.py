@@ -1138,6 +1138,8 @@ class OwnershipTests(_APITestMixin, SynchronousTestCase):
         answer = self.h.answer(d)
         self.assertError(answer, 503, "unavailable")
         self.assertIsNotNone(answer.header("retry-after"))
+        # The ownership owns its shared claim Deferred and consumes its outcome.
+        claiming.addErrback(lambda f: None)
 
     def test_lostWhileWaiting(self):
         """A waiting poll whose group is lost is answered with 307 to the new owner."""
