@@ -167,9 +167,10 @@ class PackagingTests(unittest.TestCase):
             env=env, reactor=theReactor(), path=folder)
         self.assertEqual(code, 0, err.decode()[-2000:])
         # Only the installed copy may be visible: run from the install folder, not the tree.
-        script = ("import sys; sys.path = [p for p in sys.path if not p.startswith(%r)];"
-                  "sys.path.insert(0, %r); sys.argv = ['twistd', '--help'];"
-                  "from twisted.scripts.twistd import run; run()" % (REPO, target))
+        script = ("import os, sys; sys.path = [p for p in sys.path if os.path.abspath(p or '.')"
+                  " != %r]; sys.path.insert(0, %r); sys.argv = ['twistd', '--help'];"
+                  "import hpchat; assert hpchat.__file__.startswith(%r), hpchat.__file__;"
+                  "from twisted.scripts.twistd import run; run()" % (REPO, target, target))
         clean = {k: v for k, v in env.items() if k != "PYTHONPATH"}
         out, err, code = yield getProcessOutputAndValue(
             sys.executable, ["-c", script], env=clean, reactor=theReactor(), path=folder)
