@@ -110,7 +110,7 @@ class EtcdOwnership(Service):
 
     def __init__(self, clock, client, nodeId: str, url: str, groups: int, prefix: str = "/hpchat/",
                  leaseTtl: int = 5, fenceMargin: float = 1.0, slack: int = 1, placement=None,
-                 retryDelays: tuple[float, float] = (0.2, 5.0)):
+                 retryDelays: tuple[float, float] = (0.2, 5.0), keeperFactory=WatchKeeper):
         self._clock = clock
         self._client = client
         self._nodeId = nodeId
@@ -135,8 +135,8 @@ class EtcdOwnership(Service):
         self._serving: set[int] = set()
         self._lostCallbacks: list[Callable] = []
         self._rebalanceCall = None
-        self._keeper = WatchKeeper(client, self.keys.prefix, onResync=self._resynced,
-                                   onEvents=self._changed, clock=clock)
+        self._keeper = keeperFactory(client, self.keys.prefix, onResync=self._resynced,
+                                     onEvents=self._changed, clock=clock)
 
     # -- IOwnership
 
@@ -313,7 +313,7 @@ class EtcdOwnership(Service):
         self._register()
 
     def _register(self) -> None:
-        if self._registering is None and self.running:
+        if (self._registering is None or self._registering.called) and self.running:
             self._registering = defer.ensureDeferred(self._registerLoop())
             self._registering.addErrback(
                 lambda f: None if f.check(defer.CancelledError) else
@@ -321,22 +321,19 @@ class EtcdOwnership(Service):
 
     async def _registerLoop(self):
         delay = self._minDelay
-        try:
-            while self.running:
-                try:
-                    await self._registerOnce()
-                    return
-                except defer.CancelledError:
-                    raise
-                except Exception as e:
-                    self.log.error(
-                        "cannot register node {node} with etcd at {etcd}: {error}; "
-                        "retrying in {delay:.1f}s", node=self._nodeId, etcd=self._client.url,
-                        error=str(e) or type(e).__name__, delay=delay)
-                    await task.deferLater(self._clock, delay, lambda: None)
-                    delay = min(self._maxDelay, delay * 2)
-        finally:
-            self._registering = None
+        while self.running:
+            try:
+                await self._registerOnce()
+                return
+            except defer.CancelledError:
+                raise
+            except Exception as e:
+                self.log.error(
+                    "cannot register node {node} with etcd at {etcd}: {error}; "
+                    "retrying in {delay:.1f}s", node=self._nodeId, etcd=self._client.url,
+                    error=str(e) or type(e).__name__, delay=delay)
+                await task.deferLater(self._clock, delay, lambda: None)
+                delay = min(self._maxDelay, delay * 2)
 
     async def _registerOnce(self):
         sent = self._clock.seconds()
@@ -489,7 +486,7 @@ class EtcdOwnership(Service):
         if self._rebalanceCall is not None and self._rebalanceCall.active():
             self._rebalanceCall.cancel()
         self._rebalanceCall = None
-        if self._registering is not None:
+        if self._registering is not None and not self._registering.called:
             self._registering.cancel()
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
