@@ -50,3 +50,8 @@ keepaliveFailures = Counter("hpchat_lease_keepalive_failures",
 
 def render() -> bytes:
     return generate_latest(REGISTRY)
+nsqEvents = Counter("hpchat_nsq", "NSQ client events (published, consumed, finished, "
+                    "requeued, malformedFrames, ...)", ["event"], registry=REGISTRY)
+malformedNotifications = Counter("hpchat_notifications_malformed",
+                                 "Notification bodies that were not valid (FINed)",
+                                 registry=REGISTRY)

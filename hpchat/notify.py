@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from hpchat.groups import Local, Redirect, resolveRoute
 from hpchat.storage.base import Event
 from hpchat.streamids import inboxStream, isUserId, parseConversation
 
@@ -113,3 +114,31 @@ class InProcessNotifier:
         d.addErrback(lambda f: self.log.warn(
             "inbox notification {id} for {user} not delivered: {error}",
             id=notification.id, user=notification.user, error=f.getErrorMessage()))
+
+
+class NotDeliverable(Exception):
+    """
+    The notification's inbox has no settled owner right now; try again later.
+    """
+
+
+class InboxRouter:
+    """
+    Delivers a notification to the node that owns its user's inbox: appended here when this
+    node owns it, else handed to the owner through C{forward(url, notification)}. Fires once
+    the notification is durable in the inbox (or was already there).
+    """
+
+    def __init__(self, streams, ownership, forward: Callable[[str, Notification], Any]):
+        self._streams = streams
+        self._ownership = ownership
+        self._forward = forward
+
+    async def deliver(self, notification: Notification):
+        group = self._streams.groupOf(inboxStream(notification.user))
+        route = await resolveRoute(self._ownership, group)
+        if isinstance(route, Local):
+            return await deliverToInbox(self._streams, notification)
+        if isinstance(route, Redirect) and route.node != self._ownership.nodeId():
+            return await self._forward(route.url, notification)
+        raise NotDeliverable(f"the owner of inbox group {group} is not settled")

@@ -52,13 +52,16 @@ def buildNode(config, reactor) -> MultiService:
     Wire one node: store, persister, ownership, streams, notifications, HTTP API.
     """
     from hpchat.groups import SingleNodeOwnership
-    from hpchat.notify import InProcessNotifier
+    from twisted.internet import defer
+
+    from hpchat.notify import InboxRouter, InProcessNotifier
     from hpchat.persister import BatchPersister
     from hpchat.storage.service import StoreService
     from hpchat.storage.sqlite import SQLiteStore
     from hpchat.streams import Streams
     from hpchat.web.api import ChatAPI
     from hpchat.web.auth import Authenticator
+    from hpchat.web.internal import InternalAuth, InternalClient
     from hpchat.web.site import WebService
 
     node = MultiService()
@@ -79,6 +82,14 @@ def buildNode(config, reactor) -> MultiService:
         # revoking the lease hands over only durable state.
         ownership.setServiceParent(node)
 
+    if config.nsq is not None:
+        from hpchat.nsq.bus import NSQNotifier
+
+        bus = NSQNotifier(reactor, config.nsq,
+                          lambda n: defer.ensureDeferred(router.deliver(n)), config.node.id)
+        # Stops after the persister: notifications of the last batch still go out.
+        bus.producer.setServiceParent(node)
+
     persister = BatchPersister(reactor, store, batchSize=config.storage.batch_size,
                                flushInterval=config.storage.flush_interval,
                                maxPending=config.storage.max_pending)
@@ -94,11 +105,21 @@ def buildNode(config, reactor) -> MultiService:
     persister.onGroupsLost = lambda groups, error: streams.dropGroups(groups)
     ownership.subscribeLost(streams.dropGroups)
 
-    notifier = InProcessNotifier(streams)
-    streams.onCommitted.append(notifier.messageCommitted)
+    internalAuth = InternalAuth(config.auth.secret, reactor)
+    internalClient = InternalClient(internalAuth, config.node.id, reactor)
+    router = InboxRouter(streams, ownership,
+                         lambda url, n: defer.ensureDeferred(internalClient.deliver(url, n)))
+    if config.nsq is None:
+        notifier = InProcessNotifier(streams, lambda n: defer.ensureDeferred(router.deliver(n)))
+        streams.onCommitted.append(notifier.messageCommitted)
+    else:
+        streams.onCommitted.append(bus.messageCommitted)
+        # Stop before the streams: in-flight notifications finish or go back to nsqd.
+        for consumer in bus.consumers:
+            consumer.setServiceParent(node)
 
     api = ChatAPI(streams, ownership, Authenticator(config.auth.secret, reactor), store,
-                  config.chat, persister)
+                  config.chat, persister, internalAuth)
     WebService(api, config.node.listen, reactor).setServiceParent(node)
     return node
 

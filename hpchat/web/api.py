@@ -22,11 +22,13 @@ from werkzeug.routing import RequestRedirect
 
 from hpchat import metrics
 from hpchat.groups import Local, Redirect, resolveRoute
+from hpchat.notify import BadNotification, deliverToInbox, parseNotification
 from hpchat.persister import Overloaded, PersisterStopped
 from hpchat.storage.base import Event, StoreError
 from hpchat.streamids import BadConversation, inboxStream, parseConversation
 from hpchat.streams import CursorAhead, StreamUnavailable
 from hpchat.web.auth import Unauthorized
+from hpchat.web.internal import InternalUnauthorized
 
 MAX_BODY = 64 * 1024
 DEFAULT_POLL_TIMEOUT = 25.0
@@ -78,8 +80,10 @@ class ChatAPI:
     app = Klein()
     log = Logger()
 
-    def __init__(self, streams, ownership, authenticator, store, chat, persister=None):
+    def __init__(self, streams, ownership, authenticator, store, chat, persister=None,
+                 internalAuth=None):
         self._streams = streams
+        self._internalAuth = internalAuth
         self._ownership = ownership
         self._auth = authenticator
         self._store = store
@@ -331,6 +335,32 @@ class ChatAPI:
         result = await self._poll(request, stream, after, None, timeout)
         return _json(request, 200, {"events": [inboxEventJSON(e) for e in result.events],
                                     "last_seq": result.last_seq})
+
+    # -- between nodes
+
+    @app.route("/internal/v1/notifications", methods=["POST"])
+    async def internalNotification(self, request):
+        """
+        Another node hands over a notification for an inbox this node owns; answered once it
+        is durable.
+        """
+        _route(request, "internal_notification")
+        if self._internalAuth is None:
+            raise ApiError(404, "not_found", "no such resource")
+        try:
+            self._internalAuth.verify(request.getHeader(b"authorization"))
+        except InternalUnauthorized as e:
+            raise ApiError(401, "unauthorized", str(e)) from None
+        raw = self._body(request)
+        try:
+            notification = parseNotification(json.dumps(raw).encode("utf-8"))
+        except BadNotification as e:
+            raise _badRequest(str(e)) from None
+        stream = inboxStream(notification.user)
+        event, created = await self._onStream(
+            request, stream, lambda: deliverToInbox(self._streams, notification))
+        return _json(request, 201 if created else 200,
+                     {"event": inboxEventJSON(event), "created": created})
 
     # -- cluster and operations
 

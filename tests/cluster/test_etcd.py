@@ -566,13 +566,13 @@ class LostEtcdTests(RealEtcdMixin, TestCase):
         calls fail with L{EtcdTimeout} within their timeout.
         """
         yield self.client.put(b"k", b"v")
-        self.etcd.pause()
+        yield self.etcd.pause()
         try:
             start = reactor.seconds()
             yield self.assertFailure(self.client.get(b"k", timeout=0.5), EtcdTimeout)
             self.assertLess(reactor.seconds() - start, 3.0)
         finally:
-            self.etcd.resume()
+            yield self.etcd.resume()
         kv = yield self.client.get(b"k")
         self.assertEqual(kv.value, b"v")
 

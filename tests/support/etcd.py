@@ -287,18 +287,66 @@ class EtcdProcess:
     def pause(self):
         """
         SIGSTOP: the process keeps its sockets but answers nothing.
+
+        @return: a L{Deferred} firing once every thread of etcd is stopped
+            (signal delivery is asynchronous: a thread running on another
+            CPU could still answer a request sent right after the kill).
         """
         if self.running() and not self._paused:
             self._process.send_signal(signal.SIGSTOP)
             self._paused = True
+            return self._waitState(stopped=True)
+        return _sleep(self._reactor, 0)
 
     def resume(self):
         """
         SIGCONT after L{pause}.
+
+        @return: a L{Deferred} firing once etcd runs again.
         """
         if self.running() and self._paused:
             self._process.send_signal(signal.SIGCONT)
+            self._paused = False
+            return self._waitState(stopped=False)
         self._paused = False
+        return _sleep(self._reactor, 0)
+
+    def _threadStates(self):
+        states = []
+        taskDir = "/proc/{}/task".format(self._process.pid)
+        try:
+            tids = os.listdir(taskDir)
+        except OSError:
+            return states
+        for tid in tids:
+            try:
+                with open(os.path.join(taskDir, tid, "stat"), "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # "pid (comm) S ...": the state follows the last ")".
+            states.append(stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3])
+        return states
+
+    @inlineCallbacks
+    def _waitState(self, stopped, timeout=5.0):
+        if not os.path.isdir("/proc/self/task"):
+            # No procfs: give the signal a moment instead.
+            yield _sleep(self._reactor, 0.2)
+            return
+        deadline = self._reactor.seconds() + timeout
+        while self.running():
+            states = self._threadStates()
+            allStopped = bool(states) and all(state in (b"T", b"t") for state in states)
+            if allStopped == stopped:
+                return
+            if self._reactor.seconds() > deadline:
+                raise RuntimeError(
+                    "etcd pid {} did not {} within {}s (thread states {!r})".format(
+                        self._process.pid, "stop" if stopped else "resume", timeout, states
+                    )
+                )
+            yield _sleep(self._reactor, 0.01)
 
     @inlineCallbacks
     def restart(self):
