@@ -15,9 +15,10 @@ from twisted.internet import defer, task
 from hpchat.streamids import groupOf
 from tests.support.etcd import startEtcd
 from tests.support.node import HTTP, SECRET, Node
-from tests.support.process import theReactor
+from tests.support.process import theReactor, waitFor
 
 GROUPS = 16
+TOPIC = "hpchat.notifications"
 LEASE_TTL = 3
 
 
@@ -28,13 +29,15 @@ def token(user: str, ttl: int = 3600) -> str:
 
 class Cluster:
     def __init__(self, testcase, size: int = 3, groups: int = GROUPS, leaseTtl: int = LEASE_TTL,
-                 fenceMargin: float = 1.0, slack: int = 1):
+                 fenceMargin: float = 1.0, slack: int = 1, nsq: bool = False):
         self.testcase = testcase
         self.size = size
         self.groups = groups
         self.leaseTtl = leaseTtl
         self.fenceMargin = fenceMargin
         self.slack = slack
+        self.withNSQ = nsq
+        self.nsqd = None
         self.workdir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.workdir)
         self.dbPath = os.path.join(self.workdir, "shared.sqlite3")
@@ -45,18 +48,30 @@ class Cluster:
 
     async def start(self) -> "Cluster":
         self.etcd = await startEtcd(self.testcase)
+        if self.withNSQ:
+            from tests.support.nsqd import NSQD
+
+            self.nsqd = NSQD(theReactor(), extraArgs=["--msg-timeout=10s"])
+            await self.nsqd.start()
+            self.testcase.addCleanup(self.nsqd.cleanup)
+            await self.nsqd.createTopic(TOPIC)
+            await self.nsqd.createChannel(TOPIC, "hpchat")
         self.testcase.addCleanup(lambda: defer.ensureDeferred(self.stop()))
         await defer.gatherResults([defer.ensureDeferred(self.addNode().start())
                                    for _ in range(self.size)])
         return self
 
     def addNode(self) -> Node:
-        node = Node(self.workdir, f"n{len(self.nodes) + 1}", dbPath=self.dbPath, sections={
+        sections = {
             "chat": {"groups": str(self.groups), "typing_ttl": "2"},
             "cluster": {"etcd": self.etcd.clientURL, "lease_ttl": str(self.leaseTtl),
                         "fence_margin": str(self.fenceMargin),
                         "rebalance_slack": str(self.slack)},
-        })
+        }
+        if self.nsqd is not None:
+            sections["nsq"] = {"nsqd_tcp": self.nsqd.tcpAddress, "topic": TOPIC}
+        node = Node(self.workdir, f"n{len(self.nodes) + 1}", dbPath=self.dbPath,
+                    sections=sections)
         self.nodes.append(node)
         return node
 
@@ -84,17 +99,21 @@ class Cluster:
         """
         The node that owns C{stream}'s group, claiming it first if nobody does.
         """
-        await self.client.call("GET", f"/v1/conversations/{stream}/events?timeout=0",
-                               _participant(stream))
-        view = await self.view()
-        return self.byId(view["groups"][str(self.group(stream))])
+        kind, _, rest = stream.partition(":")
+        if kind == "inbox":
+            await self.client.call("GET", "/v1/inbox/events?timeout=0", rest)
+        else:
+            await self.client.call("GET", f"/v1/conversations/{stream}/events?timeout=0",
+                                   rest.split(":")[0])
+        group = str(self.group(stream))
+
+        async def known():
+            return (await self.view())["groups"].get(group)
+
+        return self.byId(await waitFor(known, 5, f"the owner of {stream} in every view"))
 
     def logs(self) -> str:
         return "\n".join(f"--- {n.nodeId}\n{n.log()[-4000:]}" for n in self.nodes)
-
-
-def _participant(stream: str) -> str:
-    return stream.split(":")[1] if stream.startswith("dm:") else stream.split(":")[1]
 
 
 class ClusterClient:

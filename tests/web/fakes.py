@@ -37,6 +37,7 @@ from hpchat.storage.base import (
 from hpchat.streams import Streams
 from hpchat.web.api import ChatAPI
 from hpchat.web.auth import Authenticator
+from hpchat.web.internal import InternalAuth
 
 SECRET = b"hpchat-test-secret-of-32-bytes-or-more!"
 NOW = 1_700_000_000.0
@@ -369,8 +370,9 @@ class Harness:
         self.notifier = InProcessNotifier(self.streams)
         self.streams.onCommitted.append(self.notifier.messageCommitted)
         self.auth = Authenticator(SECRET, self.clock)
+        self.internalAuth = InternalAuth(SECRET, self.clock)
         self.api = ChatAPI(self.streams, self.ownership, self.auth, self.store, self.chat,
-                           self.persister)
+                           self.persister, self.internalAuth)
         self.stub = StubTreq(self.api.resource())
         self.persister.startService()
         self.streams.startService()

@@ -1,0 +1,102 @@
+"""
+Notifications: their format, the message notification, and routing to the inbox owner.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from hpchat.groups import Redirect, Unsettled
+from hpchat.notify import (
+    BadNotification,
+    InboxRouter,
+    Notification,
+    NotDeliverable,
+    messageNotification,
+    parseNotification,
+)
+from hpchat.storage.base import Event
+from hpchat.streamids import inboxStream
+from tests.test_streams import StreamsTestCase
+
+
+class FormatTests(SynchronousTestCase):
+    def test_valid(self):
+        """
+        A valid body parses; from and data are optional.
+        """
+        n = parseNotification(b'{"id": "x", "user": "bob", "type": "visit"}')
+        self.assertEqual(n, Notification("x", "bob", "visit", None, {}))
+        self.assertEqual(parseNotification(n.toJSON()), n)
+
+    def test_invalid(self):
+        """
+        Every documented constraint is enforced.
+        """
+        good = {"id": "x", "user": "bob", "type": "flirt", "from": "alice", "data": {}}
+        bad = [b"", b"not json", b"[1]", b"\xff\xfe",
+               json.dumps(dict(good, id="")).encode(), json.dumps(dict(good, id="x" * 65)).encode(),
+               json.dumps(dict(good, user="b b")).encode(), json.dumps(dict(good, user=None)).encode(),
+               json.dumps(dict(good, type="Flirt")).encode(),
+               json.dumps(dict(good, type="x" * 33)).encode(),
+               json.dumps(dict(good, **{"from": 3})).encode(),
+               json.dumps(dict(good, data=[1])).encode(),
+               json.dumps(dict(good, data={"x": "y" * 9000})).encode()]
+        for body in bad:
+            self.assertRaises(BadNotification, parseNotification, body)
+
+    def test_messageNotification(self):
+        """
+        A committed message becomes a message notification for the other participant.
+        """
+        event = Event("dm:alice:bob", 7, "abc", 1, "message", "bob", 5.0, None,
+                      {"text": "x" * 300})
+        n = messageNotification(event)
+        self.assertEqual((n.id, n.user, n.type, n.sender), ("m.abc", "alice", "message", "bob"))
+        self.assertEqual(n.data, {"conversation": "dm:alice:bob", "seq": 7, "preview": "x" * 100})
+        inbox = Event("inbox:bob", 1, "f", 1, "flirt", "alice", 5.0)
+        self.assertIsNone(messageNotification(inbox))
+
+
+class RouterTests(StreamsTestCase):
+    def setUp(self):
+        super().setUp()
+        self.forwarded = []
+        self.router = InboxRouter(self.streams, self.ownership,
+                                  lambda url, n: self.forwarded.append((url, n))
+                                  or defer.succeed({"ok": 1}))
+        self.n = Notification("v1", "bob", "visit", "alice", {})
+
+    def deliver(self):
+        d = defer.ensureDeferred(self.router.deliver(self.n))
+        self.clock.advance(0.005)
+        return d
+
+    def test_local(self):
+        """
+        An inbox owned here gets the notification appended, durable before success.
+        """
+        event, created = self.successResultOf(self.deliver())
+        self.assertEqual((event.stream, event.id, created), (inboxStream("bob"), "v1", True))
+        event, created = self.successResultOf(self.deliver())
+        self.assertFalse(created)
+
+    def test_forwarded(self):
+        """
+        An inbox owned by another node is handed to it.
+        """
+        group = self.streams.groupOf(inboxStream("bob"))
+        self.ownership.routes[group] = Redirect("n2", "http://n2")
+        self.successResultOf(self.deliver())
+        self.assertEqual(self.forwarded, [("http://n2", self.n)])
+
+    def test_unsettled(self):
+        """
+        No settled owner: NotDeliverable, so that the message is requeued.
+        """
+        group = self.streams.groupOf(inboxStream("bob"))
+        self.ownership.routes[group] = Unsettled(1)
+        self.failureResultOf(self.deliver(), NotDeliverable)

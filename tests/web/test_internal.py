@@ -1,0 +1,175 @@
+"""
+Node-to-node calls: the internal token and POST /internal/v1/notifications.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import defer, task
+from twisted.trial.unittest import SynchronousTestCase
+
+from hpchat.groups import Redirect, Unsettled
+from hpchat.notify import Notification
+from hpchat.streamids import inboxStream
+from hpchat.web.internal import (
+    DeliveryFailed,
+    InternalAuth,
+    InternalClient,
+    InternalUnauthorized,
+)
+from tests.web.fakes import SECRET, Harness
+
+FLIRT = {"id": "flirt-1", "user": "bob", "type": "flirt", "from": "alice", "data": {"n": 1}}
+
+
+class InternalAuthTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clock.advance(1000)
+        self.auth = InternalAuth(SECRET, self.clock)
+
+    def test_roundTrip(self):
+        """
+        A node token names the calling node.
+        """
+        token = self.auth.mint("n1")
+        self.assertEqual(self.auth.verify(b"Bearer " + token.encode()), "n1")
+
+    def test_expires(self):
+        """
+        Node tokens live one minute, on the injected clock.
+        """
+        token = self.auth.mint("n1").encode()
+        self.clock.advance(61)
+        self.assertRaises(InternalUnauthorized, self.auth.verify, b"Bearer " + token)
+
+    def test_userTokensDoNotPass(self):
+        """
+        A user's token, signed with the site secret itself, is not a node token.
+        """
+        from hpchat.web.auth import Authenticator
+
+        userToken = Authenticator(SECRET, self.clock).mint("alice", 60).encode()
+        self.assertRaises(InternalUnauthorized, self.auth.verify, b"Bearer " + userToken)
+        self.assertRaises(InternalUnauthorized, self.auth.verify, None)
+        self.assertRaises(InternalUnauthorized, self.auth.verify, b"Basic abc")
+
+
+class InternalEndpointTests(SynchronousTestCase):
+    def setUp(self):
+        self.h = Harness()
+        self.addCleanup(self.h.stop)
+
+    def post(self, body, token=None):
+        token = token if token is not None else self.h.internalAuth.mint("n2")
+        d = self.h.request("POST", "/internal/v1/notifications", token=token, body=body)
+        self.h.settle()
+        return self.h.answer(d)
+
+    def test_appendsOnceDurable(self):
+        """
+        The owner appends the notification to the inbox and answers 201 with the event;
+        the same id again is 200 with the original.
+        """
+        answer = self.post(FLIRT)
+        self.assertEqual(answer.code, 201)
+        event = answer.json["event"]
+        self.assertEqual((event["seq"], event["id"], event["type"], event["from"], event["data"]),
+                         (1, "flirt-1", "flirt", "alice", {"n": 1}))
+        again = self.post(FLIRT)
+        self.assertEqual((again.code, again.json["event"]["seq"]), (200, 1))
+        self.assertEqual(len(self.h.store.stored(inboxStream("bob"))), 1)
+
+    def test_needsANodeToken(self):
+        """
+        Without a node token (or with a user's), the call is 401 and nothing is appended.
+        """
+        self.assertEqual(self.post(FLIRT, token=self.h.token("bob")).code, 401)
+        self.assertEqual(self.h.store.stored(inboxStream("bob")), [])
+
+    def test_badNotification(self):
+        """
+        A body that is not a valid notification is 400.
+        """
+        answer = self.post(dict(FLIRT, user="not valid"))
+        self.assertEqual((answer.code, answer.json["error"]["code"]), (400, "bad_request"))
+
+    def test_notOwner(self):
+        """
+        A node that does not own the inbox redirects the caller, or says 503 while unsettled.
+        """
+        group = self.h.streams.groupOf(inboxStream("bob"))
+        self.h.ownership.set(group, Redirect("n3", "http://n3.test"))
+        answer = self.post(FLIRT)
+        self.assertEqual(answer.code, 307)
+        self.assertEqual(answer.header("location"),
+                         "http://n3.test/internal/v1/notifications")
+        self.h.ownership.set(group, Unsettled(1))
+        self.assertEqual(self.post(FLIRT).code, 503)
+
+
+class FakeResponse:
+    def __init__(self, code, body=b"{}", location=None):
+        from twisted.web.iweb import UNKNOWN_LENGTH
+
+        self.code = code
+        self.length = UNKNOWN_LENGTH
+        self._body = body
+        from twisted.web.http_headers import Headers
+
+        self.headers = Headers({b"location": [location.encode()]} if location else {})
+
+    def deliverBody(self, protocol):
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseDone
+
+        protocol.dataReceived(self._body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+class ScriptedHTTP:
+    def __init__(self, *responses):
+        self.responses = list(responses)
+        self.posts = []
+
+    def post(self, url, data=None, headers=None, timeout=None, allow_redirects=True):
+        self.posts.append((url, data, headers))
+        answer = self.responses.pop(0)
+        if isinstance(answer, Exception):
+            return defer.fail(answer)
+        return defer.succeed(answer)
+
+
+class InternalClientTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.auth = InternalAuth(SECRET, self.clock)
+        self.notification = Notification("f1", "bob", "flirt", "alice", {})
+
+    def client(self, http):
+        return InternalClient(self.auth, "n1", self.clock, httpClient=http)
+
+    def test_deliversAndFollowsRedirects(self):
+        """
+        The notification is POSTed with a node token; a 307 is followed.
+        """
+        http = ScriptedHTTP(FakeResponse(307, location="http://n3/internal/v1/notifications"),
+                            FakeResponse(201, b'{"created": true}'))
+        result = self.successResultOf(defer.ensureDeferred(
+            self.client(http).deliver("http://n2", self.notification)))
+        self.assertEqual(result, {"created": True})
+        self.assertEqual([p[0] for p in http.posts], ["http://n2/internal/v1/notifications",
+                                                      "http://n3/internal/v1/notifications"])
+        self.assertEqual(json.loads(http.posts[0][1])["id"], "f1")
+        token = http.posts[0][2][b"authorization"][0]
+        self.assertEqual(self.auth.verify(token), "n1")
+
+    def test_failures(self):
+        """
+        A refused connection or an error status is DeliveryFailed.
+        """
+        for answer in (ConnectionRefusedError("down"), FakeResponse(503)):
+            d = defer.ensureDeferred(self.client(ScriptedHTTP(answer)).deliver(
+                "http://n2", self.notification))
+            self.failureResultOf(d, DeliveryFailed)
