@@ -5,7 +5,7 @@ Failover and redirect benchmark on a real 3-node cluster (etcd + twistd nodes on
 
 Failover time: from kill -9 of a conversation's owner, while a sender posts every 20 ms
 through the cluster, to the first send acknowledged by another node. The killed node is
-restarted before the next round. Redirect cost: median time of a send straight to the owner
+restarted before the next round. Redirect cost: median time of a request straight to the owner
 versus one to a non-owner that answers 307 and is followed to the owner (a read answered at
 once, so that the batch flush interval does not hide the extra hop).
 """
@@ -13,46 +13,13 @@ once, so that the batch flush interval does not hide the extra hop).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from support import Scope, sleep  # noqa: E402  (also puts the repo on sys.path)
 from twisted.internet import defer, task  # noqa: E402
 
 from tests.support.cluster import Cluster  # noqa: E402
-
-
-class Scope:
-    """
-    What the test fixtures need from a test case: a scratch folder and cleanups.
-    """
-
-    def __init__(self):
-        self.base = tempfile.mkdtemp(prefix="hpchat-bench-")
-        self.cleanups = []
-        self.n = 0
-
-    def mktemp(self):
-        self.n += 1
-        return os.path.join(self.base, str(self.n))
-
-    def addCleanup(self, f, *args):
-        self.cleanups.append((f, args))
-
-    async def close(self):
-        for f, args in reversed(self.cleanups):
-            try:
-                await defer.maybeDeferred(f, *args)
-            except Exception as e:
-                print("cleanup:", e, file=sys.stderr)
-
-
-async def sleep(reactor, seconds):
-    await task.deferLater(reactor, seconds, lambda: None)
 
 
 async def failoverRound(reactor, cluster: Cluster, cid: str, round: int) -> float:

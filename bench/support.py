@@ -1,0 +1,51 @@
+"""
+What the benchmarks share: running the test fixtures (real etcd, nsqd and twistd nodes)
+outside trial, and small statistics helpers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from twisted.internet import defer, task  # noqa: E402
+
+
+class Scope:
+    """
+    What the fixtures need from a test case: a scratch folder and cleanups.
+    """
+
+    def __init__(self):
+        self.base = tempfile.mkdtemp(prefix="hpchat-bench-")
+        self.cleanups = []
+        self.n = 0
+
+    def mktemp(self):
+        self.n += 1
+        return os.path.join(self.base, str(self.n))
+
+    def addCleanup(self, f, *args):
+        self.cleanups.append((f, args))
+
+    async def close(self):
+        for f, args in reversed(self.cleanups):
+            try:
+                await defer.maybeDeferred(f, *args)
+            except Exception as e:
+                print("cleanup:", e, file=sys.stderr)
+
+
+def sleep(reactor, seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[index]
