@@ -302,7 +302,8 @@ class Worker:
         n = 0
         maxInflight = self.spec["max_inflight"]
         while self.sending:
-            due = int((perf() - start) * rate)
+            # Send n is due at start + n / rate; the latency counts from then (open loop).
+            due = int((perf() - start) * rate) + 1
             while n < due and self.sending:
                 scheduled = start + n / rate
                 n += 1
@@ -735,6 +736,12 @@ class Parent:
             start = self.nodeSample(pids)
             await self.broadcast({"cmd": "measure"})
             t0 = perf()
+            hook = None
+            if args.on_measure:
+                command = args.on_measure.replace("{pid}", str(pids[0] if pids else "")) \
+                    .replace("{pids}", ",".join(map(str, pids)))
+                self.log(f"on-measure: {command}")
+                hook = await asyncio.create_subprocess_shell(command)
             waitingSamples = []
             rssPeak = [0] * len(pids)
             while perf() - t0 < args.duration:
@@ -759,6 +766,13 @@ class Parent:
             await asyncio.sleep(args.grace)
             await self.broadcast({"cmd": "report"})
             reports = await self.expect("report", 120.0)
+            if hook is not None:
+                try:
+                    await asyncio.wait_for(hook.wait(), 120.0)
+                except asyncio.TimeoutError:
+                    self.log("on-measure command still running after 120 s: killing it")
+                    hook.kill()
+                    await hook.wait()
             result = self.aggregate(args, reports, clients, polls, procs, pids, baseline,
                                     idleSample, start, end, rssPeak, elapsed, metrics0, m0, m1,
                                     waitingAtStart, waitingSamples, waitingEnd, rampSeconds,
@@ -933,6 +947,9 @@ def parseArgs(argv=None):
                                     "on fresh conversations)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    p.add_argument("--on-measure", metavar="CMD",
+                   help="shell command started when the measured window starts ({pid}: the "
+                        "first node pid, {pids}: all, comma-separated), e.g. a py-spy record")
     p.add_argument("--json-out", help="append the JSON result line to this file")
     p.add_argument("--quiet", "-q", action="store_true")
     args = p.parse_args(argv)

@@ -49,15 +49,11 @@ async def readAll(http: HTTP, node: Node, token: str, cid: str) -> list[dict]:
 class KillAndRestartTests(unittest.TestCase):
     timeout = 120
 
-    def test_sigkillAfterBurstLosesNothingAcknowledged(self):
+    async def solo(self):
         """
-        When the node is killed with SIGKILL right after a burst of acknowledged sends and
-        restarted, every acknowledged message is there once, with seqs 1..n and no gap, and
-        an acknowledged client_id is still recognised.
+        A started node on a temporary SQLite file, an HTTP client, and tokens for alice
+        and bob minted with the hpchat command.
         """
-        return defer.ensureDeferred(self._sigkill())
-
-    async def _sigkill(self):
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
         node = Node(workdir, "solo")
@@ -67,6 +63,18 @@ class KillAndRestartTests(unittest.TestCase):
         await node.start()
         alice = await mintToken(node, "alice")
         bob = await mintToken(node, "bob")
+        return node, http, alice, bob
+
+    def test_sigkillAfterBurstLosesNothingAcknowledged(self):
+        """
+        When the node is killed with SIGKILL right after a burst of acknowledged sends and
+        restarted, every acknowledged message is there once, with seqs 1..n and no gap, and
+        an acknowledged client_id is still recognised.
+        """
+        return defer.ensureDeferred(self._sigkill())
+
+    async def _sigkill(self):
+        node, http, alice, bob = await self.solo()
 
         acked: dict[str, int] = {}
         killed = defer.Deferred()
@@ -124,15 +132,7 @@ class KillAndRestartTests(unittest.TestCase):
         return defer.ensureDeferred(self._conversation())
 
     async def _conversation(self):
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
-        node = Node(workdir, "solo")
-        self.addCleanup(lambda: defer.ensureDeferred(node.stop()))
-        http = HTTP()
-        self.addCleanup(lambda: defer.ensureDeferred(http.close()))
-        await node.start()
-        alice = await mintToken(node, "alice")
-        bob = await mintToken(node, "bob")
+        node, http, alice, bob = await self.solo()
         poll = defer.ensureDeferred(http.request(
             "GET", f"{node.url}/v1/conversations/{CID}/events?timeout=20", bob))
         status, _, body = await http.request(

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hpchat.persister import BatchPersister, Overloaded, PersisterStopped
 from hpchat.storage.base import Event, FenceRejected, StoreError
-from tests.fakes import MemoryStore
+from tests.fakes import MemoryEventStore
 
 
 def ev(seq, stream="dm:a:b", group=0):
@@ -20,12 +20,15 @@ def ev(seq, stream="dm:a:b", group=0):
 class PersisterTests(SynchronousTestCase):
     def setUp(self):
         self.clock = task.Clock()
-        self.store = MemoryStore()
+        self.store = MemoryEventStore()
         self.persister = BatchPersister(self.clock, self.store, batchSize=3, flushInterval=0.01,
                                         maxPending=10)
         self.persister.startService()
         self.lost = []
         self.persister.onGroupsLost = lambda groups, error: self.lost.append((groups, error))
+
+    def appends(self):
+        return [events for events, _ in self.store.batches]
 
     def test_notDurableBeforeFlush(self):
         """
@@ -33,17 +36,17 @@ class PersisterTests(SynchronousTestCase):
         """
         d = self.persister.enqueue(ev(1), 1)
         self.assertNoResult(d)
-        self.assertEqual(self.store.appends, [])
+        self.assertEqual(self.appends(), [])
         self.clock.advance(0.01)
         self.assertEqual(self.successResultOf(d).seq, 1)
-        self.assertEqual(len(self.store.appends), 1)
+        self.assertEqual(len(self.appends()), 1)
 
     def test_heldWriteKeepsEventsUnacknowledged(self):
         """
         While the store has not confirmed the batch, nothing is acknowledged, and no second
         batch is started (commits are serialised).
         """
-        self.store.hold = True
+        self.store.hold()
         first = self.persister.enqueue(ev(1), 1)
         self.clock.advance(0.01)
         second = self.persister.enqueue(ev(2), 1)
@@ -64,10 +67,10 @@ class PersisterTests(SynchronousTestCase):
         """
         ds = [self.persister.enqueue(ev(i), 1) for i in range(1, 8)]
         self.clock.advance(0)
-        self.assertEqual([len(b) for b in self.store.appends], [3, 3])
+        self.assertEqual([len(b) for b in self.appends()], [3, 3])
         self.clock.advance(0.01)
-        self.assertEqual([len(b) for b in self.store.appends], [3, 3, 1])
-        self.assertEqual([e.seq for b in self.store.appends for e in b], list(range(1, 8)))
+        self.assertEqual([len(b) for b in self.appends()], [3, 3, 1])
+        self.assertEqual([e.seq for b in self.appends() for e in b], list(range(1, 8)))
         for d in ds:
             self.successResultOf(d)
 
@@ -85,7 +88,7 @@ class PersisterTests(SynchronousTestCase):
         A failing store is retried with growing delays; the events stay queued, in order,
         and are acknowledged once written.
         """
-        self.store.failNext = 2
+        self.store.failNext(2)
         d = self.persister.enqueue(ev(1), 1)
         self.clock.advance(0.01)
         self.assertNoResult(d)
@@ -95,7 +98,7 @@ class PersisterTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.clock.advance(0.1)
         self.assertEqual(self.successResultOf(d).seq, 1)
-        self.assertEqual(len(self.store.appends), 1)
+        self.assertEqual(len(self.appends()), 1)
 
     def test_fenceRejectionFailsTheGroupOnly(self):
         """
@@ -121,7 +124,7 @@ class PersisterTests(SynchronousTestCase):
         self.persister.enqueue(ev(2), 2)
         self.clock.advance(0.01)
         self.clock.advance(0.01)
-        self.assertEqual([len(b) for b in self.store.appends], [1, 1])
+        self.assertEqual([len(b) for b in self.appends()], [1, 1])
 
     def test_stopFlushesEverything(self):
         """
@@ -139,7 +142,7 @@ class PersisterTests(SynchronousTestCase):
         """
         At shutdown a failing store is retried until stopTimeout, then the events fail.
         """
-        self.store.failNext = 10**6
+        self.store.failNext(10**6)
         d = self.persister.enqueue(ev(1), 1)
         stopped = self.persister.stopService()
         self.assertNoResult(stopped)
@@ -170,5 +173,5 @@ class PersisterTests(SynchronousTestCase):
         self.clock.advance(0.01)
         self.failureResultOf(gone, FenceRejected)
         self.successResultOf(kept)
-        self.assertEqual([e.group for b in self.store.appends for e in b], [3])
+        self.assertEqual([e.group for b in self.appends() for e in b], [3])
         self.assertEqual([groups for groups, _ in self.lost], [(2,)])

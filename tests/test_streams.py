@@ -12,7 +12,7 @@ from hpchat.groups import Redirect
 from hpchat.persister import BatchPersister
 from hpchat.storage.base import Event
 from hpchat.streams import CursorAhead, Streams, StreamUnavailable
-from tests.fakes import MemoryStore, SettableOwnership
+from tests.fakes import FakeOwnership, MemoryEventStore
 
 CID = "dm:alice:bob"
 
@@ -22,9 +22,9 @@ class StreamsTestCase(SynchronousTestCase):
 
     def setUp(self):
         self.clock = task.Clock()
-        self.store = MemoryStore()
+        self.store = MemoryEventStore()
         self.store.open()
-        self.ownership = SettableOwnership(token=7)
+        self.ownership = FakeOwnership(token=7, groups=16)
         self.persister = BatchPersister(self.clock, self.store, batchSize=100,
                                         flushInterval=0.005)
         self.streams = Streams(self.clock, self.store, self.persister, self.ownership,
@@ -67,7 +67,7 @@ class SendTests(StreamsTestCase):
         Until the batch is durable the send is unanswered, pollers see nothing and no
         onCommitted hook has run.
         """
-        self.store.hold = True
+        self.store.hold()
         sending = self.streams.send(CID, "alice", "hi", None)
         poll = self.streams.poll(CID, 0, None, 10)
         self.clock.advance(0.005)
@@ -95,7 +95,7 @@ class SendTests(StreamsTestCase):
         """
         Two sends with one client_id in flight at once produce one message.
         """
-        self.store.hold = True
+        self.store.hold()
         one = self.streams.send(CID, "alice", "a", "k")
         two = self.streams.send(CID, "alice", "a", "k")
         self.clock.advance(0.005)
@@ -278,7 +278,7 @@ class LifecycleTests(StreamsTestCase):
         forgotten.
         """
         poll = self.streams.poll(CID, None, None, 30)
-        self.ownership.lose([self.streams.groupOf(CID)], Redirect("n2", "http://n2"))
+        self.ownership.lose([self.streams.groupOf(CID)])
         self.failureResultOf(poll, StreamUnavailable)
         self.assertEqual(self.streams._streams, {})
         self.assertEqual(self.streams._waiting, 0)

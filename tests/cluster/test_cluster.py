@@ -13,25 +13,13 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from hpchat.streamids import groupOf
+from tests.support.trial import asyncTest, sleep
 from tests.support.cluster import Cluster, token
 from tests.support.etcd import EtcdProcess, findEtcd
 from tests.support.node import Node
 from tests.support.process import theReactor, waitFor
 
 CID = "dm:alice:bob"
-
-
-def asyncTest(f):
-    def test(self):
-        return defer.ensureDeferred(f(self))
-
-    test.__name__ = f.__name__
-    test.__doc__ = f.__doc__
-    return test
-
-
-def sleep(seconds: float):
-    return task.deferLater(theReactor(), seconds, lambda: None)
 
 
 def streamsCoveringAllGroups(groups: int) -> list[str]:

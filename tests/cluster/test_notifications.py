@@ -10,7 +10,7 @@ import json
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.cluster.test_cluster import asyncTest, sleep
+from tests.support.trial import asyncTest, sleep
 from tests.support.cluster import TOPIC, Cluster
 from tests.support.process import theReactor, waitFor
 

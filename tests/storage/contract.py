@@ -13,6 +13,8 @@ from zope.interface.verify import verifyObject
 
 from hpchat.storage.base import Event, FenceRejected, IEventStore, StreamConflict
 
+from tests.support.trial import asyncTest
+
 S = "dm:alice:bob"
 
 
@@ -21,15 +23,6 @@ def event(seq: int, stream: str = S, group: int = 1, **kw) -> Event:
                   sender="alice", ts=1000.0 + seq, client_id=None, data={"text": f"m{seq}"})
     fields.update(kw)
     return Event(**fields)
-
-
-def asyncTest(f):
-    def test(self):
-        return defer.ensureDeferred(f(self))
-
-    test.__name__ = f.__name__
-    test.__doc__ = f.__doc__
-    return test
 
 
 class EventStoreContract:

@@ -12,7 +12,8 @@ from twisted.trial import unittest
 
 from hpchat.storage.base import StoreError
 from hpchat.storage.sqlite import SQLiteStore
-from tests.storage.contract import EventStoreContract, asyncTest, event
+from tests.storage.contract import EventStoreContract, event
+from tests.support.trial import asyncTest
 
 
 class SQLiteContractTests(EventStoreContract, unittest.TestCase):

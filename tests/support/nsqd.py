@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import tempfile
 from typing import Any, Sequence
 from unittest import SkipTest
@@ -24,6 +23,8 @@ from treq.client import HTTPClient
 from twisted.internet import defer, protocol, task
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.web.client import Agent, HTTPConnectionPool
+
+from tests.support.process import freePort
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD_SCRIPT = "tools/nsqd/build.sh"
@@ -40,15 +41,6 @@ def nsqdPath() -> str:
         raise SkipTest(f"no nsqd binary at {path}: run {BUILD_SCRIPT} (needs Go and the Go "
                        f"module proxy) or set HPCHAT_NSQD")
     return path
-
-
-def freePort() -> int:
-    """
-    A TCP port on 127.0.0.1 that was free a moment ago.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _PortTaken(RuntimeError):

@@ -1,6 +1,5 @@
 """
-Test doubles for the HTTP API tests: an in-memory event store, a scriptable ownership, and a
-harness that wires the real API, streams, persister, notifier and authenticator on a
+The HTTP API test harness: it wires the real API, streams, persister, notifier and authenticator on a
 L{twisted.internet.task.Clock} and drives them over HTTP with L{treq.testing.StubTreq}.
 
 Two clocks are involved: the harness' L{Clock} drives everything of hpchat (persister flushes,
@@ -12,308 +11,32 @@ L{Harness.answer}) so that the client sees what the server wrote.
 from __future__ import annotations
 
 import json as _json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from treq.testing import StubTreq
 from twisted.internet import defer, task
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
-from zope.interface import implementer
 
 from hpchat.config import ChatConfig
-from hpchat.groups import IOwnership, Local, Redirect
 from hpchat.notify import InProcessNotifier
 from hpchat.persister import BatchPersister
-from hpchat.storage.base import (
-    Event,
-    FenceRejected,
-    IEventStore,
-    StoreError,
-    StreamConflict,
-    StreamSnapshot,
-)
 from hpchat.streams import Streams
 from hpchat.web.api import ChatAPI
 from hpchat.web.auth import Authenticator
 from hpchat.web.internal import InternalAuth
 
+from tests.fakes import (  # noqa: F401  (re-exported for the API tests)
+    BASE,
+    NOW,
+    FakeOwnership,
+    MemoryEventStore,
+    fired,
+)
+
 SECRET = b"hpchat-test-secret-of-32-bytes-or-more!"
-NOW = 1_700_000_000.0
-BASE = "http://node-a.test:8080"
 FLUSH = 0.005
-
-
-def fired(d: defer.Deferred) -> Any:
-    """
-    The result of the already-fired Deferred C{d}; raise its failure's exception, or an
-    AssertionError when it has not fired.
-    """
-    results: list = []
-
-    def capture(result):
-        results.append(result)
-        return None if isinstance(result, Failure) else result
-
-    d.addBoth(capture)
-    if not results:
-        raise AssertionError(f"{d!r} has not fired")
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
-
-
-# -- the event store
-
-
-def _copy(event: Event) -> Event:
-    """
-    What a store gives back: an equal event that shares no mutable state with the original
-    (the data goes through JSON as in the real backends).
-    """
-    return replace(event, data=_json.loads(_json.dumps(dict(event.data))))
-
-
-@dataclass
-class _HeldAppend:
-    events: list[Event]
-    fences: dict[int, int]
-    deferred: defer.Deferred
-
-
-@implementer(IEventStore)
-class MemoryEventStore:
-    """
-    L{IEventStore} in memory, following the interface's docstrings: per-group fence tokens
-    (L{FenceRejected} when a higher token is stored), L{StreamConflict} on a seq, id or
-    (sender, client_id) already taken (within the batch or in the store), all-or-nothing
-    batches. Every method returns an already-fired Deferred, except appends while L{hold}
-    is on: those stay unfired (and unwritten) until L{release}.
-
-    @ivar batches: every successfully written batch, as C{(events, fences)}.
-    @ivar appendCalls: the number of calls to L{append}.
-    """
-
-    def __init__(self, ready: bool = True):
-        self.ready = ready
-        self.fences: dict[int, int] = {}
-        self.events: dict[str, dict[int, Event]] = {}
-        self.batches: list[tuple[list[Event], dict[int, int]]] = []
-        self.appendCalls = 0
-        self.claims: list[tuple[int, int, str]] = []
-        self._failNext = 0
-        self._failWith: Exception | None = None
-        self._holding = False
-        self.held: list[_HeldAppend] = []
-
-    # -- test controls
-
-    def failNext(self, count: int, error: Exception | None = None) -> None:
-        """
-        Fail the next C{count} appends with C{error} (default: a L{StoreError}), writing nothing.
-        """
-        self._failNext = count
-        self._failWith = error
-
-    def hold(self) -> None:
-        """
-        From now on, appends neither write nor fire until L{release}.
-        """
-        self._holding = True
-
-    def release(self) -> None:
-        """
-        Stop holding; write the held appends, in order, and fire their Deferreds.
-        """
-        self._holding = False
-        held, self.held = self.held, []
-        for h in held:
-            try:
-                self._write(h.events, h.fences)
-            except Exception as e:
-                h.deferred.errback(e)
-            else:
-                h.deferred.callback(None)
-
-    def seed(self, stream: str, group: int, count: int, sender: str = "alice",
-             start: int = 1, ts: float = NOW - 1000, type: str = "message") -> list[Event]:
-        """
-        Write C{count} events to C{stream} directly (as if an earlier owner had written them).
-        """
-        events = [Event(stream=stream, seq=seq, id=f"seed-{stream}-{seq}", group=group,
-                        type=type, sender=sender, ts=ts + seq, client_id=f"seed{seq}",
-                        data={"text": f"message {seq}"} if type == "message" else {"n": seq})
-                  for seq in range(start, start + count)]
-        for e in events:
-            self.events.setdefault(stream, {})[e.seq] = _copy(e)
-        return events
-
-    def lastSeq(self, stream: str) -> int:
-        return max(self.events.get(stream, {}), default=0)
-
-    def stored(self, stream: str) -> list[Event]:
-        s = self.events.get(stream, {})
-        return [s[k] for k in sorted(s)]
-
-    # -- IEventStore
-
-    def open(self):
-        self.ready = True
-        return defer.succeed(None)
-
-    def close(self):
-        self.ready = False
-        return defer.succeed(None)
-
-    def _rejected(self, fences: dict[int, int]) -> list[int]:
-        return [g for g, t in fences.items() if self.fences.get(g, t) > t]
-
-    def _raise(self, fences: dict[int, int]) -> None:
-        for g, t in fences.items():
-            if t > self.fences.get(g, t - 1):
-                self.fences[g] = t
-
-    def claim(self, group, token, stream, recent):
-        self.claims.append((group, token, stream))
-        rejected = self._rejected({group: token})
-        if rejected:
-            return defer.fail(FenceRejected(rejected))
-        self._raise({group: token})
-        events = self.stored(stream)
-        tail = events[-recent:] if recent > 0 else []
-        return defer.succeed(StreamSnapshot(last_seq=self.lastSeq(stream),
-                                            recent=[_copy(e) for e in tail]))
-
-    def append(self, events, fences):
-        self.appendCalls += 1
-        events = list(events)
-        fences = dict(fences)
-        missing = {e.group for e in events} - set(fences)
-        if missing:
-            return defer.fail(ValueError(f"no fence token for groups {sorted(missing)}"))
-        if self._failNext:
-            self._failNext -= 1
-            return defer.fail(self._failWith or StoreError("the disk is on fire"))
-        if self._holding:
-            d: defer.Deferred = defer.Deferred()
-            self.held.append(_HeldAppend(events, fences, d))
-            return d
-        try:
-            self._write(events, fences)
-        except Exception as e:
-            return defer.fail(e)
-        return defer.succeed(None)
-
-    def _write(self, events: list[Event], fences: dict[int, int]) -> None:
-        rejected = self._rejected(fences)
-        if rejected:
-            raise FenceRejected(rejected)
-        conflicts = set()
-        seen: set[tuple] = set()
-        for e in events:
-            stored = self.events.get(e.stream, {})
-            keys = [("seq", e.stream, e.seq), ("id", e.stream, e.id)]
-            if e.client_id is not None:
-                keys.append(("client", e.stream, e.sender, e.client_id))
-            taken = (e.seq in stored
-                     or any(s.id == e.id for s in stored.values())
-                     or (e.client_id is not None
-                         and any(s.sender == e.sender and s.client_id == e.client_id
-                                 for s in stored.values())))
-            if taken or any(k in seen for k in keys):
-                conflicts.add(e.group)
-            seen.update(keys)
-        if conflicts:
-            raise StreamConflict(sorted(conflicts), "seq, id or client_id already taken")
-        self._raise(fences)
-        for e in events:
-            self.events.setdefault(e.stream, {})[e.seq] = _copy(e)
-        self.batches.append(([_copy(e) for e in events], fences))
-
-    def readAfter(self, stream, after, limit):
-        return defer.succeed([_copy(e) for e in self.stored(stream) if e.seq > after][:limit])
-
-    def readBefore(self, stream, before, limit):
-        events = [e for e in self.stored(stream) if before is None or e.seq < before]
-        return defer.succeed([_copy(e) for e in (events[-limit:] if limit > 0 else [])])
-
-    def findClientId(self, stream, sender, client_id):
-        for e in self.stored(stream):
-            if e.sender == sender and e.client_id == client_id:
-                return defer.succeed(_copy(e))
-        return defer.succeed(None)
-
-    def findEventId(self, stream, id):
-        for e in self.stored(stream):
-            if e.id == id:
-                return defer.succeed(_copy(e))
-        return defer.succeed(None)
-
-
-# -- ownership
-
-
-@implementer(IOwnership)
-class FakeOwnership:
-    """
-    An L{IOwnership} that owns every group under C{token} unless told otherwise per group:
-    L{Local} with another token, L{Redirect} to another node, L{Unsettled}, or an unfired
-    Deferred (a claim in progress) that the test fires.
-    """
-
-    def __init__(self, nodeId: str = "node-a", url: str = BASE, groups: int = 64,
-                 token: int = 1):
-        self._nodeId = nodeId
-        self.url = url
-        self.groups = groups
-        self.default = Local(token)
-        self.routes: dict[int, Any] = {}
-        self.nodes = {nodeId: url}
-        self.isReady = True
-        self.lostCallbacks: list = []
-        self.routeCalls: list[int] = []
-
-    def set(self, group: int, route) -> None:
-        self.routes[group] = route
-
-    def lose(self, groups) -> None:
-        """
-        Stop owning C{groups} (they now redirect to node-b) and tell the subscribers.
-        """
-        groups = list(groups)
-        self.nodes.setdefault("node-b", "http://node-b.test:8080")
-        for g in groups:
-            self.routes[g] = Redirect("node-b", "http://node-b.test:8080")
-        for callback in self.lostCallbacks:
-            callback(groups)
-
-    def nodeId(self):
-        return self._nodeId
-
-    def tokenFor(self, group):
-        route = self.routes.get(group, self.default)
-        return route.token if isinstance(route, Local) else None
-
-    def route(self, group):
-        self.routeCalls.append(group)
-        return self.routes.get(group, self.default)
-
-    def cluster(self):
-        owners = {}
-        for g in range(self.groups):
-            route = self.routes.get(g, self.default)
-            if isinstance(route, Local):
-                owners[g] = self._nodeId
-            elif isinstance(route, Redirect):
-                owners[g] = route.node
-        return dict(self.nodes), owners
-
-    def subscribeLost(self, callback):
-        self.lostCallbacks.append(callback)
-
-    def ready(self):
-        return self.isReady
 
 
 # -- HTTP answers
