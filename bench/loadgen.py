@@ -127,6 +127,8 @@ class Worker:
         self.inboxLat: list[float] = []
         self.ackLat: list[float] = []
         self.windowSent = 0
+        self.windowSkipped = 0
+        self.sendTasks: set[asyncio.Task] = set()
         self.windowAcked = 0        # acks of sends started in the window
         self.windowAckedByTime = 0  # acks that arrived in the window
         self.undelivered = 0
@@ -309,8 +311,12 @@ class Worker:
                 n += 1
                 if self.inflight >= maxInflight:
                     self.error("send_skipped_inflight_cap")
+                    if self.measuring:
+                        self.windowSkipped += 1
                     continue
-                self.loop.create_task(self.sendOne(scheduled))
+                task = self.loop.create_task(self.sendOne(scheduled))
+                self.sendTasks.add(task)
+                task.add_done_callback(self.sendTasks.discard)
             await asyncio.sleep(0.002)
 
     async def sendOne(self, scheduled: float) -> None:
@@ -422,7 +428,8 @@ class Worker:
                 "lat": [round(x, 3) for x in self.lat],
                 "inbox_lat": [round(x, 3) for x in self.inboxLat],
                 "ack_lat": [round(x, 3) for x in self.ackLat],
-                "window_sent": self.windowSent, "window_acked": self.windowAcked,
+                "window_sent": self.windowSent, "window_skipped": self.windowSkipped,
+                "window_acked": self.windowAcked,
                 "window_acked_by_time": self.windowAckedByTime,
                 "sent": self.sent, "acked": self.acked,
                 "undelivered": self.undelivered + undeliveredEnd,
@@ -483,9 +490,10 @@ class Worker:
         for conn in list(self.pollConns):
             conn.close()
         self.pool.closeAll()
-        for task in self.tasks:
+        pending = list(self.tasks) + list(self.sendTasks)
+        for task in pending:
             task.cancel()
-        await asyncio.sleep(0.2)
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def workerMain() -> None:
@@ -836,7 +844,9 @@ class Parent:
             "sends": {"scheduled_in_window": window("window_sent"),
                       "acked_of_window": window("window_acked"),
                       "acked_per_s": round(window("window_acked_by_time") / elapsed, 1),
-                      "offered_per_s": round(window("window_sent") / elapsed, 1),
+                      "offered_per_s": round((window("window_sent")
+                                              + window("window_skipped")) / elapsed, 1),
+                      "skipped_in_window": window("window_skipped"),
                       "undelivered": total("undelivered"), "duplicates": total("duplicates"),
                       "unmatched": total("unmatched"), "total_sent": total("sent"),
                       "total_acked": total("acked")},
@@ -889,7 +899,8 @@ def human(result: dict) -> str:
                      f"max {f(il['max'])}  (n={il['count']})")
     lines += [
         f"  send ack latency ms: p50 {f(ack['p50'])}  p99 {f(ack['p99'])}  max {f(ack['max'])}",
-        f"  sends: offered {s['offered_per_s']}/s, acked {s['acked_per_s']}/s; undelivered "
+        f"  sends: offered {s['offered_per_s']}/s, acked {s['acked_per_s']}/s "
+        f"({s['skipped_in_window']} skipped at the in-flight cap); undelivered "
         f"{s['undelivered']}, duplicates {s['duplicates']}",
         f"  waiting polls on the node: {f(pol['node_waiting_at_start'])} at start, min "
         f"{f(pol['node_waiting_min'])} (expected {pol['expected']}); ramp {pol['ramp_s']}s; "

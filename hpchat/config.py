@@ -52,11 +52,19 @@ class ChatConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
+    """
+    @ivar path: the SQLite file (backend C{sqlite}); None for C{foundationdb}.
+    @ivar cluster_file: the FoundationDB cluster file (backend C{foundationdb}), else None.
+    @ivar key_prefix: the first element of every FoundationDB key (tuple layer).
+    """
+
     backend: str
-    path: str
+    path: str | None
     batch_size: int
     flush_interval: float
     max_pending: int
+    cluster_file: str | None = None
+    key_prefix: str = "hpchat"
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,9 @@ class Config:
 
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_STORAGE_BACKENDS = ("sqlite", "foundationdb")
+FDB_MAX_TEXT_CHARS = 16000
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _NSQ_NAME = re.compile(r"^[.a-zA-Z0-9_-]{1,64}(#ephemeral)?$")
 
 
@@ -233,14 +244,39 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
     s.checkNoUnknownKeys()
 
     s = section("storage")
-    backend = s.text("backend", "sqlite", lambda v: v in ("sqlite",), "sqlite")
-    storagePath = s.raw("path", "var/hpchat.sqlite3")
+    backend = s.text("backend", "sqlite", lambda v: v in _STORAGE_BACKENDS,
+                     " or ".join(_STORAGE_BACKENDS))
+    storagePath = clusterFile = None
+    keyPrefix = "hpchat"
+    if backend == "sqlite":
+        storagePath = os.path.join(baseDir, s.raw("path", "var/hpchat.sqlite3"))
+        for key in ("cluster_file", "key_prefix"):
+            if s.raw(key, ""):
+                raise s.error(key, "is only for backend = foundationdb")
+    else:
+        if s.raw("path", ""):
+            raise s.error("path", "is only for backend = sqlite (use cluster_file)")
+        clusterFile = s.raw("cluster_file", "")
+        if not clusterFile:
+            raise s.error("cluster_file", "is required with backend = foundationdb "
+                                          "(e.g. /etc/foundationdb/fdb.cluster)")
+        clusterFile = os.path.join(baseDir, clusterFile)
+        keyPrefix = s.text("key_prefix", "hpchat", _KEY_PREFIX.match,
+                           "1-64 characters of A-Z a-z 0-9 _ . -")
+        if chat.max_text_chars > FDB_MAX_TEXT_CHARS:
+            # One event is one FoundationDB value (at most 100,000 bytes); JSON may spend up
+            # to 6 bytes on a character.
+            raise ConfigError(path, "chat", "max_text_chars",
+                              f"must be at most {FDB_MAX_TEXT_CHARS} with [storage] backend = "
+                              f"foundationdb (got {chat.max_text_chars})")
     storage = StorageConfig(
         backend=backend,
-        path=os.path.join(baseDir, storagePath),
+        path=storagePath,
         batch_size=s.integer("batch_size", 100, 1, 10000),
         flush_interval=s.number("flush_interval", 0.005, 0.0005, 10),
         max_pending=s.integer("max_pending", 10000, 1, 10_000_000),
+        cluster_file=clusterFile,
+        key_prefix=keyPrefix,
     )
     s.checkNoUnknownKeys()
 

@@ -116,3 +116,40 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.nsq.nsqd_tcp, ("127.0.0.1:4150", "127.0.0.1:4250"))
         self.assertEqual((config.nsq.topic, config.nsq.channel),
                          ("hpchat.notifications", "hpchat"))
+
+    def test_storageBackends(self):
+        """
+        backend = foundationdb needs cluster_file (relative to the config file) and takes
+        key_prefix; path is only for sqlite and cluster_file only for foundationdb; the error
+        names the key.
+        """
+        fdb = MINIMAL + "[storage]\nbackend = foundationdb\n"
+        config = parseConfig(fdb + "cluster_file = fdb.cluster\n", "/etc/hpchat/hpchat.ini")
+        self.assertEqual((config.storage.backend, config.storage.cluster_file,
+                          config.storage.key_prefix, config.storage.path),
+                         ("foundationdb", "/etc/hpchat/fdb.cluster", "hpchat", None))
+        config = parseConfig(fdb + "cluster_file = /etc/foundationdb/fdb.cluster\n"
+                             "key_prefix = chat.prod-1\n", "/etc/hpchat/hpchat.ini")
+        self.assertEqual((config.storage.cluster_file, config.storage.key_prefix),
+                         ("/etc/foundationdb/fdb.cluster", "chat.prod-1"))
+        sqlite = parseConfig(MINIMAL, "/srv/h/hpchat.ini").storage
+        self.assertEqual((sqlite.cluster_file, sqlite.path), (None, "/srv/h/var/hpchat.sqlite3"))
+        cases = [
+            (fdb, "[storage] cluster_file: is required with backend = foundationdb"),
+            (fdb + "cluster_file = c\npath = x.db\n", "[storage] path: is only for backend = sqlite"),
+            (fdb + "cluster_file = c\nkey_prefix = has space\n", "[storage] key_prefix: must be"),
+            (MINIMAL + "[storage]\ncluster_file = c\n",
+             "[storage] cluster_file: is only for backend = foundationdb"),
+            (MINIMAL + "[storage]\nbackend = sqlite\nkey_prefix = p\n",
+             "[storage] key_prefix: is only for backend = foundationdb"),
+            (MINIMAL + "[storage]\nbackend = oracle\n",
+             "[storage] backend: must be sqlite or foundationdb (got 'oracle')"),
+            (fdb + "cluster_file = c\nclusterfile = d\n", "[storage] clusterfile: is not a known"),
+            (MINIMAL + "[chat]\nmax_text_chars = 20000\n" + fdb[len(MINIMAL):]
+             + "cluster_file = c\n", "[chat] max_text_chars: must be at most 16000"),
+        ]
+        for text, expected in cases:
+            message = str(self.error(text))
+            self.assertIn(expected, message, text)
+            self.assertNotIn("\n", message)
+        parseConfig(MINIMAL + "[chat]\nmax_text_chars = 20000\n")

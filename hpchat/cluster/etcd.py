@@ -38,7 +38,7 @@ from twisted.internet.defer import (
     gatherResults,
     succeed,
 )
-from twisted.internet.error import ConnectError, ConnectionClosed
+from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionClosed
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -209,6 +209,9 @@ def _failureToError(failure, path):
     """
     if failure.check(EtcdError, CancelledError):
         return failure
+    if failure.check(ConnectingCancelledError):
+        # The caller cancelled while we were still connecting.
+        return Failure(CancelledError())
     if failure.check(ConnectError, ConnectionClosed):
         return Failure(EtcdUnavailable("{}: {}".format(path, failure.value)))
     # ResponseFailed (and its ResponseNeverReceived), RequestTransmissionFailed

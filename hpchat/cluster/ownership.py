@@ -383,6 +383,9 @@ class EtcdOwnership(Service):
                 return None
             self.log.warn("lease keepalive failed: {error}",
                           error=failure.getErrorMessage() or failure.type.__name__)
+            # A paused or partitioned etcd leaves the watch stream silently open: reconnect
+            # it too, so that the mirror resumes as soon as etcd answers again.
+            self._keeper.restart()
             return None
 
         return d.addCallbacks(ok, failed)

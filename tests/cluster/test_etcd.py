@@ -36,7 +36,6 @@ from hpchat.cluster.etcd import (
     RangeResult,
     TxnResult,
     WatchCanceled,
-    WatchEvent,
     WatchKeeper,
     prefixRangeEnd,
 )

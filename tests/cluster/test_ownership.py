@@ -83,6 +83,9 @@ class HandFedKeeper:
     def start(self):
         self.started = True
 
+    def restart(self):
+        self.restarts = getattr(self, "restarts", 0) + 1
+
     def stop(self):
         return defer.succeed(None)
 
@@ -212,6 +215,16 @@ class OwnershipTests(SynchronousTestCase):
         self.assertEqual(self.lost, [[1]])
         self.assertFalse(self.ownership.ready())
         self.assertIsInstance(self.ownership.route(1), Unsettled)
+
+    def test_failedKeepaliveRestartsTheWatch(self):
+        """
+        A keepalive that fails (etcd paused or unreachable) also restarts the watch stream,
+        which would otherwise hang silently.
+        """
+        self.clock.advance(self.ttl / 3)
+        self.etcd.keepalives[0].errback(EtcdTimeout("no answer"))
+        self.assertEqual(self.keeper.restarts, 1)
+        self.assertTrue(self.ownership.ready())
 
     def test_recoversWhenKeepaliveAnswersAgain(self):
         """

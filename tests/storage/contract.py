@@ -210,6 +210,118 @@ class EventStoreContract:
         failure = await self._failure(again.claim(4, 8, S, 10))
         self.assertIsInstance(failure, FenceRejected)
 
+    @asyncTest
+    async def test_appendRaisesTheFence(self):
+        """
+        An append with a higher token raises the group's fence: later appends and claims with
+        a lower token are rejected, an equal token is accepted.
+        """
+        store = await self.opened()
+        await store.append([event(1)], {1: 20})
+        failure = await self._failure(store.append([event(2)], {1: 15}))
+        self.assertIsInstance(failure, FenceRejected)
+        self.assertIsInstance(await self._failure(store.claim(1, 19, S, 10)), FenceRejected)
+        await store.append([event(2)], {1: 20})
+        self.assertEqual([e.seq for e in await store.readAfter(S, 0, 10)], [1, 2])
+
+    @asyncTest
+    async def test_duplicatesWithinOneBatchConflict(self):
+        """
+        A batch that repeats a seq, an id or a (sender, client_id) of its own stream conflicts
+        and writes nothing, not even its other events.
+        """
+        store = await self.opened()
+        other = event(1, stream="dm:carol:dave", group=2)
+        batches = [
+            [other, event(1), event(1, id="second")],
+            [other, event(1), event(2, id=event(1).id)],
+            [other, event(1, client_id="k"), event(2, client_id="k")],
+        ]
+        for batch in batches:
+            failure = await self._failure(store.append(batch, {1: 1, 2: 1}))
+            self.assertIsInstance(failure, StreamConflict)
+            self.assertEqual(failure.groups, (1,))
+            self.assertEqual(await store.readAfter(S, 0, 10), [])
+            self.assertEqual(await store.readAfter("dm:carol:dave", 0, 10), [])
+        # Another sender may reuse a client_id, and other streams may reuse ids and seqs.
+        await store.append([event(1, client_id="k"), event(2, client_id="k", sender="bob"),
+                            event(1, stream="dm:carol:dave", group=2, id=event(1).id)],
+                           {1: 1, 2: 1})
+        self.assertEqual(len(await store.readAfter(S, 0, 10)), 2)
+
+    @asyncTest
+    async def test_conflictAtTheEndWritesNothing(self):
+        """
+        In a batch of a few hundred events over several groups, one event whose client_id is
+        taken fails the whole batch with StreamConflict naming only its group.
+        """
+        store = await self.opened()
+        await store.append([event(1, stream="dm:s3:t3", group=3, client_id="dup")], {3: 1})
+        batch = [event(seq, stream=f"dm:s{g}:t{g}", group=g, data={"text": "y" * 100})
+                 for g in range(4) for seq in range(2 if g == 3 else 1, 51)]
+        batch.append(event(51, stream="dm:s3:t3", group=3, client_id="dup"))
+        failure = await self._failure(store.append(batch, {g: 1 for g in range(4)}))
+        self.assertIsInstance(failure, StreamConflict)
+        self.assertEqual(failure.groups, (3,))
+        for g in range(3):
+            self.assertEqual(await store.readAfter(f"dm:s{g}:t{g}", 0, 100), [])
+        self.assertEqual([e.seq for e in await store.readAfter("dm:s3:t3", 0, 100)], [1])
+
+    @asyncTest
+    async def test_limitsAreHonoured(self):
+        """
+        Reads return at most C{limit} events; a limit of 0 returns none.
+        """
+        store = await self.opened()
+        await store.append([event(i) for i in range(1, 11)], {1: 1})
+        self.assertEqual(await store.readAfter(S, 0, 0), [])
+        self.assertEqual(await store.readBefore(S, None, 0), [])
+        self.assertEqual([e.seq for e in await store.readAfter(S, 2, 3)], [3, 4, 5])
+        self.assertEqual([e.seq for e in await store.readBefore(S, None, 3)], [8, 9, 10])
+        self.assertEqual([e.seq for e in await store.readBefore(S, 5, 100)], [1, 2, 3, 4])
+        self.assertEqual([e.seq for e in await store.readAfter(S, 8, 100)], [9, 10])
+
+    @asyncTest
+    async def test_streamsSharingAPrefixStaySeparate(self):
+        """
+        Streams whose names share a prefix ("inbox:al", "inbox:alice") never see each
+        other's events, ids or client_ids.
+        """
+        store = await self.opened()
+        short, long = "inbox:al", "inbox:alice"
+        await store.append([event(1, stream=short, id="n1", client_id="c"),
+                            event(2, stream=short, id="n2")], {1: 1})
+        await store.append([event(1, stream=long, id="n3", client_id="c")], {1: 1})
+        self.assertEqual([e.id for e in await store.readAfter(short, 0, 10)], ["n1", "n2"])
+        self.assertEqual([e.id for e in await store.readBefore(long, None, 10)], ["n3"])
+        self.assertIsNone(await store.findEventId(short, "n3"))
+        self.assertIsNone(await store.findEventId(long, "n1"))
+        self.assertEqual((await store.findClientId(long, "alice", "c")).id, "n3")
+        self.assertEqual((await store.claim(1, 1, short, 10)).last_seq, 2)
+        self.assertEqual((await store.claim(1, 1, long, 10)).last_seq, 1)
+        self.assertEqual(await store.readAfter("inbox:a", 0, 10), [])
+
+    @asyncTest
+    async def test_racingWritersOneWins(self):
+        """
+        Two stores over the same storage (two nodes) that write the same seq of a stream at
+        once: exactly one batch lands, the other fails with StreamConflict.
+        """
+        first = await self.opened()
+        second = await self.opened(self.reopenStore(first))
+        mine = [event(1, id="from-first"), event(2, id="from-first-2")]
+        theirs = [event(1, id="from-second"), event(2, id="from-second-2")]
+        results = await defer.DeferredList([first.append(mine, {1: 1}),
+                                            second.append(theirs, {1: 1})],
+                                           consumeErrors=True)
+        outcomes = sorted(ok for ok, _ in results)
+        self.assertEqual(outcomes, [False, True])
+        [loser] = [r for ok, r in results if not ok]
+        self.assertIsInstance(loser.value, StreamConflict)
+        winner = mine if results[0][0] else theirs
+        self.assertEqual(await first.readAfter(S, 0, 10), winner)
+        self.assertEqual(await second.readAfter(S, 0, 10), winner)
+
     async def _failure(self, d):
         try:
             await d

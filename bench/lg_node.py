@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""
+Run the load generator against a fresh, temporary hpchat node on the embedded default.
+
+  python bench/lg_node.py [--node-setting chat.max_poll_timeout=60] -- -c 1000 -r 100
+
+Writes an ini in a temporary folder (a free loopback port, [storage] path in that folder, a
+random 48-byte [auth] secret), starts `twistd -n --pidfile= hpchat --config FILE` from the
+repository root with the installed package, waits for /healthz, runs bench/loadgen.py with
+the given arguments (plus --url, --config and --node-pid), then stops the node (SIGTERM, then
+SIGKILL after 15 s) and removes the folder. The node's log is printed if anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def twistdCommand() -> list[str]:
+    beside = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(beside):
+        return [beside]
+    found = shutil.which("twistd")
+    if found:
+        return [found]
+    return [sys.executable, "-c",
+            "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+
+
+def writeIni(folder: str, port: int, settings: list[str]) -> str:
+    sections: dict[str, dict[str, str]] = {
+        "node": {"id": "bench-1", "listen": f"tcp:{port}:interface=127.0.0.1",
+                 "advertise_url": f"http://127.0.0.1:{port}"},
+        "storage": {"path": os.path.join(folder, "var", "hpchat.sqlite3")},
+        "auth": {"secret": secrets.token_hex(24)},
+    }
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        section, _, name = key.partition(".")
+        if not name or not _:
+            raise SystemExit(f"lg_node: --node-setting wants section.key=value (got {setting!r})")
+        sections.setdefault(section, {})[name] = value
+    path = os.path.join(folder, "node.ini")
+    with open(path, "w") as f:
+        for section, values in sections.items():
+            f.write(f"[{section}]\n")
+            for name, value in values.items():
+                f.write(f"{name} = {value}\n")
+    return path
+
+
+class Node:
+    """
+    A temporary node process; use as a context manager.
+    """
+
+    def __init__(self, settings=(), keep=False, wrapper=()):
+        self.settings = list(settings)
+        self.keep = keep
+        self.wrapper = list(wrapper)
+        self.folder = tempfile.mkdtemp(prefix="hpchat-bench-")
+        self.port = freePort()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ini = writeIni(self.folder, self.port, self.settings)
+        self.log = os.path.join(self.folder, "node.log")
+        self.proc = None
+        self.failed = False
+
+    def __enter__(self):
+        logFile = open(self.log, "wb")
+        command = self.wrapper + twistdCommand() + ["-n", "--pidfile=", "hpchat",
+                                                    "--config", self.ini]
+        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=logFile, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        logFile.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.failed = True
+                self._dumpLog()
+                raise SystemExit(f"lg_node: the node exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        self.failed = True
+        self.stop()
+        self._dumpLog()
+        raise SystemExit("lg_node: the node did not answer /healthz within 30 s")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _dumpLog(self) -> None:
+        try:
+            with open(self.log, errors="replace") as f:
+                sys.stderr.write("---- node log (tail) ----\n" + "".join(f.readlines()[-40:]))
+        except OSError:
+            pass
+
+    def __exit__(self, *exc):
+        self.stop()
+        if exc[0] is not None or self.failed:
+            self._dumpLog()
+        if not self.keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:
+            sys.stderr.write(f"lg_node: kept {self.folder}\n")
+        return False
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" in argv:
+        i = argv.index("--")
+        own, rest = argv[:i], argv[i + 1:]
+    else:
+        own, rest = argv, []
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--node-setting", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="extra ini setting for the node, e.g. chat.max_poll_timeout=60")
+    p.add_argument("--keep", action="store_true", help="keep the node's folder (ini, db, log)")
+    p.add_argument("--wrap", default="",
+                   help="command prefix for the node, e.g. 'pyinstrument -o prof.html' ")
+    args = p.parse_args(own)
+    with Node(args.node_setting, args.keep, args.wrap.split()) as node:
+        sys.stderr.write(f"lg_node: node pid {node.pid} at {node.url} (folder {node.folder})\n")
+        command = [sys.executable, os.path.join(HERE, "loadgen.py"), "--url", node.url,
+                   "--config", node.ini, "--node-pid", str(node.pid)] + rest
+        code = subprocess.call(command)
+        if code != 0:
+            node.failed = True
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+# -*- test-case-name: tests.storage.test_select -*-
+"""
+The configured event store, and the startup checks that let a node refuse to start with one
+clear line (a L{ConfigError}) instead of failing after it has started.
+
+C{checkStorage(config)} belongs in C{Options.postOptions}, before twistd daemonizes: it only
+loads the FoundationDB client library (the binding's network thread starts later, in
+C{open()}). C{makeStore(config, reactor)} belongs in C{buildNode}.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hpchat.config import Config, ConfigError
+
+
+def checkStorage(config: Config) -> None:
+    """
+    Raise L{ConfigError} when the configured store cannot work on this machine: a SQLite
+    folder that cannot be created or written, or for FoundationDB a client library that
+    cannot be loaded or a cluster file that cannot be read.
+    """
+    storage = config.storage
+    if storage.backend == "sqlite":
+        folder = os.path.dirname(storage.path) or "."
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(config.path, "storage", "path",
+                              f"cannot create folder {folder}: {e.strerror}") from None
+        if not os.access(folder, os.W_OK):
+            raise ConfigError(config.path, "storage", "path", f"folder {folder} is not writable")
+    elif storage.backend == "foundationdb":
+        checkFoundationDB(config)
+    else:
+        raise ConfigError(config.path, "storage", "backend",
+                          f"unknown backend {storage.backend!r}")
+
+
+def checkFoundationDB(config: Config, importModule=None) -> None:
+    """
+    The FoundationDB client must load (binding and libfdb_c of the pinned minor version) and
+    the cluster file must be readable.
+    """
+    from hpchat.storage.fdb import FoundationDBUnavailable, loadBinding
+
+    try:
+        if importModule is None:
+            loadBinding()
+        else:
+            loadBinding(importModule)
+    except FoundationDBUnavailable as e:
+        raise ConfigError(config.path, "storage", "backend",
+                          f"foundationdb cannot be used: {e}") from None
+    clusterFile = config.storage.cluster_file
+    try:
+        with open(clusterFile, encoding="utf-8") as f:
+            f.read(1)
+    except OSError as e:
+        raise ConfigError(config.path, "storage", "cluster_file",
+                          f"cannot be read: {e.strerror} ({clusterFile})") from None
+
+
+def makeStore(config: Config, reactor):
+    """
+    The L{IEventStore} of C{config}, not yet opened.
+    """
+    storage = config.storage
+    if storage.backend == "foundationdb":
+        from hpchat.storage.fdb import FoundationDBStore
+
+        return FoundationDBStore(reactor, storage.cluster_file, keyPrefix=storage.key_prefix)
+    if storage.backend == "sqlite":
+        from hpchat.storage.sqlite import SQLiteStore
+
+        return SQLiteStore(reactor, storage.path)
+    raise ConfigError(config.path, "storage", "backend", f"unknown backend {storage.backend!r}")
