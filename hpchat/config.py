@@ -91,6 +91,11 @@ class NSQConfig:
 
 
 @dataclass(frozen=True)
+class HTTPConfig:
+    cors_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     node: NodeConfig
@@ -99,6 +104,7 @@ class Config:
     auth: AuthConfig
     cluster: ClusterConfig | None = None
     nsq: NSQConfig | None = None
+    http: HTTPConfig = HTTPConfig()
     extra: dict = field(default_factory=dict)
 
 
@@ -200,7 +206,7 @@ def _readSecret(section: _Section, baseDir: str) -> bytes:
     return secretBytes
 
 
-_KNOWN_SECTIONS = {"node", "chat", "storage", "auth", "cluster", "nsq"}
+_KNOWN_SECTIONS = {"node", "chat", "storage", "auth", "cluster", "nsq", "http"}
 
 
 def parseConfig(text: str, path: str = "<config>") -> Config:
@@ -314,8 +320,18 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
         )
         s.checkNoUnknownKeys()
 
+    s = section("http")
+    origins = tuple(o.strip().rstrip("/") for o in s.raw("cors_origins", "").split(",")
+                    if o.strip())
+    for origin in origins:
+        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+            raise s.error("cors_origins", f"must be * or origins like https://example.com "
+                                          f"(got {origin!r})")
+    http = HTTPConfig(cors_origins=origins)
+    s.checkNoUnknownKeys()
+
     return Config(path=path, node=node, chat=chat, storage=storage, auth=auth,
-                  cluster=cluster, nsq=nsq)
+                  cluster=cluster, nsq=nsq, http=http)
 
 
 def loadConfig(path: str) -> Config:

@@ -119,8 +119,9 @@ def buildNode(config, reactor) -> MultiService:
             consumer.setServiceParent(node)
 
     api = ChatAPI(streams, ownership, Authenticator(config.auth.secret, reactor), store,
-                  config.chat, persister, internalAuth)
-    WebService(api, config.node.listen, reactor).setServiceParent(node)
+                  config.chat, persister, internalAuth, devLogin=config.auth.dev_login)
+    WebService(api, config.node.listen, reactor,
+               corsOrigins=config.http.cors_origins).setServiceParent(node)
     return node
 
 

@@ -11,12 +11,14 @@ always C{{"error": {"code", "message"}}} with the documented status; never a tra
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
@@ -25,11 +27,13 @@ from hpchat.groups import Local, Redirect, resolveRoute
 from hpchat.notify import BadNotification, deliverToInbox, parseNotification
 from hpchat.persister import Overloaded, PersisterStopped
 from hpchat.storage.base import Event, StoreError
-from hpchat.streamids import BadConversation, inboxStream, parseConversation
+from hpchat.streamids import BadConversation, inboxStream, isUserId, parseConversation
 from hpchat.streams import CursorAhead, StreamUnavailable
 from hpchat.web.auth import Unauthorized
 from hpchat.web.internal import InternalUnauthorized
 
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+DEV_TOKEN_TTL = 24 * 3600
 MAX_BODY = 64 * 1024
 DEFAULT_POLL_TIMEOUT = 25.0
 DEFAULT_HISTORY = 50
@@ -81,8 +85,9 @@ class ChatAPI:
     log = Logger()
 
     def __init__(self, streams, ownership, authenticator, store, chat, persister=None,
-                 internalAuth=None):
+                 internalAuth=None, devLogin: bool = False):
         self._streams = streams
+        self._devLogin = devLogin
         self._internalAuth = internalAuth
         self._ownership = ownership
         self._auth = authenticator
@@ -335,6 +340,37 @@ class ChatAPI:
         result = await self._poll(request, stream, after, None, timeout)
         return _json(request, 200, {"events": [inboxEventJSON(e) for e in result.events],
                                     "last_seq": result.last_seq})
+
+    # -- the chat page
+
+    @app.route("/", methods=["GET"])
+    def page(self, request):
+        _route(request, "page")
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        with open(os.path.join(STATIC, "index.html"), "rb") as f:
+            return f.read()
+
+    @app.route("/static/", branch=True, methods=["GET"])
+    def static(self, request):
+        _route(request, "static")
+        return File(STATIC)
+
+    @app.route("/v1/dev/login", methods=["POST"])
+    def devLogin(self, request):
+        """
+        Development only ([auth] dev_login = true): a token for any user, no password.
+        """
+        _route(request, "dev_login")
+        if not self._devLogin:
+            raise ApiError(404, "not_found", "no such resource")
+        body = self._body(request)
+        user = body.get("user")
+        if not isUserId(user):
+            raise _badRequest("user must match [A-Za-z0-9_-]{1,64}")
+        ttl = DEV_TOKEN_TTL
+        return _json(request, 200, {"user": user, "token": self._auth.mint(user, ttl),
+                                    "expires_in": ttl})
 
     # -- between nodes
 

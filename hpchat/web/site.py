@@ -11,6 +11,7 @@ from twisted.application.service import MultiService
 from twisted.web import server
 
 from hpchat import metrics
+from hpchat.web.cors import CORSResource
 
 
 class HPChatRequest(server.Request):
@@ -42,10 +43,13 @@ class WebService(MultiService):
     Listens on the configured endpoint; on stop, the API first refuses new work (503).
     """
 
-    def __init__(self, api, listen: str, reactor):
+    def __init__(self, api, listen: str, reactor, corsOrigins=()):
         super().__init__()
         self.api = api
-        self.site = HPChatSite(api.resource(), reactor=reactor)
+        resource = api.resource()
+        if corsOrigins:
+            resource = CORSResource(resource, corsOrigins)
+        self.site = HPChatSite(resource, reactor=reactor)
         # strports.service fails startup on a bind error instead of only logging it.
         strports.service(listen, self.site, reactor=reactor).setServiceParent(self)
 

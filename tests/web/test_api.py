@@ -1239,7 +1239,7 @@ class RoutingTests(_APITestMixin, SynchronousTestCase):
 
     def test_notFound(self):
         """Unknown paths are 404 not_found in JSON."""
-        for p in ["/", "/nope", "/v1/conversations", path(CID, "nope"), "/v1/inbox",
+        for p in ["/nope", "/v1/conversations", path(CID, "nope"), "/v1/inbox",
                   "/v2/cluster"]:
             self.assertError(self.h.call("GET", p), 404, "not_found")
 
@@ -1334,3 +1334,40 @@ class FakesTests(SynchronousTestCase):
         self.store.failNext(1)
         self.failureResultOf(self.store.append([self.event(2)], {3: 1}), StoreError)
         self.successResultOf(self.store.append([self.event(2)], {3: 1}))
+
+
+class DevLoginTests(SynchronousTestCase):
+    def test_offByDefault(self):
+        """
+        Without [auth] dev_login the endpoint does not exist.
+        """
+        h = Harness()
+        self.addCleanup(h.stop)
+        answer = h.call("POST", "/v1/dev/login", user=None, body={"user": "alice"})
+        self.assertEqual(answer.code, 404)
+
+    def test_mintsAToken(self):
+        """
+        With dev_login on, a token for the named user is returned and works.
+        """
+        h = Harness()
+        self.addCleanup(h.stop)
+        h.api._devLogin = True
+        answer = h.call("POST", "/v1/dev/login", user=None, body={"user": "carol"})
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(h.auth.userFor(answer.json["token"]), "carol")
+        bad = h.call("POST", "/v1/dev/login", user=None, body={"user": "no way"})
+        self.assertEqual(bad.code, 400)
+
+
+class PageTests(SynchronousTestCase):
+    def test_pageAndStaticFiles(self):
+        """
+        / serves the chat page; /static/ its files; a missing file is 404.
+        """
+        h = Harness()
+        self.addCleanup(h.stop)
+        page = h.call("GET", "/", user=None)
+        self.assertEqual(page.code, 200)
+        self.assertIn(b"<!doctype html>", page.body.lower())
+        self.assertEqual(h.call("GET", "/static/nope.js", user=None).code, 404)

@@ -1,0 +1,57 @@
+# -*- test-case-name: tests.web.test_cors -*-
+"""
+CORS for the API, so that the site's pages on another origin can call the nodes.
+
+A request from an allowed origin gets C{Access-Control-Allow-Origin} (and may read
+C{Location}, C{X-HPChat-Owner} and C{Retry-After}); a preflight (OPTIONS with
+C{Access-Control-Request-Method}) is answered here, before routing. Browsers drop the
+Authorization header when they follow a redirect to another origin, which is why the API also
+takes the token as C{access_token} in the query.
+"""
+
+from __future__ import annotations
+
+from twisted.web.resource import IResource
+from zope.interface import implementer
+
+ALLOWED_METHODS = b"GET, POST, OPTIONS"
+ALLOWED_HEADERS = b"Authorization, Content-Type"
+EXPOSED_HEADERS = b"Location, X-HPChat-Owner, Retry-After"
+MAX_AGE = b"600"
+
+
+@implementer(IResource)
+class CORSResource:
+    """
+    Wraps the API's resource; C{origins} are the allowed origins (C{"*"} allows any).
+    """
+
+    isLeaf = True
+
+    def __init__(self, wrapped, origins):
+        self._wrapped = wrapped
+        self._any = "*" in origins
+        self._origins = {o.encode() for o in origins if o != "*"}
+
+    def getChildWithDefault(self, name, request):
+        return self
+
+    def putChild(self, path, child):
+        raise NotImplementedError()
+
+    def render(self, request):
+        origin = request.getHeader(b"origin")
+        allowed = origin is not None and (self._any or origin in self._origins)
+        if allowed:
+            request.setHeader(b"access-control-allow-origin", origin)
+            request.setHeader(b"vary", b"Origin")
+            request.setHeader(b"access-control-expose-headers", EXPOSED_HEADERS)
+        if request.method == b"OPTIONS" and request.getHeader(b"access-control-request-method"):
+            request.setResponseCode(204 if allowed else 403)
+            if allowed:
+                request.setHeader(b"access-control-allow-methods", ALLOWED_METHODS)
+                request.setHeader(b"access-control-allow-headers", ALLOWED_HEADERS)
+                request.setHeader(b"access-control-max-age", MAX_AGE)
+            request.hpchatRoute = "preflight"
+            return b""
+        return self._wrapped.render(request)
