@@ -73,6 +73,7 @@ class BatchPersister(Service):
         self._retryAt = 0.0
         self._accepting = False
         self._inFlight = 0
+        self._doneWaiters: list[defer.Deferred] = []
 
     # -- service
 
@@ -107,7 +108,7 @@ class BatchPersister(Service):
                 self._failWhere(lambda p: True, error)
                 break
             if self._flushing is not None:
-                await self._flushing
+                await self._batchDone()
                 continue
             delay = max(0.0, self._retryAt - self._clock.seconds())
             if delay:
@@ -159,6 +160,15 @@ class BatchPersister(Service):
 
     # -- the loop
 
+    def _batchDone(self) -> defer.Deferred:
+        """
+        Fires once the batch being written is done with, even when called from one of its own
+        callbacks (when the batch's Deferred has fired but is still running them).
+        """
+        waiter: defer.Deferred = defer.Deferred()
+        self._doneWaiters.append(waiter)
+        return waiter
+
     def _kicked(self):
         self._kick = None
         self._flush()
@@ -185,9 +195,13 @@ class BatchPersister(Service):
 
         def done(result):
             self._flushing = None
-            if (self._queue and len(self._queue) >= self.batchSize and self._kick is None
+            # Group commit: what queued up while this batch was written goes next, at once.
+            if (self._queue and self._kick is None and self._accepting
                     and self._clock.seconds() >= self._retryAt):
                 self._kick = self._clock.callLater(0, self._kicked)
+            waiters, self._doneWaiters = self._doneWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
             return result
 
         d.addBoth(done)

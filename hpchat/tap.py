@@ -12,6 +12,7 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from hpchat.config import ConfigError, loadConfig
+from hpchat.storage.select import checkStorage
 
 
 class Options(usage.Options):
@@ -23,28 +24,35 @@ class Options(usage.Options):
             raise usage.UsageError("--config FILE is required")
         try:
             self["settings"] = loadConfig(self["config"])
-            _checkStorage(self["settings"])
+            checkStorage(self["settings"])
         except ConfigError as e:
             # One line, no usage text and no traceback: the operator sees what to fix.
             sys.stderr.write(f"hpchat: config error: {e}\n")
             raise SystemExit(2) from None
 
 
-def _checkStorage(config) -> None:
-    folder = os.path.dirname(config.storage.path) or "."
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(config.path, "storage", "path",
-                          f"cannot create folder {folder}: {e.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(config.path, "storage", "path", f"folder {folder} is not writable")
-
-
 def makeService(options, reactor=None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
+    raiseOpenFileLimit()
     return buildNode(options["settings"], reactor)
+
+
+def raiseOpenFileLimit() -> int:
+    """
+    Every waiting long-poll holds a socket: raise the soft limit on open files to the hard
+    limit (systemd's LimitNOFILE= sets both).
+    """
+    import resource
+
+    from twisted.logger import Logger
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    Logger(namespace="hpchat.tap").info("open file limit: {limit}", limit=soft)
+    return soft
 
 
 def buildNode(config, reactor) -> MultiService:
@@ -57,7 +65,7 @@ def buildNode(config, reactor) -> MultiService:
     from hpchat.notify import InboxRouter, InProcessNotifier
     from hpchat.persister import BatchPersister
     from hpchat.storage.service import StoreService
-    from hpchat.storage.sqlite import SQLiteStore
+    from hpchat.storage.select import makeStore
     from hpchat.streams import Streams
     from hpchat.web.api import ChatAPI
     from hpchat.web.auth import Authenticator
@@ -67,10 +75,13 @@ def buildNode(config, reactor) -> MultiService:
     node = MultiService()
 
     def fatal(failure):
+        # twistd exits 0 after reactor.stop(); a node that could not start must not, so that
+        # systemd's Restart=on-failure restarts it.
+        reactor.addSystemEventTrigger("after", "shutdown", _exitNow, 1)
         if reactor.running:
             reactor.stop()
 
-    store = SQLiteStore(reactor, config.storage.path)
+    store = makeStore(config, reactor)
     StoreService(store, fatal).setServiceParent(node)
 
     if config.cluster is None:
@@ -123,6 +134,12 @@ def buildNode(config, reactor) -> MultiService:
     WebService(api, config.node.listen, reactor,
                corsOrigins=config.http.cors_origins).setServiceParent(node)
     return node
+
+
+def _exitNow(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def clusterOwnership(config, reactor):

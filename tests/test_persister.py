@@ -62,13 +62,11 @@ class PersisterTests(SynchronousTestCase):
 
     def test_batchesAreBoundedAndFullBatchFlushesAtOnce(self):
         """
-        A full batch is written without waiting for the interval; batches hold at most
-        batchSize events, in order.
+        A full batch is written without waiting for the interval, and what is left right
+        after it; batches hold at most batchSize events, in order.
         """
         ds = [self.persister.enqueue(ev(i), 1) for i in range(1, 8)]
         self.clock.advance(0)
-        self.assertEqual([len(b) for b in self.appends()], [3, 3])
-        self.clock.advance(0.01)
         self.assertEqual([len(b) for b in self.appends()], [3, 3, 1])
         self.assertEqual([e.seq for b in self.appends() for e in b], list(range(1, 8)))
         for d in ds:
@@ -175,3 +173,35 @@ class PersisterTests(SynchronousTestCase):
         self.successResultOf(kept)
         self.assertEqual([e.group for b in self.appends() for e in b], [3])
         self.assertEqual([groups for groups, _ in self.lost], [(2,)])
+
+    def test_stopFromAnAcknowledgement(self):
+        """
+        stopService called from an event's acknowledgement still drains the queue and ends.
+        """
+        self.store.hold()
+        first = self.persister.enqueue(ev(1), 1)
+        second = self.persister.enqueue(ev(2), 1)
+        stopped = []
+        first.addCallback(lambda _: stopped.append(self.persister.stopService()))
+        self.clock.advance(0.01)
+        self.store.release()
+        self.clock.advance(0)
+        self.store.release()
+        self.successResultOf(second)
+        self.successResultOf(stopped[0])
+
+    def test_groupCommit(self):
+        """
+        Events queued while a batch is written go out as soon as it is done, not at the next
+        interval.
+        """
+        self.store.hold()
+        self.persister.enqueue(ev(1), 1)
+        self.clock.advance(0.01)
+        later = self.persister.enqueue(ev(2), 1)
+        self.store.release()
+        self.store.hold()
+        self.clock.advance(0)
+        self.assertEqual(len(self.store.held), 1)
+        self.store.release()
+        self.successResultOf(later)
