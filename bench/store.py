@@ -120,6 +120,9 @@ async def runCell(reactor, makeStore, cleanup, mode: str, writers: int, args) ->
 
             return await cell.run(write)
         finally:
+            # Not from inside the persister's own acknowledgement callbacks (where the last
+            # writer finishes): stopService's drain would spin until its stopTimeout there.
+            await task.deferLater(reactor, 0, lambda: None)
             await persister.stopService()
     finally:
         await cleanup(store)

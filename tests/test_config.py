@@ -136,7 +136,8 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual((sqlite.cluster_file, sqlite.path), (None, "/srv/h/var/hpchat.sqlite3"))
         cases = [
             (fdb, "[storage] cluster_file: is required with backend = foundationdb"),
-            (fdb + "cluster_file = c\npath = x.db\n", "[storage] path: is only for backend = sqlite"),
+            (fdb + "cluster_file = c\npath = x.db\n",
+             "[storage] path: is only for backend = sqlite"),
             (fdb + "cluster_file = c\nkey_prefix = has space\n", "[storage] key_prefix: must be"),
             (MINIMAL + "[storage]\ncluster_file = c\n",
              "[storage] cluster_file: is only for backend = foundationdb"),

@@ -379,6 +379,9 @@ class FoundationDBStore:
         self._pool.start()
 
         def opened(_):
+            if self._closing:
+                # close() was called while opening: it has stopped the pool already.
+                return
             self.ready = True
             self.log.info("event store open: FoundationDB {clusterFile} prefix {prefix!r}",
                           clusterFile=self.clusterFile, prefix=self.keyPrefix)

@@ -392,6 +392,19 @@ class FakeFoundationDBTests(unittest.TestCase):
         self.assertFalse(store.ready)
         self.assertEqual(len(db.items(*store.layout.eventRange(S))), 5)
 
+    @asyncTest
+    async def test_closeWhileOpening(self):
+        """
+        close() called while open() is still running leaves the store closed, not ready.
+        """
+        store = fdbStore(self.clusterFile, binding=self.binding)
+        opening = store.open()
+        closing = store.close()
+        await opening
+        await closing
+        self.assertFalse(store.ready)
+        self.assertIsNone(store._pool)
+
     def test_tooLargeEventIsRefusedAtOnce(self):
         """
         An event FoundationDB could not store (value over 100,000 bytes) is refused before
