@@ -322,8 +322,20 @@ class Streams(Service):
         return None
 
     def _commit(self, stream: Stream, event: Event) -> None:
-        if self._streams.get(stream.name) is not stream:
-            return
+        if self._streams.get(stream.name) is stream:
+            self._show(stream, event)
+        # Durable either way: the hooks (notifications) run even for a stream dropped meanwhile.
+        for hook in self.onCommitted:
+            try:
+                hook(event)
+            except Exception:
+                self.log.failure("onCommitted hook failed for {stream} seq {seq}",
+                                 stream=event.stream, seq=event.seq)
+
+    def _show(self, stream: Stream, event: Event) -> None:
+        """
+        Make the durable C{event} visible: advance the stream and wake its waiters.
+        """
         stream.lastSeq = event.seq
         stream.recent.append(event)
         if stream.complete and stream.recent[0].seq != 1:
@@ -336,12 +348,6 @@ class Streams(Service):
                 timer.cancel()
             stream.typingVersion += 1
         self._wake(stream, typingChanged)
-        for hook in self.onCommitted:
-            try:
-                hook(event)
-            except Exception:
-                self.log.failure("onCommitted hook failed for {stream} seq {seq}",
-                                 stream=event.stream, seq=event.seq)
 
     # -- typing
 

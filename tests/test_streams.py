@@ -304,3 +304,18 @@ class LifecycleTests(StreamsTestCase):
         self.streams.stopService()
         self.failureResultOf(poll, StreamUnavailable)
         self.streams.startService()
+
+
+class CommitHookTests(StreamsTestCase):
+    def test_hooksRunForAStreamDroppedWhileWriting(self):
+        """
+        A message that becomes durable after its stream was dropped (shutdown, hand-off)
+        still runs the commit hooks, so its notification is not lost.
+        """
+        self.store.hold()
+        sending = self.streams.send(CID, "alice", "last words", None)
+        self.clock.advance(0.005)
+        self.streams.dropGroups([self.streams.groupOf(CID)])
+        self.store.release()
+        event, created = self.successResultOf(sending)
+        self.assertEqual(self.committed, [event])
