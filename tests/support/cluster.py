@@ -29,8 +29,11 @@ def token(user: str, ttl: int = 3600) -> str:
 
 class Cluster:
     def __init__(self, testcase, size: int = 3, groups: int = GROUPS, leaseTtl: int = LEASE_TTL,
-                 fenceMargin: float = 1.0, slack: int = 1, nsq: bool = False):
+                 fenceMargin: float = 1.0, slack: int = 1, nsq: bool = False,
+                 sections: dict[str, dict[str, str]] | None = None):
         self.testcase = testcase
+        # Extra ini sections (or keys) given to every node, e.g. {"auth": {"dev_login": "true"}}.
+        self.sections = sections or {}
         self.size = size
         self.groups = groups
         self.leaseTtl = leaseTtl
@@ -70,6 +73,8 @@ class Cluster:
         }
         if self.nsqd is not None:
             sections["nsq"] = {"nsqd_tcp": self.nsqd.tcpAddress, "topic": TOPIC}
+        for name, values in self.sections.items():
+            sections.setdefault(name, {}).update(values)
         node = Node(self.workdir, f"n{len(self.nodes) + 1}", dbPath=self.dbPath,
                     sections=sections)
         self.nodes.append(node)

@@ -39,6 +39,14 @@ class CORSTests(SynchronousTestCase):
                       r.headers.getRawHeaders(b"access-control-expose-headers")[0])
         self.assertIn(b"Location", r.headers.getRawHeaders(b"access-control-expose-headers")[0])
 
+    def test_redirectedRequestsOriginNull(self):
+        """
+        A request a browser redirected across origins comes with Origin: null; it is allowed
+        (bearer tokens only, no cookies).
+        """
+        r = self.request(["https://site.example"], headers={"Origin": "null"})
+        self.assertEqual(r.headers.getRawHeaders(b"access-control-allow-origin"), [b"null"])
+
     def test_otherOriginGetsNoHeaders(self):
         """
         An origin not listed gets no CORS headers (the browser then refuses the answer).

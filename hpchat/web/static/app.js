@@ -1,0 +1,1202 @@
+/*
+ * hpchat chat page: plain JavaScript, no build step, no dependencies.
+ *
+ * Talking to a cluster
+ * --------------------
+ * The API base is the page's origin, or ?api=http://host:port when the page is served from
+ * elsewhere. Every call carries the token as ?access_token= (browsers drop the Authorization
+ * header when they follow a redirect to another origin) and is a CORS "simple request" (the
+ * JSON body goes as text/plain, which the server accepts), so no preflight precedes it.
+ *
+ * Each stream (a conversation, the inbox) has a Route: the node that last answered for it.
+ * A call goes there and follows a 307 to the owner (redirect: "follow"); the node that finally
+ * answered (response.url) is remembered for the next call. When a call fails at the network
+ * level (node dead, connection reset, timeout, or a redirect the browser refused to follow)
+ * the next known node is tried: the API base and every node listed by GET /v1/cluster. After a
+ * full round of failures it waits with exponential backoff and refreshes the node list. A 503
+ * (ownership unsettled) is retried after its Retry-After, on another node every other time.
+ *
+ * Why a redirect may fail: after a redirect to another origin, the browser sends the request
+ * with "Origin: null", which a node whose cors_origins lists only the site's origins refuses;
+ * the fetch then fails like a dead node, and trying the next node finds the owner. Polls are
+ * arranged so that such a failure is always quick: a long-poll to a node not yet confirmed for
+ * its stream is made with timeout=0 first (a probe); a long-poll to the confirmed owner does not
+ * follow redirects (redirect: "manual"), so if the stream has moved meanwhile the poll ends at
+ * once and the next one probes again. Neither ever waits on a node that the browser will not
+ * let the page read.
+ *
+ * Cursors (after, typing_version) live in the conversation and survive failover; messages are
+ * kept by seq, so one that arrives twice (the send's answer and the poll) is shown once. A
+ * message is sent with a client_id and re-sent with the same id until a node answers: the
+ * server answers a repeat with the original message.
+ *
+ * All user text goes into the page through textContent, never as HTML.
+ */
+"use strict";
+
+(function () {
+  // ------------------------------------------------------------------ settings
+
+  const params = new URLSearchParams(location.search);
+  const API = normalizeBase(params.get("api") || location.origin);
+  const POLL_TIMEOUT = 25;        // s: how long the server may hold a long-poll
+  const CALL_TIMEOUT = 12000;     // ms: any other call
+  const TYPING_REFRESH = 1500;    // ms between "typing: true" while the user types
+  const TYPING_IDLE = 4000;       // ms without a key press before "typing: false"
+  const HISTORY_PAGE = 30;
+  const INBOX_BACKLOG = 20;       // earlier notifications listed at sign-in
+  const USER_RE = /^[A-Za-z0-9_-]{1,64}$/;
+  const SESSION_KEY = "hpchat.session:" + API;
+  const NARROW = window.matchMedia("(max-width: 720px)");
+
+  // ------------------------------------------------------------------ small helpers
+
+  function normalizeBase(url) {
+    try {
+      const u = new URL(url, location.href);
+      return (u.origin + u.pathname).replace(/\/+$/, "");
+    } catch (e) {
+      return location.origin;
+    }
+  }
+
+  const $ = (id) => document.getElementById(id);
+
+  /** An element with attributes and children; strings become text nodes (never HTML). */
+  function h(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(typeof child === "string" ? document.createTextNode(child) : child);
+    }
+    return node;
+  }
+
+  const ICONS = {
+    message: "M4 5h16v11H9l-5 4z",
+    flirt: "M12 20s-7-4.4-7-10a4 4 0 0 1 7-2.6A4 4 0 0 1 19 10c0 5.6-7 10-7 10z",
+    visit: "M12 6c5 0 8.5 4.5 9.5 6-1 1.5-4.5 6-9.5 6s-8.5-4.5-9.5-6C3.5 10.5 7 6 12 6zm0 3a3 3 0 1 0 0 6 3 3 0 0 0 0-6z",
+    other: "M12 3a6 6 0 0 0-6 6v4l-2 3h16l-2-3V9a6 6 0 0 0-6-6zm-2 15a2 2 0 0 0 4 0z",
+  };
+  const ICON_COLORS = { message: "#4338ca", flirt: "#be185d", visit: "#15803d", other: "#586074" };
+
+  function icon(type) {
+    const kind = ICONS[type] ? type : "other";
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("width", "18");
+    svg.setAttribute("height", "18");
+    svg.setAttribute("aria-hidden", "true");
+    const path = document.createElementNS(ns, "path");
+    path.setAttribute("d", ICONS[kind]);
+    path.setAttribute("fill", ICON_COLORS[kind]);
+    svg.append(path);
+    return h("span", { class: "notif-icon" }, svg);
+  }
+
+  function hue(name) {
+    let n = 0;
+    for (const c of name) n = (n * 31 + c.codePointAt(0)) % 360;
+    return n;
+  }
+
+  function avatar(node, name) {
+    node.textContent = name.slice(0, 1);
+    node.style.setProperty("--hue", String(hue(name)));
+  }
+
+  class Aborted extends Error {}
+
+  function sleep(ms, signal) {
+    return new Promise((resolve, reject) => {
+      if (signal && signal.aborted) return reject(new Aborted());
+      const timer = setTimeout(done, ms);
+      function done() {
+        if (signal) signal.removeEventListener("abort", stop);
+        resolve();
+      }
+      function stop() {
+        clearTimeout(timer);
+        reject(new Aborted());
+      }
+      if (signal) signal.addEventListener("abort", stop, { once: true });
+    });
+  }
+
+  /** An AbortController that also aborts when `parent` does. */
+  function childController(parent) {
+    const ctl = new AbortController();
+    if (parent.aborted) ctl.abort();
+    else parent.addEventListener("abort", () => ctl.abort(), { once: true });
+    return ctl;
+  }
+
+  function randomId() {
+    const bytes = new Uint8Array(12);
+    crypto.getRandomValues(bytes);
+    return "c" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function conversationId(a, b) {
+    // User ids are ASCII, so UTF-16 order is byte order.
+    return a < b ? `dm:${a}:${b}` : `dm:${b}:${a}`;
+  }
+
+  const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+  const dayFormat = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "short", day: "numeric" });
+
+  function clock(ts) {
+    return timeFormat.format(new Date(ts * 1000));
+  }
+
+  function dayLabel(ts) {
+    const d = new Date(ts * 1000);
+    const today = new Date();
+    const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+    if (d.toDateString() === today.toDateString()) return "Today";
+    if (d.toDateString() === yesterday.toDateString()) return "Yesterday";
+    return dayFormat.format(d);
+  }
+
+  function ago(ts) {
+    const s = Math.max(0, Date.now() / 1000 - ts);
+    if (s < 45) return "just now";
+    if (s < 3600) return `${Math.round(s / 60)} min ago`;
+    if (s < 86400) return clock(ts);
+    return dayLabel(ts);
+  }
+
+  // ------------------------------------------------------------------ the network
+
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  /** The nodes this page knows: the API base first, then those named by /v1/cluster. */
+  const net = {
+    bases: [API],
+    names: new Map(),
+    viewing: null,
+
+    learn(view) {
+      for (const [id, url] of Object.entries((view && view.nodes) || {})) {
+        const base = normalizeBase(url);
+        this.names.set(base, id);
+        if (!this.bases.includes(base)) this.bases.push(base);
+      }
+    },
+
+    nameOf(base) {
+      if (!base) return "";
+      if (this.names.has(base)) return this.names.get(base);
+      try {
+        return new URL(base).host;
+      } catch (e) {
+        return base;
+      }
+    },
+
+    after(base) {
+      const i = this.bases.indexOf(base);
+      return this.bases[(i + 1) % this.bases.length];
+    },
+
+    /** Ask any answering node for the cluster view (once at a time). */
+    refresh() {
+      if (this.viewing) return this.viewing;
+      this.viewing = (async () => {
+        for (const base of this.bases.slice()) {
+          try {
+            const res = await fetchOnce(base, "GET", "/v1/cluster", { timeout: 3000, anonymous: true });
+            if (res.status === 200) {
+              this.learn(res.data);
+              return;
+            }
+          } catch (e) {
+            // next one
+          }
+        }
+      })().finally(() => {
+        this.viewing = null;
+      });
+      return this.viewing;
+    },
+  };
+
+  /** Where a stream was last served. */
+  class Route {
+    constructor(stream) {
+      this.stream = stream;
+      this.base = null;      // the node that last answered for this stream (confirmed)
+      this.next = API;       // where to try when none is confirmed
+      this.failing = false;
+    }
+  }
+
+  const routes = new Map();
+  function routeFor(stream) {
+    if (!routes.has(stream)) routes.set(stream, new Route(stream));
+    return routes.get(stream);
+  }
+
+  /** One HTTP exchange; rejects on network errors, timeouts and aborts. */
+  async function fetchOnce(base, method, path, opts) {
+    let url = base + path;
+    if (!opts.anonymous) {
+      url += (path.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(session.token);
+    }
+    const ctl = new AbortController();
+    const stop = () => ctl.abort();
+    if (opts.signal) {
+      if (opts.signal.aborted) throw new Aborted();
+      opts.signal.addEventListener("abort", stop, { once: true });
+    }
+    const timer = setTimeout(stop, opts.timeout || CALL_TIMEOUT);
+    try {
+      const response = await fetch(url, {
+        method,
+        body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
+        redirect: opts.manual ? "manual" : "follow",
+        credentials: "omit",
+        cache: "no-store",
+        signal: ctl.signal,
+      });
+      if (response.type === "opaqueredirect") return { status: 307, moved: true, data: null, headers: response.headers, base };
+      const text = await response.text();
+      let data = null;
+      try {
+        data = text ? JSON.parse(text) : null;
+      } catch (e) {
+        data = null;
+      }
+      const at = response.url.indexOf("/v1/");
+      const servedBy = at > 0 ? response.url.slice(0, at) : base;
+      return { status: response.status, data, headers: response.headers, base: servedBy };
+    } catch (e) {
+      if (opts.signal && opts.signal.aborted) throw new Aborted();
+      throw e;
+    } finally {
+      clearTimeout(timer);
+      if (opts.signal) opts.signal.removeEventListener("abort", stop);
+    }
+  }
+
+  /** Pause after the `round`th full round of failed nodes: 125-250 ms, doubling to 0.75-1.5 s. */
+  function backoff(round) {
+    const ms = Math.min(1500, 250 * 2 ** round);
+    return ms / 2 + Math.random() * ms / 2;
+  }
+
+  /**
+   * Call the API for `route`'s stream until some node answers it: follows redirects, moves to
+   * the next node on network errors, waits out 503s. Resolves with {status, data, base} for
+   * any other answer; rejects only when aborted, on 401, or after `opts.deadline` ms.
+   */
+  async function call(route, method, path, opts = {}) {
+    const started = Date.now();
+    let failures = 0;
+    for (;;) {
+      const base = route.base || route.next;
+      let res;
+      try {
+        res = await fetchOnce(base, method, path, opts);
+      } catch (e) {
+        if (e instanceof Aborted) throw e;
+        // Refused or reset (a dead node), timed out, or a redirect the browser would not
+        // follow: try the next node we know of.
+        failures += 1;
+        route.base = null;
+        route.next = net.after(base);
+        setFailing(route, true, opts);
+        if (Date.now() - started > (opts.deadline || Infinity)) throw new ApiError(0, "unreachable", "no node answered");
+        if (failures % net.bases.length === 0) {
+          net.refresh();
+          await sleep(backoff(failures / net.bases.length - 1), opts.signal);
+        }
+        continue;
+      }
+      if (res.status === 503) {
+        // Ownership is being settled (or the node is shutting down): wait, then retry, on
+        // another node every other time.
+        failures += 1;
+        setFailing(route, true, opts);
+        if (Date.now() - started > (opts.deadline || Infinity)) throw new ApiError(503, "unavailable", "the service is unavailable");
+        const retry = Number(res.headers.get("retry-after")) || 1;
+        route.base = null;
+        route.next = failures % 2 === 0 ? net.after(base) : base;
+        await sleep(Math.min(3000, Math.max(250, retry * 1000 * (0.5 + Math.random() * 0.5))), opts.signal);
+        continue;
+      }
+      if (res.moved) {
+        // A long-poll's stream moved to another node (see above): the caller probes again.
+        route.base = null;
+        route.next = base;
+        return res;
+      }
+      if (res.status === 401) {
+        signOut("Your session has expired. Please sign in again.");
+        throw new Aborted();
+      }
+      const changed = route.base !== res.base;
+      route.base = res.base;
+      route.next = res.base;
+      setFailing(route, false, opts);
+      if (changed) renderStatus();
+      return res;
+    }
+  }
+
+  function errorText(res, fallback) {
+    return (res && res.data && res.data.error && res.data.error.message) || fallback;
+  }
+
+  // ------------------------------------------------------------------ session
+
+  let session = null;
+  let sessionCtl = null;
+
+  function loadSession() {
+    try {
+      const saved = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null");
+      if (saved && USER_RE.test(saved.user) && saved.token && saved.expires > Date.now() + 60000) return saved;
+    } catch (e) {
+      // ignore
+    }
+    return null;
+  }
+
+  async function signIn(user) {
+    const error = $("signin-error");
+    error.textContent = "";
+    if (!USER_RE.test(user)) {
+      error.textContent = "Use 1 to 64 letters, digits, “_” or “-”.";
+      $("signin-user").focus();
+      return;
+    }
+    const button = $("signin-submit");
+    button.disabled = true;
+    button.textContent = "Signing in…";
+    try {
+      let res = null;
+      for (let attempt = 0; attempt < 4 && !res; attempt++) {
+        for (const base of net.bases.slice()) {
+          try {
+            res = await fetchOnce(base, "POST", "/v1/dev/login", { body: { user }, anonymous: true, timeout: 5000 });
+            break;
+          } catch (e) {
+            // try the next node
+          }
+        }
+        if (!res) await sleep(backoff(attempt));
+      }
+      if (!res) {
+        error.textContent = `Cannot reach the chat server at ${API}.`;
+      } else if (res.status === 404) {
+        error.textContent = "Sign-in without password is not enabled on this server.";
+      } else if (res.status !== 200 || !res.data || !res.data.token) {
+        error.textContent = errorText(res, `Sign-in failed (HTTP ${res.status}).`);
+      } else {
+        session = { user: res.data.user, token: res.data.token, expires: Date.now() + res.data.expires_in * 1000 };
+        sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+        start();
+      }
+    } finally {
+      button.disabled = false;
+      button.textContent = "Sign in";
+    }
+  }
+
+  function signOut(message) {
+    if (sessionCtl) sessionCtl.abort();
+    clearInterval(typing.refresh);
+    clearTimeout(typing.idle);
+    typing.conv = null;
+    $("message-list").replaceChildren();
+    sessionCtl = null;
+    session = null;
+    sessionStorage.removeItem(SESSION_KEY);
+    conversations.clear();
+    routes.clear();
+    current = null;
+    notifications.length = 0;
+    notifSeen.clear();
+    unseen = 0;
+    $("app").hidden = true;
+    $("signin").hidden = false;
+    $("toasts").replaceChildren();
+    $("signin-error").textContent = message || "";
+    $("signin-user").focus();
+    document.title = "hpchat";
+  }
+
+  // ------------------------------------------------------------------ connection status
+
+  function setFailing(route, failing, opts) {
+    if (failing && opts && opts.onTrouble) opts.onTrouble();
+    if (route.failing === failing) return;
+    route.failing = failing;
+    renderStatus();
+  }
+
+  function renderStatus() {
+    if (!session) return;
+    const watched = [routeFor("inbox:" + session.user)];
+    if (current) watched.push(current.route);
+    const pill = $("conn");
+    let state, text;
+    if (watched.some((r) => r.failing)) {
+      state = "retrying";
+      text = "Reconnecting…";
+    } else if (watched.some((r) => r.base)) {
+      state = "live";
+      text = "Live";
+    } else {
+      state = "connecting";
+      text = "Connecting…";
+    }
+    pill.dataset.state = state;
+    if ($("conn-text").textContent !== text) $("conn-text").textContent = text;
+    const served = current && current.route.base ? `via node ${net.nameOf(current.route.base)}` : "";
+    $("served-by").textContent = served;
+    $("served-by").title = served ? `This conversation is served by ${current.route.base}` : "";
+  }
+
+  // ------------------------------------------------------------------ contacts
+
+  let contacts = [];   // {name, preview, at (preview's time), ts (last activity), unread}
+
+  function contactsKey() {
+    return "hpchat.contacts:" + API + ":" + session.user;
+  }
+
+  function loadContacts() {
+    try {
+      const saved = JSON.parse(localStorage.getItem(contactsKey()) || "[]");
+      contacts = saved.filter((c) => c && USER_RE.test(c.name) && c.name !== session.user)
+        .map((c) => ({ name: c.name, preview: String(c.preview || ""), at: Number(c.at) || 0, ts: Number(c.ts) || 0, unread: 0 }));
+    } catch (e) {
+      contacts = [];
+    }
+  }
+
+  function saveContacts() {
+    try {
+      localStorage.setItem(contactsKey(), JSON.stringify(
+        contacts.slice(0, 100).map(({ name, preview, at, ts }) => ({ name, preview, at, ts }))));
+    } catch (e) {
+      // storage full or disabled: contacts are only kept for this page
+    }
+  }
+
+  function touchContact(name, preview, ts, unreadDelta) {
+    let c = contacts.find((x) => x.name === name);
+    if (!c) {
+      c = { name, preview: "", at: 0, ts: Date.now() / 1000, unread: 0 };
+      contacts.push(c);
+    }
+    if (preview !== undefined && ts >= c.at) {
+      c.preview = preview;
+      c.at = ts;
+      c.ts = Math.max(c.ts, ts);
+    }
+    if (unreadDelta) c.unread += unreadDelta;
+    contacts.sort((a, b) => b.ts - a.ts);
+    saveContacts();
+    renderContacts();
+  }
+
+  function renderContacts() {
+    const list = $("contacts");
+    const focused = document.activeElement && document.activeElement.classList.contains("contact")
+      ? document.activeElement.dataset.name : null;
+    $("contacts-empty").hidden = contacts.length > 0;
+    list.replaceChildren(...contacts.map((c) => {
+      const isCurrent = current && current.peer === c.name;
+      const typing = isCurrent && current.typing.length > 0;
+      const av = h("span", { class: "avatar", "aria-hidden": "true" });
+      avatar(av, c.name);
+      const label = c.unread ? `${c.name}, ${c.unread} unread` : c.name;
+      return h("li", {},
+        h("button", {
+          class: "contact", type: "button", "aria-current": isCurrent ? "true" : "false",
+          "aria-label": label, dataset: { name: c.name },
+          onclick: () => openConversation(c.name),
+        },
+        av,
+        h("span", { class: "contact-main" },
+          h("span", { class: "contact-name", text: c.name }),
+          h("span", { class: "contact-preview" + (typing ? " is-typing" : ""), text: typing ? "typing…" : c.preview || " " })),
+        c.unread ? h("span", { class: "unread", "aria-hidden": "true", text: String(c.unread) }) : null));
+    }));
+    $("contact-names").replaceChildren(...contacts.map((c) => h("option", { value: c.name })));
+    if (focused) {
+      const again = list.querySelector(`.contact[data-name="${CSS.escape(focused)}"]`);
+      if (again) again.focus();
+    }
+  }
+
+  // ------------------------------------------------------------------ conversations
+
+  const conversations = new Map();   // peer -> Conversation
+  let current = null;
+  let pendingOrder = 0;
+
+  class Conversation {
+    constructor(peer) {
+      this.peer = peer;
+      this.cid = conversationId(session.user, peer);
+      this.route = routeFor(this.cid);
+      this.messages = new Map();     // seq -> message
+      this.pending = new Map();      // client_id -> {clientId, text, ts, state, error, order}
+      this.rows = new Map();         // key -> <li>
+      this.after = null;             // last seq seen
+      this.typingVersion = 0;        // always sent: a change of who types ends the poll
+      this.typing = [];
+      this.loaded = false;
+      this.hasMore = false;
+      this.poller = null;
+      this.sending = Promise.resolve();
+      this.typingChain = Promise.resolve();
+    }
+
+    get oldest() {
+      let min = Infinity;
+      for (const seq of this.messages.keys()) min = Math.min(min, seq);
+      return min;
+    }
+  }
+
+  function isViewing(conv) {
+    return conv === current && document.visibilityState === "visible" &&
+      (!NARROW.matches || $("layout").dataset.view === "chat");
+  }
+
+  function openConversation(peer) {
+    if (!USER_RE.test(peer) || !session || peer === session.user) return;
+    if (current && current.peer !== peer) {
+      stopTyping(current);
+      if (current.poller) current.poller.abort();
+      current.poller = null;
+    }
+    let conv = conversations.get(peer);
+    if (!conv) {
+      conv = new Conversation(peer);
+      conversations.set(peer, conv);
+    }
+    const switching = current !== conv;
+    current = conv;
+    touchContact(peer);
+    const c = contacts.find((x) => x.name === peer);
+    if (c) c.unread = 0;
+    renderContacts();
+
+    $("chat-empty").hidden = true;
+    $("chat-pane").hidden = false;
+    $("layout").dataset.view = "chat";
+    $("chat-title").textContent = peer;
+    avatar($("peer-avatar"), peer);
+    $("composer-label").textContent = `Message to ${peer}`;
+    if (switching) {
+      const list = $("message-list");
+      list.setAttribute("aria-busy", "true");
+      list.replaceChildren(...[...conv.rows.values()].sort(byOrder));
+      for (const row of list.children) decorate(row);
+      list.removeAttribute("aria-busy");
+      renderHistoryControls(conv);
+      renderTyping(conv);
+      scrollToBottom();
+      $("composer-text").value = conv.draft || "";
+      autoGrow();
+    }
+    renderStatus();
+    if (!conv.poller) {
+      const poller = childController(sessionCtl.signal);
+      conv.poller = poller;
+      runConversation(conv, poller.signal).finally(() => {
+        if (conv.poller === poller) conv.poller = null;
+      });
+    }
+    // On a phone, focusing the box would pop the keyboard over the conversation.
+    if (!NARROW.matches) $("composer-text").focus({ preventScroll: true });
+  }
+
+  function closeConversationView() {
+    $("layout").dataset.view = "list";
+    const back = current && document.querySelector(`.contact[data-name="${CSS.escape(current.peer)}"]`);
+    (back || $("newchat-user")).focus();
+  }
+
+  async function runConversation(conv, signal) {
+    while (!signal.aborted) {
+      try {
+        if (!conv.loaded) {
+          await loadLatest(conv, signal);
+          continue;
+        }
+        // A node not yet confirmed for this stream is asked without waiting: if it is not the
+        // owner we learn it at once and move on.
+        const wait = conv.route.base ? POLL_TIMEOUT : 0;
+        const q = new URLSearchParams({
+          after: String(conv.after), typing_version: String(conv.typingVersion), timeout: String(wait),
+        });
+        const res = await call(conv.route, "GET", `/v1/conversations/${conv.cid}/events?${q}`, {
+          signal, timeout: wait * 1000 + 10000, manual: wait > 0,
+          onTrouble: () => setTyping(conv, []),
+        });
+        if (res.moved) continue;
+        if (res.status === 409) {
+          // Our cursor is beyond the stream's last message: start again from its history.
+          conv.loaded = false;
+          continue;
+        }
+        if (res.status !== 200) {
+          showChatError(conv, errorText(res, `The conversation cannot be read (HTTP ${res.status}).`));
+          return;
+        }
+        const body = res.data;
+        for (const m of body.events) addMessage(conv, m, true);
+        if (body.events.length) conv.after = Math.max(conv.after, body.events[body.events.length - 1].seq);
+        else conv.after = Math.max(conv.after, body.last_seq);
+        conv.typingVersion = body.typing_version;
+        setTyping(conv, body.typing.filter((u) => u !== session.user));
+      } catch (e) {
+        if (e instanceof Aborted || signal.aborted) return;
+        await sleep(1000, signal).catch(() => {});
+      }
+    }
+  }
+
+  async function loadLatest(conv, signal) {
+    const res = await call(conv.route, "GET",
+      `/v1/conversations/${conv.cid}/messages?limit=${HISTORY_PAGE}`, { signal });
+    if (res.status !== 200) {
+      showChatError(conv, errorText(res, `The conversation cannot be read (HTTP ${res.status}).`));
+      throw new Aborted();
+    }
+    let last = 0;
+    for (const m of res.data.messages) {
+      addMessage(conv, m, false);
+      last = Math.max(last, m.seq);
+    }
+    const page = res.data.messages;
+    if (!page.length || page[0].seq <= conv.oldest) conv.hasMore = res.data.has_more;
+    conv.after = last;
+    conv.loaded = true;
+    renderHistoryControls(conv);
+  }
+
+  async function loadOlder(conv) {
+    const button = $("older");
+    if (!Number.isFinite(conv.oldest)) return;
+    button.disabled = true;
+    button.textContent = "Loading…";
+    const box = $("messages");
+    const fromBottom = box.scrollHeight - box.scrollTop;
+    try {
+      const res = await call(conv.route, "GET",
+        `/v1/conversations/${conv.cid}/messages?before=${conv.oldest}&limit=${HISTORY_PAGE}`,
+        { signal: sessionCtl.signal, deadline: 20000 });
+      if (res.status === 200) {
+        for (const m of res.data.messages) addMessage(conv, m, false);
+        conv.hasMore = res.data.has_more;
+      }
+    } catch (e) {
+      if (!(e instanceof ApiError)) throw e;
+      toast({ type: "other", text: [e.message === "no node answered" ? "Older messages could not be loaded. Try again." : e.message] });
+    } finally {
+      button.disabled = false;
+      button.textContent = "Older messages";
+      if (conv === current) {
+        renderHistoryControls(conv);
+        box.scrollTop = box.scrollHeight - fromBottom;
+      }
+    }
+  }
+
+  function renderHistoryControls(conv) {
+    if (conv !== current) return;
+    $("older").hidden = !conv.hasMore;
+    $("beginning").hidden = conv.hasMore || !conv.loaded;
+  }
+
+  function showChatError(conv, message) {
+    if (conv !== current) return;
+    toast({ type: "other", text: [message] });
+  }
+
+  // ---- messages on screen
+
+  function byOrder(a, b) {
+    return Number(a.dataset.order) - Number(b.dataset.order);
+  }
+
+  /** Add a message once (by seq); `live` ones may bump the unread count. */
+  function addMessage(conv, m, live) {
+    if (conv.messages.has(m.seq)) return;
+    conv.messages.set(m.seq, m);
+    const mine = m.sender === session.user;
+    if (mine && m.client_id && conv.pending.has(m.client_id)) {
+      conv.pending.delete(m.client_id);
+      removeRow(conv, "p" + m.client_id);
+    }
+    const row = messageRow(m.seq, m.sender, m.text, m.ts);
+    placeRow(conv, "s" + m.seq, row, mine && live);
+    touchContact(conv.peer, (mine ? "You: " : "") + m.text.slice(0, 80), m.ts);
+  }
+
+  function messageRow(order, sender, text, ts) {
+    const mine = sender === session.user;
+    return h("li", { class: "msg-row", dataset: { order: String(order), sender, ts: String(ts) } },
+      h("p", { class: "day", hidden: true }),
+      h("div", { class: "msg" + (mine ? " mine" : "") },
+        h("span", { class: "sr-only", text: mine ? "You said:" : `${sender} said:` }),
+        h("div", { class: "bubble", text }),
+        h("div", { class: "meta" }, h("time", { datetime: new Date(ts * 1000).toISOString(), text: clock(ts) }))));
+  }
+
+  function placeRow(conv, key, row, forceScroll) {
+    conv.rows.set(key, row);
+    if (conv !== current) return;
+    const list = $("message-list");
+    const box = $("messages");
+    const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 60;
+    const order = Number(row.dataset.order);
+    let before = null;
+    for (let node = list.lastElementChild; node; node = node.previousElementSibling) {
+      if (Number(node.dataset.order) < order) break;
+      before = node;
+    }
+    list.insertBefore(row, before);
+    decorate(row);
+    if (row.nextElementSibling) decorate(row.nextElementSibling);
+    if (atBottom || forceScroll) {
+      scrollToBottom();
+    } else if (!before) {
+      $("jump").hidden = false;
+    }
+  }
+
+  function removeRow(conv, key) {
+    const row = conv.rows.get(key);
+    if (!row) return;
+    conv.rows.delete(key);
+    const next = row.nextElementSibling;
+    row.remove();
+    if (next) decorate(next);
+  }
+
+  /** Day separators, grouping of consecutive messages, one time stamp per minute. */
+  function decorate(row) {
+    const prev = row.previousElementSibling;
+    const ts = Number(row.dataset.ts);
+    const day = dayLabel(ts);
+    const newDay = !prev || dayLabel(Number(prev.dataset.ts)) !== day;
+    const dayNode = row.querySelector(".day");
+    dayNode.hidden = !newDay;
+    dayNode.textContent = newDay ? day : "";
+    const cont = !!prev && !newDay && prev.dataset.sender === row.dataset.sender &&
+      ts - Number(prev.dataset.ts) < 300;
+    row.querySelector(".msg").classList.toggle("cont", cont);
+    if (prev) prev.classList.toggle("timeless", cont && clock(ts) === clock(Number(prev.dataset.ts)));
+  }
+
+  function scrollToBottom() {
+    const box = $("messages");
+    box.scrollTop = box.scrollHeight;
+    $("jump").hidden = true;
+  }
+
+  // ---- typing, theirs
+
+  function setTyping(conv, users) {
+    const same = users.length === conv.typing.length && users.every((u, i) => u === conv.typing[i]);
+    conv.typing = users;
+    if (!same) {
+      renderTyping(conv);
+      renderContacts();
+    }
+  }
+
+  function renderTyping(conv) {
+    if (conv !== current) return;
+    const node = $("typing");
+    if (conv.typing.length) {
+      node.replaceChildren(`${conv.typing.join(", ")} is typing`,
+        h("span", { class: "dots", "aria-hidden": "true" }, h("span"), h("span"), h("span")));
+    } else {
+      node.replaceChildren();
+    }
+  }
+
+  // ---- typing, ours
+
+  const typing = { conv: null, refresh: null, idle: null };
+
+  function postTyping(conv, on) {
+    conv.typingChain = conv.typingChain.then(() =>
+      call(conv.route, "POST", `/v1/conversations/${conv.cid}/typing`, {
+        body: { typing: on }, signal: sessionCtl && sessionCtl.signal, deadline: 2500, timeout: 3000,
+      })).catch(() => {});
+  }
+
+  function userTyped() {
+    const conv = current;
+    if (!conv) return;
+    if (!$("composer-text").value.trim()) {
+      stopTyping(conv);
+      return;
+    }
+    if (typing.conv !== conv) {
+      stopTyping(typing.conv);
+      typing.conv = conv;
+      postTyping(conv, true);
+      typing.refresh = setInterval(() => postTyping(conv, true), TYPING_REFRESH);
+    }
+    clearTimeout(typing.idle);
+    typing.idle = setTimeout(() => stopTyping(conv), TYPING_IDLE);
+  }
+
+  function stopTyping(conv) {
+    if (!conv || typing.conv !== conv) return;
+    clearInterval(typing.refresh);
+    clearTimeout(typing.idle);
+    typing.conv = null;
+    postTyping(conv, false);
+  }
+
+  // ---- sending
+
+  function send(conv, text) {
+    const p = { clientId: randomId(), text, ts: Date.now() / 1000, state: "sending", error: "" };
+    conv.pending.set(p.clientId, p);
+    p.order = 1e15 + (pendingOrder += 1);
+    const row = messageRow(p.order, session.user, text, p.ts);
+    row.classList.add("pending-row");
+    placeRow(conv, "p" + p.clientId, row, true);
+    renderPending(conv, p);
+    deliver(conv, p);
+  }
+
+  function deliver(conv, p) {
+    conv.sending = conv.sending.then(async () => {
+      if (!conv.pending.has(p.clientId)) return;
+      try {
+        const res = await call(conv.route, "POST", `/v1/conversations/${conv.cid}/messages`, {
+          body: { text: p.text, client_id: p.clientId }, signal: sessionCtl.signal, timeout: 15000,
+          onTrouble: () => {
+            if (p.state !== "retrying") {
+              p.state = "retrying";
+              renderPending(conv, p);
+            }
+          },
+        });
+        if ((res.status === 201 || res.status === 200) && res.data && res.data.message) {
+          addMessage(conv, res.data.message, true);
+        } else {
+          p.state = "failed";
+          p.error = errorText(res, `HTTP ${res.status}`);
+          renderPending(conv, p);
+        }
+      } catch (e) {
+        // aborted: signed out
+      }
+    });
+  }
+
+  function renderPending(conv, p) {
+    const row = conv.rows.get("p" + p.clientId);
+    if (!row) return;
+    const msg = row.querySelector(".msg");
+    msg.classList.toggle("pending", p.state !== "failed");
+    msg.classList.toggle("failed", p.state === "failed");
+    const meta = row.querySelector(".meta");
+    if (p.state === "failed") {
+      meta.replaceChildren(`Not sent: ${p.error}. `,
+        h("button", { type: "button", text: "Retry", onclick: () => {
+          p.state = "sending";
+          renderPending(conv, p);
+          deliver(conv, p);
+        } }));
+    } else {
+      meta.replaceChildren(p.state === "retrying" ? "Reconnecting…" : "Sending…");
+    }
+  }
+
+  // ------------------------------------------------------------------ inbox
+
+  const notifications = [];      // newest first
+  const notifSeen = new Set();   // seqs
+  let unseen = 0;
+
+  async function runInbox(signal) {
+    const route = routeFor("inbox:" + session.user);
+    let after = null;
+    let initial = 0;
+    while (!signal.aborted) {
+      try {
+        const wait = after !== null && route.base ? POLL_TIMEOUT : 0;
+        const q = new URLSearchParams({ timeout: String(wait) });
+        if (after !== null) q.set("after", String(after));
+        const res = await call(route, "GET", `/v1/inbox/events?${q}`, {
+          signal, timeout: wait * 1000 + 10000, manual: wait > 0,
+        });
+        if (res.moved) continue;
+        if (res.status === 409) {
+          after = null;
+          continue;
+        }
+        if (res.status !== 200) {
+          await sleep(5000, signal);
+          continue;
+        }
+        const body = res.data;
+        if (after === null) {
+          // First answer: where the inbox is now. The next poll returns the last few at once.
+          initial = body.last_seq;
+          after = Math.max(0, body.last_seq - INBOX_BACKLOG);
+          continue;
+        }
+        for (const e of body.events) addNotification(e, e.seq > initial);
+        after = body.events.length ? body.events[body.events.length - 1].seq : Math.max(after, body.last_seq);
+      } catch (e) {
+        if (e instanceof Aborted || signal.aborted) return;
+        await sleep(1000, signal).catch(() => {});
+      }
+    }
+  }
+
+  function describe(e) {
+    const from = e.from || "Someone";
+    const data = e.data || {};
+    switch (e.type) {
+      case "message":
+        return { text: [h("b", { text: from }), " sent you a message"], preview: String(data.preview || "") };
+      case "flirt": {
+        const hearts = Math.max(1, Math.min(5, Number(data.hearts) || 1));
+        return { text: [h("b", { text: from }), " sent you a flirt"], preview: "♥".repeat(hearts) };
+      }
+      case "visit":
+        return { text: [h("b", { text: from }), " visited your profile"], preview: "" };
+      default:
+        return { text: [`New ${e.type}`, e.from ? " from " : "", e.from ? h("b", { text: e.from }) : ""], preview: "" };
+    }
+  }
+
+  function addNotification(e, live) {
+    if (notifSeen.has(e.seq)) return;
+    notifSeen.add(e.seq);
+    const n = { seq: e.seq, type: e.type, from: e.from, ts: e.ts, data: e.data || {}, unseen: live };
+    notifications.push(n);
+    notifications.sort((a, b) => b.seq - a.seq);
+    if (notifications.length > 100) notifications.length = 100;
+
+    let quiet = false;
+    if (e.type === "message" && e.from && USER_RE.test(e.from)) {
+      const conv = conversations.get(e.from);
+      const viewing = conv && isViewing(conv);
+      quiet = viewing;
+      touchContact(e.from, String(n.data.preview || ""), e.ts, live && !viewing ? 1 : 0);
+    }
+    if (live && quiet) n.unseen = false;
+    if (n.unseen) unseen += 1;
+    if (live && !quiet && $("notif-panel").hidden) {
+      const d = describe(n);
+      toast({ type: n.type, text: d.text, preview: d.preview, open: n.from && USER_RE.test(n.from) ? n.from : null });
+    }
+    renderNotifications();
+  }
+
+  function renderNotifications() {
+    const list = $("notif-list");
+    $("notif-empty").hidden = notifications.length > 0;
+    list.replaceChildren(...notifications.map((n) => {
+      const d = describe(n);
+      const body = h("span", { class: "notif-body" },
+        h("span", { class: "notif-text" }, d.text),
+        d.preview ? h("span", { class: "notif-preview", text: d.preview }) : null,
+        h("span", { class: "notif-time", text: ago(n.ts) }));
+      const canOpen = n.from && USER_RE.test(n.from) && n.from !== session.user;
+      return h("li", { class: "notif" + (n.unseen ? " unseen" : ""), dataset: { type: n.type } },
+        icon(n.type),
+        canOpen ? h("button", { class: "notif-open", type: "button", onclick: () => { closePanel(); openConversation(n.from); } }, body) : body);
+    }));
+    const badge = $("notif-badge");
+    badge.hidden = unseen === 0;
+    badge.textContent = unseen > 99 ? "99+" : String(unseen);
+    $("notif-label").textContent = unseen ? `Notifications, ${unseen} new` : "Notifications";
+    document.title = unseen ? `(${unseen}) hpchat` : "hpchat";
+  }
+
+  function openPanel() {
+    $("toasts").replaceChildren();   // the panel lists them all
+    $("notif-panel").hidden = false;
+    $("notif-button").setAttribute("aria-expanded", "true");
+    renderNotifications();
+    $("notif-close").focus();
+  }
+
+  function closePanel() {
+    if ($("notif-panel").hidden) return;
+    $("notif-panel").hidden = true;
+    $("notif-button").setAttribute("aria-expanded", "false");
+    for (const n of notifications) n.unseen = false;
+    unseen = 0;
+    renderNotifications();
+  }
+
+  function toast({ type, text, preview, open }) {
+    const content = [icon(type), h("span", { class: "notif-body" },
+      h("span", { class: "notif-text" }, text),
+      preview ? h("span", { class: "notif-preview", text: preview }) : null)];
+    const node = open
+      ? h("button", { class: "toast", type: "button", dataset: { type }, onclick: () => { node.remove(); openConversation(open); } }, content)
+      : h("div", { class: "toast", dataset: { type } }, content);
+    $("toasts").append(node);
+    while ($("toasts").children.length > 3) $("toasts").firstElementChild.remove();
+    setTimeout(() => node.remove(), 7000);
+  }
+
+  // ------------------------------------------------------------------ composer
+
+  function autoGrow() {
+    const t = $("composer-text");
+    t.style.height = "auto";
+    t.style.height = Math.min(t.scrollHeight + 2, 150) + "px";
+  }
+
+  function submitComposer() {
+    const t = $("composer-text");
+    const text = t.value.replace(/\s+$/, "");
+    if (!current || !text.trim()) return;
+    stopTyping(current);
+    send(current, text);
+    t.value = "";
+    current.draft = "";
+    autoGrow();
+    t.focus();
+  }
+
+  // ------------------------------------------------------------------ start
+
+  function start() {
+    sessionCtl = new AbortController();
+    $("signin").hidden = true;
+    $("app").hidden = false;
+    $("me-name").textContent = session.user;
+    avatar($("me-avatar"), session.user);
+    $("me-avatar").title = `Signed in as ${session.user}`;
+    loadContacts();
+    renderContacts();
+    renderNotifications();
+    renderStatus();
+    $("chat-empty").hidden = false;
+    $("chat-pane").hidden = true;
+    $("layout").dataset.view = "list";
+    net.refresh();
+    runInbox(sessionCtl.signal);
+    const peer = params.get("with");
+    if (peer && USER_RE.test(peer) && peer !== session.user) openConversation(peer);
+    else $("newchat-user").focus();
+  }
+
+  function wire() {
+    $("signin-api").textContent = API;
+    $("signin-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      signIn($("signin-user").value.trim());
+    });
+    $("signout").addEventListener("click", () => signOut(""));
+
+    $("newchat").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const input = $("newchat-user");
+      const name = input.value.trim();
+      const error = $("newchat-error");
+      if (!USER_RE.test(name)) {
+        error.textContent = "User names are 1 to 64 letters, digits, “_” or “-”.";
+      } else if (name === session.user) {
+        error.textContent = "That is you. Pick someone else.";
+      } else {
+        error.textContent = "";
+        input.value = "";
+        openConversation(name);
+        return;
+      }
+      input.focus();
+    });
+
+    $("composer").addEventListener("submit", (e) => {
+      e.preventDefault();
+      submitComposer();
+    });
+    const text = $("composer-text");
+    text.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        submitComposer();
+      }
+    });
+    text.addEventListener("input", () => {
+      autoGrow();
+      if (current) current.draft = text.value;
+      userTyped();
+    });
+    text.addEventListener("blur", () => stopTyping(current));
+
+    $("older").addEventListener("click", () => current && loadOlder(current));
+    $("jump").addEventListener("click", scrollToBottom);
+    $("messages").addEventListener("scroll", () => {
+      const box = $("messages");
+      if (box.scrollHeight - box.scrollTop - box.clientHeight < 60) $("jump").hidden = true;
+    });
+    $("back").addEventListener("click", closeConversationView);
+
+    $("notif-button").addEventListener("click", () => ($("notif-panel").hidden ? openPanel() : closePanel()));
+    $("notif-close").addEventListener("click", () => {
+      closePanel();
+      $("notif-button").focus();
+    });
+    document.addEventListener("keydown", (e) => {
+      if (e.key === "Escape" && !$("notif-panel").hidden) {
+        closePanel();
+        $("notif-button").focus();
+      }
+    });
+    document.addEventListener("click", (e) => {
+      if (!$("notif-panel").hidden && !$("notif-panel").contains(e.target) && !$("notif-button").contains(e.target)) closePanel();
+    });
+    document.addEventListener("visibilitychange", () => {
+      if (current && isViewing(current)) {
+        const c = contacts.find((x) => x.name === current.peer);
+        if (c && c.unread) {
+          c.unread = 0;
+          renderContacts();
+        }
+      }
+    });
+    setInterval(() => {
+      if (session && !$("notif-panel").hidden) renderNotifications();
+    }, 30000);
+  }
+
+  wire();
+  session = loadSession();
+  if (session) start();
+  else {
+    $("signin").hidden = false;
+    $("signin-user").focus();
+  }
+})();
