@@ -17,6 +17,8 @@ from collections import Counter
 # (category, predicate on "function (file)") in priority order: the first match, walking
 # from the leaf up, names the category of a sample's self time.
 CATEGORIES = [
+    ("garbage collector (needs --native)", lambda n, f: n.startswith("gc_collect")
+     or n in ("collect_with_callback", "collect_generations", "gc_collect_main")),
     ("sqlite (writer/reader threads)", lambda n, f: "sqlite" in f and "storage" in f),
     ("persister", lambda n, f: f.endswith("hpchat/persister.py")),
     ("JWT / auth", lambda n, f: "/jwt/" in f or f.endswith("hpchat/web/auth.py")),
@@ -93,7 +95,9 @@ def main(argv=None) -> int:
                         break
             for index in set(stack):
                 inclusive[index] += weight
-            for index in reversed(stack):
+            gcFrame = next((i for i in stack if frames[i]["name"].startswith("gc_collect")
+                            or frames[i]["name"] == "collect_generations"), None)
+            for index in ([gcFrame] if gcFrame is not None else []) + list(reversed(stack)):
                 fr = frames[index]
                 name, file = fr["name"], fr.get("file", "")
                 category = next(c for c, test in CATEGORIES if test(name, file))

@@ -546,6 +546,25 @@ def findListeningPid(port: int) -> int | None:
     return None
 
 
+def nodeVersion() -> dict:
+    """
+    The repository's commit and whether hpchat/ has local changes (read-only git calls).
+    """
+    import subprocess
+
+    root = os.path.dirname(HERE)
+    out = {}
+    try:
+        out["commit"] = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                                       capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "hpchat"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        out["hpchat_dirty"] = bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
 def machine() -> dict:
     model = ""
     try:
@@ -595,7 +614,8 @@ class Parent:
                 continue
             if response.status != 200:
                 continue
-            for name, value in lg_proc.parseMetrics(response.body.decode("utf-8", "replace")).items():
+            text = response.body.decode("utf-8", "replace")
+            for name, value in lg_proc.parseMetrics(text).items():
                 total[name] = total.get(name, 0.0) + value
         return total
 
@@ -747,7 +767,7 @@ class Parent:
             hook = None
             if args.on_measure:
                 command = args.on_measure.replace("{pid}", str(pids[0] if pids else "")) \
-                    .replace("{pids}", ",".join(map(str, pids)))
+                    .replace("{pids}", ",".join(map(str, pids))).replace("{url}", args.url[0])
                 self.log(f"on-measure: {command}")
                 hook = await asyncio.create_subprocess_shell(command)
             waitingSamples = []
@@ -833,6 +853,7 @@ class Parent:
             "tool": "hpchat-loadgen",
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": machine(),
+            "source": nodeVersion(),
             "params": {"clients": clients, "rate": args.rate, "inbox": args.inbox,
                        "duration": args.duration, "warmup": args.warmup,
                        "poll_timeout": args.poll_timeout, "procs": procs,
@@ -944,7 +965,7 @@ def parseArgs(argv=None):
                    help="fraction of the polls the node must report waiting before sending")
     p.add_argument("--procs", type=int, default=2, help="least number of worker processes")
     p.add_argument("--max-conns-per-proc", type=int, default=9000)
-    p.add_argument("--send-conns", type=int, default=64,
+    p.add_argument("--send-conns", type=int, default=512,
                    help="most keep-alive send connections per worker and node")
     p.add_argument("--max-inflight", type=int, default=5000,
                    help="sends in flight per worker beyond which scheduled sends are skipped")
@@ -960,7 +981,8 @@ def parseArgs(argv=None):
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     p.add_argument("--on-measure", metavar="CMD",
                    help="shell command started when the measured window starts ({pid}: the "
-                        "first node pid, {pids}: all, comma-separated), e.g. a py-spy record")
+                        "first node pid, {pids}: all, comma-separated, {url}: the first URL), "
+                        "e.g. a py-spy record")
     p.add_argument("--json-out", help="append the JSON result line to this file")
     p.add_argument("--quiet", "-q", action="store_true")
     args = p.parse_args(argv)
