@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS fences (
 """
 
 _COLUMNS = "stream, seq, id, grp, type, sender, ts, client_id, data"
+_INSERT_BATCH = (
+    f"INSERT INTO events ({_COLUMNS}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(9))
+    + " FROM json_each(?) ORDER BY key"
+)
 
 
 def _row(row: tuple) -> Event:
@@ -196,32 +201,32 @@ class SQLiteStore:
         missing = {e.group for e in events} - set(fences)
         if missing:
             raise ValueError(f"no fence token for groups {sorted(missing)}")
-        rows = [
-            (e.stream, e.seq, e.id, e.group, e.type, e.sender, e.ts, e.client_id,
-             json.dumps(e.data, separators=(",", ":"), ensure_ascii=False))
-            for e in events
-        ]
-        return self._write(self._appendTxn, rows, dict(fences))
+        # The whole batch as one JSON document, inserted by one statement: executemany would
+        # hand the GIL back and forth once per row while the reactor thread is busy.
+        batch = json.dumps(
+            [[e.stream, e.seq, e.id, e.group, e.type, e.sender, e.ts, e.client_id,
+              json.dumps(e.data, separators=(",", ":"), ensure_ascii=False)] for e in events],
+            separators=(",", ":"), ensure_ascii=False)
+        return self._write(self._appendTxn, batch, dict(fences))
 
-    def _appendTxn(self, rows: list[tuple], fences: dict[int, int]) -> None:
+    def _appendTxn(self, batch: str, fences: dict[int, int]) -> None:
         db = self._writer
         db.execute("BEGIN IMMEDIATE")
         try:
             rejected = self._raiseFences(db, fences)
             if rejected:
                 raise FenceRejected(rejected)
-            db.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           rows)
+            db.execute(_INSERT_BATCH, (batch,))
         except sqlite3.IntegrityError as e:
             db.execute("ROLLBACK")
-            raise StreamConflict(self._conflictingGroups(db, rows), str(e)) from None
+            raise StreamConflict(self._conflictingGroups(db, json.loads(batch)), str(e)) from None
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
 
     @staticmethod
-    def _conflictingGroups(db: sqlite3.Connection, rows: list[tuple]) -> list[int]:
+    def _conflictingGroups(db: sqlite3.Connection, rows: list[list]) -> list[int]:
         groups = set()
         seen: set[tuple] = set()
         for stream, seq, id, grp, _type, sender, _ts, clientId, _data in rows:

@@ -109,6 +109,14 @@ class ChatAPI:
         return _json(request, error.status, {"error": {"code": error.code,
                                                        "message": error.message}})
 
+    def errorBody(self, request, failure) -> bytes:
+        """
+        The JSON answer for C{failure}, as the Klein error handlers give it.
+        """
+        if failure.check(ApiError):
+            return self._apiError(request, failure)
+        return self._unexpected(request, failure)
+
     @app.handle_errors(NotFound)
     def _notFound(self, request, failure):
         return _json(request, 404, {"error": {"code": "not_found",

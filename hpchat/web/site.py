@@ -12,6 +12,7 @@ from twisted.web import server
 
 from hpchat import metrics
 from hpchat.web.cors import CORSResource
+from hpchat.web.fast import HotRoutes
 
 
 class HPChatRequest(server.Request):
@@ -38,6 +39,17 @@ class HPChatSite(server.Site):
         pass
 
 
+def apiResource(api, corsOrigins=()):
+    """
+    The whole HTTP resource tree of a node: CORS (if configured) around the hot routes,
+    which leave every other path to the Klein app.
+    """
+    resource = HotRoutes(api, api.resource())
+    if corsOrigins:
+        resource = CORSResource(resource, corsOrigins)
+    return resource
+
+
 class WebService(MultiService):
     """
     Listens on the configured endpoint; on stop, the API first refuses new work (503).
@@ -46,10 +58,12 @@ class WebService(MultiService):
     def __init__(self, api, listen: str, reactor, corsOrigins=()):
         super().__init__()
         self.api = api
-        resource = api.resource()
+        resource = HotRoutes(api, api.resource())
         if corsOrigins:
             resource = CORSResource(resource, corsOrigins)
-        self.site = HPChatSite(resource, reactor=reactor)
+        # The API takes JSON bodies only: no form parsing (it costs an email-header parse of
+        # the Content-Type on every POST).
+        self.site = HPChatSite(resource, reactor=reactor, parsePOSTFormSubmission=False)
         # strports.service fails startup on a bind error instead of only logging it.
         strports.service(listen, self.site, reactor=reactor).setServiceParent(self)
 

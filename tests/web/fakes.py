@@ -26,6 +26,7 @@ from hpchat.streams import Streams
 from hpchat.web.api import ChatAPI
 from hpchat.web.auth import Authenticator
 from hpchat.web.internal import InternalAuth
+from hpchat.web.site import apiResource
 
 from tests.fakes import (  # noqa: F401  (re-exported for the API tests)
     BASE,
@@ -96,7 +97,7 @@ class Harness:
         self.internalAuth = InternalAuth(SECRET, self.clock)
         self.api = ChatAPI(self.streams, self.ownership, self.auth, self.store, self.chat,
                            self.persister, self.internalAuth)
-        self.stub = StubTreq(self.api.resource())
+        self.stub = StubTreq(apiResource(self.api))
         self.persister.startService()
         self.streams.startService()
         self._tokens: dict[str, str] = {}

@@ -1,0 +1,84 @@
+# -*- test-case-name: tests.web.test_fast -*-
+"""
+The hot routes without Klein: long-polls, sends, typing and the inbox.
+
+These make up nearly every request a node answers. Klein's per-request machinery (werkzeug
+routing, and closures that leave every request in a reference cycle for the garbage collector
+to find) cost more than the work itself, so this resource matches the few hot paths directly,
+calls the same L{ChatAPI} handlers, and leaves every other path to Klein. Behaviour is the same:
+errors become the same JSON answers, and a client that goes away cancels its handler.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from twisted.internet import defer
+from twisted.web.resource import IResource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+
+@implementer(IResource)
+class HotRoutes:
+    isLeaf = True
+
+    def __init__(self, api, fallback):
+        self._api = api
+        self._fallback = fallback
+        self._conversation = {
+            (b"GET", b"events"): api.events,
+            (b"POST", b"messages"): api.sendMessage,
+            (b"POST", b"typing"): api.typing,
+            (b"GET", b"messages"): api.history,
+        }
+
+    def getChildWithDefault(self, name, request):
+        return self
+
+    def putChild(self, path, child):
+        raise NotImplementedError()
+
+    def _match(self, request):
+        path = request.path
+        if path == b"/v1/inbox/events":
+            return (self._api.inboxEvents, ()) if request.method == b"GET" else None
+        if not path.startswith(b"/v1/conversations/"):
+            return None
+        parts = path[len(b"/v1/conversations/"):].split(b"/")
+        if len(parts) != 2 or not parts[0]:
+            return None
+        handler = self._conversation.get((request.method, parts[1]))
+        if handler is None:
+            return None
+        return handler, (unquote(parts[0].decode("latin-1"), errors="strict"),)
+
+    def render(self, request):
+        try:
+            found = self._match(request)
+        except UnicodeDecodeError:
+            found = None
+        if found is None:
+            return self._fallback.render(request)
+        handler, args = found
+        d = defer.ensureDeferred(handler(request, *args))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addCallbacks(self._answer, self._failed, callbackArgs=(request,),
+                       errbackArgs=(request,))
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _answer(body: bytes, request) -> None:
+        if request.finished or request._disconnected:
+            return
+        request.setHeader(b"content-length", b"%d" % len(body))
+        if body:
+            request.write(body)
+        request.finish()
+
+    def _failed(self, failure, request) -> None:
+        if request.finished or request._disconnected:
+            return None
+        body = self._api.errorBody(request, failure)
+        self._answer(body, request)
+        return None
