@@ -108,15 +108,20 @@ class SingleNodeOwnership:
         return True
 
 
-def resolveRoute(ownership, group: int) -> defer.Deferred:
+_ASK = object()
+
+
+def resolveRoute(ownership, group: int, route=_ASK) -> defer.Deferred:
     """
-    C{ownership.route(group)} as a Deferred of the caller's own, whether it answered at once
-    or not: cancelling it (the client went away) does not cancel a claim others wait for.
+    C{ownership.route(group)} (or the C{route} it already gave) as a Deferred of the caller's
+    own, whether it answered at once or not: cancelling it (the client went away) does not
+    cancel a claim others wait for.
     """
-    try:
-        route = ownership.route(group)
-    except Exception:
-        return defer.fail()
+    if route is _ASK:
+        try:
+            route = ownership.route(group)
+        except Exception:
+            return defer.fail()
     if isinstance(route, defer.Deferred):
         return shield(route, "a group claim", shared=True)
     return defer.succeed(route)

@@ -227,8 +227,7 @@ class Streams(Service):
                 timer.cancel()
         stream.typing.clear()
         for waiter in list(stream.waiters):
-            self._finishWaiter(stream, waiter)
-            waiter.deferred.errback(reason)
+            self._finishWaiter(stream, waiter).errback(reason)
 
     def _evictIdle(self):
         try:
@@ -412,13 +411,12 @@ class Streams(Service):
         waiter = _Waiter(after, typingVersion)
 
         def cancel(d):
-            # Klein cancels the handler's Deferred when the client goes away.
+            # The HTTP layer cancels the handler's Deferred when the client goes away.
             self._finishWaiter(stream, waiter)
 
         def timedOut():
             waiter.timer = None
-            self._finishWaiter(stream, waiter)
-            waiter.deferred.callback(self._result(stream, []))
+            self._finishWaiter(stream, waiter).callback(self._result(stream, []))
 
         waiter.deferred = defer.Deferred(cancel)
         waiter.timer = self._clock.callLater(timeout, timedOut)
@@ -427,7 +425,13 @@ class Streams(Service):
         metrics.waitingPolls.set(self._waiting)
         return waiter.deferred
 
-    def _finishWaiter(self, stream: Stream, waiter: _Waiter) -> None:
+    def _finishWaiter(self, stream: Stream, waiter: _Waiter) -> defer.Deferred | None:
+        """
+        Forget C{waiter}: out of the stream's set, its timer cancelled. Returns its Deferred
+        for the caller to fire, and drops the waiter's references to it and to its timer, so
+        that no reference cycle (waiter -> Deferred -> canceller -> waiter) is left for the
+        garbage collector.
+        """
         if waiter in stream.waiters:
             stream.waiters.discard(waiter)
             self._waiting -= 1
@@ -437,6 +441,8 @@ class Streams(Service):
                 waiter.timer.cancel()
             waiter.timer = None
         stream.lastUsed = self._clock.seconds()
+        d, waiter.deferred = waiter.deferred, None
+        return d
 
     def _wake(self, stream: Stream, typingChanged: bool) -> None:
         for waiter in list(stream.waiters):
@@ -447,8 +453,7 @@ class Streams(Service):
                 events = []
             else:
                 continue
-            self._finishWaiter(stream, waiter)
-            waiter.deferred.callback(self._result(stream, events))
+            self._finishWaiter(stream, waiter).callback(self._result(stream, events))
 
     def _result(self, stream: Stream, events: list[Event]) -> PollResult:
         return PollResult(events=events, last_seq=stream.lastSeq, typing=sorted(stream.typing),

@@ -15,9 +15,8 @@ import os
 import sqlite3
 from typing import Any, Callable, Sequence
 
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from hpchat.storage.base import (
@@ -28,6 +27,7 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
+from hpchat.storage.worker import ThreadWorker
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -89,14 +89,14 @@ class SQLiteStore:
         self.ready = False
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
-        self._writePool = ThreadPool(1, 1, "hpchat-sqlite-writer")
-        self._readPool = ThreadPool(1, 1, "hpchat-sqlite-reader")
+        self._writerThread = ThreadWorker(reactor, "hpchat-sqlite-writer")
+        self._readerThread = ThreadWorker(reactor, "hpchat-sqlite-reader")
 
     # -- lifecycle
 
     def open(self):
-        self._writePool.start()
-        self._readPool.start()
+        self._writerThread.start()
+        self._readerThread.start()
 
         def openBoth():
             folder = os.path.dirname(os.path.abspath(self.path))
@@ -127,9 +127,9 @@ class SQLiteStore:
                 self._reader = None
 
         def stopPools(result):
-            self._writePool.stop()
-            self._readPool.stop()
-            return result
+            stopped = defer.gatherResults([self._writerThread.stop(),
+                                           self._readerThread.stop()])
+            return stopped.addCallback(lambda _: result)
 
         d = self._write(closeWriter)
         d.addCallback(lambda _: self._read(closeReader))
@@ -139,10 +139,10 @@ class SQLiteStore:
     # -- thread plumbing
 
     def _write(self, f: Callable[..., Any], *args):
-        return deferToThreadPool(self._reactor, self._writePool, self._guard, f, *args)
+        return self._writerThread.submit(self._guard, f, *args)
 
     def _read(self, f: Callable[..., Any], *args):
-        return deferToThreadPool(self._reactor, self._readPool, self._guard, f, *args)
+        return self._readerThread.submit(self._guard, f, *args)
 
     @staticmethod
     def _guard(f, *args):

@@ -222,15 +222,27 @@ class ChatAPI:
             raise ApiError(503, "unavailable", "this node is shutting down",
                            {b"retry-after": b"1"})
         group = self._streams.groupOf(stream)
-        try:
-            route = await resolveRoute(self._ownership, group)
-        except defer.CancelledError:
-            raise
-        except Exception as e:
-            self.log.warn("cannot settle the owner of group {group}: {error}", group=group,
-                          error=str(e) or type(e).__name__)
-            raise ApiError(503, "unavailable", f"the owner of group {group} is not settled yet",
-                           {b"retry-after": b"1"}) from None
+        route = self._ownership.route(group)
+        if isinstance(route, Local):
+            # The common case, answered without waiting on anything.
+            return
+        if isinstance(route, defer.Deferred):
+            try:
+                route = await resolveRoute(self._ownership, group, route)
+            except defer.CancelledError:
+                raise
+            except Exception as e:
+                self.log.warn("cannot settle the owner of group {group}: {error}", group=group,
+                              error=str(e) or type(e).__name__)
+                raise ApiError(503, "unavailable",
+                               f"the owner of group {group} is not settled yet",
+                               {b"retry-after": b"1"}) from None
+        self._notHere(request, group, route)
+
+    def _notHere(self, request, group: int, route) -> None:
+        """
+        Raise the answer for a request whose group is routed elsewhere (or nowhere yet).
+        """
         if isinstance(route, Local):
             return
         if isinstance(route, Redirect) and route.node != self._ownership.nodeId():
