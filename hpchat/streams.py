@@ -73,7 +73,7 @@ class Stream:
     """
 
     __slots__ = ("name", "group", "token", "lastSeq", "nextSeq", "recent", "complete",
-                 "waiters", "typing", "typingVersion", "inFlight", "lastUsed")
+                 "waiters", "typing", "typingVersion", "inFlight", "lastUsed", "keys")
 
     def __init__(self, name: str, group: int, token: int, snapshot: StreamSnapshot,
                  historyInMemory: int, now: float):
@@ -83,6 +83,12 @@ class Stream:
         self.lastSeq = snapshot.last_seq
         self.nextSeq = snapshot.last_seq + 1
         self.recent: deque[Event] = deque(snapshot.recent, maxlen=historyInMemory)
+        # The dedupe keys of the events in `recent`, for lookups without a scan.
+        self.keys: dict[tuple, Event] = {}
+        for event in self.recent:
+            key = _dedupeKey(event)
+            if key is not None:
+                self.keys[key] = event
         # True while the log in memory starts at seq 1, i.e. it holds the whole stream.
         self.complete = not self.recent or self.recent[0].seq == 1
         if snapshot.last_seq == 0:
@@ -109,10 +115,20 @@ class Stream:
         return [self.recent[i] for i in range(start, end)]
 
     def findInMemory(self, key: tuple) -> Event | None:
-        for event in reversed(self.recent):
-            if _dedupeKey(event) == key:
-                return event
-        return None
+        return self.keys.get(key)
+
+    def remember(self, event: Event) -> None:
+        """
+        Append a committed event to the log in memory (dropping the oldest when full).
+        """
+        if len(self.recent) == self.recent.maxlen:
+            oldest = _dedupeKey(self.recent[0])
+            if oldest is not None:
+                self.keys.pop(oldest, None)
+        self.recent.append(event)
+        key = _dedupeKey(event)
+        if key is not None:
+            self.keys[key] = event
 
 
 def _dedupeKey(event: Event) -> tuple | None:
@@ -336,7 +352,7 @@ class Streams(Service):
         Make the durable C{event} visible: advance the stream and wake its waiters.
         """
         stream.lastSeq = event.seq
-        stream.recent.append(event)
+        stream.remember(event)
         if stream.complete and stream.recent[0].seq != 1:
             stream.complete = False
         metrics.messagesCommitted.labels(stream.name.partition(":")[0]).inc()

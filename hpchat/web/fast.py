@@ -51,7 +51,10 @@ class HotRoutes:
         handler = self._conversation.get((request.method, parts[1]))
         if handler is None:
             return None
-        return handler, (unquote(parts[0].decode("latin-1"), errors="strict"),)
+        segment = parts[0].decode("latin-1")
+        if "%" in segment:
+            segment = unquote(segment, errors="strict")
+        return handler, (segment,)
 
     def render(self, request):
         try:
