@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.web.test_fast -*-
 """
-The hot routes without Klein: long-polls, sends, typing and the inbox.
+The hot routes without Klein: long-polls, sends, typing, the inbox, and notifications handed
+over by other nodes.
 
 These make up nearly every request a node answers. Klein's per-request machinery (werkzeug
 routing, and closures that leave every request in a reference cycle for the garbage collector
@@ -43,6 +44,8 @@ class HotRoutes:
         path = request.path
         if path == b"/v1/inbox/events":
             return (self._api.inboxEvents, ()) if request.method == b"GET" else None
+        if path == b"/internal/v1/notifications":
+            return (self._api.internalNotification, ()) if request.method == b"POST" else None
         if not path.startswith(b"/v1/conversations/"):
             return None
         parts = path[len(b"/v1/conversations/"):].split(b"/")
