@@ -167,11 +167,16 @@ class Browser:
         self.shots.append(path)
         return path
 
-    def publish(self, directory: str = os.path.join(REPO, "docs", "screenshots")) -> list[str]:
+    def publish(self, directory: str | None = None) -> list[str]:
         """
-        Copy the screenshots taken so far into C{directory} (replacing those of an earlier
-        run), so they can be looked at.
+        Copy the screenshots taken so far into C{directory}, or the folder named by
+        C{$HPCHAT_SCREENSHOTS} (e.g. docs/screenshots, replacing those of an earlier run);
+        without either, they stay next to the test's output only, so that a test run never
+        changes files of the work tree.
         """
+        directory = directory or os.environ.get("HPCHAT_SCREENSHOTS")
+        if not directory:
+            return []
         os.makedirs(directory, exist_ok=True)
         for name in os.listdir(directory):
             if name.endswith(".png"):

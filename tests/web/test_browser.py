@@ -2,7 +2,8 @@
 The chat page in a real browser (Debian's chromium, driven by Playwright) against a real
 2-node cluster with etcd and nsqd, the page served from another origin than the nodes.
 
-Screenshots go to the test's temporary folder and are copied into docs/screenshots/.
+Screenshots go to the test's temporary folder (and into $HPCHAT_SCREENSHOTS when set, e.g.
+docs/screenshots/).
 """
 
 from __future__ import annotations
@@ -238,8 +239,8 @@ class BrowserTests(unittest.TestCase):
         self.assertEqual(browser.errors, [])
         published = browser.publish()
         print(f"\nfailover: a message sent after the kill reached bob {recovered:.1f}s after it; "
-              f"test took {time.monotonic() - started:.1f}s; screenshots: {browser.screenshots} "
-              f"and {os.path.dirname(published[0])}")
+              f"test took {time.monotonic() - started:.1f}s; screenshots: {browser.screenshots}"
+              + (f" and {os.path.dirname(published[0])}" if published else ""))
 
     @asyncTest
     async def test_followsRedirectsToTheOwner(self):
