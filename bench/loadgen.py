@@ -87,6 +87,7 @@ class Worker:
 
         self.spec = spec
         self.wid = spec["wid"]
+        self.nchan = spec.get("target") == "nchan"
         self.loop = asyncio.get_event_loop()
         self.entries = [tuple(e) for e in spec["entries"]]
         self.pollTimeout = spec["poll_timeout"]
@@ -140,6 +141,8 @@ class Worker:
 
     def _user(self, idx, jwt, secret, exp) -> User:
         name = f"{self.spec['prefix']}{idx:06d}"
+        if self.spec.get("target") == "nchan":  # no auth in front of Nchan
+            return User(idx, name, b"", self.entries[idx % len(self.entries)])
         token = jwt.encode({"sub": name, "exp": exp}, secret, algorithm="HS256")
         if isinstance(token, bytes):
             token = token.decode()
@@ -185,6 +188,8 @@ class Worker:
     # -- polls
 
     async def pollLoop(self, user: User, inbox: bool) -> None:
+        if self.nchan:
+            return await self.nchanPollLoop(user)
         timeout = self.pollTimeout
         if inbox:
             stream = f"inbox:{user.name}"
@@ -267,6 +272,75 @@ class Worker:
         if conn is not None:
             conn.close()
 
+    async def nchanPollLoop(self, user: User) -> None:
+        """
+        Nchan's long-poll protocol: GET /sub/<cid>; each 200 carries one message with
+        Last-Modified and Etag, sent back as If-Modified-Since and If-None-Match on the next
+        poll; 304 or 408 when the subscriber timeout passes without a message.
+        """
+        path = f"/sub/{user.cid}"
+        cursor = b""
+        conn = None
+        first = True
+        backoff = 0.25
+        prefix = "poll_"
+        while self.running:
+            addr = user.entry
+            if conn is None or conn.closed:
+                if conn is not None:
+                    self.pollConns.discard(conn)
+                try:
+                    conn = await connect(self.loop, addr, self.spec["connect_timeout"],
+                                         self.localHost())
+                except HTTPFailure as e:
+                    self.error(prefix + e.kind)
+                    conn = None
+                    await asyncio.sleep(backoff * (0.5 + self.rng.random()))
+                    backoff = min(5.0, backoff * 2)
+                    continue
+                if not self.running:
+                    conn.close()
+                    return
+                self.pollConns.add(conn)
+            data = encodeRequest("GET", path, self.hostHeader(addr), cursor)
+            self.outstanding += 1
+            if first:
+                first = False
+                self.firstSent += 1
+            try:
+                response = await conn.request(data, self.pollTimeout + 15.0)
+            except HTTPFailure as e:
+                self.outstanding -= 1
+                if self.running:
+                    self.error(prefix + e.kind)
+                    await asyncio.sleep(backoff * (0.5 + self.rng.random()))
+                    backoff = min(5.0, backoff * 2)
+                conn = None
+                continue
+            self.outstanding -= 1
+            now = perf()
+            status = response.status
+            if status == 200:
+                backoff = 0.25
+                h = response.headers
+                cursor = (b"If-Modified-Since: " + h.get(b"last-modified", b"") +
+                          b"\r\nIf-None-Match: " + h.get(b"etag", b"") + b"\r\n")
+                self.pollAnswers += 1
+                try:
+                    event = json.loads(response.body)
+                except ValueError:
+                    self.unmatched += 1
+                    continue
+                self.delivered(user, [event], now, False)
+            elif status in (304, 408):
+                self.pollAnswers += 1
+                self.pollEmpty += 1
+            else:
+                self.error(f"{prefix}http_{status}")
+                await asyncio.sleep(1.0 * (0.5 + self.rng.random()))
+        if conn is not None:
+            conn.close()
+
     def delivered(self, user: User, events: list, now: float, inbox: bool) -> None:
         slot = 3 if inbox else 2
         for event in events:
@@ -330,9 +404,15 @@ class Worker:
         # [scheduled start, measured, delivered to the partner's poll, to its inbox, acked]
         record = [scheduled, measured, False, not self.inbox, None]
         self.pending[clientId] = record
-        body = json.dumps({"text": f"lg {clientId} {time.time():.6f}",
-                           "client_id": clientId}).encode()
-        path = f"/v1/conversations/{sender.cid}/messages"
+        if self.nchan:
+            # What the partner's poll gets back is this body as published.
+            body = json.dumps({"text": f"lg {clientId} {time.time():.6f}",
+                               "client_id": clientId, "sender": sender.name}).encode()
+            path = f"/pub/{sender.cid}"
+        else:
+            body = json.dumps({"text": f"lg {clientId} {time.time():.6f}",
+                               "client_id": clientId}).encode()
+            path = f"/v1/conversations/{sender.cid}/messages"
         self.inflight += 1
         try:
             for _hop in range(6):
@@ -354,7 +434,7 @@ class Worker:
                     return
                 self.pool.release(conn)
                 status = response.status
-                if status in (200, 201):
+                if status in (200, 201) or (status == 202 and self.nchan):
                     now = perf()
                     self.acked += 1
                     record[4] = now
@@ -546,6 +626,24 @@ def findListeningPid(port: int) -> int | None:
     return None
 
 
+def nchanStatus(text: str) -> dict[str, float]:
+    """
+    nchan_stub_status, under the names of hpchat's metrics that the generator reads:
+    subscribers as waiting polls, published messages as committed messages.
+    """
+    names = {"subscribers": "hpchat_waiting_polls",
+             "total published messages": "hpchat_messages_committed_total"}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in names:
+            try:
+                out[names[key.strip()]] = float(value.split()[0])
+            except (ValueError, IndexError):
+                pass
+    return out
+
+
 def nodeVersion() -> dict:
     """
     The repository's commit and whether hpchat/ has local changes (read-only git calls).
@@ -602,12 +700,14 @@ class Parent:
         /metrics of every node, summed per sample name.
         """
         total: dict[str, float] = {}
+        nchan = self.args.target == "nchan"
         for addr in self.entries:
             try:
                 conn = await connect(self.loop, addr, 5.0)
                 try:
                     response = await conn.request(
-                        encodeRequest("GET", "/metrics", f"{addr[0]}:{addr[1]}"), 10.0)
+                        encodeRequest("GET", "/nchan_status" if nchan else "/metrics",
+                                      f"{addr[0]}:{addr[1]}"), 10.0)
                 finally:
                     conn.close()
             except HTTPFailure:
@@ -615,7 +715,8 @@ class Parent:
             if response.status != 200:
                 continue
             text = response.body.decode("utf-8", "replace")
-            for name, value in lg_proc.parseMetrics(text).items():
+            metrics = nchanStatus(text) if nchan else lg_proc.parseMetrics(text)
+            for name, value in metrics.items():
                 total[name] = total.get(name, 0.0) + value
         return total
 
@@ -704,7 +805,9 @@ class Parent:
             self.log("warning: over ~28k connections to one address exhaust the ephemeral "
                      "ports; give --local-host 127.0.0.2 --local-host 127.0.0.3 ...")
         secret = args.secret
-        if secret is None:
+        if args.target == "nchan":
+            secret = ""
+        elif secret is None:
             sys.path.insert(0, os.path.dirname(HERE))
             from hpchat.config import loadConfig
             secret = loadConfig(args.config).auth.secret.decode("utf-8")
@@ -729,7 +832,7 @@ class Parent:
                 "send_conns": args.send_conns, "max_inflight": args.max_inflight,
                 "connect_timeout": 10.0, "send_timeout": args.send_timeout,
                 "local_hosts": args.local_hosts, "seed": args.seed * 1000 + wid,
-                "loop": args.loop})
+                "loop": args.loop, "target": args.target})
         rates = [args.rate * (s["pair_hi"] - s["pair_lo"]) / pairsTotal for s in specs]
         result: dict = {}
         try:
@@ -854,7 +957,7 @@ class Parent:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": machine(),
             "source": nodeVersion(),
-            "params": {"clients": clients, "rate": args.rate, "inbox": args.inbox,
+            "params": {"target": args.target, "clients": clients, "rate": args.rate, "inbox": args.inbox,
                        "duration": args.duration, "warmup": args.warmup,
                        "poll_timeout": args.poll_timeout, "procs": procs,
                        "ramp_rate": args.ramp_rate, "urls": args.url, "loop": args.loop,
@@ -906,7 +1009,7 @@ def human(result: dict) -> str:
     m = result["machine"]
     f = lambda v: "-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))  # noqa
     lines = [
-        f"hpchat loadgen: C={p['clients']} R={p['rate']}/s inbox={p['inbox']} "
+        f"hpchat loadgen: target={p.get('target', 'hpchat')} C={p['clients']} R={p['rate']}/s inbox={p['inbox']} "
         f"duration={p['duration']}s poll_timeout={p['poll_timeout']}s procs={p['procs']} "
         f"loop={p['loop']}",
         f"  machine: {m['cpus']} x {m['cpu_model']}, {m['mem_gb']} GB, Linux {m['kernel']}, "
@@ -948,6 +1051,9 @@ def parseArgs(argv=None):
     p.add_argument("--url", action="append", default=[],
                    help="a node's base URL (repeat for several entry nodes; users are spread "
                         "over them). Default http://127.0.0.1:8080")
+    p.add_argument("--target", choices=("hpchat", "nchan"), default="hpchat",
+                   help="nchan: the same pattern against nginx + Nchan (GET /sub/<cid> "
+                        "long-polls, POST /pub/<cid>, no auth); see lg_nchan.py")
     p.add_argument("--config", help="the node's ini file, to read [auth] secret from")
     p.add_argument("--secret", help="the HS256 secret (instead of --config)")
     p.add_argument("--clients", "-c", type=int, default=1000, help="users C (even; pairs)")
@@ -988,7 +1094,7 @@ def parseArgs(argv=None):
     args = p.parse_args(argv)
     if not args.url:
         args.url = ["http://127.0.0.1:8080"]
-    if args.secret is None and args.config is None:
+    if args.secret is None and args.config is None and args.target != "nchan":
         p.error("give --config FILE (the node's ini) or --secret")
     if args.clients < 2:
         p.error("--clients must be at least 2")

@@ -414,8 +414,19 @@ def _maybeKv(doc, name):
     return KeyValue.fromJSON(value)
 
 
+class _Answer:
+    """
+    What every answer has: C{revision}, the store revision it was served at (from its
+    C{header}).
+    """
+
+    @property
+    def revision(self):
+        return self.header.revision
+
+
 @dataclass(frozen=True)
-class RangeResult:
+class RangeResult(_Answer):
     """
     Answer of a range: C{kvs} in key order, C{count} of all matching keys
     (C{len(kvs)} may be smaller with a limit, then C{more} is true).
@@ -425,10 +436,6 @@ class RangeResult:
     kvs: list = field(default_factory=list)
     more: bool = False
     count: int = 0
-
-    @property
-    def revision(self):
-        return self.header.revision
 
     @classmethod
     def fromJSON(cls, doc):
@@ -441,17 +448,13 @@ class RangeResult:
 
 
 @dataclass(frozen=True)
-class PutResponse:
+class PutResponse(_Answer):
     """
     Answer of a put inside a txn (C{prevKv} when it was asked for).
     """
 
     header: ResponseHeader
     prevKv: object = None
-
-    @property
-    def revision(self):
-        return self.header.revision
 
     @classmethod
     def fromJSON(cls, doc):
@@ -462,7 +465,7 @@ class PutResponse:
 
 
 @dataclass(frozen=True)
-class DeleteRangeResponse:
+class DeleteRangeResponse(_Answer):
     """
     Answer of a delete inside a txn.
     """
@@ -470,10 +473,6 @@ class DeleteRangeResponse:
     header: ResponseHeader
     deleted: int = 0
     prevKvs: list = field(default_factory=list)
-
-    @property
-    def revision(self):
-        return self.header.revision
 
     @classmethod
     def fromJSON(cls, doc):
@@ -485,7 +484,7 @@ class DeleteRangeResponse:
 
 
 @dataclass(frozen=True)
-class TxnResult:
+class TxnResult(_Answer):
     """
     Answer of a txn.  C{responses} are parsed (L{RangeResult}, L{PutResponse},
     L{DeleteRangeResponse}, L{TxnResult}), one per op of the branch that ran.
@@ -496,10 +495,6 @@ class TxnResult:
     header: ResponseHeader
     succeeded: bool = False
     responses: list = field(default_factory=list)
-
-    @property
-    def revision(self):
-        return self.header.revision
 
     @classmethod
     def fromJSON(cls, doc):

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""
+Run the load generator against a fresh nginx with Nchan (one worker process), the same
+pattern as against hpchat (`loadgen.py --target nchan`).
+
+  python bench/lg_nchan.py -- -c 5000 -r 1000 --duration 20
+
+Writes bench/nchan/nginx.conf.template, filled in, to a temporary folder (a free loopback
+port, worker_rlimit_nofile at the hard limit, pid file, logs and temp paths in that folder),
+starts `nginx -p DIR -c DIR/nginx.conf -e DIR/error.log` (Debian's nginx-light with
+libnginx-mod-nchan), waits for /nchan_status, runs bench/loadgen.py with `--target nchan`,
+`--url` and `--node-pid <the worker>` added, then stops nginx (SIGQUIT, SIGTERM, SIGKILL) and
+removes the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from lg_node import freePort  # noqa: E402
+
+MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+
+
+def nginxBinary() -> str:
+    for candidate in ("/usr/sbin/nginx", shutil.which("nginx") or ""):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    raise SystemExit("lg_nchan: no nginx; apt-get install -y nginx-light libnginx-mod-nchan")
+
+
+class Nchan:
+    """
+    A temporary nginx + Nchan; use as a context manager. C{pid} is the worker's.
+    """
+
+    def __init__(self, keep=False, timeout=25, shm="256M"):
+        if not os.path.exists(MODULE):
+            raise SystemExit(f"lg_nchan: {MODULE} missing; apt-get install -y "
+                             "libnginx-mod-nchan")
+        self.keep = keep
+        self.folder = tempfile.mkdtemp(prefix="hpchat-nchan-")
+        self.port = freePort()
+        self.url = f"http://127.0.0.1:{self.port}"
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        nofile = hard if hard != resource.RLIM_INFINITY else 65536
+        with open(os.path.join(HERE, "nchan", "nginx.conf.template")) as f:
+            text = f.read()
+        for key, value in {"module": MODULE, "dir": self.folder, "port": self.port,
+                           "nofile": nofile, "conns": nofile - 64, "timeout": int(timeout),
+                           "shm": shm}.items():
+            text = text.replace("{" + key + "}", str(value))
+        self.conf = os.path.join(self.folder, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(text)
+        self.log = os.path.join(self.folder, "error.log")
+        self.proc = None
+        self.failed = False
+
+    def __enter__(self):
+        out = open(os.path.join(self.folder, "stdout.log"), "wb")
+        self.proc = subprocess.Popen(
+            [nginxBinary(), "-p", self.folder, "-c", self.conf, "-e", self.log],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        out.close()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.failed = True
+                self._dumpLog()
+                raise SystemExit(f"lg_nchan: nginx exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/nchan_status", timeout=1) as r:
+                    if r.status == 200 and self.workerPid():
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.failed = True
+        self.stop()
+        self._dumpLog()
+        raise SystemExit("lg_nchan: nginx did not answer within 15 s")
+
+    def workerPid(self) -> int | None:
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                children = [int(x) for x in f.read().split()]
+        except OSError:
+            return None
+        return children[0] if children else None
+
+    @property
+    def pid(self) -> int:
+        return self.workerPid()
+
+    @property
+    def masterPid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGQUIT, 5), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+            try:
+                self.proc.send_signal(sig)
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def _dumpLog(self) -> None:
+        for name in ("stdout.log", "error.log"):
+            try:
+                with open(os.path.join(self.folder, name), errors="replace") as f:
+                    sys.stderr.write(f"---- nginx {name} (tail) ----\n"
+                                     + "".join(f.readlines()[-30:]))
+            except OSError:
+                pass
+
+    def __exit__(self, *exc):
+        self.stop()
+        if exc[0] is not None or self.failed:
+            self._dumpLog()
+        if not self.keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:
+            sys.stderr.write(f"lg_nchan: kept {self.folder}\n")
+        return False
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" in argv:
+        i = argv.index("--")
+        own, rest = argv[:i], argv[i + 1:]
+    else:
+        own, rest = argv, []
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--keep", action="store_true", help="keep nginx's folder (conf, logs)")
+    p.add_argument("--shm", default="256M", help="nchan_max_reserved_memory")
+    args = p.parse_args(own)
+    with Nchan(args.keep, shm=args.shm) as server:
+        sys.stderr.write(f"lg_nchan: nginx master {server.masterPid}, worker {server.pid} at "
+                         f"{server.url} (folder {server.folder})\n")
+        command = [sys.executable, os.path.join(HERE, "loadgen.py"), "--target", "nchan",
+                   "--url", server.url, "--node-pid", str(server.pid)] + rest
+        code = subprocess.call(command)
+        if code != 0:
+            server.failed = True
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
