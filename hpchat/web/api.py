@@ -326,14 +326,11 @@ class ChatAPI:
         after = self._intArg(request, "after", low=0)
         typingVersion = self._intArg(request, "typing_version", low=0)
         timeout = self._timeout(request)
-        result = await self._poll(request, cid, after, typingVersion, timeout)
+        result = await self._onStream(
+            request, cid, lambda: self._streams.poll(cid, after, typingVersion, timeout))
         return _json(request, 200, {"events": [messageJSON(e) for e in result.events],
                                     "last_seq": result.last_seq, "typing": result.typing,
                                     "typing_version": result.typing_version})
-
-    async def _poll(self, request, stream, after, typingVersion, timeout):
-        return await self._onStream(
-            request, stream, lambda: self._streams.poll(stream, after, typingVersion, timeout))
 
     @app.route("/v1/conversations/<cid>/messages", methods=["GET"])
     async def history(self, request, cid):
@@ -357,7 +354,8 @@ class ChatAPI:
         stream = inboxStream(user)
         after = self._intArg(request, "after", low=0)
         timeout = self._timeout(request)
-        result = await self._poll(request, stream, after, None, timeout)
+        result = await self._onStream(
+            request, stream, lambda: self._streams.poll(stream, after, None, timeout))
         return _json(request, 200, {"events": [inboxEventJSON(e) for e in result.events],
                                     "last_seq": result.last_seq})
 
