@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.storage.test_contract -*-
+# -*- test-case-name: tests.storage.test_sqlite -*-
 """
 The event store contract: what every storage backend provides.
 

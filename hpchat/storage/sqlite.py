@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.storage.test_contract -*-
+# -*- test-case-name: tests.storage.test_sqlite -*-
 """
 The embedded event store: one SQLite file in WAL mode with durable commits.
 

@@ -19,6 +19,8 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from hpchat.web.api import ApiError
+
 
 @implementer(IResource)
 class HotRoutes:
@@ -61,9 +63,12 @@ class HotRoutes:
 
     def render(self, request):
         try:
+            if b"%" in request.path:
+                unquote(request.path.decode("latin-1"), errors="strict")
             found = self._match(request)
         except UnicodeDecodeError:
-            found = None
+            # Klein would answer this in plain text and log an error.
+            found = (self._badPath, ())
         if found is None:
             return self._fallback.render(request)
         handler, args = found
@@ -72,6 +77,10 @@ class HotRoutes:
         d.addCallbacks(self._answer, self._failed, callbackArgs=(request,),
                        errbackArgs=(request,))
         return NOT_DONE_YET
+
+    @staticmethod
+    async def _badPath(request):
+        raise ApiError(400, "bad_request", "the path is not valid percent-encoded UTF-8")
 
     @staticmethod
     def _answer(body: bytes, request) -> None:
