@@ -15,6 +15,7 @@ from typing import Callable, Union
 from twisted.internet import defer
 from zope.interface import Interface, implementer
 
+from hpchat import metrics
 from hpchat.deferreds import shield
 
 
@@ -88,6 +89,7 @@ class SingleNodeOwnership:
         self._url = url
         self._groups = groups
         self._local = Local(SINGLE_NODE_TOKEN)
+        metrics.groupsOwned.set(groups)
 
     def nodeId(self) -> str:
         return self._nodeId
