@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 
@@ -45,6 +46,7 @@ async def main(reactor, args, rest):
             sys.stderr.write(cluster.logs()[-6000:] + "\n")
     finally:
         await scope.close()
+        shutil.rmtree(scope.base, ignore_errors=True)
     if code:
         raise SystemExit(code)
 
