@@ -407,6 +407,10 @@ class KeyValue:
         )
 
 
+def _headerRevision(doc):
+    return ResponseHeader.fromJSON(_getDict(doc, "header")).revision
+
+
 def _maybeKv(doc, name):
     value = doc.get(name)
     if value is None:
@@ -1025,7 +1029,7 @@ class EtcdClient:
         return self._call(
             "/v3/kv/compaction",
             body,
-            lambda doc: ResponseHeader.fromJSON(_getDict(doc, "header")).revision,
+            _headerRevision,
             timeout=timeout,
         )
 
@@ -1083,7 +1087,7 @@ class EtcdClient:
         return self._call(
             "/v3/lease/revoke",
             body,
-            lambda doc: ResponseHeader.fromJSON(_getDict(doc, "header")).revision,
+            _headerRevision,
             timeout=timeout,
         )
 
