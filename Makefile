@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-deps bench clean
+.PHONY: run test test-deps bench cluster clean
 
 $(BIN)/twistd: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(BIN)/twistd: setup.cfg pyproject.toml
 
 run: $(BIN)/twistd
 	$(BIN)/twistd -n --pidfile= hpchat --config etc/hpchat.ini
+
+# a local cluster to try the chat page with: etcd, nsqd and two nodes (Ctrl-C stops it)
+cluster: $(BIN)/twistd test-deps
+	tools/dev-cluster.sh 2
 
 test-deps:
 	tools/install-test-deps.sh
