@@ -29,8 +29,7 @@ import tempfile
 import time
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from support import percentile  # noqa: E402  (also puts the repo on sys.path)
 from twisted.internet import defer, task  # noqa: E402
 
 from hpchat.persister import BatchPersister  # noqa: E402
@@ -43,14 +42,6 @@ SEED = {10: (1000, 10), 50: (3500, 12), 100: (5000, 20), 250: (7000, 35)}
 def payload() -> dict:
     # {"text":"..."} serialises to exactly PAYLOAD_BYTES bytes.
     return {"text": "x" * (PAYLOAD_BYTES - len('{"text":""}'))}
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))
-    return ordered[index]
 
 
 class Cell:

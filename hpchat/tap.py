@@ -136,6 +136,7 @@ def buildNode(config, reactor) -> MultiService:
 
     internalAuth = InternalAuth(config.auth.secret, reactor)
     internalClient = InternalClient(internalAuth, config.node.id, reactor)
+    reactor.addSystemEventTrigger("before", "shutdown", internalClient.close)
     router = InboxRouter(streams, ownership,
                          lambda url, n: defer.ensureDeferred(internalClient.deliver(url, n)))
     if config.nsq is None:

@@ -27,6 +27,8 @@ class StoreService(Service):
 
     def stopService(self):
         super().stopService()
+        if self._opened is None:
+            return None
         d = self._opened
         d.addCallback(lambda _: self.store.close() if self.store.ready else None)
         return d
