@@ -278,7 +278,9 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
     storage = StorageConfig(
         backend=backend,
         path=storagePath,
-        batch_size=s.integer("batch_size", 100, 1, 10000),
+        # SQLite's cost is per transaction (its commit), so it takes bigger batches;
+        # FoundationDB keeps a default batch within one transaction's limits.
+        batch_size=s.integer("batch_size", 1000 if backend == "sqlite" else 100, 1, 10000),
         flush_interval=s.number("flush_interval", 0.005, 0.0005, 10),
         max_pending=s.integer("max_pending", 10000, 1, 10_000_000),
         cluster_file=clusterFile,

@@ -34,7 +34,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.node.listen, "tcp:8080:interface=127.0.0.1")
         self.assertEqual((config.chat.groups, config.chat.max_text_chars), (64, 4000))
         self.assertEqual(config.storage.path, "/srv/hpchat/etc/var/hpchat.sqlite3")
-        self.assertEqual((config.storage.batch_size, config.storage.backend), (100, "sqlite"))
+        self.assertEqual((config.storage.batch_size, config.storage.backend), (1000, "sqlite"))
         self.assertFalse(config.auth.dev_login)
         self.assertIsNone(config.cluster)
         self.assertIsNone(config.nsq)
@@ -126,8 +126,9 @@ class ConfigTests(SynchronousTestCase):
         fdb = MINIMAL + "[storage]\nbackend = foundationdb\n"
         config = parseConfig(fdb + "cluster_file = fdb.cluster\n", "/etc/hpchat/hpchat.ini")
         self.assertEqual((config.storage.backend, config.storage.cluster_file,
-                          config.storage.key_prefix, config.storage.path),
-                         ("foundationdb", "/etc/hpchat/fdb.cluster", "hpchat", None))
+                          config.storage.key_prefix, config.storage.path,
+                          config.storage.batch_size),
+                         ("foundationdb", "/etc/hpchat/fdb.cluster", "hpchat", None, 100))
         config = parseConfig(fdb + "cluster_file = /etc/foundationdb/fdb.cluster\n"
                              "key_prefix = chat.prod-1\n", "/etc/hpchat/hpchat.ini")
         self.assertEqual((config.storage.cluster_file, config.storage.key_prefix),

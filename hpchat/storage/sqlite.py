@@ -58,6 +58,18 @@ _INSERT_BATCH = (
     + " FROM json_each(?) ORDER BY key"
 )
 
+# Fences as a JSON list of [group, token] pairs.
+_REJECTED_FENCES = (
+    "SELECT fences.grp FROM json_each(?) AS wanted JOIN fences "
+    "ON fences.grp = json_extract(wanted.value, '$[0]') "
+    "WHERE fences.token > json_extract(wanted.value, '$[1]')"
+)
+_RAISE_FENCES = (
+    "INSERT INTO fences (grp, token) "
+    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) WHERE 1 "
+    "ON CONFLICT (grp) DO UPDATE SET token = excluded.token WHERE excluded.token > fences.token"
+)
+
 
 def _row(row: tuple) -> Event:
     stream, seq, id, grp, type, sender, ts, client_id, data = row
@@ -182,20 +194,15 @@ class SQLiteStore:
         """
         Inside a write transaction: return the groups whose stored token exceeds ours, or
         raise the stored tokens to ours when there are none.
+
+        Two statements whatever the number of groups: every statement hands the GIL back and
+        forth with the busy reactor thread, so a query per group would stall the batch.
         """
-        rejected = []
-        for group, token in fences.items():
-            row = db.execute("SELECT token FROM fences WHERE grp = ?", (group,)).fetchone()
-            if row is not None and row[0] > token:
-                rejected.append(group)
+        tokens = json.dumps(list(fences.items()))
+        rejected = [group for (group,) in db.execute(_REJECTED_FENCES, (tokens,))]
         if not rejected:
-            db.executemany(
-                "INSERT INTO fences (grp, token) VALUES (?, ?) "
-                "ON CONFLICT (grp) DO UPDATE SET token = excluded.token "
-                "WHERE excluded.token > fences.token",
-                list(fences.items()),
-            )
-        return rejected
+            db.execute(_RAISE_FENCES, (tokens,))
+        return sorted(rejected)
 
     def append(self, events: Sequence[Event], fences: dict[int, int]):
         missing = {e.group for e in events} - set(fences)
