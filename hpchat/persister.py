@@ -79,6 +79,8 @@ class BatchPersister(Service):
 
     def startService(self):
         super().startService()
+        # Read when /metrics is scraped, not set on every change of the hot path.
+        metrics.pendingEvents.set_function(lambda: len(self._queue))
         self._accepting = True
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self._clock
@@ -137,7 +139,6 @@ class BatchPersister(Service):
             raise Overloaded(f"{len(self._queue)} events are waiting to be written")
         pending = _Pending(event, token)
         self._queue.append(pending)
-        metrics.pendingEvents.set(len(self._queue))
         if (len(self._queue) >= self.batchSize and self._flushing is None
                 and self._kick is None and self._clock.seconds() >= self._retryAt):
             self._kick = self._clock.callLater(0, self._kicked)
@@ -154,7 +155,6 @@ class BatchPersister(Service):
         for pending in list(self._queue)[inFlight:]:
             (failed if pending.event.group in groups else kept).append(pending)
         self._queue = kept
-        metrics.pendingEvents.set(len(self._queue))
         for pending in failed:
             pending.deferred.errback(error)
 
@@ -194,10 +194,11 @@ class BatchPersister(Service):
         self._flushing = d
 
         def done(result):
-            self._flushing = None
+            if self._flushing is d:
+                self._flushing = None
             # Group commit: what queued up while this batch was written goes next, at once.
-            if (self._queue and self._kick is None and self._accepting
-                    and self._clock.seconds() >= self._retryAt):
+            if (self._queue and self._kick is None and self._flushing is None
+                    and self._accepting and self._clock.seconds() >= self._retryAt):
                 self._kick = self._clock.callLater(0, self._kicked)
             waiters, self._doneWaiters = self._doneWaiters, []
             for waiter in waiters:
@@ -238,9 +239,13 @@ class BatchPersister(Service):
             self._queue.popleft()
         self._backoff = 0.0
         self._retryAt = 0.0
-        metrics.pendingEvents.set(len(self._queue))
         metrics.persistBatchSize.observe(len(batch))
         metrics.persistLatency.observe(self._clock.seconds() - started)
+        # Group commit: the store takes the next batch before this one's callbacks run (they
+        # answer requests and wake polls), so that it is not idle meanwhile.
+        self._flushing = None
+        if self._queue and self._accepting:
+            self._flush()
         for pending in batch:
             pending.deferred.callback(pending.event)
 
@@ -273,6 +278,5 @@ class BatchPersister(Service):
     def _failWhere(self, predicate, error: Exception) -> None:
         failed = [p for p in self._queue if predicate(p)]
         self._queue = deque(p for p in self._queue if not predicate(p))
-        metrics.pendingEvents.set(len(self._queue))
         for pending in failed:
             pending.deferred.errback(error)

@@ -168,6 +168,9 @@ class Streams(Service):
 
     def startService(self):
         super().startService()
+        # Read when /metrics is scraped, not set on every change of the hot path.
+        metrics.waitingPolls.set_function(lambda: self._waiting)
+        metrics.streamsInMemory.set_function(lambda: len(self._streams))
         self._evictor = task.LoopingCall(self._evictIdle)
         self._evictor.clock = self._clock
         self._evictor.start(max(1.0, min(30.0, self.idleEvict / 2)), now=False).addErrback(
@@ -222,7 +225,6 @@ class Streams(Service):
             raise StreamUnavailable(f"group {group} changed hands while loading {name}")
         stream = Stream(name, group, token, snapshot, self.historyInMemory, self._clock.seconds())
         self._streams[name] = stream
-        metrics.streamsInMemory.set(len(self._streams))
         return stream
 
     def dropGroups(self, groups) -> None:
@@ -237,7 +239,6 @@ class Streams(Service):
     def _drop(self, stream: Stream, reason: Exception) -> None:
         if self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
-            metrics.streamsInMemory.set(len(self._streams))
         for timer in stream.typing.values():
             if timer.active():
                 timer.cancel()
@@ -253,7 +254,6 @@ class Streams(Service):
                     and s.nextSeq == s.lastSeq + 1]
             for stream in idle:
                 del self._streams[stream.name]
-            metrics.streamsInMemory.set(len(self._streams))
         except Exception:
             self.log.failure("evicting idle streams failed")
 
@@ -355,7 +355,7 @@ class Streams(Service):
         stream.remember(event)
         if stream.complete and stream.recent[0].seq != 1:
             stream.complete = False
-        metrics.messagesCommitted.labels(stream.name.partition(":")[0]).inc()
+        metrics.countCommitted(stream.name.partition(":")[0])
         typingChanged = event.sender is not None and event.sender in stream.typing
         if typingChanged:
             timer = stream.typing.pop(event.sender)
@@ -438,7 +438,6 @@ class Streams(Service):
         waiter.timer = self._clock.callLater(timeout, timedOut)
         stream.waiters.add(waiter)
         self._waiting += 1
-        metrics.waitingPolls.set(self._waiting)
         return waiter.deferred
 
     def _finishWaiter(self, stream: Stream, waiter: _Waiter) -> defer.Deferred | None:
@@ -451,7 +450,6 @@ class Streams(Service):
         if waiter in stream.waiters:
             stream.waiters.discard(waiter)
             self._waiting -= 1
-            metrics.waitingPolls.set(self._waiting)
         if waiter.timer is not None:
             if waiter.timer.active():
                 waiter.timer.cancel()

@@ -105,11 +105,12 @@ class MemoryEventStore:
         """
         self._holding = True
 
-    def release(self) -> None:
+    def release(self, keepHolding: bool = False) -> None:
         """
-        Stop holding; write the held appends, in order, and fire their Deferreds.
+        Write the held appends, in order, and fire their Deferreds; stop holding unless
+        C{keepHolding} (then appends made meanwhile are held in turn).
         """
-        self._holding = False
+        self._holding = keepHolding
         held, self.held = self.held, []
         for h in held:
             try:

@@ -52,13 +52,12 @@ class PersisterTests(SynchronousTestCase):
         second = self.persister.enqueue(ev(2), 1)
         self.clock.advance(0.05)
         self.assertNoResult(first)
+        self.assertNoResult(second)
         self.assertEqual(len(self.store.held), 1)
         self.store.release()
         self.successResultOf(first)
-        self.assertNoResult(second)
-        self.clock.advance(0.01)
-        self.store.release()
         self.successResultOf(second)
+        self.assertEqual(self.appends(), [[ev(1)], [ev(2)]])
 
     def test_batchesAreBoundedAndFullBatchFlushesAtOnce(self):
         """
@@ -193,15 +192,17 @@ class PersisterTests(SynchronousTestCase):
     def test_groupCommit(self):
         """
         Events queued while a batch is written go out as soon as it is done, not at the next
-        interval.
+        interval, and before the first batch's events are acknowledged (whose callbacks answer
+        requests), so that the store is not idle meanwhile.
         """
         self.store.hold()
-        self.persister.enqueue(ev(1), 1)
+        first = self.persister.enqueue(ev(1), 1)
         self.clock.advance(0.01)
         later = self.persister.enqueue(ev(2), 1)
-        self.store.release()
-        self.store.hold()
-        self.clock.advance(0)
-        self.assertEqual(len(self.store.held), 1)
+        writtenWhenAcknowledged = []
+        first.addCallback(lambda _: writtenWhenAcknowledged.append(len(self.store.held)))
+        self.store.release(keepHolding=True)
+        self.assertEqual(writtenWhenAcknowledged, [1])
+        self.assertNoResult(later)
         self.store.release()
         self.successResultOf(later)

@@ -20,26 +20,19 @@ EXPOSED_HEADERS = b"Location, X-HPChat-Owner, Retry-After"
 MAX_AGE = b"600"
 
 
-@implementer(IResource)
-class CORSResource:
+class CORSPolicy:
     """
-    Wraps the API's resource; C{origins} are the allowed origins (C{"*"} allows any).
+    The allowed origins (C{"*"} allows any) and the headers an allowed request gets.
     """
 
-    isLeaf = True
-
-    def __init__(self, wrapped, origins):
-        self._wrapped = wrapped
+    def __init__(self, origins):
         self._any = "*" in origins
         self._origins = {o.encode() for o in origins if o != "*"}
 
-    def getChildWithDefault(self, name, request):
-        return self
-
-    def putChild(self, path, child):
-        raise NotImplementedError()
-
-    def render(self, request):
+    def apply(self, request) -> bool:
+        """
+        Add the CORS answer headers to C{request} if its origin is allowed; say whether it is.
+        """
         origin = request.getHeader(b"origin")
         # After a 307 to another node (another origin) browsers send the redirected request
         # with "Origin: null". The API takes bearer tokens only, never cookies, so answering
@@ -50,6 +43,29 @@ class CORSResource:
             request.setHeader(b"access-control-allow-origin", origin)
             request.setHeader(b"vary", b"Origin")
             request.setHeader(b"access-control-expose-headers", EXPOSED_HEADERS)
+        return allowed
+
+
+@implementer(IResource)
+class CORSResource:
+    """
+    Wraps the API's resource: answers preflights and adds the headers of C{policy}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, wrapped, policy: CORSPolicy):
+        self._wrapped = wrapped
+        self.policy = policy
+
+    def getChildWithDefault(self, name, request):
+        return self
+
+    def putChild(self, path, child):
+        raise NotImplementedError()
+
+    def render(self, request):
+        allowed = self.policy.apply(request)
         if request.method == b"OPTIONS" and request.getHeader(b"access-control-request-method"):
             request.setResponseCode(204 if allowed else 403)
             if allowed:

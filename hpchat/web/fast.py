@@ -42,6 +42,18 @@ class HotRoutes:
     def putChild(self, path, child):
         raise NotImplementedError()
 
+    def find(self, request):
+        """
+        The handler and arguments for C{request} if it is on a hot route, else C{None}.
+        """
+        try:
+            if b"%" in request.path:
+                unquote(request.path.decode("latin-1"), errors="strict")
+            return self._match(request)
+        except UnicodeDecodeError:
+            # Klein would answer this in plain text and log an error.
+            return (self._badPath, ())
+
     def _match(self, request):
         path = request.path
         if path == b"/v1/inbox/events":
@@ -61,21 +73,23 @@ class HotRoutes:
             segment = unquote(segment, errors="strict")
         return handler, (segment,)
 
-    def render(self, request):
-        try:
-            if b"%" in request.path:
-                unquote(request.path.decode("latin-1"), errors="strict")
-            found = self._match(request)
-        except UnicodeDecodeError:
-            # Klein would answer this in plain text and log an error.
-            found = (self._badPath, ())
-        if found is None:
-            return self._fallback.render(request)
+    def call(self, request, found) -> defer.Deferred:
+        """
+        Run the handler C{found} for C{request}; the result fires with the answer's body,
+        errors already turned into their JSON answers (or C{None} once the client is gone).
+        """
         handler, args = found
         d = defer.ensureDeferred(handler(request, *args))
+        d.addErrback(self._failed, request)
+        return d
+
+    def render(self, request):
+        found = self.find(request)
+        if found is None:
+            return self._fallback.render(request)
+        d = self.call(request, found)
         request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addCallbacks(self._answer, self._failed, callbackArgs=(request,),
-                       errbackArgs=(request,))
+        d.addCallback(self._answer, request)
         return NOT_DONE_YET
 
     @staticmethod
@@ -83,17 +97,15 @@ class HotRoutes:
         raise ApiError(400, "bad_request", "the path is not valid percent-encoded UTF-8")
 
     @staticmethod
-    def _answer(body: bytes, request) -> None:
-        if request.finished or request._disconnected:
+    def _answer(body: bytes | None, request) -> None:
+        if body is None or request.finished or request._disconnected:
             return
         request.setHeader(b"content-length", b"%d" % len(body))
         if body:
             request.write(body)
         request.finish()
 
-    def _failed(self, failure, request) -> None:
+    def _failed(self, failure, request) -> bytes | None:
         if request.finished or request._disconnected:
             return None
-        body = self._api.errorBody(request, failure)
-        self._answer(body, request)
-        return None
+        return self._api.errorBody(request, failure)

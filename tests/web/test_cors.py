@@ -8,7 +8,7 @@ from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from hpchat.web.cors import CORSResource
+from hpchat.web.cors import CORSPolicy, CORSResource
 
 
 class Echo(Resource):
@@ -22,7 +22,7 @@ class Echo(Resource):
 
 class CORSTests(SynchronousTestCase):
     def request(self, origins, method="GET", headers=None):
-        stub = StubTreq(CORSResource(Echo(), origins))
+        stub = StubTreq(CORSResource(Echo(), CORSPolicy(origins)))
         response = self.successResultOf(stub.request(method, "http://node/v1/x",
                                                      headers=headers or {},
                                                      allow_redirects=False))
