@@ -44,6 +44,24 @@ class InternalAuthTests(SynchronousTestCase):
         self.clock.advance(61)
         self.assertRaises(InternalUnauthorized, self.auth.verify, b"Bearer " + token)
 
+    def test_reusedAndRemembered(self):
+        """
+        A node reuses its token for half its life, then makes a new one; a verified token
+        stays valid (from memory) until it expires, and not after.
+        """
+        token = self.auth.mint("n1")
+        self.assertEqual(self.auth.verify(b"Bearer " + token.encode()), "n1")
+        self.clock.advance(29)
+        self.assertEqual(self.auth.mint("n1"), token)
+        self.assertEqual(self.auth.verify(b"Bearer " + token.encode()), "n1")
+        self.clock.advance(2)
+        fresh = self.auth.mint("n1")
+        self.assertNotEqual(fresh, token)
+        self.assertEqual(self.auth.verify(b"Bearer " + fresh.encode()), "n1")
+        self.clock.advance(30)
+        self.assertRaises(InternalUnauthorized, self.auth.verify, b"Bearer " + token.encode())
+        self.assertEqual(self.auth.verify(b"Bearer " + fresh.encode()), "n1")
+
     def test_userTokensDoNotPass(self):
         """
         A user's token, signed with the site secret itself, is not a node token.
