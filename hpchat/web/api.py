@@ -214,9 +214,13 @@ class ChatAPI:
             raise _badRequest("timeout must be a number of seconds")
         return max(0.0, min(timeout, self._chat.max_poll_timeout))
 
-    async def _serveHere(self, request, stream: str) -> None:
+    def _serveHere(self, request, stream: str) -> defer.Deferred | None:
         """
-        Return if this node serves C{stream}; otherwise raise the 307 or 503 answer.
+        C{None} if this node serves C{stream} now; a Deferred while its owner is being
+        settled; otherwise raise the 307 or 503 answer (the Deferred fails with it).
+
+        The hot handlers are chains of Deferreds rather than coroutines: most requests are
+        answered from memory, and a coroutine per step costs more than the work.
         """
         if self.draining:
             raise ApiError(503, "unavailable", "this node is shutting down",
@@ -225,19 +229,22 @@ class ChatAPI:
         route = self._ownership.route(group)
         if isinstance(route, Local):
             # The common case, answered without waiting on anything.
-            return
+            return None
         if isinstance(route, defer.Deferred):
-            try:
-                route = await resolveRoute(self._ownership, group, route)
-            except defer.CancelledError:
-                raise
-            except Exception as e:
-                self.log.warn("cannot settle the owner of group {group}: {error}", group=group,
-                              error=str(e) or type(e).__name__)
-                raise ApiError(503, "unavailable",
-                               f"the owner of group {group} is not settled yet",
-                               {b"retry-after": b"1"}) from None
+            settled = resolveRoute(self._ownership, group, route)
+            return settled.addCallbacks(lambda route: self._notHere(request, group, route),
+                                        self._unsettled, errbackArgs=(group,))
         self._notHere(request, group, route)
+        return None
+
+    def _unsettled(self, failure, group: int):
+        if failure.check(defer.CancelledError):
+            return failure
+        error = failure.value
+        self.log.warn("cannot settle the owner of group {group}: {error}", group=group,
+                      error=str(error) or type(error).__name__)
+        raise ApiError(503, "unavailable", f"the owner of group {group} is not settled yet",
+                       {b"retry-after": b"1"})
 
     def _notHere(self, request, group: int, route) -> None:
         """
@@ -255,36 +262,45 @@ class ChatAPI:
         raise ApiError(503, "unavailable", f"the owner of group {group} is not settled yet",
                        {b"retry-after": str(max(1, int(round(retry)))).encode()})
 
-    async def _onStream(self, request, stream: str, call):
+    def _onStream(self, request, stream: str, call) -> defer.Deferred:
         """
-        Run C{call()} against C{stream} on this node, mapping stream errors to answers. A
-        group lost meanwhile is routed again, so the client is redirected to the new owner.
+        Run C{call()} (which returns a Deferred) against C{stream} on this node, mapping
+        stream errors to answers. A group lost meanwhile is routed again, so the client is
+        redirected to the new owner.
         """
-        await self._serveHere(request, stream)
-        try:
-            return await call()
-        except StreamUnavailable:
-            await self._serveHere(request, stream)
-            raise ApiError(503, "unavailable", "the stream moved; retry",
-                           {b"retry-after": b"1"}) from None
-        except CursorAhead as e:
-            raise ApiError(409, "cursor_ahead",
-                           f"after is beyond the last seq ({e.lastSeq})") from None
-        except Overloaded as e:
-            raise ApiError(503, "overloaded", f"too many pending writes: {e}",
-                           {b"retry-after": b"1"}) from None
-        except PersisterStopped:
+        here = self._serveHere(request, stream)
+        if here is None:
+            result = defer.maybeDeferred(call)
+        else:
+            result = here.addCallback(lambda _: call())
+        return result.addErrback(self._streamFailed, request, stream)
+
+    def _streamFailed(self, failure, request, stream: str):
+        error = failure.value
+        if isinstance(error, StreamUnavailable):
+            def moved(_):
+                raise ApiError(503, "unavailable", "the stream moved; retry",
+                               {b"retry-after": b"1"})
+            here = self._serveHere(request, stream)
+            return moved(None) if here is None else here.addCallback(moved)
+        if isinstance(error, CursorAhead):
+            raise ApiError(409, "cursor_ahead", f"after is beyond the last seq ({error.lastSeq})")
+        if isinstance(error, Overloaded):
+            raise ApiError(503, "overloaded", f"too many pending writes: {error}",
+                           {b"retry-after": b"1"})
+        if isinstance(error, PersisterStopped):
             raise ApiError(503, "unavailable", "this node is shutting down",
-                           {b"retry-after": b"1"}) from None
-        except StoreError as e:
-            self.log.warn("store error on {stream}: {error}", stream=stream, error=str(e))
+                           {b"retry-after": b"1"})
+        if isinstance(error, StoreError):
+            self.log.warn("store error on {stream}: {error}", stream=stream, error=str(error))
             raise ApiError(503, "unavailable", "storage is unavailable; retry",
-                           {b"retry-after": b"1"}) from None
+                           {b"retry-after": b"1"})
+        return failure
 
     # -- conversations
 
     @app.route("/v1/conversations/<cid>/messages", methods=["POST"])
-    async def sendMessage(self, request, cid):
+    def sendMessage(self, request, cid):
         _route(request, "send")
         user = self._user(request)
         cid = self._conversation(cid, user)
@@ -301,12 +317,17 @@ class ChatAPI:
         if clientId is not None and (not isinstance(clientId, str)
                                      or not _CLIENT_ID.fullmatch(clientId)):
             raise _badRequest("client_id must match [A-Za-z0-9_-]{1,64}")
-        event, created = await self._onStream(
-            request, cid, lambda: self._streams.send(cid, user, text, clientId))
+        sent = self._onStream(request, cid,
+                              lambda: self._streams.send(cid, user, text, clientId))
+        return sent.addCallback(self._sent, request)
+
+    @staticmethod
+    def _sent(result, request) -> bytes:
+        event, created = result
         return _json(request, 201 if created else 200, {"message": messageJSON(event)})
 
     @app.route("/v1/conversations/<cid>/typing", methods=["POST"])
-    async def typing(self, request, cid):
+    def typing(self, request, cid):
         _route(request, "typing")
         user = self._user(request)
         cid = self._conversation(cid, user)
@@ -314,48 +335,66 @@ class ChatAPI:
         typing = body.get("typing")
         if not isinstance(typing, bool):
             raise _badRequest("typing must be true or false")
-        await self._onStream(request, cid, lambda: self._streams.setTyping(cid, user, typing))
+        done = self._onStream(request, cid,
+                              lambda: self._streams.setTyping(cid, user, typing))
+        return done.addCallback(self._noContent, request)
+
+    @staticmethod
+    def _noContent(_, request) -> bytes:
         request.setResponseCode(204)
         return b""
 
     @app.route("/v1/conversations/<cid>/events", methods=["GET"])
-    async def events(self, request, cid):
+    def events(self, request, cid):
         _route(request, "events")
         user = self._user(request)
         cid = self._conversation(cid, user)
         after = self._intArg(request, "after", low=0)
         typingVersion = self._intArg(request, "typing_version", low=0)
         timeout = self._timeout(request)
-        result = await self._onStream(
+        polled = self._onStream(
             request, cid, lambda: self._streams.poll(cid, after, typingVersion, timeout))
+        return polled.addCallback(self._polled, request)
+
+    @staticmethod
+    def _polled(result, request) -> bytes:
         return _json(request, 200, {"events": [messageJSON(e) for e in result.events],
                                     "last_seq": result.last_seq, "typing": result.typing,
                                     "typing_version": result.typing_version})
 
     @app.route("/v1/conversations/<cid>/messages", methods=["GET"])
-    async def history(self, request, cid):
+    def history(self, request, cid):
         _route(request, "history")
         user = self._user(request)
         cid = self._conversation(cid, user)
         before = self._intArg(request, "before", low=1)
         limit = self._intArg(request, "limit", low=1)
         limit = DEFAULT_HISTORY if limit is None else min(limit, MAX_HISTORY)
-        events, hasMore = await self._onStream(
-            request, cid, lambda: self._streams.history(cid, before, limit))
+        found = self._onStream(request, cid,
+                               lambda: self._streams.history(cid, before, limit))
+        return found.addCallback(self._history, request)
+
+    @staticmethod
+    def _history(result, request) -> bytes:
+        events, hasMore = result
         return _json(request, 200, {"messages": [messageJSON(e) for e in events],
                                     "has_more": hasMore})
 
     # -- inbox
 
     @app.route("/v1/inbox/events", methods=["GET"])
-    async def inboxEvents(self, request):
+    def inboxEvents(self, request):
         _route(request, "inbox")
         user = self._user(request)
         stream = inboxStream(user)
         after = self._intArg(request, "after", low=0)
         timeout = self._timeout(request)
-        result = await self._onStream(
-            request, stream, lambda: self._streams.poll(stream, after, None, timeout))
+        polled = self._onStream(request, stream,
+                                lambda: self._streams.poll(stream, after, None, timeout))
+        return polled.addCallback(self._inboxPolled, request)
+
+    @staticmethod
+    def _inboxPolled(result, request) -> bytes:
         return _json(request, 200, {"events": [inboxEventJSON(e) for e in result.events],
                                     "last_seq": result.last_seq})
 
@@ -393,7 +432,7 @@ class ChatAPI:
     # -- between nodes
 
     @app.route("/internal/v1/notifications", methods=["POST"])
-    async def internalNotification(self, request):
+    def internalNotification(self, request):
         """
         Another node hands over a notification for an inbox this node owns; answered once it
         is durable.
@@ -411,8 +450,13 @@ class ChatAPI:
         except BadNotification as e:
             raise _badRequest(str(e)) from None
         stream = inboxStream(notification.user)
-        event, created = await self._onStream(
-            request, stream, lambda: deliverToInbox(self._streams, notification))
+        delivered = self._onStream(request, stream,
+                                   lambda: deliverToInbox(self._streams, notification))
+        return delivered.addCallback(self._delivered, request)
+
+    @staticmethod
+    def _delivered(result, request) -> bytes:
+        event, created = result
         return _json(request, 201 if created else 200,
                      {"event": inboxEventJSON(event), "created": created})
 

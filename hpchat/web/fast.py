@@ -79,7 +79,7 @@ class HotRoutes:
         errors already turned into their JSON answers (or C{None} once the client is gone).
         """
         handler, args = found
-        d = defer.ensureDeferred(handler(request, *args))
+        d = defer.maybeDeferred(handler, request, *args)
         d.addErrback(self._failed, request)
         return d
 
