@@ -113,7 +113,7 @@ def buildNode(config, reactor) -> MultiService:
             reactor.stop()
 
     store = makeStore(config, reactor)
-    StoreService(store, fatal).setServiceParent(node)
+    StoreService(store, fatal, reactor).setServiceParent(node)
 
     if config.cluster is None:
         ownership = SingleNodeOwnership(config.node.id, config.node.advertise_url,
@@ -150,8 +150,7 @@ def buildNode(config, reactor) -> MultiService:
     internalAuth = InternalAuth(config.auth.secret, reactor)
     internalClient = InternalClient(internalAuth, config.node.id, reactor)
     reactor.addSystemEventTrigger("before", "shutdown", internalClient.close)
-    router = InboxRouter(streams, ownership,
-                         lambda url, n: defer.ensureDeferred(internalClient.deliver(url, n)))
+    router = InboxRouter(streams, ownership, internalClient.deliver)
     if config.nsq is None:
         notifier = InProcessNotifier(streams, lambda n: defer.ensureDeferred(router.deliver(n)))
         streams.onCommitted.append(notifier.messageCommitted)

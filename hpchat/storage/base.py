@@ -54,6 +54,13 @@ class StoreError(Exception):
     """
 
 
+class StoreBusy(StoreError):
+    """
+    The store could not open because another process holds it for a moment (SQLite: two
+    nodes setting up one new file at once); opening again shortly will do.
+    """
+
+
 class FenceRejected(StoreError):
     """
     A newer owner has written to these groups: the caller is no longer their owner.

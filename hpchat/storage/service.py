@@ -5,21 +5,42 @@ stopped, when the node stops.
 """
 
 from twisted.application.service import Service
+from twisted.internet import defer, task
 from twisted.logger import Logger
+
+from hpchat.storage.base import StoreBusy
 
 
 class StoreService(Service):
-    log = Logger()
+    """
+    Opening is tried again, a few times, while the store is busy with another process.
+    """
 
-    def __init__(self, store, onFailure):
+    log = Logger()
+    openAttempts = 10
+    retryDelay = 0.2
+
+    def __init__(self, store, onFailure, clock):
         self.store = store
         self._onFailure = onFailure
+        self._clock = clock
         self._opened = None
 
     def startService(self):
         super().startService()
-        self._opened = self.store.open()
+        self._opened = defer.ensureDeferred(self._open())
         self._opened.addErrback(self._failed)
+
+    async def _open(self):
+        for attempt in range(1, self.openAttempts + 1):
+            try:
+                return await self.store.open()
+            except StoreBusy as e:
+                if attempt == self.openAttempts:
+                    raise
+                self.log.info("event store busy ({error}); opening again in {delay}s",
+                              error=str(e), delay=self.retryDelay)
+                await task.deferLater(self._clock, self.retryDelay, lambda: None)
 
     def _failed(self, failure):
         self.log.critical("cannot open the event store: {error}", error=failure.getErrorMessage())

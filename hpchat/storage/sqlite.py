@@ -23,6 +23,7 @@ from hpchat.storage.base import (
     Event,
     FenceRejected,
     IEventStore,
+    StoreBusy,
     StoreError,
     StreamConflict,
     StreamSnapshot,
@@ -113,9 +114,21 @@ class SQLiteStore:
         def openBoth():
             folder = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(folder, exist_ok=True)
-            self._writer = _connect(self.path)
-            self._writer.executescript(_SCHEMA)
-            self._reader = _connect(self.path)
+            writer = reader = None
+            try:
+                writer = _connect(self.path)
+                writer.executescript(_SCHEMA)
+                reader = _connect(self.path)
+            except sqlite3.OperationalError as e:
+                for connection in (writer, reader):
+                    if connection is not None:
+                        connection.close()
+                # Switching a new file to WAL does not wait for another process doing the
+                # same (SQLite's busy timeout does not apply to it).
+                if "locked" in str(e):
+                    raise StoreBusy(f"sqlite: {e}") from e
+                raise
+            self._writer, self._reader = writer, reader
 
         def opened(_):
             self.ready = True

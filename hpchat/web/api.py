@@ -35,6 +35,9 @@ from hpchat.web.internal import InternalUnauthorized
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 DEV_TOKEN_TTL = 24 * 3600
 MAX_BODY = 64 * 1024
+MAX_NOTIFICATION_BATCH = 100
+# A batch of notifications between nodes, each at most 8 KiB.
+MAX_INTERNAL_BODY = MAX_NOTIFICATION_BATCH * 9 * 1024
 DEFAULT_POLL_TIMEOUT = 25.0
 DEFAULT_HISTORY = 50
 MAX_HISTORY = 200
@@ -174,13 +177,13 @@ class ChatAPI:
         return cid
 
     @staticmethod
-    def _body(request) -> dict:
+    def _body(request, limit: int = MAX_BODY) -> dict:
         length = request.getHeader(b"content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
-            raise ApiError(413, "too_large", f"request bodies are at most {MAX_BODY} bytes")
-        raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
-        if len(raw) > MAX_BODY:
-            raise ApiError(413, "too_large", f"request bodies are at most {MAX_BODY} bytes")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise ApiError(413, "too_large", f"request bodies are at most {limit} bytes")
+        raw = request.content.read(limit + 1) if request.content is not None else b""
+        if len(raw) > limit:
+            raise ApiError(413, "too_large", f"request bodies are at most {limit} bytes")
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -434,8 +437,10 @@ class ChatAPI:
     @app.route("/internal/v1/notifications", methods=["POST"])
     def internalNotification(self, request):
         """
-        Another node hands over a notification for an inbox this node owns; answered once it
-        is durable.
+        Another node hands over a notification for an inbox this node owns, or a batch of
+        them (C{{"notifications": [...]}}); answered once they are durable. A batch is
+        answered 200 with one result per notification, each with its own C{status} (and
+        C{location} when its inbox is served elsewhere).
         """
         _route(request, "internal_notification")
         if self._internalAuth is None:
@@ -444,21 +449,53 @@ class ChatAPI:
             self._internalAuth.verify(request.getHeader(b"authorization"))
         except InternalUnauthorized as e:
             raise ApiError(401, "unauthorized", str(e)) from None
-        raw = self._body(request)
+        raw = self._body(request, MAX_INTERNAL_BODY)
+        batch = raw.get("notifications")
+        if batch is None:
+            return self._deliverNotification(request, raw).addCallback(self._delivered, request)
+        if not isinstance(batch, list) or not 1 <= len(batch) <= MAX_NOTIFICATION_BATCH:
+            raise _badRequest(f"notifications must be a list of 1 to {MAX_NOTIFICATION_BATCH}")
+        results = [self._deliverNotification(request, item).addCallbacks(
+            self._batchResult, self._batchError, errbackArgs=(request,)) for item in batch]
+        return defer.gatherResults(results, consumeErrors=True).addCallback(
+            lambda results: _json(request, 200, {"results": results}))
+
+    def _deliverNotification(self, request, raw) -> defer.Deferred:
         try:
             notification = parseNotification(json.dumps(raw).encode("utf-8"))
         except BadNotification as e:
-            raise _badRequest(str(e)) from None
+            return defer.fail(_badRequest(str(e)))
         stream = inboxStream(notification.user)
-        delivered = self._onStream(request, stream,
-                                   lambda: deliverToInbox(self._streams, notification))
-        return delivered.addCallback(self._delivered, request)
+        try:
+            return self._onStream(request, stream,
+                                  lambda: deliverToInbox(self._streams, notification))
+        except ApiError:
+            return defer.fail()
 
     @staticmethod
     def _delivered(result, request) -> bytes:
         event, created = result
         return _json(request, 201 if created else 200,
                      {"event": inboxEventJSON(event), "created": created})
+
+    @staticmethod
+    def _batchResult(result) -> dict:
+        event, created = result
+        return {"status": 201 if created else 200, "event": inboxEventJSON(event),
+                "created": created}
+
+    def _batchError(self, failure, request):
+        if failure.check(defer.CancelledError):
+            return failure
+        if not failure.check(ApiError):
+            self.log.failure("unexpected error delivering a notification", failure)
+            return {"status": 500, "error": {"code": "internal", "message": "internal error"}}
+        error = failure.value
+        result = {"status": error.status,
+                  "error": {"code": error.code, "message": error.message}}
+        if b"location" in error.headers:
+            result["location"] = error.headers[b"location"].decode("utf-8")
+        return result
 
     # -- cluster and operations
 

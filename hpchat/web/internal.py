@@ -3,6 +3,10 @@
 Calls between nodes: a node that consumed a notification for an inbox it does not own hands
 it to the owner with C{POST /internal/v1/notifications}.
 
+Under load many notifications go to the same node at once; they travel in batches
+(C{{"notifications": [...]}}, one result per notification), a new batch leaving as soon as
+fewer than C{maxInFlight} are on their way, so a lone notification is never held back.
+
 Such calls carry a short-lived HS256 token whose key is derived from the site secret, so that a
 user's token can never pass for a node's and no second secret has to be distributed.
 """
@@ -13,10 +17,14 @@ import hashlib
 import hmac
 import json
 
+from collections import deque
+
 import jwt
 import treq
 from treq.client import HTTPClient
 from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 AUDIENCE = "hpchat-internal"
@@ -94,7 +102,10 @@ class InternalClient:
     Hands notifications to the node that owns their inbox.
     """
 
+    log = Logger()
     maxRedirects = 2
+    maxBatch = 100
+    maxInFlight = 2
 
     def __init__(self, auth: InternalAuth, nodeId: str, reactor, httpClient=None,
                  timeout: float = 5.0):
@@ -107,36 +118,117 @@ class InternalClient:
             httpClient = HTTPClient(Agent(reactor, pool=self._pool))
         self._http = httpClient
         self.timeout = timeout
+        self._queues: dict[str, deque] = {}
+        self._inFlight: dict[str, int] = {}
 
     def close(self) -> defer.Deferred:
         if self._pool is None:
             return defer.succeed(None)
         return self._pool.closeCachedConnections()
 
-    async def deliver(self, url: str, notification) -> dict:
+    def deliver(self, url: str, notification) -> defer.Deferred:
         """
-        POST C{notification} to the node at C{url}, following its redirects; the owner's
-        answer once the notification is durable in the inbox.
+        Hand C{notification} to the node at C{url} (following its redirects); fires with the
+        owner's answer for it once it is durable in the inbox, or fails with
+        L{DeliveryFailed}.
         """
-        target = url.rstrip("/") + "/internal/v1/notifications"
-        for _ in range(self.maxRedirects + 1):
-            headers = {b"authorization": [b"Bearer " + self._auth.mint(self._nodeId).encode()],
-                       b"content-type": [b"application/json"]}
+        d: defer.Deferred = defer.Deferred()
+        base = url.rstrip("/")
+        self._queues.setdefault(base, deque()).append((notification, d))
+        self._pump(base)
+        return d
+
+    def _pump(self, base: str) -> None:
+        queue = self._queues.get(base)
+        while queue and self._inFlight.get(base, 0) < self.maxInFlight:
+            batch = [queue.popleft() for _ in range(min(self.maxBatch, len(queue)))]
+            self._inFlight[base] = self._inFlight.get(base, 0) + 1
+            sent = defer.ensureDeferred(self._sendBatch(base, batch))
+            sent.addBoth(self._batchSent, base)
+        if queue is not None and not queue and self._queues.get(base) is queue:
+            del self._queues[base]
+
+    def _batchSent(self, result, base: str) -> None:
+        if isinstance(result, Failure):
+            self.log.failure("sending notifications to {node} failed", result, node=base)
+        self._inFlight[base] -= 1
+        if not self._inFlight[base]:
+            del self._inFlight[base]
+        self._pump(base)
+
+    async def _sendBatch(self, base: str, batch: list) -> None:
+        target = base + "/internal/v1/notifications"
+        if len(batch) == 1:
+            notification, d = batch[0]
+            await self._settle(d, self._deliverOne(target, notification))
+            return
+        body = json.dumps({"notifications": [json.loads(n.toJSON()) for n, _ in batch]},
+                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        try:
+            code, answer = await self._post(target, body)
+        except DeliveryFailed as e:
+            for _, d in batch:
+                d.errback(DeliveryFailed(str(e)))
+            return
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if code != 200 or not isinstance(results, list) or len(results) != len(batch):
+            for _, d in batch:
+                d.errback(DeliveryFailed(f"{target} answered {code} to a batch"))
+            return
+        for (notification, d), result in zip(batch, results):
+            status = result.get("status") if isinstance(result, dict) else None
+            if status in (200, 201):
+                d.callback({k: v for k, v in result.items() if k != "status"})
+            elif status == 307 and result.get("location"):
+                # Its inbox moved meanwhile: it goes on alone, after the new owner.
+                defer.ensureDeferred(self._settle(
+                    d, self._deliverOne(result["location"], notification)))
+            else:
+                d.errback(DeliveryFailed(f"{target} answered {status} for {notification.id}: "
+                                         f"{str(result)[:200]}"))
+
+    @staticmethod
+    async def _settle(d: defer.Deferred, delivery) -> None:
+        """
+        Fire C{d} with the outcome of C{delivery} (a coroutine).
+        """
+        try:
+            result = await delivery
+        except Exception:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+    async def _post(self, target: str, body: bytes):
+        """
+        POST C{body}: C{(status, its JSON answer)} for a 200 or 201, C{(307, location)} for a
+        redirect; anything else fails with L{DeliveryFailed}.
+        """
+        headers = {b"authorization": [b"Bearer " + self._auth.mint(self._nodeId).encode()],
+                   b"content-type": [b"application/json"]}
+        try:
+            response = await self._http.post(target, data=body, headers=headers,
+                                              timeout=self.timeout, allow_redirects=False)
+            raw = await treq.content(response)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            raise DeliveryFailed(f"{target}: {e.__class__.__name__}: {e}") from None
+        if response.code in (200, 201):
             try:
-                response = await self._http.post(target, data=notification.toJSON(),
-                                                  headers=headers, timeout=self.timeout,
-                                                  allow_redirects=False)
-                body = await treq.content(response)
-            except defer.CancelledError:
-                raise
-            except Exception as e:
-                raise DeliveryFailed(f"{target}: {e.__class__.__name__}: {e}") from None
-            if response.code in (200, 201):
-                return json.loads(body)
-            if response.code == 307:
-                location = response.headers.getRawHeaders(b"location", [b""])[0].decode()
-                if location:
-                    target = location
-                    continue
-            raise DeliveryFailed(f"{target} answered {response.code}: {body[:200]!r}")
+                return response.code, json.loads(raw)
+            except ValueError:
+                raise DeliveryFailed(f"{target} answered {response.code} with no JSON") from None
+        if response.code == 307:
+            location = response.headers.getRawHeaders(b"location", [b""])[0].decode()
+            if location:
+                return 307, location
+        raise DeliveryFailed(f"{target} answered {response.code}: {raw[:200]!r}")
+
+    async def _deliverOne(self, target: str, notification) -> dict:
+        for _ in range(self.maxRedirects + 1):
+            code, answer = await self._post(target, notification.toJSON())
+            if code != 307:
+                return answer
+            target = answer
         raise DeliveryFailed(f"too many redirects delivering {notification.id}")

@@ -10,7 +10,7 @@ import sqlite3
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from hpchat.storage.base import StoreError
+from hpchat.storage.base import StoreBusy, StoreError
 from hpchat.storage.sqlite import SQLiteStore
 from tests.storage.contract import EventStoreContract, event
 from tests.support.trial import asyncTest
@@ -78,3 +78,32 @@ class SQLiteSpecificTests(unittest.TestCase):
         with self.assertRaises(StoreError):
             await store.open()
         await store.close()
+
+    @asyncTest
+    async def test_fileLockedWhileOpeningIsBusy(self):
+        """
+        A new file that another process is switching to WAL (SQLite answers "database is
+        locked" at once) fails open() with StoreBusy, to be tried again; no connection is
+        left open, and a later open() succeeds.
+        """
+        from hpchat.storage import sqlite as module
+
+        store = self.store()
+        opened = []
+        connect = module._connect
+
+        def lockedReader(path):
+            connection = connect(path)
+            opened.append(connection)
+            if len(opened) == 2:
+                raise sqlite3.OperationalError("database is locked")
+            return connection
+
+        self.patch(module, "_connect", lockedReader)
+        with self.assertRaises(StoreBusy):
+            await store.open()
+        self.assertRaises(sqlite3.ProgrammingError, opened[0].execute, "SELECT 1")
+        self.patch(module, "_connect", connect)
+        await store.open()
+        self.addCleanup(store.close)
+        self.assertTrue(store.ready)

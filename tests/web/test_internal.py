@@ -126,6 +126,33 @@ class InternalEndpointTests(SynchronousTestCase):
         self.h.ownership.set(group, Unsettled(1))
         self.assertEqual(self.post(FLIRT).code, 503)
 
+    def test_batch(self):
+        """
+        A batch gets one result per notification, in order, each with its own status: stored,
+        stored before, served elsewhere (with the location), invalid.
+        """
+        group = self.h.streams.groupOf(inboxStream("carol"))
+        self.h.ownership.set(group, Redirect("n3", "http://n3.test"))
+        self.post(FLIRT)
+        answer = self.post({"notifications": [
+            dict(FLIRT, id="flirt-2"), FLIRT, dict(FLIRT, id="c", user="carol"),
+            dict(FLIRT, user="not valid")]})
+        self.assertEqual(answer.code, 200)
+        results = answer.json["results"]
+        self.assertEqual([r["status"] for r in results], [201, 200, 307, 400])
+        self.assertEqual([results[0]["event"]["seq"], results[1]["event"]["seq"]], [2, 1])
+        self.assertEqual(results[2]["location"], "http://n3.test/internal/v1/notifications")
+        self.assertEqual(results[3]["error"]["code"], "bad_request")
+        self.assertEqual(len(self.h.store.stored(inboxStream("bob"))), 2)
+
+    def test_batchLimits(self):
+        """
+        A batch holds 1 to 100 notifications.
+        """
+        for batch in ([], [FLIRT] * 101, "x"):
+            answer = self.post({"notifications": batch})
+            self.assertEqual((answer.code, answer.json["error"]["code"]), (400, "bad_request"))
+
 
 class FakeResponse:
     def __init__(self, code, body=b"{}", location=None):
@@ -157,6 +184,20 @@ class ScriptedHTTP:
         if isinstance(answer, Exception):
             return defer.fail(answer)
         return defer.succeed(answer)
+
+
+class HeldHTTP:
+    """
+    Answers each POST when the test says so.
+    """
+
+    def __init__(self):
+        self.posts = []
+
+    def post(self, url, data=None, headers=None, timeout=None, allow_redirects=True):
+        d = defer.Deferred()
+        self.posts.append((url, json.loads(data), d))
+        return d
 
 
 class InternalClientTests(SynchronousTestCase):
@@ -191,3 +232,35 @@ class InternalClientTests(SynchronousTestCase):
             d = defer.ensureDeferred(self.client(ScriptedHTTP(answer)).deliver(
                 "http://n2", self.notification))
             self.failureResultOf(d, DeliveryFailed)
+
+    def test_batchesWhileCallsAreInFlight(self):
+        """
+        A notification leaves at once while fewer than two calls are on their way to its
+        node; those that come meanwhile leave together as one batch, whose results are
+        dealt out: delivered, moved (followed alone), refused.
+        """
+        http = HeldHTTP()
+        client = self.client(http)
+        notifications = [Notification(f"f{i}", "bob", "flirt", "alice", {}) for i in range(5)]
+        results = [client.deliver("http://n2/", n) for n in notifications]
+        self.assertEqual([p[1].get("id") for p in http.posts], ["f0", "f1"])
+        http.posts[0][2].callback(FakeResponse(201, b'{"created": true}'))
+        self.assertEqual(self.successResultOf(results[0]), {"created": True})
+        url, body, answer = http.posts[2]
+        self.assertEqual(url, "http://n2/internal/v1/notifications")
+        self.assertEqual([n["id"] for n in body["notifications"]], ["f2", "f3", "f4"])
+        answer.callback(FakeResponse(200, json.dumps({"results": [
+            {"status": 200, "event": {"seq": 3}, "created": False},
+            {"status": 307, "location": "http://n3/internal/v1/notifications",
+             "error": {"code": "moved", "message": "m"}},
+            {"status": 503, "error": {"code": "unavailable", "message": "u"}}]}).encode()))
+        self.assertEqual(self.successResultOf(results[2]), {"event": {"seq": 3},
+                                                           "created": False})
+        self.failureResultOf(results[4], DeliveryFailed)
+        self.assertEqual((http.posts[3][0], http.posts[3][1]["id"]),
+                         ("http://n3/internal/v1/notifications", "f3"))
+        http.posts[3][2].callback(FakeResponse(201, b'{"created": true}'))
+        self.successResultOf(results[3])
+        http.posts[1][2].errback(ConnectionRefusedError("down"))
+        self.failureResultOf(results[1], DeliveryFailed)
+        self.assertEqual((client._queues, client._inFlight), ({}, {}))
