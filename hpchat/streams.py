@@ -190,17 +190,27 @@ class Streams(Service):
     def groupOf(self, name: str) -> int:
         return groupOf(name, self.groups)
 
+    def _current(self, name: str) -> Stream | None:
+        """
+        The loaded L{Stream} called C{name} if this node still owns it, else C{None}.
+        """
+        stream = self._streams.get(name)
+        if stream is None:
+            return None
+        if self._ownership.tokenFor(stream.group) == stream.token:
+            stream.lastUsed = self._clock.seconds()
+            return stream
+        self._drop(stream, StreamUnavailable(f"group {stream.group} is no longer owned here"))
+        return None
+
     def get(self, name: str) -> defer.Deferred:
         """
         The L{Stream} called C{name}, loaded from the store if needed. Fails with
         L{StreamUnavailable} when this node does not own its group.
         """
-        stream = self._streams.get(name)
+        stream = self._current(name)
         if stream is not None:
-            if self._ownership.tokenFor(stream.group) == stream.token:
-                stream.lastUsed = self._clock.seconds()
-                return defer.succeed(stream)
-            self._drop(stream, StreamUnavailable(f"group {stream.group} is no longer owned here"))
+            return defer.succeed(stream)
         follower: defer.Deferred = defer.Deferred()
         followers = self._loading.get(name)
         if followers is not None:
@@ -264,10 +274,8 @@ class Streams(Service):
         Append a conversation message; fires with C{(event, created)} once it is durable, where
         C{created} is False for a repeated C{clientId} (the original message is returned).
         """
-        # A sender that goes away does not stop the write: others will see the message.
-        return shield(defer.ensureDeferred(self._append(
-            name, "message", sender, {"text": text}, clientId=clientId,
-            key=("c", sender, clientId) if clientId is not None else None)), "a send")
+        return self._append(name, "message", sender, {"text": text}, clientId=clientId,
+                            key=("c", sender, clientId) if clientId is not None else None)
 
     def appendNotification(self, user: str, stream: str, notificationId: str, type: str,
                            sender: str | None, data: Mapping[str, Any]) -> defer.Deferred:
@@ -275,13 +283,32 @@ class Streams(Service):
         Append a notification to an inbox stream, at most once per C{notificationId}; fires
         with C{(event, created)} once durable.
         """
-        return shield(defer.ensureDeferred(self._append(
-            stream, type, sender, dict(data), eventId=notificationId,
-            key=("n", notificationId))), "a notification")
+        return self._append(stream, type, sender, dict(data), eventId=notificationId,
+                            key=("n", notificationId))
 
-    async def _append(self, name: str, type: str, sender: str | None, data: dict,
-                      clientId: str | None = None, eventId: str | None = None,
-                      key: tuple | None = None) -> tuple[Event, bool]:
+    def _append(self, name: str, type: str, sender: str | None, data: dict,
+                clientId: str | None = None, eventId: str | None = None,
+                key: tuple | None = None) -> defer.Deferred:
+        # A caller that goes away does not stop the write: others will see the event.
+        stream = self._current(name)
+        if stream is not None and (key is None or stream.complete or key in stream.inFlight
+                                   or stream.findInMemory(key) is not None):
+            # The common case, decided from memory alone.
+            try:
+                d = self._appendTo(stream, type, sender, data, clientId, eventId, key)
+            except Exception:
+                d = defer.fail()
+        else:
+            d = defer.ensureDeferred(self._appendLoading(name, type, sender, data, clientId,
+                                                         eventId, key))
+        return shield(d, "an append")
+
+    async def _appendLoading(self, name: str, type: str, sender: str | None, data: dict,
+                             clientId: str | None, eventId: str | None,
+                             key: tuple | None) -> tuple[Event, bool]:
+        """
+        L{_append} when the stream is to be loaded or a duplicate looked up in the store.
+        """
         stream = await self.get(name)
         if key is not None:
             duplicate = await self._findDuplicate(stream, key)
@@ -289,8 +316,33 @@ class Streams(Service):
                 return duplicate, False
         if self._streams.get(name) is not stream:
             # Dropped while we looked for a duplicate: start again on the current state.
-            return await self._append(name, type, sender, data, clientId, eventId, key)
-        event = Event(stream=name, seq=stream.nextSeq, id=eventId or uuid.uuid4().hex,
+            return await self._appendLoading(name, type, sender, data, clientId, eventId, key)
+        return await self._write(stream, type, sender, data, clientId, eventId, key)
+
+    def _appendTo(self, stream: Stream, type: str, sender: str | None, data: dict,
+                  clientId: str | None, eventId: str | None,
+                  key: tuple | None) -> defer.Deferred:
+        """
+        Append to a loaded stream whose duplicates (if C{key}) are all known in memory.
+        """
+        if key is not None:
+            found = stream.findInMemory(key)
+            if found is not None:
+                return defer.succeed((found, False))
+            followers = stream.inFlight.get(key)
+            if followers is not None:
+                follower: defer.Deferred = defer.Deferred()
+                followers.append(follower)
+                return follower.addCallback(lambda event: (event, False))
+        return self._write(stream, type, sender, data, clientId, eventId, key)
+
+    def _write(self, stream: Stream, type: str, sender: str | None, data: dict,
+               clientId: str | None, eventId: str | None, key: tuple | None) -> defer.Deferred:
+        """
+        Queue a new event on C{stream}; fires with C{(event, True)} once it is durable and
+        visible.
+        """
+        event = Event(stream=stream.name, seq=stream.nextSeq, id=eventId or uuid.uuid4().hex,
                       group=stream.group, type=type, sender=sender, ts=self._clock.seconds(),
                       client_id=clientId, data=data)
         durable = self._persister.enqueue(event, stream.token)
@@ -299,19 +351,23 @@ class Streams(Service):
         followers: list[defer.Deferred] = []
         if key is not None:
             stream.inFlight[key] = followers
-        try:
-            await durable
-        except Exception as e:
+
+        def written(_):
+            stream.inFlight.pop(key, None)
+            self._commit(stream, event)
+            for follower in followers:
+                follower.callback(event)
+            return event, True
+
+        def failed(failure):
             stream.inFlight.pop(key, None)
             for follower in followers:
-                follower.errback(e)
-            self._drop(stream, StreamUnavailable(f"write to {name} failed: {e}"))
-            raise
-        stream.inFlight.pop(key, None)
-        self._commit(stream, event)
-        for follower in followers:
-            follower.callback(event)
-        return event, True
+                follower.errback(failure.value)
+            self._drop(stream, StreamUnavailable(f"write to {stream.name} failed: "
+                                                 f"{failure.value}"))
+            return failure
+
+        return durable.addCallbacks(written, failed)
 
     async def _findDuplicate(self, stream: Stream, key: tuple) -> Event | None:
         """
@@ -403,7 +459,15 @@ class Streams(Service):
         version differs from C{typingVersion} (when given), or C{timeout} seconds have passed.
         Cancelling the Deferred forgets the waiter.
         """
-        return self.get(name).addCallback(self._poll, after, typingVersion, timeout)
+        stream = self._current(name)
+        if stream is None:
+            return self.get(name).addCallback(self._poll, after, typingVersion, timeout)
+        # Loaded (nearly always): no Deferred for the stream itself.
+        try:
+            result = self._poll(stream, after, typingVersion, timeout)
+        except Exception:
+            return defer.fail()
+        return result if isinstance(result, defer.Deferred) else defer.succeed(result)
 
     def _poll(self, stream: Stream, after: int | None, typingVersion: int | None,
               timeout: float):
