@@ -37,8 +37,13 @@ class InternalUnauthorized(Exception):
 
 class DeliveryFailed(Exception):
     """
-    The owner did not take the notification; the caller requeues it.
+    The owner did not take the notification; the caller requeues it. C{status} is the
+    owner's HTTP answer, if it gave one.
     """
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class InternalAuth:
@@ -167,6 +172,11 @@ class InternalClient:
         try:
             code, answer = await self._post(target, body)
         except DeliveryFailed as e:
+            if e.status in (400, 413):
+                # A node of an earlier release takes one notification per call.
+                for notification, d in batch:
+                    await self._settle(d, self._deliverOne(target, notification))
+                return
             for _, d in batch:
                 d.errback(DeliveryFailed(str(e)))
             return
@@ -223,7 +233,8 @@ class InternalClient:
             location = response.headers.getRawHeaders(b"location", [b""])[0].decode()
             if location:
                 return 307, location
-        raise DeliveryFailed(f"{target} answered {response.code}: {raw[:200]!r}")
+        raise DeliveryFailed(f"{target} answered {response.code}: {raw[:200]!r}",
+                             status=response.code)
 
     async def _deliverOne(self, target: str, notification) -> dict:
         for _ in range(self.maxRedirects + 1):

@@ -264,3 +264,21 @@ class InternalClientTests(SynchronousTestCase):
         http.posts[1][2].errback(ConnectionRefusedError("down"))
         self.failureResultOf(results[1], DeliveryFailed)
         self.assertEqual((client._queues, client._inFlight), ({}, {}))
+
+    def test_nodeTakingOneAtATime(self):
+        """
+        A node that refuses a batch as a bad request (an earlier release) gets its
+        notifications one per call.
+        """
+        http = HeldHTTP()
+        client = self.client(http)
+        notifications = [Notification(f"f{i}", "bob", "flirt", "alice", {}) for i in range(4)]
+        results = [client.deliver("http://n2", n) for n in notifications]
+        for post in http.posts[:2]:
+            post[2].callback(FakeResponse(201, b'{"created": true}'))
+        http.posts[2][2].callback(FakeResponse(400, b'{"error": {}}'))
+        http.posts[3][2].callback(FakeResponse(201, b'{"created": true}'))
+        http.posts[4][2].callback(FakeResponse(201, b'{"created": true}'))
+        self.assertEqual([p[1].get("id") for p in http.posts], ["f0", "f1", None, "f2", "f3"])
+        for result in results:
+            self.assertEqual(self.successResultOf(result), {"created": True})
