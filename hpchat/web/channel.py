@@ -134,7 +134,8 @@ class HotChannel(http.HTTPChannel):
             # Pipelined behind the request being answered.
             self._held.append(data)
             self._heldSize += len(data)
-            if self._heldSize > MAX_HELD and not self._readingPaused:
+            if self._heldSize > MAX_HELD:
+                # Again each time: twisted.web may resume reading when its writes drain.
                 self._readingPaused = True
                 self.transport.pauseProducing()
             return
@@ -173,7 +174,9 @@ class HotChannel(http.HTTPChannel):
                 if found is None:
                     super().dataReceived(data)
                     return
-                if headers.get(b"connection", b"").lower() == b"close":
+                connection = headers.get(b"connection")
+                if connection is not None and b"close" in connection.lower().replace(
+                        b",", b" ").split():
                     self.persistent = False
                 if site.cors is not None:
                     site.cors.apply(request)

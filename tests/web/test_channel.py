@@ -194,7 +194,7 @@ class ChannelTests(SynchronousTestCase):
         """
         channel, transport = self.connect()
         channel.dataReceived(self.get(f"/v1/conversations/{CID}/events?timeout=0",
-                                      b"Connection: close\r\n"))
+                                      b"Connection: keep-alive, Close\r\n"))
         [(status, headers, _)] = parseAnswers(transport.value())
         self.assertEqual((status, headers[b"connection"]), (200, b"close"))
         self.assertTrue(transport.disconnecting)
