@@ -22,6 +22,9 @@ from twisted.web import http
 from hpchat import metrics
 
 MAX_HEAD = 16384
+# A hot request whose body is still arriving is waited for up to this size; beyond it
+# twisted.web takes it (the API's bodies are at most 64 KiB, a batch between nodes 900 KiB).
+MAX_PARTIAL = 128 * 1024
 # Pipelined requests held back while the current one is answered, before reading pauses.
 MAX_HELD = 0x4000
 _RESPONSES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason
@@ -79,13 +82,20 @@ class HotRequest:
         self.code = code
 
 
+INCOMPLETE = "incomplete"
+
+
 def parseHead(data: bytes):
     """
-    Parse the request at the start of C{data} if it is whole and plain: C{(method, target,
-    headers, body, rest)}, or C{None} to leave it to twisted.web.
+    Parse the request at the start of C{data} if its head is whole and plain: C{(method,
+    target, headers, body, rest)}, where C{body} is C{None} while not all of it has arrived
+    (and it is at most L{MAX_PARTIAL}); L{INCOMPLETE} while the head has not; C{None} to leave
+    it to twisted.web.
     """
     end = data.find(b"\r\n\r\n")
-    if end < 0 or end > MAX_HEAD:
+    if end < 0:
+        return INCOMPLETE if len(data) <= MAX_HEAD else None
+    if end > MAX_HEAD:
         return None
     lines = data[:end].split(b"\r\n")
     first = lines[0].split(b" ")
@@ -108,7 +118,9 @@ def parseHead(data: bytes):
     start = end + 4
     stop = start + int(length)
     if len(data) < stop:
-        return None
+        if stop > MAX_PARTIAL:
+            return None
+        return first[0], first[1], headers, None, b""
     return first[0], first[1], headers, data[start:stop], data[stop:]
 
 
@@ -128,6 +140,9 @@ class HotChannel(http.HTTPChannel):
         self._held: list[bytes] = []
         self._heldSize = 0
         self._readingPaused = False
+        # The start of a request that has not all arrived yet (clients often write the head
+        # and the body separately).
+        self._partial = b""
 
     def dataReceived(self, data):
         if self._request is not None:
@@ -139,6 +154,8 @@ class HotChannel(http.HTTPChannel):
                 self._readingPaused = True
                 self.transport.pauseProducing()
             return
+        if self._partial:
+            data, self._partial = self._partial + data, b""
         if not self._idle():
             return super().dataReceived(data)
         self.resetTimeout()
@@ -162,17 +179,23 @@ class HotChannel(http.HTTPChannel):
         try:
             while data:
                 parsed = parseHead(data)
+                if parsed is INCOMPLETE:
+                    self._partial = data
+                    return
                 request = found = None
                 if parsed is not None:
                     method, target, headers, body, rest = parsed
                     path, _, query = target.partition(b"?")
                     request = HotRequest(method, target, path,
                                          http.parse_qs(query, 1) if query else {}, headers,
-                                         body)
+                                         body or b"")
                     if method != b"OPTIONS":
                         found = site.hot.find(request)
                 if found is None:
                     super().dataReceived(data)
+                    return
+                if body is None:
+                    self._partial = data
                     return
                 connection = headers.get(b"connection")
                 if connection is not None and b"close" in connection.lower().replace(

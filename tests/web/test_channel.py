@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from hpchat import metrics
-from hpchat.web.channel import HotChannel, parseHead
+from hpchat.web.channel import INCOMPLETE, MAX_PARTIAL, HotChannel, parseHead
 from hpchat.web.site import HPChatSite, _resources
 from tests.web.fakes import Harness
 
@@ -123,23 +123,41 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual([a[0] for a in answers], [200, 200, 200])
         self.assertEqual(json.loads(answers[2][2]), {"messages": [], "has_more": False})
 
-    def test_splitRequestGoesThroughTwistedWeb(self):
+    def test_requestSplitOverReads(self):
         """
-        A request split over reads is parsed by twisted.web and answered the same.
+        A hot request that arrives in pieces (head and body written apart) is answered in
+        the lane once whole; a request for another route in pieces is twisted.web's.
         """
         channel, transport = self.connect()
         data = self.post(f"/v1/conversations/{CID}/messages", {"text": "hi"})
         channel.dataReceived(data[:30])
         channel.dataReceived(data[30:-3])
+        self.assertEqual(self.h.streams._streams, {})
+        self.assertEqual(channel._partial, data[:-3])
         channel.dataReceived(data[-3:])
         self.h.settle()
         [(status, headers, body)] = parseAnswers(transport.value())
         self.assertEqual((status, json.loads(body)["message"]["text"]), (201, "hi"))
-        # The next request on the connection goes through the lane again.
+        self.assertEqual(channel.requests, [])
+        login = b"POST /v1/dev/login HTTP/1.1\r\nContent-Length: 13\r\n\r\n" + b'{"user":"al"}'
+        channel.dataReceived(login[:40])
+        channel.dataReceived(login[40:-5])
+        channel.dataReceived(login[-5:])
         channel.dataReceived(self.get(f"/v1/conversations/{CID}/events?after=0"))
         answers = parseAnswers(transport.value())
-        self.assertEqual(len(answers), 2)
-        self.assertEqual(json.loads(answers[1][2])["last_seq"], 1)
+        self.assertEqual([a[0] for a in answers], [201, 404, 200])
+        self.assertEqual(json.loads(answers[2][2])["last_seq"], 1)
+
+    def test_largeBodyGoesThroughTwistedWeb(self):
+        """
+        A hot request whose body is over MAX_PARTIAL is left to twisted.web (here: 413).
+        """
+        channel, transport = self.connect()
+        data = self.post(f"/v1/conversations/{CID}/messages", {"text": "x" * MAX_PARTIAL})
+        for start in range(0, len(data), 4096):
+            channel.dataReceived(data[start:start + 4096])
+        [(status, _, body)] = parseAnswers(transport.value())
+        self.assertEqual((status, json.loads(body)["error"]["code"]), (413, "too_large"))
 
     def test_otherRoutesGoThroughKlein(self):
         """
@@ -252,8 +270,6 @@ class ParseHeadTests(SynchronousTestCase):
         Anything not whole or not plain is C{None}: twisted.web parses it.
         """
         for data in [
-            b"GET / HTTP/1.1\r\nHost: x\r\n",  # headers not complete
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n{}",  # body not complete
             b"GET / HTTP/1.0\r\n\r\n",
             b"GET http://x/ HTTP/1.1\r\n\r\n",
             b"GET  / HTTP/1.1\r\n\r\n",
@@ -265,5 +281,15 @@ class ParseHeadTests(SynchronousTestCase):
             b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
             b"GET / HTTP/1.1\r\nX: " + b"y" * 17000 + b"\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: " + b"y" * 17000,
+            b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n{" % (MAX_PARTIAL + 1),
         ]:
             self.assertIsNone(parseHead(data), data[:60])
+
+    def test_notAllThereYet(self):
+        """
+        A head not complete yet is INCOMPLETE; a body not complete yet is C{None}.
+        """
+        self.assertIs(parseHead(b"GET / HTTP/1.1\r\nHost: x\r\n"), INCOMPLETE)
+        self.assertEqual(parseHead(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n{}"),
+                         (b"POST", b"/", {b"content-length": b"5"}, None, b""))
