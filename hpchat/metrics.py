@@ -21,36 +21,33 @@ PlatformCollector(registry=REGISTRY)
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+
+def _counting(counter):
+    """
+    A function that adds one to C{counter} for the given label values; each labelled child
+    is looked up once (C{labels()} takes a lock and builds a key on every call).
+    """
+    children: dict = {}
+
+    def count(*values) -> None:
+        child = children.get(values)
+        if child is None:
+            child = children[values] = counter.labels(*(str(v) for v in values))
+        child.inc()
+
+    return count
+
+
 requests = Counter("hpchat_http_requests", "HTTP requests answered, by route and status",
                    ["route", "status"], registry=REGISTRY)
-_requestCounters: dict = {}
-
-
-def countRequest(route: str, status: int) -> None:
-    """
-    Count one answered request (the labelled child is looked up once per route and status).
-    """
-    counter = _requestCounters.get((route, status))
-    if counter is None:
-        counter = _requestCounters[route, status] = requests.labels(route, str(status))
-    counter.inc()
-
-
 waitingPolls = Gauge("hpchat_waiting_polls", "Long-polls currently waiting", registry=REGISTRY)
 redirects = Counter("hpchat_redirects", "Requests redirected to the owner of their group",
                     registry=REGISTRY)
 messagesCommitted = Counter("hpchat_messages_committed",
                             "Events made durable, by stream kind", ["kind"], registry=REGISTRY)
-_committedCounters: dict = {}
-
-
-def countCommitted(kind: str) -> None:
-    counter = _committedCounters.get(kind)
-    if counter is None:
-        counter = _committedCounters[kind] = messagesCommitted.labels(kind)
-    counter.inc()
-
-
+#: countRequest(route, status) and countCommitted(kind), for the hot path.
+countRequest = _counting(requests)
+countCommitted = _counting(messagesCommitted)
 persistBatchSize = Histogram("hpchat_persist_batch_size", "Events per persisted batch",
                              buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
                              registry=REGISTRY)

@@ -196,7 +196,8 @@ class BatchPersister(Service):
         def done(result):
             if self._flushing is d:
                 self._flushing = None
-            # Group commit: what queued up while this batch was written goes next, at once.
+            # After a refused or failed batch, what is still queued goes next, at once (a
+            # written batch starts the next one itself, in _written).
             if (self._queue and self._kick is None and self._flushing is None
                     and self._accepting and self._clock.seconds() >= self._retryAt):
                 self._kick = self._clock.callLater(0, self._kicked)

@@ -10,6 +10,7 @@ always C{{"error": {"code", "message"}}} with the documented status; never a tra
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -73,6 +74,15 @@ def _json(request, status: int, body: Any) -> bytes:
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@functools.cache
+def _page() -> bytes:
+    """
+    The chat page, read from disk once (not on the reactor thread for every visit).
+    """
+    with open(os.path.join(STATIC, "index.html"), "rb") as f:
+        return f.read()
 
 
 def _route(request, name: str) -> None:
@@ -408,8 +418,7 @@ class ChatAPI:
         _route(request, "page")
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        with open(os.path.join(STATIC, "index.html"), "rb") as f:
-            return f.read()
+        return _page()
 
     @app.route("/static/", branch=True, methods=["GET"])
     def static(self, request):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from io import BytesIO
 
+from twisted.logger import Logger
 from twisted.web import http
 
 from hpchat import metrics
@@ -131,6 +132,7 @@ class HotChannel(http.HTTPChannel):
     The site gives C{hot} (the L{HotRoutes}) and C{cors} (a L{CORSPolicy} or C{None}).
     """
 
+    log = Logger()
     _call = None
     _request: HotRequest | None = None
     _serving = False
@@ -189,7 +191,7 @@ class HotChannel(http.HTTPChannel):
                     request = HotRequest(method, target, path,
                                          http.parse_qs(query, 1) if query else {}, headers,
                                          body or b"")
-                    if method != b"OPTIONS":
+                    if method != b"OPTIONS" and site.hot is not None:
                         found = site.hot.find(request)
                 if found is None:
                     super().dataReceived(data)
@@ -205,7 +207,7 @@ class HotChannel(http.HTTPChannel):
                     site.cors.apply(request)
                 self._request = request
                 call = site.hot.call(request, found)
-                call.addCallback(self._answer, request)
+                call.addCallback(self._answer, request).addErrback(self._answerFailed)
                 if self._request is not None:
                     # Waiting (a long-poll, a send until durable).
                     self._call = call
@@ -242,6 +244,12 @@ class HotChannel(http.HTTPChannel):
         self.resetTimeout()
         if not self._serving:
             self._resumeHeld()
+
+    def _answerFailed(self, failure) -> None:
+        # A bug in writing the answer: the client cannot get one, so it is disconnected.
+        self.log.failure("writing an answer failed", failure)
+        self._request = self._call = None
+        self.transport.abortConnection()
 
     def _send(self, data: bytes) -> None:
         """

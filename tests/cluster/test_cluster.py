@@ -9,7 +9,7 @@ import math
 import os
 import signal
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from hpchat.streamids import groupOf

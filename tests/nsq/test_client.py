@@ -10,10 +10,8 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -27,6 +25,7 @@ from hpchat.nsq.client import (
 from hpchat.nsq.commands import NSQError
 from hpchat.nsq.framing import FRAME_TYPE_ERROR, FRAME_TYPE_MESSAGE, Frame, Message
 from hpchat.nsq.protocol import NSQMessage
+from tests.nsq.wire import Wire
 
 ID1 = b"0000000000000001"
 OK = Frame(0, b"OK").encode()
@@ -52,7 +51,7 @@ class MemoryEndpoint:
         return d
 
 
-class Connection:
+class Connection(Wire):
     """
     One accepted connection: the protocol (as ClientService wraps it) and its transport.
     """
@@ -60,17 +59,6 @@ class Connection:
     def __init__(self, protocol: Any, transport: StringTransport) -> None:
         self.protocol = protocol
         self.transport = transport
-
-    def receive(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
-
-    def written(self) -> bytes:
-        data = self.transport.value()
-        self.transport.clear()
-        return data
-
-    def lose(self) -> None:
-        self.protocol.connectionLost(Failure(ConnectionDone()))
 
 
 class ServiceTestCase(SynchronousTestCase):

@@ -12,7 +12,6 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from hpchat.nsq import commands
@@ -33,6 +32,7 @@ from hpchat.nsq.protocol import (
     UnexpectedResponse,
     defaultRequeueDelay,
 )
+from tests.nsq.wire import Wire
 
 ID1 = b"0000000000000001"
 ID2 = b"0000000000000002"
@@ -56,7 +56,7 @@ OK = response(b"OK")
 HEARTBEAT = response(b"_heartbeat_")
 
 
-class ProtocolTestCase(SynchronousTestCase):
+class ProtocolTestCase(Wire, SynchronousTestCase):
     """
     Builds a connected L{NSQProtocol} and reads what it wrote.
     """
@@ -94,17 +94,6 @@ class ProtocolTestCase(SynchronousTestCase):
         self.receive(OK)
         self.successResultOf(d)
         return p
-
-    def receive(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
-
-    def written(self) -> bytes:
-        data = self.transport.value()
-        self.transport.clear()
-        return data
-
-    def lose(self) -> None:
-        self.protocol.connectionLost(Failure(ConnectionDone()))
 
     def tearDown(self) -> None:
         if not hasattr(self, "protocol"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from twisted.internet import defer
 from twisted.trial import unittest
 
 from hpchat.storage.base import StoreBusy, StoreError

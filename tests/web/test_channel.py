@@ -231,6 +231,21 @@ class ChannelTests(SynchronousTestCase):
         self.h.clock.advance(20)
         self.assertEqual(transport.value(), b"")
 
+    def test_failureWritingAnAnswerDropsTheConnection(self):
+        """
+        Should writing an answer fail, the failure is logged and the connection dropped
+        rather than left waiting.
+        """
+        channel, transport = self.connect()
+
+        def broken(data):
+            raise RuntimeError("broken")
+
+        channel._send = broken
+        channel.dataReceived(self.get(f"/v1/conversations/{CID}/events?timeout=0"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(transport.disconnecting)
+
     def test_corsHeadersInTheLane(self):
         """
         With CORS configured, an allowed origin gets its headers on lane answers too.
