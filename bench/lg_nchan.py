@@ -22,14 +22,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from lg_node import freePort  # noqa: E402
+from lg_node import TempServer, runLoadgen, splitArgs  # noqa: E402
 
 MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
 
@@ -41,19 +40,18 @@ def nginxBinary() -> str:
     raise SystemExit("lg_nchan: no nginx; apt-get install -y nginx-light libnginx-mod-nchan")
 
 
-class Nchan:
+class Nchan(TempServer):
     """
-    A temporary nginx + Nchan; use as a context manager. C{pid} is the worker's.
+    A temporary nginx + Nchan. C{pid} is the worker's.
     """
+
+    name = "lg_nchan"
 
     def __init__(self, keep=False, timeout=25, shm="256M"):
         if not os.path.exists(MODULE):
             raise SystemExit(f"lg_nchan: {MODULE} missing; apt-get install -y "
                              "libnginx-mod-nchan")
-        self.keep = keep
-        self.folder = tempfile.mkdtemp(prefix="hpchat-nchan-")
-        self.port = freePort()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(keep, "hpchat-nchan-")
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         nofile = hard if hard != resource.RLIM_INFINITY else 65536
         with open(os.path.join(HERE, "nchan", "nginx.conf.template")) as f:
@@ -66,8 +64,6 @@ class Nchan:
         with open(self.conf, "w") as f:
             f.write(text)
         self.log = os.path.join(self.folder, "error.log")
-        self.proc = None
-        self.failed = False
 
     def __enter__(self):
         out = open(os.path.join(self.folder, "stdout.log"), "wb")
@@ -130,24 +126,9 @@ class Nchan:
             except OSError:
                 pass
 
-    def __exit__(self, *exc):
-        self.stop()
-        if exc[0] is not None or self.failed:
-            self._dumpLog()
-        if not self.keep:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        else:
-            sys.stderr.write(f"lg_nchan: kept {self.folder}\n")
-        return False
-
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--" in argv:
-        i = argv.index("--")
-        own, rest = argv[:i], argv[i + 1:]
-    else:
-        own, rest = argv, []
+    own, rest = splitArgs(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--keep", action="store_true", help="keep nginx's folder (conf, logs)")
     p.add_argument("--shm", default="256M", help="nchan_max_reserved_memory")
@@ -155,12 +136,8 @@ def main(argv=None) -> int:
     with Nchan(args.keep, shm=args.shm) as server:
         sys.stderr.write(f"lg_nchan: nginx master {server.masterPid}, worker {server.pid} at "
                          f"{server.url} (folder {server.folder})\n")
-        command = [sys.executable, os.path.join(HERE, "loadgen.py"), "--target", "nchan",
-                   "--url", server.url, "--node-pid", str(server.pid)] + rest
-        code = subprocess.call(command)
-        if code != 0:
-            server.failed = True
-        return code
+        return runLoadgen(server, ["--target", "nchan", "--url", server.url,
+                                   "--node-pid", str(server.pid)] + rest)
 
 
 if __name__ == "__main__":

@@ -68,22 +68,67 @@ def writeIni(folder: str, port: int, settings: list[str]) -> str:
     return path
 
 
-class Node:
+class TempServer:
     """
-    A temporary node process; use as a context manager.
+    A server in a temporary folder for one benchmark run, used as a context manager:
+    subclasses start it in C{__enter__} and give C{stop()} and C{_dumpLog()}. On exit it is
+    stopped, its log shown if anything failed, and its folder removed unless C{keep}.
     """
 
-    def __init__(self, settings=(), keep=False, wrapper=()):
-        self.settings = list(settings)
+    name = "server"
+
+    def __init__(self, keep: bool, prefix: str):
         self.keep = keep
-        self.wrapper = list(wrapper)
-        self.folder = tempfile.mkdtemp(prefix="hpchat-bench-")
+        self.folder = tempfile.mkdtemp(prefix=prefix)
         self.port = freePort()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.ini = writeIni(self.folder, self.port, self.settings)
-        self.log = os.path.join(self.folder, "node.log")
         self.proc = None
         self.failed = False
+
+    def __exit__(self, *exc):
+        self.stop()
+        if exc[0] is not None or self.failed:
+            self._dumpLog()
+        if not self.keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:
+            sys.stderr.write(f"{self.name}: kept {self.folder}\n")
+        return False
+
+
+def splitArgs(argv):
+    """
+    A runner's own arguments and, after C{--}, the load generator's.
+    """
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def runLoadgen(server: TempServer, args: list[str]) -> int:
+    """
+    Run bench/loadgen.py with C{args} against C{server}; a failed run marks it failed.
+    """
+    code = subprocess.call([sys.executable, os.path.join(HERE, "loadgen.py")] + args)
+    if code != 0:
+        server.failed = True
+    return code
+
+
+class Node(TempServer):
+    """
+    A temporary node process.
+    """
+
+    name = "lg_node"
+
+    def __init__(self, settings=(), keep=False, wrapper=()):
+        super().__init__(keep, "hpchat-bench-")
+        self.settings = list(settings)
+        self.wrapper = list(wrapper)
+        self.ini = writeIni(self.folder, self.port, self.settings)
+        self.log = os.path.join(self.folder, "node.log")
 
     def __enter__(self):
         logFile = open(self.log, "wb")
@@ -130,24 +175,9 @@ class Node:
         except OSError:
             pass
 
-    def __exit__(self, *exc):
-        self.stop()
-        if exc[0] is not None or self.failed:
-            self._dumpLog()
-        if not self.keep:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        else:
-            sys.stderr.write(f"lg_node: kept {self.folder}\n")
-        return False
-
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--" in argv:
-        i = argv.index("--")
-        own, rest = argv[:i], argv[i + 1:]
-    else:
-        own, rest = argv, []
+    own, rest = splitArgs(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--node-setting", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra ini setting for the node, e.g. chat.max_poll_timeout=60")
@@ -157,12 +187,8 @@ def main(argv=None) -> int:
     args = p.parse_args(own)
     with Node(args.node_setting, args.keep, args.wrap.split()) as node:
         sys.stderr.write(f"lg_node: node pid {node.pid} at {node.url} (folder {node.folder})\n")
-        command = [sys.executable, os.path.join(HERE, "loadgen.py"), "--url", node.url,
-                   "--config", node.ini, "--node-pid", str(node.pid)] + rest
-        code = subprocess.call(command)
-        if code != 0:
-            node.failed = True
-        return code
+        return runLoadgen(node, ["--url", node.url, "--config", node.ini,
+                                 "--node-pid", str(node.pid)] + rest)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,34 @@ class Worker:
 
     # -- polls
 
+    async def backOff(self, backoff: float) -> float:
+        """
+        Wait about C{backoff} seconds (jittered); the next, doubled delay (at most 5 s).
+        """
+        await asyncio.sleep(backoff * (0.5 + self.rng.random()))
+        return min(5.0, backoff * 2)
+
+    async def pollConnection(self, conn, addr, prefix: str, backoff: float):
+        """
+        C{(connection, backoff)}: C{conn} while it is open to C{addr}, else a new one. The
+        connection is C{None} after a failed attempt (once backed off) or when the run ended.
+        """
+        if conn is not None and not conn.closed and conn.addr == addr:
+            return conn, backoff
+        if conn is not None:
+            conn.close()
+            self.pollConns.discard(conn)
+        try:
+            conn = await connect(self.loop, addr, self.spec["connect_timeout"], self.localHost())
+        except HTTPFailure as e:
+            self.error(prefix + e.kind)
+            return None, await self.backOff(backoff)
+        if not self.running:
+            conn.close()
+            return None, backoff
+        self.pollConns.add(conn)
+        return conn, backoff
+
     async def pollLoop(self, user: User, inbox: bool) -> None:
         if self.nchan:
             return await self.nchanPollLoop(user)
@@ -205,23 +233,9 @@ class Worker:
         backoff = 0.25
         while self.running:
             addr = self.owner.get(stream, user.entry)
-            if conn is None or conn.closed or conn.addr != addr:
-                if conn is not None:
-                    conn.close()
-                    self.pollConns.discard(conn)
-                try:
-                    conn = await connect(self.loop, addr, self.spec["connect_timeout"],
-                                         self.localHost())
-                except HTTPFailure as e:
-                    self.error(prefix + e.kind)
-                    conn = None
-                    await asyncio.sleep(backoff * (0.5 + self.rng.random()))
-                    backoff = min(5.0, backoff * 2)
-                    continue
-                if not self.running:
-                    conn.close()
-                    return
-                self.pollConns.add(conn)
+            conn, backoff = await self.pollConnection(conn, addr, prefix, backoff)
+            if conn is None:
+                continue
             path = base if after is None else f"{base}&after={after}"
             data = encodeRequest("GET", path, self.hostHeader(addr), user.auth)
             self.outstanding += 1
@@ -234,8 +248,7 @@ class Worker:
                 self.outstanding -= 1
                 if self.running:
                     self.error(prefix + e.kind)
-                    await asyncio.sleep(backoff * (0.5 + self.rng.random()))
-                    backoff = min(5.0, backoff * 2)
+                    backoff = await self.backOff(backoff)
                 conn = None
                 continue
             self.outstanding -= 1
@@ -286,22 +299,9 @@ class Worker:
         prefix = "poll_"
         while self.running:
             addr = user.entry
-            if conn is None or conn.closed:
-                if conn is not None:
-                    self.pollConns.discard(conn)
-                try:
-                    conn = await connect(self.loop, addr, self.spec["connect_timeout"],
-                                         self.localHost())
-                except HTTPFailure as e:
-                    self.error(prefix + e.kind)
-                    conn = None
-                    await asyncio.sleep(backoff * (0.5 + self.rng.random()))
-                    backoff = min(5.0, backoff * 2)
-                    continue
-                if not self.running:
-                    conn.close()
-                    return
-                self.pollConns.add(conn)
+            conn, backoff = await self.pollConnection(conn, addr, prefix, backoff)
+            if conn is None:
+                continue
             data = encodeRequest("GET", path, self.hostHeader(addr), cursor)
             self.outstanding += 1
             if first:
@@ -313,8 +313,7 @@ class Worker:
                 self.outstanding -= 1
                 if self.running:
                     self.error(prefix + e.kind)
-                    await asyncio.sleep(backoff * (0.5 + self.rng.random()))
-                    backoff = min(5.0, backoff * 2)
+                    backoff = await self.backOff(backoff)
                 conn = None
                 continue
             self.outstanding -= 1
