@@ -96,6 +96,37 @@ class HTTPConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """
+    The limits of DESIGN §9 (the C{[limits]} section), each counted in metrics.
+
+    Per connection: C{max_head_bytes} and C{max_headers} (431), C{max_target_bytes} (414),
+    C{max_body_bytes} (413 from Content-Length before reading; C{max_internal_body_bytes} on
+    C{/internal/} routes between nodes), C{head_timeout} (a whole request head),
+    C{body_timeout} (a whole body), C{idle_timeout} (a kept-alive connection between requests;
+    suspended while a long-poll waits). Per node: C{max_connections} (503 C{overloaded} past
+    it), C{max_streams} (streams in memory, least recently used evicted). Per user: token
+    buckets for sends and typing (429 C{rate_limited}), C{max_polls_per_user} waiting at once.
+    """
+
+    max_head_bytes: int = 16384
+    max_headers: int = 100
+    max_target_bytes: int = 8192
+    max_body_bytes: int = 65536
+    max_internal_body_bytes: int = 4 * 1024 * 1024
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    max_connections: int = 18000
+    max_streams: int = 100000
+    sends_per_second: float = 10.0
+    sends_burst: int = 20
+    typing_per_second: float = 5.0
+    typing_burst: int = 10
+    max_polls_per_user: int = 8
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     node: NodeConfig
@@ -105,6 +136,7 @@ class Config:
     cluster: ClusterConfig | None = None
     nsq: NSQConfig | None = None
     http: HTTPConfig = HTTPConfig()
+    limits: LimitsConfig = LimitsConfig()
     extra: dict = field(default_factory=dict)
 
 
@@ -206,7 +238,7 @@ def _readSecret(section: _Section, baseDir: str) -> bytes:
     return secretBytes
 
 
-_KNOWN_SECTIONS = {"node", "chat", "storage", "auth", "cluster", "nsq", "http"}
+_KNOWN_SECTIONS = {"node", "chat", "storage", "auth", "cluster", "nsq", "http", "limits"}
 
 
 def parseConfig(text: str, path: str = "<config>") -> Config:
@@ -332,8 +364,30 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
     http = HTTPConfig(cors_origins=origins)
     s.checkNoUnknownKeys()
 
+    s = section("limits")
+    d = LimitsConfig()
+    limits = LimitsConfig(
+        max_head_bytes=s.integer("max_head_bytes", d.max_head_bytes, 1024, 1 << 20),
+        max_headers=s.integer("max_headers", d.max_headers, 8, 1000),
+        max_target_bytes=s.integer("max_target_bytes", d.max_target_bytes, 256, 1 << 20),
+        max_body_bytes=s.integer("max_body_bytes", d.max_body_bytes, 1024, 64 << 20),
+        max_internal_body_bytes=s.integer("max_internal_body_bytes",
+                                          d.max_internal_body_bytes, 1024, 256 << 20),
+        head_timeout=s.number("head_timeout", d.head_timeout, 0.1, 3600),
+        body_timeout=s.number("body_timeout", d.body_timeout, 0.1, 3600),
+        idle_timeout=s.number("idle_timeout", d.idle_timeout, 0.1, 86400),
+        max_connections=s.integer("max_connections", d.max_connections, 1, 10_000_000),
+        max_streams=s.integer("max_streams", d.max_streams, 16, 100_000_000),
+        sends_per_second=s.number("sends_per_second", d.sends_per_second, 0.01, 1e6),
+        sends_burst=s.integer("sends_burst", d.sends_burst, 1, 1_000_000),
+        typing_per_second=s.number("typing_per_second", d.typing_per_second, 0.01, 1e6),
+        typing_burst=s.integer("typing_burst", d.typing_burst, 1, 1_000_000),
+        max_polls_per_user=s.integer("max_polls_per_user", d.max_polls_per_user, 1, 100_000),
+    )
+    s.checkNoUnknownKeys()
+
     return Config(path=path, node=node, chat=chat, storage=storage, auth=auth,
-                  cluster=cluster, nsq=nsq, http=http)
+                  cluster=cluster, nsq=nsq, http=http, limits=limits)
 
 
 def loadConfig(path: str) -> Config:

@@ -75,3 +75,10 @@ nsqEvents = Counter("hpchat_nsq", "NSQ client events (published, consumed, finis
 malformedNotifications = Counter("hpchat_notifications_malformed",
                                  "Notification bodies that were not valid (FINed)",
                                  registry=REGISTRY)
+limited = Counter("hpchat_limited", "Requests or connections refused by a [limits] limit, by "
+                  "limit (head_bytes, headers, target_bytes, body_bytes, head_timeout, "
+                  "body_timeout, connections, sends, typing, polls_per_user, ...)", ["limit"],
+                  registry=REGISTRY)
+countLimited = _counting(limited)
+loopFailures = Counter("hpchat_loop_failures", "Exceptions caught in a periodic loop's body, by "
+                       "loop (the loop goes on)", ["loop"], registry=REGISTRY)
