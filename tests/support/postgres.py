@@ -105,16 +105,7 @@ class PostgresProcess:
         if not self._initialised:
             # initdb takes a second or two: off the reactor thread.
             await threads.deferToThread(self._initdb)
-        log = open(self.logPath, "ab")
-        try:
-            self._process = subprocess.Popen(
-                [os.path.join(self.binaries, "postgres"), "-D", self.dataDir,
-                 "-p", str(self.port), "-k", self.baseDir, "-c", "listen_addresses=127.0.0.1",
-                 "-c", "fsync=on", "-c", "max_connections=100", "-c", "shared_buffers=32MB"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.baseDir, close_fds=True, **_runAs())
-        finally:
-            log.close()
+        self._spawn()
         try:
             await waitFor(self._accepting, self.startTimeout, "postgres to accept connections",
                           interval=0.1)
@@ -125,6 +116,38 @@ class PostgresProcess:
             await threads.deferToThread(self._createDatabase)
             self._initialised = True
         return self
+
+    def startBlocking(self) -> "PostgresProcess":
+        """
+        L{start} for programs without a running reactor (the benchmarks).
+        """
+        import time
+
+        if not self._initialised:
+            self._initdb()
+        self._spawn()
+        deadline = time.monotonic() + self.startTimeout
+        while not self._probe():
+            if not self.running() or time.monotonic() > deadline:
+                self.kill()
+                raise PostgresStartError(f"postgres did not start; log:\n{self.logTail()}")
+            time.sleep(0.1)
+        if not self._initialised:
+            self._createDatabase()
+            self._initialised = True
+        return self
+
+    def _spawn(self) -> None:
+        log = open(self.logPath, "ab")
+        try:
+            self._process = subprocess.Popen(
+                [os.path.join(self.binaries, "postgres"), "-D", self.dataDir,
+                 "-p", str(self.port), "-k", self.baseDir, "-c", "listen_addresses=127.0.0.1",
+                 "-c", "fsync=on", "-c", "max_connections=100", "-c", "shared_buffers=32MB"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.baseDir, close_fds=True, **_runAs())
+        finally:
+            log.close()
 
     def _accepting(self):
         if self._process is None or self._process.poll() is not None:
