@@ -3,6 +3,7 @@
 Run the load generator against a fresh, temporary hpchat node on the embedded default.
 
   python bench/lg_node.py [--node-setting chat.max_poll_timeout=60] -- -c 1000 -r 100
+  python bench/lg_node.py --postgresql -- -c 1000 -r 100    # the node on a temporary PostgreSQL
 
 Writes an ini in a temporary folder (a free loopback port, [storage] path in that folder, a
 random 48-byte [auth] secret), starts `twistd -n --pidfile= hpchat --config FILE` from the
@@ -59,6 +60,8 @@ def writeIni(folder: str, port: int, settings: list[str]) -> str:
         if not name or not _:
             raise SystemExit(f"lg_node: --node-setting wants section.key=value (got {setting!r})")
         sections.setdefault(section, {})[name] = value
+    if sections["storage"].get("backend", "sqlite") != "sqlite":
+        del sections["storage"]["path"]
     path = os.path.join(folder, "node.ini")
     with open(path, "w") as f:
         for section, values in sections.items():
@@ -182,10 +185,29 @@ def main(argv=None) -> int:
     p.add_argument("--node-setting", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra ini setting for the node, e.g. chat.max_poll_timeout=60")
     p.add_argument("--keep", action="store_true", help="keep the node's folder (ini, db, log)")
+    p.add_argument("--postgresql", action="store_true",
+                   help="run the node on a temporary PostgreSQL server started for the run")
     p.add_argument("--wrap", default="",
                    help="command prefix for the node, e.g. 'pyinstrument -o prof.html' ")
     args = p.parse_args(own)
-    with Node(args.node_setting, args.keep, args.wrap.split()) as node:
+    if args.postgresql:
+        sys.path.insert(0, ROOT)
+        from tests.support.postgres import PostgresProcess, findBinaries
+
+        binaries = findBinaries()
+        if binaries is None:
+            raise SystemExit("lg_node: --postgresql needs PostgreSQL (apt-get install postgresql)")
+        server = PostgresProcess(binaries).startBlocking()
+        try:
+            return run(args.node_setting + ["storage.backend=postgresql",
+                                            f"storage.dsn={server.dsn}"], args, rest)
+        finally:
+            server.stopNow()
+    return run(args.node_setting, args, rest)
+
+
+def run(settings: list[str], args, rest: list[str]) -> int:
+    with Node(settings, args.keep, args.wrap.split()) as node:
         sys.stderr.write(f"lg_node: node pid {node.pid} at {node.url} (folder {node.folder})\n")
         return runLoadgen(node, ["--url", node.url, "--config", node.ini,
                                  "--node-pid", str(node.pid)] + rest)

@@ -5,6 +5,8 @@ persister.
 
   python bench/store.py                                   # SQLite, every cell, 5 s each
   python bench/store.py --fdb-cluster-file /etc/foundationdb/fdb.cluster   # and FoundationDB
+  python bench/store.py --postgresql          # and PostgreSQL (a temporary server of its own)
+  python bench/store.py --pg-dsn "host=db dbname=bench user=hpchat"          # or an existing one
 
 Each writer owns one conversation and appends to it in a loop, one event at a time, waiting
 for each to be durable: "direct" calls C{store.append([event], fences)} (one event, one
@@ -177,6 +179,30 @@ async def main(reactor, args):
 
         backends.append(("FoundationDB", fdbStore, fdbCleanup))
 
+    pgServer = None
+    if args.postgresql or args.pg_dsn:
+        from hpchat.storage.postgresql import PostgreSQLStore
+
+        dsn = args.pg_dsn
+        if dsn is None:
+            from tests.support.postgres import PostgresProcess, findBinaries
+
+            binaries = findBinaries()
+            if binaries is None:
+                raise SystemExit("--postgresql: no PostgreSQL server installed "
+                                 "(apt-get install postgresql)")
+            pgServer = PostgresProcess(binaries)
+            await pgServer.start()
+            dsn = pgServer.dsn
+
+        def pgStore(writers):
+            return PostgreSQLStore(reactor, dsn)
+
+        async def pgCleanup(store):
+            await store._write(lambda: store._writer.execute("TRUNCATE events, fences"))
+
+        backends.append(("PostgreSQL", pgStore, pgCleanup))
+
     rows = []
     try:
         for name, makeStore, cleanup in backends:
@@ -190,13 +216,16 @@ async def main(reactor, args):
     finally:
         if not args.dir:
             shutil.rmtree(base, ignore_errors=True)
+        if pgServer is not None:
+            await pgServer.cleanup()
 
     print()
     for line in machine(base if args.dir else os.getcwd()):
         print(line)
     print(f"{PAYLOAD_BYTES}-byte events, {args.seconds:g} s per cell after {args.warmup:g} s "
           f"warm-up; persister batch_size {args.batch_size}, flush_interval "
-          f"{args.flush_interval:g} s; SQLite WAL, synchronous=FULL")
+          f"{args.flush_interval:g} s; SQLite WAL, synchronous=FULL"
+          + ("; PostgreSQL fsync=on, synchronous_commit=on" if pgServer or args.pg_dsn else ""))
     print()
     print("| store | writers | mode | durable appends/s | p50 ms | p99 ms |")
     print("|---|---:|---|---:|---:|---:|")
@@ -224,6 +253,10 @@ def parse(argv=None):
     parser.add_argument("--flush-interval", type=float, default=0.005)
     parser.add_argument("--dir", help="folder for the SQLite files (kept)")
     parser.add_argument("--fdb-cluster-file", help="also run against this FoundationDB cluster")
+    parser.add_argument("--postgresql", action="store_true",
+                        help="also run against a temporary PostgreSQL server started here")
+    parser.add_argument("--pg-dsn", help="also run against this PostgreSQL database (its "
+                                         "events and fences tables are emptied per cell)")
     args = parser.parse_args(argv)
     for mode in args.modes:
         if mode not in ("direct", "persister"):

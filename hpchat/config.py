@@ -56,6 +56,8 @@ class StorageConfig:
     @ivar path: the SQLite file (backend C{sqlite}); None for C{foundationdb}.
     @ivar cluster_file: the FoundationDB cluster file (backend C{foundationdb}), else None.
     @ivar key_prefix: the first element of every FoundationDB key (tuple layer).
+    @ivar dsn: the libpq connection string (backend C{postgresql}), read from C{dsn} or from
+        the file C{dsn_file} (to keep a password out of the ini), else None.
     """
 
     backend: str
@@ -65,6 +67,7 @@ class StorageConfig:
     max_pending: int
     cluster_file: str | None = None
     key_prefix: str = "hpchat"
+    dsn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ class Config:
 
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_STORAGE_BACKENDS = ("sqlite", "foundationdb")
+_STORAGE_BACKENDS = ("sqlite", "postgresql", "foundationdb")
 FDB_MAX_TEXT_CHARS = 16000
 _KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _NSQ_NAME = re.compile(r"^[.a-zA-Z0-9_-]{1,64}(#ephemeral)?$")
@@ -238,6 +241,37 @@ def _readSecret(section: _Section, baseDir: str) -> bytes:
     return secretBytes
 
 
+def _readDsn(section: _Section, baseDir: str) -> str:
+    dsn = section.raw("dsn", "")
+    dsnFile = section.raw("dsn_file", "")
+    if dsn and dsnFile:
+        raise section.error("dsn_file", "give either dsn or dsn_file, not both")
+    key = "dsn"
+    if dsnFile:
+        key = "dsn_file"
+        fullPath = os.path.join(baseDir, dsnFile)
+        try:
+            with open(fullPath, encoding="utf-8") as f:
+                dsn = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            reason = getattr(e, "strerror", None) or "not UTF-8 text"
+            raise section.error("dsn_file", f"cannot be read: {reason} ({fullPath})") from None
+    if not dsn:
+        raise section.error("dsn", "is required with backend = postgresql (or dsn_file), "
+                                   "e.g. host=db.internal dbname=hpchat user=hpchat")
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return dsn
+    try:
+        conninfo_to_dict(dsn)
+    except Exception as e:
+        # The message of a bad DSN names no secret: it says which part could not be read.
+        raise section.error(key, f"is not a valid libpq connection string: "
+                                 f"{str(e).splitlines()[0] if str(e) else 'invalid'}") from None
+    return dsn
+
+
 _KNOWN_SECTIONS = {"node", "chat", "storage", "auth", "cluster", "nsq", "http", "limits"}
 
 
@@ -284,13 +318,22 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
     s = section("storage")
     backend = s.text("backend", "sqlite", lambda v: v in _STORAGE_BACKENDS,
                      " or ".join(_STORAGE_BACKENDS))
-    storagePath = clusterFile = None
+    storagePath = clusterFile = dsn = None
     keyPrefix = "hpchat"
+    if backend != "postgresql":
+        for key in ("dsn", "dsn_file"):
+            if s.raw(key, ""):
+                raise s.error(key, "is only for backend = postgresql")
     if backend == "sqlite":
         storagePath = os.path.join(baseDir, s.raw("path", "var/hpchat.sqlite3"))
         for key in ("cluster_file", "key_prefix"):
             if s.raw(key, ""):
                 raise s.error(key, "is only for backend = foundationdb")
+    elif backend == "postgresql":
+        for key in ("path", "cluster_file", "key_prefix"):
+            if s.raw(key, ""):
+                raise s.error(key, "is not an option of backend = postgresql (use dsn)")
+        dsn = _readDsn(s, baseDir)
     else:
         if s.raw("path", ""):
             raise s.error("path", "is only for backend = sqlite (use cluster_file)")
@@ -312,11 +355,12 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
         path=storagePath,
         # SQLite's cost is per transaction (its commit), so it takes bigger batches;
         # FoundationDB keeps a default batch within one transaction's limits.
-        batch_size=s.integer("batch_size", 1000 if backend == "sqlite" else 100, 1, 10000),
+        batch_size=s.integer("batch_size", 100 if backend == "foundationdb" else 1000, 1, 10000),
         flush_interval=s.number("flush_interval", 0.005, 0.0005, 10),
         max_pending=s.integer("max_pending", 10000, 1, 10_000_000),
         cluster_file=clusterFile,
         key_prefix=keyPrefix,
+        dsn=dsn,
     )
     s.checkNoUnknownKeys()
 

@@ -29,6 +29,13 @@ class Overloaded(Exception):
     """
 
 
+class StoreUnavailable(StoreError):
+    """
+    The store failed the last batch and is being retried: new events are refused until it
+    takes one again, so that senders hear it at once instead of waiting on a dead store.
+    """
+
+
 class PersisterStopped(Exception):
     """
     The persister is stopping or stopped and takes no new events.
@@ -130,10 +137,13 @@ class BatchPersister(Service):
     def enqueue(self, event: Event, token: int) -> defer.Deferred:
         """
         Queue C{event}, written under fence C{token}; the result fires with the event once it
-        is durable. Raises L{Overloaded} when C{maxPending} events are waiting.
+        is durable. Raises L{Overloaded} when C{maxPending} events are waiting, and
+        L{StoreUnavailable} while the store fails the batch at the head of the queue.
         """
         if not self._accepting:
             raise PersisterStopped("the node is shutting down")
+        if self._backoff:
+            raise StoreUnavailable("the event store is failing; the last batch is being retried")
         if len(self._queue) >= self.maxPending:
             metrics.overloaded.inc()
             raise Overloaded(f"{len(self._queue)} events are waiting to be written")

@@ -145,7 +145,7 @@ class ConfigTests(SynchronousTestCase):
             (MINIMAL + "[storage]\nbackend = sqlite\nkey_prefix = p\n",
              "[storage] key_prefix: is only for backend = foundationdb"),
             (MINIMAL + "[storage]\nbackend = oracle\n",
-             "[storage] backend: must be sqlite or foundationdb (got 'oracle')"),
+             "[storage] backend: must be sqlite or postgresql or foundationdb (got 'oracle')"),
             (fdb + "cluster_file = c\nclusterfile = d\n", "[storage] clusterfile: is not a known"),
             (MINIMAL + "[chat]\nmax_text_chars = 20000\n" + fdb[len(MINIMAL):]
              + "cluster_file = c\n", "[chat] max_text_chars: must be at most 16000"),
@@ -155,3 +155,35 @@ class ConfigTests(SynchronousTestCase):
             self.assertIn(expected, message, text)
             self.assertNotIn("\n", message)
         parseConfig(MINIMAL + "[chat]\nmax_text_chars = 20000\n")
+
+    def test_postgresqlBackend(self):
+        """
+        backend = postgresql takes a libpq dsn, or dsn_file (relative to the config file) to
+        keep a password out of the ini; one of the two is required, the other keys of other
+        backends are refused, and a dsn that libpq cannot read is named.
+        """
+        pg = MINIMAL + "[storage]\nbackend = postgresql\n"
+        config = parseConfig(pg + "dsn = host=db.internal dbname=hpchat user=hpchat\n")
+        self.assertEqual((config.storage.backend, config.storage.dsn, config.storage.path,
+                          config.storage.batch_size),
+                         ("postgresql", "host=db.internal dbname=hpchat user=hpchat", None, 1000))
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, "dsn"), "w") as f:
+            f.write("host=db password=s3cret dbname=hpchat\n")
+        config = parseConfig(pg + "dsn_file = dsn\n", os.path.join(folder, "hpchat.ini"))
+        self.assertEqual(config.storage.dsn, "host=db password=s3cret dbname=hpchat")
+        cases = [
+            (pg, "[storage] dsn: is required with backend = postgresql"),
+            (pg + "dsn = host=a\ndsn_file = b\n", "[storage] dsn_file: give either dsn or"),
+            (pg + "dsn_file = /nonexistent/dsn\n", "[storage] dsn_file: cannot be read"),
+            (pg + "dsn = host=a\npath = x.db\n", "[storage] path: is not an option of backend"),
+            (pg + "dsn = host='unterminated\n", "[storage] dsn: is not a valid libpq"),
+            (MINIMAL + "[storage]\ndsn = host=a\n", "[storage] dsn: is only for backend = "
+                                                     "postgresql"),
+        ]
+        for text, expected in cases:
+            message = str(self.error(text))
+            self.assertIn(expected, message, text)
+            self.assertNotIn("\n", message)
+            self.assertNotIn("s3cret", message)

@@ -97,6 +97,28 @@ class PersisterTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).seq, 1)
         self.assertEqual(len(self.appends()), 1)
 
+    def test_refusesNewEventsWhileTheStoreFails(self):
+        """
+        While the batch at the head is being retried after a store error, new events are
+        refused at once with StoreUnavailable (a StoreError: the API answers 503 with
+        Retry-After) and nothing of them is queued; the queued ones are still written once
+        the store takes them, and new events are taken again after that.
+        """
+        from hpchat.persister import StoreUnavailable
+
+        self.store.failNext(1)
+        queued = self.persister.enqueue(ev(1), 1)
+        self.clock.advance(0.01)
+        self.assertNoResult(queued)
+        self.assertRaises(StoreUnavailable, self.persister.enqueue, ev(2), 1)
+        self.assertTrue(issubclass(StoreUnavailable, StoreError))
+        self.assertEqual(self.persister.pending, 1)
+        self.clock.advance(0.05)
+        self.assertEqual(self.successResultOf(queued).seq, 1)
+        later = self.persister.enqueue(ev(2), 1)
+        self.clock.advance(0.01)
+        self.assertEqual(self.successResultOf(later).seq, 2)
+
     def test_fenceRejectionFailsTheGroupOnly(self):
         """
         A fence rejection fails every queued event of that group and reports the group lost;

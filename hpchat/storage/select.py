@@ -31,6 +31,13 @@ def checkStorage(config: Config) -> None:
                               f"cannot create folder {folder}: {e.strerror}") from None
         if not os.access(folder, os.W_OK):
             raise ConfigError(config.path, "storage", "path", f"folder {folder} is not writable")
+    elif storage.backend == "postgresql":
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise ConfigError(config.path, "storage", "backend",
+                              "postgresql needs psycopg 3: pip install 'hpchat[postgresql]'") \
+                from None
     elif storage.backend == "foundationdb":
         checkFoundationDB(config)
     else:
@@ -71,6 +78,10 @@ def makeStore(config: Config, reactor):
         from hpchat.storage.fdb import FoundationDBStore
 
         return FoundationDBStore(reactor, storage.cluster_file, keyPrefix=storage.key_prefix)
+    if storage.backend == "postgresql":
+        from hpchat.storage.postgresql import PostgreSQLStore
+
+        return PostgreSQLStore(reactor, storage.dsn)
     if storage.backend == "sqlite":
         from hpchat.storage.sqlite import SQLiteStore
 

@@ -523,11 +523,13 @@ class ChatAPI:
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request):
         _route(request, "readyz")
-        checks = {"store": bool(self._store.ready), "ownership": bool(self._ownership.ready()),
-                  "accepting": not self.draining}
+        storeProblem = getattr(self._store, "notReadyReason", None)
+        checks = {"store": bool(self._store.ready) and storeProblem is None,
+                  "ownership": bool(self._ownership.ready()), "accepting": not self.draining}
         if all(checks.values()):
             return _json(request, 200, {"status": "ready", "checks": checks})
-        failing = ", ".join(k for k, v in checks.items() if not v)
+        failing = ", ".join(k if k != "store" or not storeProblem else f"store ({storeProblem})"
+                            for k, v in checks.items() if not v)
         return _json(request, 503, {"error": {"code": "unavailable",
                                               "message": f"not ready: {failing}"},
                                     "checks": checks})

@@ -1,6 +1,8 @@
 """
-A real cluster for tests: one etcd and several C{twistd hpchat} nodes sharing one SQLite file,
-and a client that behaves like a browser of the site (follows redirects, re-sends the token,
+A real cluster for tests: one etcd and several C{twistd hpchat} nodes on one store (a
+database of its own on a real PostgreSQL server, as machines of a real deployment would share;
+or, with C{store="sqlite"}, one SQLite file, which only nodes on one machine can share), and a
+client that behaves like a browser of the site (follows redirects, re-sends the token,
 retries on 503 and on a dead node).
 """
 
@@ -30,7 +32,7 @@ def token(user: str, ttl: int = 3600) -> str:
 class Cluster:
     def __init__(self, testcase, size: int = 3, groups: int = GROUPS, leaseTtl: int = LEASE_TTL,
                  fenceMargin: float = 1.0, slack: int = 1, nsq: bool = False,
-                 sections: dict[str, dict[str, str]] | None = None):
+                 sections: dict[str, dict[str, str]] | None = None, store: str = "postgresql"):
         self.testcase = testcase
         # Extra ini sections (or keys) given to every node, e.g. {"auth": {"dev_login": "true"}}.
         self.sections = sections or {}
@@ -44,12 +46,20 @@ class Cluster:
         self.workdir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.workdir)
         self.dbPath = os.path.join(self.workdir, "shared.sqlite3")
+        if store not in ("postgresql", "sqlite"):
+            raise ValueError(f"unknown store {store!r}")
+        self.store = store
+        self.dsn: str | None = None
         self.nodes: list[Node] = []
         self.etcd = None
         self.http = HTTP()
         self.client = ClusterClient(self)
 
     async def start(self) -> "Cluster":
+        if self.store == "postgresql":
+            from tests.support.postgres import freshDatabase
+
+            self.dsn = await freshDatabase(self.testcase)
         self.etcd = await startEtcd(self.testcase)
         if self.withNSQ:
             from tests.support.nsqd import NSQD
@@ -73,6 +83,8 @@ class Cluster:
         }
         if self.nsqd is not None:
             sections["nsq"] = {"nsqd_tcp": self.nsqd.tcpAddress, "topic": TOPIC}
+        if self.dsn is not None:
+            sections["storage"] = {"backend": "postgresql", "dsn": self.dsn}
         for name, values in self.sections.items():
             sections.setdefault(name, {}).update(values)
         node = Node(self.workdir, f"n{len(self.nodes) + 1}", dbPath=self.dbPath,

@@ -94,6 +94,9 @@ class Node:
         }
         for name, values in self.sections.items():
             config.setdefault(name, {}).update(values)
+        if config["storage"].get("backend", "sqlite") != "sqlite":
+            # Another store: no SQLite file.
+            config["storage"].pop("path", None)
         with open(self.configPath, "w") as f:
             for name, values in config.items():
                 f.write(f"[{name}]\n")

@@ -1,0 +1,373 @@
+# -*- test-case-name: tests.storage.test_postgresql -*-
+"""
+The event store for a cluster of several machines on PostgreSQL (psycopg 3).
+
+One writer connection on its own thread takes every batch in one transaction: the fences of
+the batch's groups are raised (or found higher, and the batch rejected) by one upsert that
+holds their rows locked until the commit, then the events go in with one statement. Reads use
+a second connection on a second thread, so the reactor thread never waits on the network.
+
+A connection that breaks (the server restarted, the network dropped) makes the call fail
+with L{StoreError}; the next call connects again, so the persister's retries bring the node
+back by itself when the server returns. C{notReadyReason} says why while it is away.
+
+C{ready} is True from a successful L{open} until L{close}; C{notReadyReason} is None while
+the server answers, else why not.
+
+The schema is created at first open and versioned in C{hpchat_schema}; a database of a newer
+version than this code knows is refused rather than written wrongly.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Sequence
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from hpchat.storage.base import (
+    Event,
+    FenceRejected,
+    IEventStore,
+    StoreError,
+    StreamConflict,
+    StreamSnapshot,
+)
+from hpchat.storage.worker import ThreadWorker
+
+SCHEMA_VERSION = 1
+
+# Each step takes the schema from version i to i + 1; all run in one transaction.
+_MIGRATIONS = [
+    """
+    CREATE TABLE events (
+        stream    TEXT             NOT NULL,
+        seq       BIGINT           NOT NULL,
+        id        TEXT             NOT NULL,
+        grp       INTEGER          NOT NULL,
+        type      TEXT             NOT NULL,
+        sender    TEXT,
+        ts        DOUBLE PRECISION NOT NULL,
+        client_id TEXT,
+        data      TEXT             NOT NULL,
+        PRIMARY KEY (stream, seq)
+    );
+    CREATE UNIQUE INDEX events_by_id ON events (stream, id);
+    CREATE UNIQUE INDEX events_by_client_id ON events (stream, sender, client_id)
+        WHERE client_id IS NOT NULL;
+    CREATE TABLE fences (
+        grp   INTEGER PRIMARY KEY,
+        token BIGINT  NOT NULL
+    );
+    """,
+]
+
+_COLUMNS = "stream, seq, id, grp, type, sender, ts, client_id, data"
+
+# One statement for every group of a batch: raise each stored token to ours unless it is
+# higher, and say what is stored afterwards. The rows stay locked until the commit, so two
+# writers of one group are serialised and the loser sees the winner's token.
+_RAISE_FENCES = (
+    "INSERT INTO fences (grp, token) SELECT * FROM unnest(%s::integer[], %s::bigint[]) "
+    "ON CONFLICT (grp) DO UPDATE SET token = GREATEST(fences.token, excluded.token) "
+    "RETURNING grp, token"
+)
+_INSERT_BATCH = (
+    f"INSERT INTO events ({_COLUMNS}) SELECT * FROM unnest(%s::text[], %s::bigint[], "
+    "%s::text[], %s::integer[], %s::text[], %s::text[], %s::double precision[], %s::text[], "
+    "%s::text[])"
+)
+
+
+def _row(row: tuple) -> Event:
+    stream, seq, id, grp, type, sender, ts, client_id, data = row
+    return Event(stream=stream, seq=seq, id=id, group=grp, type=type, sender=sender, ts=ts,
+                 client_id=client_id, data=json.loads(data))
+
+
+class SchemaTooNew(StoreError):
+    """
+    The database was set up by a newer version of hpchat.
+    """
+
+
+@implementer(IEventStore)
+class PostgreSQLStore:
+    """
+    L{IEventStore} on one PostgreSQL database given by a libpq C{dsn}.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, dsn: str, connectTimeout: float = 5.0,
+                 statementTimeout: float = 10.0):
+        self._reactor = reactor
+        self._dsn = dsn
+        self._connectTimeout = connectTimeout
+        self._statementTimeout = statementTimeout
+        self.ready = False
+        self.notReadyReason: str | None = None
+        self._writer: Any = None
+        self._reader: Any = None
+        self._writerThread = ThreadWorker(reactor, "hpchat-pg-writer")
+        self._readerThread = ThreadWorker(reactor, "hpchat-pg-reader")
+
+    # -- connections (store threads only)
+
+    def _connect(self):
+        import psycopg
+
+        connection = psycopg.connect(
+            self._dsn, autocommit=True, connect_timeout=max(1, int(self._connectTimeout)),
+            options=f"-c statement_timeout={int(self._statementTimeout * 1000)}",
+            application_name="hpchat")
+        return connection
+
+    def _writerConnection(self):
+        if self._writer is None or self._writer.closed:
+            self._writer = self._connect()
+        return self._writer
+
+    def _readerConnection(self):
+        if self._reader is None or self._reader.closed:
+            self._reader = self._connect()
+        return self._reader
+
+    # -- lifecycle
+
+    def open(self):
+        self._writerThread.start()
+        self._readerThread.start()
+
+        def opened(_):
+            self.ready = True
+            self.notReadyReason = None
+            self.log.info("event store open: PostgreSQL {where}", where=self._where())
+
+        d = self._write(self._migrate)
+        d.addCallback(lambda _: self._read(self._readerConnection))
+        d.addCallback(opened)
+        return d
+
+    def _where(self) -> str:
+        # The DSN without its password.
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            parts = conninfo_to_dict(self._dsn)
+        except Exception:
+            return "(dsn)"
+        return " ".join(f"{k}={v}" for k, v in parts.items() if k != "password")
+
+    def _migrate(self) -> None:
+        db = self._writerConnection()
+        with db.transaction():
+            # One node migrates at a time; the others wait here, then see the new version.
+            db.execute("SELECT pg_advisory_xact_lock(7466294771)")
+            db.execute("CREATE TABLE IF NOT EXISTS hpchat_schema (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM hpchat_schema").fetchone()
+            version = row[0] if row else 0
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(f"postgresql: schema version {version} is newer than this "
+                                   f"hpchat knows ({SCHEMA_VERSION})")
+            for step in range(version, SCHEMA_VERSION):
+                db.execute(_MIGRATIONS[step])
+            if row is None:
+                db.execute("INSERT INTO hpchat_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+            elif version != SCHEMA_VERSION:
+                db.execute("UPDATE hpchat_schema SET version = %s", (SCHEMA_VERSION,))
+
+    def close(self):
+        self.ready = False
+        self.notReadyReason = None
+
+        def closeWriter():
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+        def closeReader():
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+        def stopThreads(result):
+            stopped = defer.gatherResults([self._writerThread.stop(),
+                                           self._readerThread.stop()])
+            return stopped.addCallback(lambda _: result)
+
+        d = self._write(closeWriter)
+        d.addBoth(lambda _: self._read(closeReader))
+        d.addBoth(stopThreads)
+        return d
+
+    # -- thread plumbing
+
+    def _write(self, f: Callable[..., Any], *args):
+        return self._writerThread.submit(self._guard, f, "_writer", *args).addCallbacks(
+            self._reachable, self._unreachable)
+
+    def _read(self, f: Callable[..., Any], *args):
+        return self._readerThread.submit(self._readTwice, f, *args).addCallbacks(
+            self._reachable, self._unreachable)
+
+    def _readTwice(self, f: Callable[..., Any], *args):
+        """
+        A read on a connection that broke since its last use (a server restart) is tried once
+        more on a new one: reads change nothing, so trying again is always safe.
+        """
+        try:
+            return self._guard(f, "_reader", *args)
+        except _Unreachable:
+            return self._guard(f, "_reader", *args)
+
+    def _guard(self, f, which: str, *args):
+        import psycopg
+
+        try:
+            return f(*args)
+        except (FenceRejected, StreamConflict, SchemaTooNew):
+            raise
+        except psycopg.Error as e:
+            connection = getattr(self, which)
+            if connection is None or connection.closed or connection.broken \
+                    or isinstance(e, psycopg.OperationalError):
+                # Connected again by the next call on this thread.
+                if connection is not None:
+                    try:
+                        connection.close()
+                    except psycopg.Error:
+                        pass
+                setattr(self, which, None)
+                raise _Unreachable(f"postgresql: {_firstLine(e)}") from e
+            raise StoreError(f"postgresql: {_firstLine(e)}") from e
+
+    def _reachable(self, result):
+        if self.ready and self.notReadyReason is not None:
+            self.notReadyReason = None
+            self.log.info("event store reachable again")
+        return result
+
+    def _unreachable(self, failure):
+        if failure.check(_Unreachable) and self.ready:
+            if self.notReadyReason is None:
+                self.log.warn("event store unreachable: {error}",
+                              error=failure.getErrorMessage())
+            self.notReadyReason = f"unreachable: {failure.getErrorMessage()}"
+        return failure
+
+    # -- writes (writer thread)
+
+    def claim(self, group: int, token: int, stream: str, recent: int):
+        return self._write(self._claimTxn, group, token, stream, recent)
+
+    def _claimTxn(self, group: int, token: int, stream: str, recent: int) -> StreamSnapshot:
+        db = self._writerConnection()
+        with db.transaction():
+            self._raiseFences(db, {group: token})
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE stream = %s ORDER BY seq DESC LIMIT %s",
+                (stream, recent)).fetchall()
+        lastSeq = rows[0][1] if rows else 0
+        return StreamSnapshot(last_seq=lastSeq, recent=[_row(r) for r in reversed(rows)])
+
+    @staticmethod
+    def _raiseFences(db, fences: dict[int, int]) -> None:
+        """
+        Inside a transaction: raise the stored tokens of C{fences} to ours, or raise
+        L{FenceRejected} (rolling the transaction back) where a higher one is stored.
+        """
+        groups = sorted(fences)
+        stored = db.execute(_RAISE_FENCES, (groups, [fences[g] for g in groups])).fetchall()
+        rejected = sorted(g for g, t in stored if t > fences[g])
+        if rejected:
+            raise FenceRejected(rejected)
+
+    def append(self, events: Sequence[Event], fences: dict[int, int]):
+        missing = {e.group for e in events} - set(fences)
+        if missing:
+            raise ValueError(f"no fence token for groups {sorted(missing)}")
+        columns: list[list] = [[] for _ in range(9)]
+        for e in events:
+            for column, value in zip(columns, (
+                    e.stream, e.seq, e.id, e.group, e.type, e.sender, e.ts, e.client_id,
+                    json.dumps(e.data, separators=(",", ":"), ensure_ascii=False,
+                               allow_nan=False))):
+                column.append(value)
+        return self._write(self._appendTxn, columns, dict(fences))
+
+    def _appendTxn(self, columns: list[list], fences: dict[int, int]) -> None:
+        import psycopg
+
+        db = self._writerConnection()
+        try:
+            with db.transaction():
+                self._raiseFences(db, fences)
+                db.execute(_INSERT_BATCH, columns)
+        except psycopg.errors.UniqueViolation as e:
+            raise StreamConflict(self._conflictingGroups(db, columns), _firstLine(e)) from None
+
+    @staticmethod
+    def _conflictingGroups(db, columns: list[list]) -> list[int]:
+        streams, seqs, ids, groups, _types, senders, _ts, clientIds, _data = columns
+        hit = set()
+        seen: set[tuple] = set()
+        for stream, seq, id, grp, sender, clientId in zip(streams, seqs, ids, groups, senders,
+                                                          clientIds):
+            keys = [("seq", stream, seq), ("id", stream, id)]
+            if clientId is not None:
+                keys.append(("client", stream, sender, clientId))
+            if any(k in seen for k in keys):
+                hit.add(grp)
+            seen.update(keys)
+            row = db.execute(
+                "SELECT 1 FROM events WHERE stream = %s AND (seq = %s OR id = %s OR "
+                "(client_id IS NOT NULL AND sender IS NOT DISTINCT FROM %s AND client_id = %s))"
+                " LIMIT 1", (stream, seq, id, sender, clientId)).fetchone()
+            if row is not None:
+                hit.add(grp)
+        return sorted(hit) or sorted(set(groups))
+
+    # -- reads (reader thread)
+
+    def readAfter(self, stream: str, after: int, limit: int):
+        return self._read(self._select,
+                          f"SELECT {_COLUMNS} FROM events WHERE stream = %s AND seq > %s "
+                          "ORDER BY seq ASC LIMIT %s", (stream, after, limit), False)
+
+    def readBefore(self, stream: str, before: int | None, limit: int):
+        if before is None:
+            before = 2**62
+        return self._read(self._select,
+                          f"SELECT {_COLUMNS} FROM events WHERE stream = %s AND seq < %s "
+                          "ORDER BY seq DESC LIMIT %s", (stream, before, limit), True)
+
+    def findClientId(self, stream: str, sender: str, client_id: str):
+        d = self._read(self._select,
+                       f"SELECT {_COLUMNS} FROM events WHERE stream = %s AND sender = %s "
+                       "AND client_id = %s", (stream, sender, client_id), False)
+        return d.addCallback(lambda events: events[0] if events else None)
+
+    def findEventId(self, stream: str, id: str):
+        d = self._read(self._select,
+                       f"SELECT {_COLUMNS} FROM events WHERE stream = %s AND id = %s",
+                       (stream, id), False)
+        return d.addCallback(lambda events: events[0] if events else None)
+
+    def _select(self, sql: str, params: tuple, reverse: bool) -> list[Event]:
+        rows = self._readerConnection().execute(sql, params).fetchall()
+        if reverse:
+            rows.reverse()
+        return [_row(r) for r in rows]
+
+
+class _Unreachable(StoreError):
+    """
+    The connection to the server broke; the next call connects again.
+    """
+
+
+def _firstLine(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
