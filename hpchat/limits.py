@@ -129,9 +129,18 @@ class ConcurrencyLimit:
         self._counts[key] = count + 1
         return True
 
+    def add(self, key: Hashable) -> None:
+        """
+        Count one more for C{key}, even beyond C{maximum} (see L{exceeded}).
+        """
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def exceeded(self, key: Hashable) -> bool:
+        return self._counts.get(key, 0) > self.maximum
+
     def release(self, key: Hashable) -> None:
         """
-        Count one fewer for C{key} (once per successful L{acquire}).
+        Count one fewer for C{key} (once per successful L{acquire}, once per L{add}).
         """
         count = self._counts.get(key, 0)
         if count <= 1:

@@ -399,26 +399,39 @@ class ChatAPI:
               timeout: float) -> defer.Deferred:
         """
         C{Streams.poll}, counted among C{user}'s polls on this node (conversations and inbox
-        together) until it is answered, times out, fails or is cancelled by a disconnect.
+        together) while it waits: from when it is not answered at once until it is answered,
+        times out, fails or is cancelled by a disconnect. A poll answered at once is never
+        refused; one that would wait beyond C{max_polls_per_user} is withdrawn (nothing is
+        left waiting) and answered 429.
         """
         if self._limits is None:
             return self._streams.poll(stream, after, typingVersion, timeout)
         polls = self._limits.polls
-        if not polls.acquire(user):
-            metrics.countLimited("polls_per_user")
-            raise ApiError(429, "rate_limited",
-                           f"at most {polls.maximum} long-polls may wait at once per user",
-                           {b"retry-after": b"1"})
+        # Counted first and released when answered: one answered at once is counted back
+        # before the check, so only a poll left waiting can be over the cap.
+        polls.add(user)
         try:
             polled = self._streams.poll(stream, after, typingVersion, timeout)
         except BaseException:
             polls.release(user)
             raise
-        return polled.addBoth(self._pollEnded, user)
+        polled.addBoth(self._pollEnded, user)
+        if polls.exceeded(user):
+            polled.addErrback(self._withdrawn)
+            polled.cancel()
+            metrics.countLimited("polls_per_user")
+            raise ApiError(429, "rate_limited",
+                           f"at most {polls.maximum} long-polls may wait at once per user",
+                           {b"retry-after": b"1"})
+        return polled
 
     def _pollEnded(self, result, user: str):
         self._limits.polls.release(user)
         return result
+
+    @staticmethod
+    def _withdrawn(failure) -> None:
+        failure.trap(defer.CancelledError)
 
     @staticmethod
     def _polled(result, request) -> bytes:
