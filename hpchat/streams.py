@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from hpchat import metrics
@@ -176,7 +177,7 @@ class Streams(Service):
         self.onCommitted: list[Callable[[Event], Any]] = []
         # Least recently used first.
         self._streams: OrderedDict[str, Stream] = OrderedDict()
-        self._trimming = None
+        self._trimming: IDelayedCall | None = None
         self._loading: dict[str, defer.Deferred] = {}
         self._evictor: task.LoopingCall | None = None
         self._waiting = 0
