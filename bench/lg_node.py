@@ -53,6 +53,12 @@ def writeIni(folder: str, port: int, settings: list[str]) -> str:
                  "advertise_url": f"http://127.0.0.1:{port}"},
         "storage": {"path": os.path.join(folder, "var", "hpchat.sqlite3")},
         "auth": {"secret": secrets.token_hex(24)},
+        # The load generator's users send and poll faster than people do, and its runs go
+        # past the default connection cap (--node-setting limits.KEY=VALUE measures the node
+        # with other limits).
+        "limits": {"sends_per_second": "1000000", "sends_burst": "1000000",
+                   "typing_per_second": "1000000", "typing_burst": "1000000",
+                   "max_polls_per_user": "100000", "max_connections": "1000000"},
     }
     for setting in settings:
         key, _, value = setting.partition("=")

@@ -4,9 +4,11 @@ Streams in memory: for each conversation or inbox this node serves, its committe
 bounded log of recent events, the long-poll waiters and who is typing.
 
 A stream is loaded from the store on first use (raising the group's fence in the same
-transaction, so a former owner can write nothing more) and evicted when idle. New events get
-the next seq, go to the batch persister, and only once durable become visible: the sender's
-Deferred fires, waiters wake, and the C{onCommitted} hooks run (the notifier listens there).
+transaction, so a former owner can write nothing more) and evicted when idle, or when more
+than C{maxStreams} are loaded (the least recently used first; loaded again on demand). New
+events get the next seq, go to the batch persister, and only once durable become visible: the
+sender's Deferred fires, waiters wake, and the C{onCommitted} hooks run (the notifier listens
+there).
 
 Waiters follow Synapse's notifier: compare cursors before waiting; one Deferred per waiter whose
 canceller deregisters it; a clock timeout cancelled when the waiter is answered.
@@ -17,12 +19,13 @@ This module knows nothing of HTTP, etcd or NSQ.
 from __future__ import annotations
 
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from hpchat import metrics
@@ -31,6 +34,8 @@ from hpchat.storage.base import Event, StreamSnapshot
 from hpchat.streamids import groupOf
 
 MAX_EVENTS_PER_POLL = 100
+#: Streams looked at per turn of the reactor when evicting beyond C{maxStreams}.
+TRIM_BATCH = 1024
 
 
 class StreamUnavailable(Exception):
@@ -143,13 +148,23 @@ class Streams(Service):
     """
     All streams this node serves.
 
+    At most C{maxStreams} (C{None}: no limit) are held in memory: past it, the least recently
+    used are evicted on the next turn of the reactor and loaded again from the store when
+    next asked for. A stream with long-polls waiting, writes in flight or someone typing is
+    never evicted, so the cap is soft while more than C{maxStreams} are busy. Evicting on a
+    later turn, not during a load, keeps every stream handed out by L{get} in memory for the
+    rest of the turn, so the caller's waiter or typing mark lands on the live stream.
+
     @ivar onCommitted: callables run with each event once it is durable.
     """
 
     log = Logger()
 
     def __init__(self, clock, store, persister, ownership, groups: int,
-                 historyInMemory: int = 200, typingTtl: float = 6.0, idleEvict: float = 300.0):
+                 historyInMemory: int = 200, typingTtl: float = 6.0, idleEvict: float = 300.0,
+                 maxStreams: int | None = None):
+        if maxStreams is not None and maxStreams < 1:
+            raise ValueError("maxStreams must be at least 1")
         self._clock = clock
         self._store = store
         self._persister = persister
@@ -158,8 +173,11 @@ class Streams(Service):
         self.historyInMemory = historyInMemory
         self.typingTtl = typingTtl
         self.idleEvict = idleEvict
+        self.maxStreams = maxStreams
         self.onCommitted: list[Callable[[Event], Any]] = []
-        self._streams: dict[str, Stream] = {}
+        # Least recently used first.
+        self._streams: OrderedDict[str, Stream] = OrderedDict()
+        self._trimming: IDelayedCall | None = None
         self._loading: dict[str, defer.Deferred] = {}
         self._evictor: task.LoopingCall | None = None
         self._waiting = 0
@@ -180,6 +198,9 @@ class Streams(Service):
         super().stopService()
         if self._evictor is not None and self._evictor.running:
             self._evictor.stop()
+        if self._trimming is not None and self._trimming.active():
+            self._trimming.cancel()
+        self._trimming = None
         # Waiting polls are answered now so that their clients retry elsewhere or later.
         for stream in list(self._streams.values()):
             self._drop(stream, StreamUnavailable("this node is shutting down"))
@@ -199,6 +220,7 @@ class Streams(Service):
             return None
         if self._ownership.tokenFor(stream.group) == stream.token:
             stream.lastUsed = self._clock.seconds()
+            self._streams.move_to_end(name)
             return stream
         self._drop(stream, StreamUnavailable(f"group {stream.group} is no longer owned here"))
         return None
@@ -235,6 +257,9 @@ class Streams(Service):
             raise StreamUnavailable(f"group {group} changed hands while loading {name}")
         stream = Stream(name, group, token, snapshot, self.historyInMemory, self._clock.seconds())
         self._streams[name] = stream
+        if self.maxStreams is not None and len(self._streams) > self.maxStreams \
+                and self._trimming is None and self.running:
+            self._trimming = self._clock.callLater(0, self._trimLater)
         return stream
 
     def dropGroups(self, groups) -> None:
@@ -256,16 +281,57 @@ class Streams(Service):
         for waiter in list(stream.waiters):
             self._finishWaiter(stream, waiter).errback(reason)
 
+    @staticmethod
+    def _evictable(stream: Stream) -> bool:
+        """
+        Nothing of C{stream} lives only in memory: no waiters, no writes in flight (with or
+        without a dedupe key), no typing marks.
+        """
+        return (not stream.waiters and not stream.inFlight and not stream.typing
+                and stream.nextSeq == stream.lastSeq + 1)
+
     def _evictIdle(self):
         try:
             cutoff = self._clock.seconds() - self.idleEvict
             idle = [s for s in self._streams.values()
-                    if s.lastUsed < cutoff and not s.waiters and not s.inFlight and not s.typing
-                    and s.nextSeq == s.lastSeq + 1]
+                    if s.lastUsed < cutoff and self._evictable(s)]
             for stream in idle:
                 del self._streams[stream.name]
+            self._trim()
         except Exception:
             self.log.failure("evicting idle streams failed")
+
+    def _trim(self) -> bool:
+        """
+        Evict the least recently used streams beyond C{maxStreams}, looking at no more than
+        C{TRIM_BATCH}. Busy ones are passed over and moved to the recently used end, so that
+        the next trim does not look at them first, and a node whose streams are all busy does
+        not scan them all on every load. Returns True when some were evicted and the node is
+        still over the cap (another batch may get further).
+        """
+        if self.maxStreams is None:
+            return False
+        streams = self._streams
+        evicted = 0
+        for _ in range(TRIM_BATCH):
+            if len(streams) <= self.maxStreams:
+                return False
+            name, stream = next(iter(streams.items()))
+            if self._evictable(stream):
+                del streams[name]
+                evicted += 1
+                metrics.countLimited("streams_evicted")
+            else:
+                streams.move_to_end(name)
+        return evicted > 0 and len(streams) > self.maxStreams
+
+    def _trimLater(self) -> None:
+        self._trimming = None
+        try:
+            if self._trim() and self.running:
+                self._trimming = self._clock.callLater(0, self._trimLater)
+        except Exception:
+            self.log.failure("evicting the least recently used streams failed")
 
     # -- writing
 

@@ -96,6 +96,7 @@ def buildNode(config, reactor) -> MultiService:
     from hpchat.groups import SingleNodeOwnership
     from twisted.internet import defer
 
+    from hpchat.limits import UserLimits
     from hpchat.notify import InboxRouter, InProcessNotifier
     from hpchat.persister import BatchPersister
     from hpchat.storage.service import StoreService
@@ -145,7 +146,8 @@ def buildNode(config, reactor) -> MultiService:
 
     streams = Streams(reactor, store, persister, ownership, groups=config.chat.groups,
                       historyInMemory=config.chat.history_in_memory,
-                      typingTtl=config.chat.typing_ttl, idleEvict=config.chat.idle_evict)
+                      typingTtl=config.chat.typing_ttl, idleEvict=config.chat.idle_evict,
+                      maxStreams=config.limits.max_streams)
     streams.setServiceParent(node)
     persister.onGroupsLost = lambda groups, error: streams.dropGroups(groups)
     ownership.subscribeLost(streams.dropGroups)
@@ -164,7 +166,8 @@ def buildNode(config, reactor) -> MultiService:
             consumer.setServiceParent(node)
 
     api = ChatAPI(streams, ownership, Authenticator(config.auth.secret, reactor), store,
-                  config.chat, persister, internalAuth, devLogin=config.auth.dev_login)
+                  config.chat, persister, internalAuth, devLogin=config.auth.dev_login,
+                  limits=UserLimits.fromConfig(reactor, config.limits))
     WebService(api, config.node.listen, reactor,
                corsOrigins=config.http.cors_origins).setServiceParent(node)
     return node

@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
+from hpchat import metrics
 from hpchat.groups import Redirect
 from hpchat.persister import BatchPersister
 from hpchat.storage.base import Event
@@ -19,6 +20,7 @@ CID = "dm:alice:bob"
 
 class StreamsTestCase(SynchronousTestCase):
     history = 5
+    maxStreams: int | None = None
 
     def setUp(self):
         self.clock = task.Clock()
@@ -29,7 +31,7 @@ class StreamsTestCase(SynchronousTestCase):
                                         flushInterval=0.005)
         self.streams = Streams(self.clock, self.store, self.persister, self.ownership,
                                groups=16, historyInMemory=self.history, typingTtl=5,
-                               idleEvict=60)
+                               idleEvict=60, maxStreams=self.maxStreams)
         self.persister.onGroupsLost = lambda groups, e: self.streams.dropGroups(groups)
         self.ownership.subscribeLost(self.streams.dropGroups)
         self.persister.startService()
@@ -319,3 +321,175 @@ class CommitHookTests(StreamsTestCase):
         self.store.release()
         event, created = self.successResultOf(sending)
         self.assertEqual(self.committed, [event])
+
+
+def evicted() -> float:
+    return metrics.REGISTRY.get_sample_value("hpchat_limited_total",
+                                             {"limit": "streams_evicted"}) or 0.0
+
+
+class LeastRecentlyUsedTests(StreamsTestCase):
+    """
+    At most maxStreams in memory: the least recently used evicted, loaded again on demand.
+    """
+
+    maxStreams = 2
+    A, B, C = "dm:alice:bob", "dm:carol:dave", "dm:erin:frank"
+
+    def touch(self, *names: str) -> None:
+        for name in names:
+            self.successResultOf(self.streams.poll(name, None, None, 0))
+
+    def loaded(self) -> list[str]:
+        return list(self.streams._streams)
+
+    def test_leastRecentlyUsedEvictedNextTurn(self):
+        """
+        Loading one stream too many evicts the least recently used one, on the next turn
+        of the reactor (not during the load), and counts it.
+        """
+        before = evicted()
+        self.touch(self.A, self.B, self.C)
+        self.assertEqual(self.loaded(), [self.A, self.B, self.C])
+        self.clock.advance(0)
+        self.assertEqual(self.loaded(), [self.B, self.C])
+        self.assertEqual(evicted() - before, 1)
+
+    def test_useRefreshes(self):
+        """
+        Using a stream makes it the most recently used: another is evicted instead.
+        """
+        self.touch(self.A, self.B, self.A, self.C)
+        self.clock.advance(0)
+        self.assertEqual(self.loaded(), [self.A, self.C])
+
+    def test_waitingPollKeepsItInMemory(self):
+        """
+        A stream with a poll waiting is never evicted (the cap is soft then); it is
+        once the poll has been answered and the cap is enforced again.
+        """
+        waiting = self.streams.poll(self.A, None, None, 30)
+        self.touch(self.B, self.C)
+        self.clock.advance(0)
+        self.assertEqual(self.loaded(), [self.C, self.A])
+        self.sent("wake", stream=self.A)
+        self.assertEqual(len(self.successResultOf(waiting).events), 1)
+        self.touch(self.B)
+        self.clock.advance(0)
+        self.assertEqual(self.loaded(), [self.A, self.B])
+
+    def test_softWhileAllBusy(self):
+        """
+        When every stream is busy, all stay: nothing is lost, nothing counted.
+        """
+        before = evicted()
+        polls = [self.streams.poll(name, None, None, 30) for name in (self.A, self.B, self.C)]
+        self.clock.advance(0)
+        self.assertEqual(sorted(self.loaded()), sorted([self.A, self.B, self.C]))
+        self.assertEqual(evicted(), before)
+        for poll in polls:
+            poll.cancel()
+            self.failureResultOf(poll)
+
+    def test_writeInFlightKeepsItInMemory(self):
+        """
+        A stream with a write not yet durable is not evicted; its event is shown once it is.
+        """
+        self.store.hold()
+        sending = self.streams.send(self.A, "alice", "slow", None)
+        self.touch(self.B, self.C)
+        self.clock.advance(0.005)
+        self.assertIn(self.A, self.loaded())
+        self.store.release()
+        event, _ = self.successResultOf(sending)
+        self.assertEqual(self.successResultOf(self.streams.poll(self.A, 0, None, 0)).events,
+                         [event])
+
+    def test_typingKeepsItInMemory(self):
+        """
+        A stream where someone is typing is not evicted until the mark expires.
+        """
+        self.successResultOf(self.streams.setTyping(self.A, "alice", True))
+        self.touch(self.B, self.C)
+        self.clock.advance(0)
+        self.assertIn(self.A, self.loaded())
+        self.clock.advance(5)
+        self.touch(self.C, self.B)
+        self.clock.advance(0)
+        self.assertEqual(self.loaded(), [self.C, self.B])
+
+    def test_reloadedTransparently(self):
+        """
+        After eviction, the stream is loaded again from the store: a poll with a cursor gets
+        the right events (from memory or, beyond it, from the store), and sends continue the
+        seqs.
+        """
+        sent = [self.sent(f"m{i}", stream=self.A)[0] for i in range(8)]
+        waiting = self.streams.poll(self.A, 8, None, 30)
+        self.touch(self.B, self.C)
+        self.clock.advance(0)
+        self.assertIn(self.A, self.loaded())
+        event, _ = self.sent("m8", stream=self.A)
+        self.assertEqual(self.successResultOf(waiting).events, [event])
+        sent.append(event)
+        self.touch(self.B, self.C)
+        self.clock.advance(0)
+        self.assertNotIn(self.A, self.loaded())
+        beyondMemory = self.successResultOf(self.streams.poll(self.A, 1, None, 30))
+        self.assertEqual([e.seq for e in beyondMemory.events], list(range(2, 10)))
+        self.assertEqual(beyondMemory.events, sent[1:])
+        self.touch(self.B, self.C)
+        self.clock.advance(0)
+        self.assertNotIn(self.A, self.loaded())
+        recent = self.successResultOf(self.streams.poll(self.A, 7, None, 30))
+        self.assertEqual([e.seq for e in recent.events], [8, 9])
+        self.assertEqual(recent.last_seq, 9)
+        self.assertEqual(self.sent("m9", stream=self.A)[0].seq, 10)
+
+    def test_waiterAfterLoadLandsOnTheLiveStream(self):
+        """
+        Nothing is evicted while a load hands its stream to those waiting for it: even when
+        the first of them loads another stream past the cap, the next one's poll waits on
+        the stream that stays in memory, and a later send wakes it.
+        """
+        self.streams.maxStreams = 1
+        claim, slow = self.store.claim, defer.Deferred()
+
+        def slowClaim(group, token, stream, recent):
+            if stream == self.A and not slow.called:
+                return slow.addCallback(lambda _: claim(group, token, stream, recent))
+            return claim(group, token, stream, recent)
+
+        self.store.claim = slowClaim
+        first = self.streams.get(self.A).addCallback(lambda _: self.touch(self.B))
+        waiting = self.streams.poll(self.A, None, None, 30)
+        slow.callback(None)
+        self.successResultOf(first)
+        self.assertEqual(self.loaded(), [self.A, self.B])
+        self.clock.advance(0)
+        self.assertEqual(self.loaded(), [self.A])
+        self.sent("hello", stream=self.A)
+        self.assertEqual([e.data["text"] for e in self.successResultOf(waiting).events],
+                         ["hello"])
+
+    def test_idleEvictStillWorks(self):
+        """
+        Idle eviction goes on under the cap.
+        """
+        self.touch(self.A)
+        self.clock.pump([30] * 4)
+        self.assertEqual(self.loaded(), [])
+
+    def test_stopCancelsAPendingEviction(self):
+        """
+        Stopping the service leaves no eviction on the clock.
+        """
+        self.touch(self.A, self.B, self.C)
+        self.streams.stopService()
+        self.assertEqual([c for c in self.clock.getDelayedCalls()
+                          if "trim" in repr(c.func)], [])
+        self.streams.startService()
+
+    def test_atLeastOne(self):
+        self.assertRaises(ValueError, Streams, self.clock, self.store, self.persister,
+                          self.ownership, groups=16, maxStreams=0)

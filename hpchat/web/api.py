@@ -25,6 +25,7 @@ from werkzeug.routing import RequestRedirect
 
 from hpchat import metrics
 from hpchat.groups import Local, Redirect, resolveRoute
+from hpchat.limits import UserLimits, retryAfter
 from hpchat.notify import BadNotification, deliverToInbox, parseNotification
 from hpchat.persister import Overloaded, PersisterStopped
 from hpchat.storage.base import Event, StoreError
@@ -91,15 +92,17 @@ def _route(request, name: str) -> None:
 
 class ChatAPI:
     """
-    The routes. State comes from the constructor: streams, ownership, auth, store, settings.
+    The routes. State comes from the constructor: streams, ownership, auth, store, settings,
+    and the per-user C{limits} (a L{UserLimits}; C{None}: none).
     """
 
     app = Klein()
     log = Logger()
 
     def __init__(self, streams, ownership, authenticator, store, chat, persister=None,
-                 internalAuth=None, devLogin: bool = False):
+                 internalAuth=None, devLogin: bool = False, limits: UserLimits | None = None):
         self._streams = streams
+        self._limits = limits
         self._devLogin = devLogin
         self._internalAuth = internalAuth
         self._ownership = ownership
@@ -330,9 +333,28 @@ class ChatAPI:
         if clientId is not None and (not isinstance(clientId, str)
                                      or not _CLIENT_ID.fullmatch(clientId)):
             raise _badRequest("client_id must match [A-Za-z0-9_-]{1,64}")
-        sent = self._onStream(request, cid,
-                              lambda: self._streams.send(cid, user, text, clientId))
+        sent = self._onStream(request, cid, lambda: self._send(cid, user, text, clientId))
         return sent.addCallback(self._sent, request)
+
+    def _send(self, cid: str, user: str, text: str, clientId: str | None) -> defer.Deferred:
+        # Charged once this node serves the stream (a redirected request is charged by the
+        # owner), before anything is written. A repeated client_id is charged like any send:
+        # refused, it stores nothing and its retry within the budget gets the original (200).
+        if self._limits is not None:
+            self._charge(self._limits.sends.take(user), "sends", "messages")
+        return self._streams.send(cid, user, text, clientId)
+
+    @staticmethod
+    def _charge(wait: float, limit: str, what: str) -> None:
+        """
+        Raise the 429 answer when a rate limit asked to C{wait} seconds.
+        """
+        if wait:
+            metrics.countLimited(limit)
+            header = retryAfter(wait)
+            raise ApiError(429, "rate_limited",
+                           f"too many {what}; retry in {header.decode()} s",
+                           {b"retry-after": header})
 
     @staticmethod
     def _sent(result, request) -> bytes:
@@ -348,9 +370,13 @@ class ChatAPI:
         typing = body.get("typing")
         if not isinstance(typing, bool):
             raise _badRequest("typing must be true or false")
-        done = self._onStream(request, cid,
-                              lambda: self._streams.setTyping(cid, user, typing))
+        done = self._onStream(request, cid, lambda: self._setTyping(cid, user, typing))
         return done.addCallback(self._noContent, request)
+
+    def _setTyping(self, cid: str, user: str, typing: bool) -> defer.Deferred:
+        if self._limits is not None:
+            self._charge(self._limits.typing.take(user), "typing", "typing marks")
+        return self._streams.setTyping(cid, user, typing)
 
     @staticmethod
     def _noContent(_, request) -> bytes:
@@ -366,8 +392,46 @@ class ChatAPI:
         typingVersion = self._intArg(request, "typing_version", low=0)
         timeout = self._timeout(request)
         polled = self._onStream(
-            request, cid, lambda: self._streams.poll(cid, after, typingVersion, timeout))
+            request, cid, lambda: self._poll(user, cid, after, typingVersion, timeout))
         return polled.addCallback(self._polled, request)
+
+    def _poll(self, user: str, stream: str, after: int | None, typingVersion: int | None,
+              timeout: float) -> defer.Deferred:
+        """
+        C{Streams.poll}, counted among C{user}'s polls on this node (conversations and inbox
+        together) while it waits: from when it is not answered at once until it is answered,
+        times out, fails or is cancelled by a disconnect. A poll answered at once is never
+        refused; one that would wait beyond C{max_polls_per_user} is withdrawn (nothing is
+        left waiting) and answered 429.
+        """
+        if self._limits is None:
+            return self._streams.poll(stream, after, typingVersion, timeout)
+        polls = self._limits.polls
+        # Counted first and released when answered: one answered at once is counted back
+        # before the check, so only a poll left waiting can be over the cap.
+        polls.add(user)
+        try:
+            polled = self._streams.poll(stream, after, typingVersion, timeout)
+        except BaseException:
+            polls.release(user)
+            raise
+        polled.addBoth(self._pollEnded, user)
+        if polls.exceeded(user):
+            polled.addErrback(self._withdrawn)
+            polled.cancel()
+            metrics.countLimited("polls_per_user")
+            raise ApiError(429, "rate_limited",
+                           f"at most {polls.maximum} long-polls may wait at once per user",
+                           {b"retry-after": b"1"})
+        return polled
+
+    def _pollEnded(self, result, user: str):
+        self._limits.polls.release(user)
+        return result
+
+    @staticmethod
+    def _withdrawn(failure) -> None:
+        failure.trap(defer.CancelledError)
 
     @staticmethod
     def _polled(result, request) -> bytes:
@@ -403,7 +467,7 @@ class ChatAPI:
         after = self._intArg(request, "after", low=0)
         timeout = self._timeout(request)
         polled = self._onStream(request, stream,
-                                lambda: self._streams.poll(stream, after, None, timeout))
+                                lambda: self._poll(user, stream, after, None, timeout))
         return polled.addCallback(self._inboxPolled, request)
 
     @staticmethod

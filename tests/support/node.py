@@ -91,6 +91,11 @@ class Node:
             "chat": {"groups": "16", "typing_ttl": "2"},
             "storage": {"path": self.dbPath, "flush_interval": "0.005"},
             "auth": {"secret": SECRET},
+            # Tests and cluster benchmarks send and poll faster than one user would, over more
+            # connections than the default cap; those of the limits set their own.
+            "limits": {"sends_per_second": "100000", "sends_burst": "100000",
+                       "typing_per_second": "100000", "typing_burst": "100000",
+                       "max_polls_per_user": "100000", "max_connections": "1000000"},
         }
         for name, values in self.sections.items():
             config.setdefault(name, {}).update(values)

@@ -19,7 +19,8 @@ from treq.testing import StubTreq
 from twisted.internet import defer, task
 from twisted.web.http_headers import Headers
 
-from hpchat.config import ChatConfig
+from hpchat.config import ChatConfig, LimitsConfig
+from hpchat.limits import UserLimits
 from hpchat.notify import InProcessNotifier
 from hpchat.persister import BatchPersister
 from hpchat.streams import Streams
@@ -38,6 +39,9 @@ from tests.fakes import (  # noqa: F401  (re-exported for the API tests)
 
 SECRET = b"hpchat-test-secret-of-32-bytes-or-more!"
 FLUSH = 0.005
+#: Limits no test of other behaviour reaches (tests send many messages at one instant).
+GENEROUS = LimitsConfig(sends_per_second=1e6, sends_burst=1_000_000, typing_per_second=1e6,
+                        typing_burst=1_000_000, max_polls_per_user=100_000)
 
 
 # -- HTTP answers
@@ -71,12 +75,13 @@ def chatConfig(**overrides) -> ChatConfig:
 
 class Harness:
     """
-    One node's API over fakes, on a Clock, with a StubTreq client.
+    One node's API over fakes, on a Clock, with a StubTreq client. C{limits} are the
+    C{[limits]} the streams and API get (L{GENEROUS} unless given).
     """
 
     def __init__(self, batchSize: int = 100, maxPending: int = 10000,
                  store: MemoryEventStore | None = None, ownership: FakeOwnership | None = None,
-                 **chat):
+                 limits: LimitsConfig = GENEROUS, **chat):
         self.clock = task.Clock()
         self.clock.advance(NOW)
         self.chat = chatConfig(**chat)
@@ -88,15 +93,17 @@ class Harness:
         self.streams = Streams(self.clock, self.store, self.persister, self.ownership,
                                groups=self.chat.groups,
                                historyInMemory=self.chat.history_in_memory,
-                               typingTtl=self.chat.typing_ttl, idleEvict=self.chat.idle_evict)
+                               typingTtl=self.chat.typing_ttl, idleEvict=self.chat.idle_evict,
+                               maxStreams=limits.max_streams)
         self.persister.onGroupsLost = lambda groups, error: self.streams.dropGroups(groups)
         self.ownership.subscribeLost(self.streams.dropGroups)
         self.notifier = InProcessNotifier(self.streams)
         self.streams.onCommitted.append(self.notifier.messageCommitted)
         self.auth = Authenticator(SECRET, self.clock)
         self.internalAuth = InternalAuth(SECRET, self.clock)
+        self.limits = UserLimits.fromConfig(self.clock, limits)
         self.api = ChatAPI(self.streams, self.ownership, self.auth, self.store, self.chat,
-                           self.persister, self.internalAuth)
+                           self.persister, self.internalAuth, limits=self.limits)
         self.stub = StubTreq(apiResource(self.api))
         self.persister.startService()
         self.streams.startService()
@@ -106,11 +113,15 @@ class Harness:
 
     def stop(self) -> None:
         """
-        Stop the services, then check that nothing of hpchat is left on the clock.
+        Stop the services, then check that nothing of hpchat is left on the clock and that
+        no poll is still counted against its user.
         """
         if self.store.held:
             self.store.release()
         self.streams.stopService()
+        self.flush()
+        if len(self.limits.polls):
+            raise AssertionError(f"polls still counted: {self.limits.polls._counts!r}")
         d = self.persister.stopService()
         for _ in range(100):
             if d.called:
