@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_node -*-
+# -*- test-case-name: tests.test_loops -*-
 """
 Periodic loops that never die: a LoopingCall whose body's exceptions (raised, or failed
 Deferreds) are logged with the loop's name, counted in C{hpchat_loop_failures_total{loop}},
