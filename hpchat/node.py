@@ -112,19 +112,22 @@ class NodeService(MultiService):
         for service in stage.services:
             self.addService(service)
 
-    def _startOrder(self) -> list[IService]:
+    def startOrder(self) -> list[IService]:
+        """
+        The stages' services in the order they start: the reverse of the stop order.
+        """
         return [service for stage in reversed(self._stages) for service in stage.services]
 
     def privilegedStartService(self) -> None:
         # Service's, not MultiService's: the children go in stage order.
         Service.privilegedStartService(self)
-        for service in self._startOrder():
+        for service in self.startOrder():
             service.privilegedStartService()
 
     def startService(self) -> None:
         Service.startService(self)
         self._stopping = None
-        for service in self._startOrder():
+        for service in self.startOrder():
             service.startService()
 
     def stopService(self) -> defer.Deferred:

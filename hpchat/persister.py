@@ -73,7 +73,6 @@ class BatchPersister(Service):
         self._backoff = 0.0
         self._retryAt = 0.0
         self._accepting = False
-        self._gaveUp = False
         self._inFlight = 0
         self._doneWaiters: list[defer.Deferred] = []
 
@@ -84,7 +83,6 @@ class BatchPersister(Service):
         # Read when /metrics is scraped, not set on every change of the hot path.
         metrics.pendingEvents.set_function(lambda: len(self._queue))
         self._accepting = True
-        self._gaveUp = False
         self._loop = startLoop(self._clock, "persister", self._tick, self.flushInterval)
 
     def stopService(self):
@@ -137,7 +135,6 @@ class BatchPersister(Service):
         count = len(self._queue)
         self.log.error("shutdown: the store did not confirm {count} events within {timeout}s; "
                        "they fail", count=count, timeout=self.stopTimeout)
-        self._gaveUp = True
         self._flushing = None
         self._failWhere(lambda p: True, StoreError(
             f"shutdown: the store did not confirm the last {count} events within "
@@ -261,8 +258,15 @@ class BatchPersister(Service):
             batch.append(pending)
         return batch
 
+    def _abandoned(self, batch: list[_Pending]) -> bool:
+        """
+        Whether shutdown gave up on C{batch} (failed its events) while the store held it: a
+        batch being written is otherwise always at the head of the queue.
+        """
+        return not self._queue or self._queue[0] is not batch[0]
+
     def _written(self, _, batch: list[_Pending], started: float):
-        if self._gaveUp:
+        if self._abandoned(batch):
             self.log.warn("a batch of {count} events was written after shutdown gave up on it",
                           count=len(batch))
             return
@@ -281,7 +285,7 @@ class BatchPersister(Service):
             pending.deferred.callback(pending.event)
 
     def _failed(self, failure, batch: list[_Pending]):
-        if self._gaveUp:
+        if self._abandoned(batch):
             return
         error = failure.value
         if isinstance(error, (FenceRejected, StreamConflict)):

@@ -92,7 +92,7 @@ class OptionsTests(unittest.SynchronousTestCase):
         self.assertEqual([stage.name for stage in service.stages],
                          ["accepting", "polls", "streams", "persister", "internal client",
                           "store"])
-        self.assertEqual([type(s) for s in service._startOrder()],
+        self.assertEqual([type(s) for s in service.startOrder()],
                          [StoreService, BatchPersister, Streams, WebService])
         for child in service:
             self.assertTrue(IService.providedBy(child))
