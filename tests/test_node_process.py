@@ -199,7 +199,7 @@ class QueuedAtSigtermTests(unittest.TestCase):
     queued = 6
     slowStore = {"storage": {"flush_interval": "10", "batch_size": "1"}}
 
-    async def sendDuringStop(self, node: Node, http: HTTP, token: str):
+    async def sendDuringStop(self, node: Node, http: HTTP, token: str, recipientToken: str):
         """
         Queue C{queued} sends behind a held batch, SIGTERM the node, keep sending while it
         stops, then let the store go. Returns the acknowledged client_ids and every answer.
@@ -223,6 +223,14 @@ class QueuedAtSigtermTests(unittest.TestCase):
 
         await send("warm")  # loads the conversation: no claim waits on the lock below
         self.assertEqual(answers, [("warm", 201)])
+
+        async def notified():
+            # The warm message's inbox notification, durable too: nothing else is queued.
+            status, _, body = await http.request(
+                "GET", f"{node.url}/v1/inbox/events?timeout=0", recipientToken, timeout=5)
+            return status == 200 and body["last_seq"] >= 1
+
+        await waitFor(notified, 15, "the inbox notification of the first message")
         lock = WriteLock(node.dbPath)
         await lock.take()
         try:
@@ -262,7 +270,8 @@ class QueuedAtSigtermTests(unittest.TestCase):
         self.addCleanup(lambda: defer.ensureDeferred(http.close()))
         await node.start()
         alice = await mintToken(node, "alice")
-        acked, answers = await self.sendDuringStop(node, http, alice)
+        bob = await mintToken(node, "bob")
+        acked, answers = await self.sendDuringStop(node, http, alice, bob)
         await node.start()
         messages = await readAll(http, node, alice, CID)
         self.assertAllQueuedDurable(acked, answers, messages, node.log())
@@ -280,7 +289,8 @@ class QueuedAtSigtermTests(unittest.TestCase):
         cluster = await Cluster(self, size=1, sections=self.slowStore).start()
         node = cluster.nodes[0]
         await cluster.owner(CID)
-        acked, answers = await self.sendDuringStop(node, cluster.http, token("alice"))
+        acked, answers = await self.sendDuringStop(node, cluster.http, token("alice"),
+                                                   token("bob"))
         self.assertIn("lease revoked", node.log())
         await node.start()
         messages = await readAll(cluster.http, node, token("alice"), CID)
