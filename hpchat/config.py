@@ -214,6 +214,33 @@ class _Section:
             raise self.error(unknown[0], "is not a known option (typo?)")
 
 
+def _listenProblem(value: str) -> str | None:
+    """
+    What is wrong with the server endpoint string C{value}, or None: it is parsed, and
+    listened on, against a memory reactor, so that nothing is opened. C{systemd:} endpoints
+    are left to startup: they need the sockets that systemd passes.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import Factory
+    from twisted.internet.testing import MemoryReactor
+
+    if value.split(":", 1)[0] == "systemd":
+        return None
+    reactor = MemoryReactor()
+    try:
+        serverFromString(reactor, value).listen(Factory())
+    except TypeError as e:
+        # An unknown endpoint argument: "...() got an unexpected keyword argument 'x'".
+        name = str(e).rpartition(" ")[2]
+        return f"is not a valid endpoint ({value!r}): unknown argument {name}"
+    except Exception as e:
+        return f"is not a valid endpoint ({value!r}): {e}"
+    for port, *_ in reactor.tcpServers:
+        if not 0 <= port <= 65535:
+            return f"is not a valid endpoint ({value!r}): port {port} is not in 0-65535"
+    return None
+
+
 def _isURL(value: str) -> bool:
     return re.match(r"^https?://[^/\s]+(/.*)?$", value) is not None
 
@@ -297,9 +324,13 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
         return _Section(path, name, values)
 
     s = section("node")
+    listen = s.text("listen", "tcp:8080:interface=127.0.0.1")
+    problem = _listenProblem(listen)
+    if problem is not None:
+        raise s.error("listen", problem)
     node = NodeConfig(
         id=s.text("id", None, _NODE_ID.match, "1-64 characters of A-Z a-z 0-9 _ . -"),
-        listen=s.text("listen", "tcp:8080:interface=127.0.0.1"),
+        listen=listen,
         advertise_url=s.text("advertise_url", None, _isURL, "an http(s) URL").rstrip("/"),
     )
     s.checkNoUnknownKeys()

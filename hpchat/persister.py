@@ -20,6 +20,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from hpchat import metrics
+from hpchat.loops import guarded, startLoop
 from hpchat.storage.base import Event, FenceRejected, StoreError, StreamConflict
 
 
@@ -89,14 +90,13 @@ class BatchPersister(Service):
         # Read when /metrics is scraped, not set on every change of the hot path.
         metrics.pendingEvents.set_function(lambda: len(self._queue))
         self._accepting = True
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = self._clock
-        self._loop.start(self.flushInterval, now=False).addErrback(
-            lambda f: self.log.failure("persister loop died", f))
+        self._loop = startLoop(self._clock, "persister", self._tick, self.flushInterval)
 
     def stopService(self):
         """
-        Stop taking events and write everything queued; fires when the queue is empty.
+        Stop taking events and write everything queued; fires when the queue is empty, or
+        after C{stopTimeout} (a batch in the store's hands included), when what is left fails
+        with a L{StoreError}.
         """
         super().stopService()
         self._accepting = False
@@ -110,19 +110,42 @@ class BatchPersister(Service):
     async def _drain(self):
         deadline = self._clock.seconds() + self.stopTimeout
         while self._queue or self._flushing is not None:
-            if self._clock.seconds() >= deadline:
-                error = StoreError("the store did not take the last events before shutdown")
-                self.log.error("shutdown: {count} events could not be written",
-                               count=len(self._queue))
-                self._failWhere(lambda p: True, error)
+            left = deadline - self._clock.seconds()
+            if left <= 0:
+                self._giveUp()
                 break
             if self._flushing is not None:
-                await self._batchDone()
+                # Bounded even while the store holds a batch: a hung store must not hang
+                # the shutdown.
+                try:
+                    await self._batchDone().addTimeout(left, self._clock)
+                except defer.TimeoutError:
+                    self._giveUp()
+                    break
                 continue
             delay = max(0.0, self._retryAt - self._clock.seconds())
             if delay:
-                await task.deferLater(self._clock, delay, lambda: None)
-            await self._flush()
+                await task.deferLater(self._clock, min(delay, left), lambda: None)
+                continue
+            try:
+                self._flush()
+            except Exception:
+                self.log.failure("shutdown: writing the last events failed")
+                self._giveUp()
+                break
+
+    def _giveUp(self) -> None:
+        """
+        Fail everything still queued, the batch being written included: the shutdown does
+        not wait for the store any longer. A batch that the store completes later is ignored.
+        """
+        count = len(self._queue)
+        self.log.error("shutdown: the store did not confirm {count} events within {timeout}s; "
+                       "they fail", count=count, timeout=self.stopTimeout)
+        self._flushing = None
+        self._failWhere(lambda p: True, StoreError(
+            f"shutdown: the store did not confirm the last {count} events within "
+            f"{self.stopTimeout:g}s"))
 
     # -- API
 
@@ -181,7 +204,7 @@ class BatchPersister(Service):
 
     def _kicked(self):
         self._kick = None
-        self._flush()
+        guarded("persister", self._flush)()
 
     def _tick(self):
         if self._flushing is None and self._queue and self._clock.seconds() >= self._retryAt:
@@ -245,7 +268,18 @@ class BatchPersister(Service):
             batch.append(pending)
         return batch
 
+    def _abandoned(self, batch: list[_Pending]) -> bool:
+        """
+        Whether shutdown gave up on C{batch} (failed its events) while the store held it: a
+        batch being written is otherwise always at the head of the queue.
+        """
+        return not self._queue or self._queue[0] is not batch[0]
+
     def _written(self, _, batch: list[_Pending], started: float):
+        if self._abandoned(batch):
+            self.log.warn("a batch of {count} events was written after shutdown gave up on it",
+                          count=len(batch))
+            return
         for _ in batch:
             self._queue.popleft()
         self._backoff = 0.0
@@ -261,6 +295,8 @@ class BatchPersister(Service):
             pending.deferred.callback(pending.event)
 
     def _failed(self, failure, batch: list[_Pending]):
+        if self._abandoned(batch):
+            return
         error = failure.value
         if isinstance(error, (FenceRejected, StreamConflict)):
             kind = "fenced" if isinstance(error, FenceRejected) else "conflict"

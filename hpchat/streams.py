@@ -30,6 +30,7 @@ from twisted.logger import Logger
 
 from hpchat import metrics
 from hpchat.deferreds import shield
+from hpchat.loops import startLoop
 from hpchat.storage.base import Event, StreamSnapshot
 from hpchat.streamids import groupOf
 
@@ -189,10 +190,8 @@ class Streams(Service):
         # Read when /metrics is scraped, not set on every change of the hot path.
         metrics.waitingPolls.set_function(lambda: self._waiting)
         metrics.streamsInMemory.set_function(lambda: len(self._streams))
-        self._evictor = task.LoopingCall(self._evictIdle)
-        self._evictor.clock = self._clock
-        self._evictor.start(max(1.0, min(30.0, self.idleEvict / 2)), now=False).addErrback(
-            lambda f: self.log.failure("stream evictor died", f))
+        self._evictor = startLoop(self._clock, "evictor", self._evictIdle,
+                                  max(1.0, min(30.0, self.idleEvict / 2)))
 
     def stopService(self):
         super().stopService()
@@ -205,6 +204,15 @@ class Streams(Service):
         for stream in list(self._streams.values()):
             self._drop(stream, StreamUnavailable("this node is shutting down"))
         return defer.succeed(None)
+
+    def answerWaiting(self) -> None:
+        """
+        Answer every waiting poll now with what it has (nothing new, the current last seq),
+        so that its client polls again, elsewhere while this node stops.
+        """
+        for stream in list(self._streams.values()):
+            for waiter in list(stream.waiters):
+                self._finishWaiter(stream, waiter).callback(self._result(stream, []))
 
     # -- loading
 
@@ -291,15 +299,13 @@ class Streams(Service):
                 and stream.nextSeq == stream.lastSeq + 1)
 
     def _evictIdle(self):
-        try:
-            cutoff = self._clock.seconds() - self.idleEvict
-            idle = [s for s in self._streams.values()
-                    if s.lastUsed < cutoff and self._evictable(s)]
-            for stream in idle:
-                del self._streams[stream.name]
-            self._trim()
-        except Exception:
-            self.log.failure("evicting idle streams failed")
+        # Run by a guarded loop: an exception is logged and counted, and the loop goes on.
+        cutoff = self._clock.seconds() - self.idleEvict
+        idle = [s for s in self._streams.values()
+                if s.lastUsed < cutoff and self._evictable(s)]
+        for stream in idle:
+            del self._streams[stream.name]
+        self._trim()
 
     def _trim(self) -> bool:
         """

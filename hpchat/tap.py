@@ -5,13 +5,14 @@ C{twistd hpchat --config FILE}: command-line options and the wiring of one node'
 
 from __future__ import annotations
 
-import os
 import sys
 
-from twisted.application.service import MultiService
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
+from hpchat import process
 from hpchat.config import ConfigError, loadConfig
+from hpchat.node import NodeService, Stage, serviceStage
 from hpchat.storage.select import checkStorage
 
 
@@ -26,120 +27,84 @@ class Options(usage.Options):
             self["settings"] = loadConfig(self["config"])
             checkStorage(self["settings"])
         except ConfigError as e:
-            # One line, no usage text and no traceback: the operator sees what to fix.
-            sys.stderr.write(f"hpchat: config error: {e}\n")
-            raise SystemExit(2) from None
+            process.exitWithConfigError(e, sys.stderr)
 
 
-def makeService(options, reactor=None) -> MultiService:
+def makeService(options, reactor=None) -> NodeService:
     if reactor is None:
         from twisted.internet import reactor
-    raiseOpenFileLimit()
-    node = buildNode(options["settings"], reactor)
-    freezeStartupObjects()
-    shortenThreadSwitches()
+    process.raiseOpenFileLimit()
+    node = buildNode(options["settings"], reactor, options["config"])
+    process.freezeStartupObjects()
+    process.shortenThreadSwitches()
     return node
 
 
-def freezeStartupObjects() -> None:
+class HPChatNode(NodeService):
     """
-    Move everything allocated so far (modules, classes, config) out of the cyclic garbage
-    collector's sight: full collections then scan only what requests allocate.
+    The node, whose listening port failing to open (in use, not permitted) is a config
+    error of C{[node] listen}: one line and exit status 2, not a traceback.
     """
-    import gc
 
-    gc.collect()
-    gc.freeze()
-    # The hot path makes no reference cycles, so collections find next to nothing, but they
-    # cost about a microsecond or two for every young object they scan, and a waiting poll's
-    # objects live for seconds: with 10,000 waiting, the default collection of the middle
-    # generation (every 10 young ones) scanned some 7,000 survivors and paused 15 ms, twice
-    # a second. Collecting it every 2 young collections keeps each pause near 5 ms (p99 at
-    # 10,000 waiting and 1,000 msgs/s: 24.6 -> 14.3 ms); full collections, which scan every
-    # live object, stay rare.
-    gc.set_threshold(700, 2, 5_000)
+    def __init__(self, clock, configPath: str, listen: str, **kwargs):
+        super().__init__(clock, **kwargs)
+        self.configPath = configPath
+        self.listen = listen
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            process.exitWithConfigError(ConfigError(
+                self.configPath, "node", "listen", f"cannot listen on {self.listen}: {reason}"))
 
 
-def shortenThreadSwitches() -> None:
+def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
     """
-    Let the store's thread have the GIL back sooner. It gives the GIL up for every SQLite
-    call and must take it back between calls; with the reactor thread busy, each take waits
-    for the switch interval (5 ms by default), which made a batch of a few statements take
-    50 ms under load. The interval only matters while another thread is waiting for the GIL.
+    Wire one node: store, persister, ownership, streams, notifications, HTTP API, and the
+    stages of its stop (see L{nodeStages}).
     """
-    import sys
-
-    sys.setswitchinterval(0.0005)
-
-
-def raiseOpenFileLimit() -> int:
-    """
-    Every waiting long-poll holds a socket: raise the soft limit on open files to the hard
-    limit (systemd's LimitNOFILE= sets both).
-    """
-    import resource
-
-    from twisted.logger import Logger
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
-    Logger(namespace="hpchat.tap").info("open file limit: {limit}", limit=soft)
-    return soft
-
-
-def buildNode(config, reactor) -> MultiService:
-    """
-    Wire one node: store, persister, ownership, streams, notifications, HTTP API.
-    """
-    from hpchat.groups import SingleNodeOwnership
     from twisted.internet import defer
 
+    from hpchat.groups import SingleNodeOwnership
     from hpchat.limits import UserLimits
     from hpchat.notify import InboxRouter, InProcessNotifier
     from hpchat.persister import BatchPersister
-    from hpchat.storage.service import StoreService
     from hpchat.storage.select import makeStore
+    from hpchat.storage.service import StoreService
     from hpchat.streams import Streams
     from hpchat.web.api import ChatAPI
     from hpchat.web.auth import Authenticator
     from hpchat.web.internal import InternalAuth, InternalClient
     from hpchat.web.site import WebService
 
-    node = MultiService()
-
     def fatal(failure):
         # twistd exits 0 after reactor.stop(); a node that could not start must not, so that
         # systemd's Restart=on-failure restarts it.
-        reactor.addSystemEventTrigger("after", "shutdown", _exitNow, 1)
+        reactor.addSystemEventTrigger("after", "shutdown", process.exitNow, 1)
         if reactor.running:
             reactor.stop()
 
     store = makeStore(config, reactor)
-    StoreService(store, fatal, reactor).setServiceParent(node)
+    storeService = StoreService(store, fatal, reactor)
 
     if config.cluster is None:
         ownership = SingleNodeOwnership(config.node.id, config.node.advertise_url,
                                         config.chat.groups)
     else:
         ownership = clusterOwnership(config, reactor)
-        # Started after the store and stopped after the persister's last flush, so that
-        # revoking the lease hands over only durable state.
-        ownership.setServiceParent(node)
 
+    bus = None
     if config.nsq is not None:
         from hpchat.nsq.bus import NSQNotifier
 
         bus = NSQNotifier(reactor, config.nsq,
                           lambda n: defer.ensureDeferred(router.deliver(n)), config.node.id)
-        # Stops after the persister: notifications of the last batch still go out.
-        bus.producer.setServiceParent(node)
 
     persister = BatchPersister(reactor, store, batchSize=config.storage.batch_size,
                                flushInterval=config.storage.flush_interval,
                                maxPending=config.storage.max_pending)
-    persister.setServiceParent(node)
     if config.cluster is not None:
         ownership.pendingWrites = persister.pendingFor
         persister.tokenValid = lambda group, token: ownership.mayWrite(group, token) is not None
@@ -148,35 +113,64 @@ def buildNode(config, reactor) -> MultiService:
                       historyInMemory=config.chat.history_in_memory,
                       typingTtl=config.chat.typing_ttl, idleEvict=config.chat.idle_evict,
                       maxStreams=config.limits.max_streams)
-    streams.setServiceParent(node)
     persister.onGroupsLost = lambda groups, error: streams.dropGroups(groups)
     ownership.subscribeLost(streams.dropGroups)
 
     internalAuth = InternalAuth(config.auth.secret, reactor)
     internalClient = InternalClient(internalAuth, config.node.id, reactor)
-    reactor.addSystemEventTrigger("before", "shutdown", internalClient.close)
     router = InboxRouter(streams, ownership, internalClient.deliver)
-    if config.nsq is None:
+    if bus is None:
         notifier = InProcessNotifier(streams, lambda n: defer.ensureDeferred(router.deliver(n)))
         streams.onCommitted.append(notifier.messageCommitted)
     else:
         streams.onCommitted.append(bus.messageCommitted)
-        # Stop before the streams: in-flight notifications finish or go back to nsqd.
-        for consumer in bus.consumers:
-            consumer.setServiceParent(node)
 
     api = ChatAPI(streams, ownership, Authenticator(config.auth.secret, reactor), store,
                   config.chat, persister, internalAuth, devLogin=config.auth.dev_login,
                   limits=UserLimits.fromConfig(reactor, config.limits))
-    WebService(api, config.node.listen, reactor,
-               corsOrigins=config.http.cors_origins).setServiceParent(node)
+    web = WebService(api, config.node.listen, reactor, corsOrigins=config.http.cors_origins)
+
+    node = HPChatNode(reactor, configPath, config.node.listen)
+    for stage in nodeStages(web=web, streams=streams, persister=persister,
+                            internalClient=internalClient, store=storeService,
+                            ownership=ownership if config.cluster is not None else None,
+                            consumers=bus.consumers if bus is not None else (),
+                            producer=bus.producer if bus is not None else None):
+        node.addStage(stage)
     return node
 
 
-def _exitNow(status: int) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+def nodeStages(web, streams, persister, internalClient, store, ownership=None, consumers=(),
+               producer=None) -> list[Stage]:
+    """
+    The stages of a node in stop order (they start in the reverse order):
+
+      1. C{accepting}: the API answers new requests 503 and the port stops listening;
+      2. C{polls}: waiting long-polls are answered with what they have, so that their
+         clients poll again (elsewhere);
+      3. C{nsq consumers}: no more notifications taken; those in flight finish or go back;
+      4. C{streams}: what is left in memory is dropped;
+      5. C{persister}: every queued event is written (or fails after its C{stopTimeout});
+      6. C{nsq producer}: the notifications of the last batches are published;
+      7. C{internal client}: connections to other nodes are closed;
+      8. C{lease}: the group claims and the lease are given back (cluster), so that other
+         nodes take over at once, with everything durable;
+      9. C{store}: the store is closed.
+    """
+    stages = [serviceStage("accepting", 5.0, web),
+              Stage("polls", streams.answerWaiting, 1.0)]
+    if consumers:
+        stages.append(serviceStage("nsq consumers",
+                                   max(c.closeTimeout for c in consumers) + 2.0, *consumers))
+    stages.append(serviceStage("streams", 2.0, streams))
+    stages.append(serviceStage("persister", persister.stopTimeout + 2.0, persister))
+    if producer is not None:
+        stages.append(serviceStage("nsq producer", producer.stopTimeout + 2.0, producer))
+    stages.append(Stage("internal client", internalClient.close, 2.0))
+    if ownership is not None:
+        stages.append(serviceStage("lease", 5.0, ownership))
+    stages.append(serviceStage("store", 5.0, store))
+    return stages
 
 
 def clusterOwnership(config, reactor):

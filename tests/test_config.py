@@ -77,6 +77,31 @@ class ConfigTests(SynchronousTestCase):
             self.assertTrue(message.startswith("etc/x.ini"), message)
             self.assertNotIn("\n", message)
 
+    def test_listenIsAValidServerEndpoint(self):
+        """
+        [node] listen is parsed as a Twisted server endpoint without opening anything: a
+        port that is not a number or out of range, an unknown argument or endpoint type is
+        a one-line error naming [node] listen; TCP and UNIX endpoints are accepted.
+        """
+        def withListen(value):
+            return MINIMAL.replace("[node]", f"[node]\nlisten = {value}")
+
+        cases = [
+            ("tcp:notaport", "'notaport'"),
+            ("tcp:70000", "port 70000 is not in 0-65535"),
+            ("tcp:8080:interfce=127.0.0.1", "unknown argument 'interfce'"),
+            ("tpc:8080", "Unknown endpoint type: 'tpc'"),
+            ("tcp:8080:backlog=many", "'many'"),
+        ]
+        for value, expected in cases:
+            message = str(self.error(withListen(value)))
+            self.assertTrue(message.startswith(f"etc/x.ini [node] listen: is not a valid "
+                                               f"endpoint ({value!r})"), message)
+            self.assertIn(expected, message)
+            self.assertNotIn("\n", message)
+        for value in ("tcp:0:interface=127.0.0.1", "tcp:8080", "unix:/run/hpchat.sock"):
+            self.assertEqual(parseConfig(withListen(value)).node.listen, value)
+
     def test_duplicateSectionIsAnError(self):
         """
         A section given twice is reported, not merged silently.

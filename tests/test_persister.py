@@ -228,3 +228,56 @@ class PersisterTests(SynchronousTestCase):
         self.assertNoResult(later)
         self.store.release()
         self.successResultOf(later)
+
+    def test_stopTimeoutBoundsABatchInFlight(self):
+        """
+        When the store holds a batch past stopTimeout at shutdown, stopService still fires
+        then: the held batch and what is queued behind it fail with a StoreError that says
+        so, and a store that answers later changes nothing.
+        """
+        self.persister.stopTimeout = 5.0
+        self.store.hold()
+        inFlight = self.persister.enqueue(ev(1), 1)
+        self.clock.advance(0.01)
+        queued = self.persister.enqueue(ev(2), 1)
+        stopped = self.persister.stopService()
+        self.clock.advance(4.9)
+        self.assertNoResult(stopped)
+        self.assertNoResult(inFlight)
+        self.clock.advance(0.2)
+        self.successResultOf(stopped)
+        for d in (inFlight, queued):
+            error = self.failureResultOf(d, StoreError).value
+            self.assertIn("did not confirm", str(error))
+        self.assertEqual(self.persister.pending, 0)
+        self.store.release()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_flushErrorDoesNotStopTheLoop(self):
+        """
+        When the loop's flush raises, the error is logged and counted under the persister's
+        loop, and the next sends still become durable at the next ticks.
+        """
+        from hpchat import metrics
+
+        counted = metrics.loopFailures.labels("persister")._value.get()
+        calls = []
+
+        def tokenValid(group, token):
+            calls.append(group)
+            if len(calls) == 1:
+                raise RuntimeError("injected")
+            return True
+
+        self.persister.tokenValid = tokenValid
+        first = self.persister.enqueue(ev(1), 1)
+        self.clock.advance(0.01)
+        self.assertNoResult(first)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(metrics.loopFailures.labels("persister")._value.get(), counted + 1)
+        self.assertTrue(self.persister._loop.running)
+        self.clock.advance(0.01)
+        self.successResultOf(first)
+        later = self.persister.enqueue(ev(2), 1)
+        self.clock.advance(0.01)
+        self.successResultOf(later)

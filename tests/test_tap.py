@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from hpchat import tap
+from hpchat.node import NodeService
 from hpchat.persister import BatchPersister
 from hpchat.storage.service import StoreService
 from hpchat.streams import Streams
@@ -73,8 +74,8 @@ class OptionsTests(unittest.SynchronousTestCase):
 
     def test_makeServiceWiresTheNode(self):
         """
-        makeService builds a MultiService of store, persister, streams and web, in the order
-        that makes shutdown stop the web first and close the store last.
+        makeService builds a node whose stages stop the web first and close the store last,
+        the persister's flush before them, and whose services start in the reverse order.
         """
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
@@ -86,9 +87,13 @@ class OptionsTests(unittest.SynchronousTestCase):
         from twisted.internet.testing import MemoryReactorClock
 
         service = tap.makeService(options, MemoryReactorClock())
+        self.assertIsInstance(service, NodeService)
         self.assertTrue(IServiceCollection.providedBy(service))
-        kinds = [type(s) for s in service]
-        self.assertEqual(kinds, [StoreService, BatchPersister, Streams, WebService])
+        self.assertEqual([stage.name for stage in service.stages],
+                         ["accepting", "polls", "streams", "persister", "internal client",
+                          "store"])
+        self.assertEqual([type(s) for s in service.startOrder()],
+                         [StoreService, BatchPersister, Streams, WebService])
         for child in service:
             self.assertTrue(IService.providedBy(child))
         self.assertTrue(os.path.isdir(os.path.join(folder, "data")))

@@ -33,6 +33,7 @@ from hpchat import metrics
 from hpchat.cluster.etcd import Compare, LeaseNotFound, Op, WatchKeeper
 from hpchat.cluster.placement import RendezvousPlacement, fairShare
 from hpchat.groups import IOwnership, Local, Redirect, Unsettled
+from hpchat.loops import startLoop
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,10 +345,8 @@ class EtcdOwnership(Service):
         await self._client.put(self.keys.node(self._nodeId), value, lease=lease.id)
         self._nodes[self._nodeId] = NodeInfo(self._url, lease.id)
         if self._keepalive is None or not self._keepalive.running:
-            self._keepalive = task.LoopingCall(self._keepAlive)
-            self._keepalive.clock = self._clock
-            self._keepalive.start(max(0.5, lease.ttl / 3), now=False).addErrback(
-                lambda f: self.log.failure("keepalive loop died", f))
+            self._keepalive = startLoop(self._clock, "keepalive", self._keepAlive,
+                                        max(0.5, lease.ttl / 3))
         self.log.info("node {node} registered at {url} with lease {lease:x} (ttl {ttl}s)",
                       node=self._nodeId, url=self._url, lease=lease.id, ttl=lease.ttl)
         self._settle()
