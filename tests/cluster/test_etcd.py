@@ -38,6 +38,7 @@ from hpchat.cluster.etcd import (
     WatchCanceled,
     WatchKeeper,
     prefixRangeEnd,
+    retryPolicy,
 )
 from tests.support.etcd import freePort, startEtcd
 from tests.support.etcdadmin import AdminClient, AdminCompare, AdminOp
@@ -1155,6 +1156,57 @@ class EncodingTests(SynchronousTestCase):
         self.clock.advance(0.2)
         self.failureResultOf(d, EtcdTimeout)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RetryTests(SynchronousTestCase):
+    """
+    L{retryPolicy} and the backoff of L{WatchKeeper} while etcd cannot answer.
+    """
+
+    def test_policy(self):
+        """
+        Delays double from C{minDelay} up to C{maxDelay}, each scaled by
+        C{spread()}; the default spread keeps them within half of that.
+        """
+        exact = retryPolicy(0.1, 5.0, spread=lambda: 1.0)
+        self.assertEqual(
+            [round(exact(n), 6) for n in range(8)], [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+        )
+        self.assertEqual(exact(10**6), 5.0)
+        halved = retryPolicy(0.1, 5.0, spread=lambda: 0.5)
+        self.assertEqual(round(halved(2), 6), 0.2)
+        spread = retryPolicy(1.0, 8.0)
+        for n in range(6):
+            ceiling = min(8.0, 2.0**n)
+            for _ in range(20):
+                self.assertTrue(ceiling / 2 <= spread(n) <= ceiling, (n, spread(n)))
+
+    def test_keeperBacksOff(self):
+        """
+        Each failed read of the prefix schedules the next one on the clock,
+        with growing delays capped at C{maxDelay}; L{WatchKeeper.stop}
+        cancels the pending retry.
+        """
+        unavailable = {"error": "x", "message": "etcdserver: no leader", "code": 14}
+        gateway = CannedGateway(*[(503, unavailable)] * 8)
+        stub = StubTreq(gateway)
+        clock = Clock()
+        client = AdminClient(clock, "http://etcd.test", httpClient=stub, timeout=5)
+        keeper = WatchKeeper(client, b"/p/", clock=clock, minDelay=1.0, maxDelay=4.0)
+        keeper.start()
+        delays = []
+        for _ in range(6):
+            stub.flush()
+            [call] = clock.getDelayedCalls()
+            delays.append(call.getTime() - clock.seconds())
+            clock.advance(delays[-1])
+        self.assertEqual(len(gateway.requests), 7)
+        for delay, ceiling in zip(delays, [1.0, 2.0, 4.0, 4.0, 4.0, 4.0]):
+            self.assertTrue(ceiling / 2 <= delay <= ceiling, (delays, ceiling))
+        stub.flush()
+        self.successResultOf(keeper.stop())
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual((keeper.resyncs, keeper.streams), (0, 0))
 
 
 class WatchStreamTests(SynchronousTestCase):

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
 
-from hpchat.cluster.etcd import Compare, DeleteRangeResponse, EtcdClient, KeyValue, LeaseNotFound, Op
+from hpchat.cluster.etcd import (
+    Compare,
+    DeleteRangeResponse,
+    EtcdClient,
+    KeyValue,
+    LeaseNotFound,
+    Op,
+)
 from hpchat.cluster.etcd.errors import GRPC_NOT_FOUND
 from hpchat.cluster.etcd.txn import txnBody
 from hpchat.cluster.etcd.wire import (
