@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.cluster.test_etcd -*-
 """
-Tests for L{hpchat.cluster.etcd}.
+Tests for L{hpchat.cluster.etcd} (with the test-only calls of
+L{tests.support.etcdadmin}).
 
 Behaviour is tested against a real etcd started by L{tests.support.etcd};
 encoding and error mapping details with treq's L{StubTreq} and a canned
@@ -25,7 +26,6 @@ from hpchat.cluster.etcd import (
     Compare,
     DeleteRangeResponse,
     EtcdBadResponse,
-    EtcdClient,
     EtcdError,
     EtcdTimeout,
     EtcdUnavailable,
@@ -38,8 +38,10 @@ from hpchat.cluster.etcd import (
     WatchCanceled,
     WatchKeeper,
     prefixRangeEnd,
+    retryPolicy,
 )
 from tests.support.etcd import freePort, startEtcd
+from tests.support.etcdadmin import AdminClient, AdminCompare, AdminOp
 
 
 def b64(value):
@@ -94,7 +96,7 @@ class RealEtcdMixin:
     @inlineCallbacks
     def setUp(self):
         self.etcd = yield startEtcd(self)
-        self.client = EtcdClient(reactor, self.etcd.clientURL, timeout=5.0)
+        self.client = AdminClient(reactor, self.etcd.clientURL, timeout=5.0)
         self.addCleanup(self.client.close)
 
 
@@ -209,7 +211,7 @@ class KVTests(RealEtcdMixin, TestCase):
         The plain-text 404 of an unknown path (the gateway's answer to a
         wrong prefix) is an L{EtcdBadResponse}, not a JSON crash.
         """
-        client = EtcdClient(reactor, self.etcd.clientURL + "/v3alpha-ish")
+        client = AdminClient(reactor, self.etcd.clientURL + "/v3alpha-ish")
         self.addCleanup(client.close)
         e = yield self.assertFailure(client.range(b"a"), EtcdBadResponse)
         self.assertEqual(e.status, 404)
@@ -368,7 +370,7 @@ class TxnTests(RealEtcdMixin, TestCase):
         yield self.client.put(b"cas", b"a", lease=lease.id)
         current = yield self.client.put(b"cas", b"b", ignoreLease=True)
         stale = yield self.client.txn(
-            compare=[Compare.modRevision(b"cas", "==", current - 1)],
+            compare=[AdminCompare.modRevision(b"cas", "==", current - 1)],
             success=[Op.put(b"cas", b"x")],
             failure=[Op.range(b"cas")],
         )
@@ -376,10 +378,10 @@ class TxnTests(RealEtcdMixin, TestCase):
         self.assertEqual(stale.responses[0].kvs[0].modRevision, current)
         ok = yield self.client.txn(
             compare=[
-                Compare.modRevision(b"cas", "==", current),
-                Compare.value(b"cas", "==", b"b"),
-                Compare.lease(b"cas", "==", lease.id),
-                Compare.version(b"cas", ">", 1),
+                AdminCompare.modRevision(b"cas", "==", current),
+                AdminCompare.value(b"cas", "==", b"b"),
+                AdminCompare.lease(b"cas", "==", lease.id),
+                AdminCompare.version(b"cas", ">", 1),
             ],
             success=[
                 Op.put(b"cas", b"c", ignoreLease=True, prevKv=True),
@@ -402,7 +404,7 @@ class TxnTests(RealEtcdMixin, TestCase):
         A txn op inside a txn answers a nested L{TxnResult}.
         """
         result = yield self.client.txn(
-            success=[Op.txn(compare=[Compare.createRevision(b"n", "==", 0)], success=[Op.put(b"n", b"1")])]
+            success=[AdminOp.txn(compare=[Compare.createRevision(b"n", "==", 0)], success=[Op.put(b"n", b"1")])]
         )
         self.assertTrue(result.succeeded)
         self.assertIsInstance(result.responses[0], TxnResult)
@@ -729,7 +731,7 @@ class TransportErrorTests(TestCase):
         A server that accepts and never answers: the call fails with
         L{EtcdTimeout} after its timeout and the connection is closed.
         """
-        client = EtcdClient(reactor, self.listenSilently(), timeout=0.3)
+        client = AdminClient(reactor, self.listenSilently(), timeout=0.3)
         self.addCleanup(client.close)
         start = reactor.seconds()
         e = yield self.assertFailure(client.range(b"k"), EtcdTimeout)
@@ -745,7 +747,7 @@ class TransportErrorTests(TestCase):
         """
         A watch that is never confirmed ends with L{EtcdTimeout}.
         """
-        client = EtcdClient(reactor, self.listenSilently(), timeout=0.3)
+        client = AdminClient(reactor, self.listenSilently(), timeout=0.3)
         self.addCleanup(client.close)
         watch = client.watch(b"k")
         yield self.assertFailure(watch.whenCreated(), EtcdTimeout)
@@ -757,7 +759,7 @@ class TransportErrorTests(TestCase):
         """
         Nobody listening: L{EtcdUnavailable}, for calls and watches.
         """
-        client = EtcdClient(reactor, "http://127.0.0.1:{}".format(freePort()), timeout=2)
+        client = AdminClient(reactor, "http://127.0.0.1:{}".format(freePort()), timeout=2)
         self.addCleanup(client.close)
         yield self.assertFailure(client.put(b"k", b"v"), EtcdUnavailable)
         reason = yield client.watch(b"k").whenDone()
@@ -768,7 +770,7 @@ class TransportErrorTests(TestCase):
         """
         The caller may cancel a call; the connection is closed.
         """
-        client = EtcdClient(reactor, self.listenSilently(), timeout=5)
+        client = AdminClient(reactor, self.listenSilently(), timeout=5)
         self.addCleanup(client.close)
         d = client.range(b"k")
         yield waitUntil(lambda: self.silent.connected, what="connection")
@@ -826,7 +828,7 @@ class EncodingTests(SynchronousTestCase):
         self.gateway = CannedGateway(*responses)
         self.stub = StubTreq(self.gateway)
         self.clock = Clock()
-        return EtcdClient(self.clock, "http://etcd.test:2379/", httpClient=self.stub)
+        return AdminClient(self.clock, "http://etcd.test:2379/", httpClient=self.stub)
 
     def result(self, d):
         self.stub.flush()
@@ -937,10 +939,10 @@ class EncodingTests(SynchronousTestCase):
             client.txn(
                 compare=[
                     Compare.createRevision(b"g", "==", 0),
-                    Compare.modRevision(b"g", "<", 5),
-                    Compare.value(b"g", "!=", b"v"),
-                    Compare.version(b"g", ">", 1),
-                    Compare.lease(b"g", "==", 99),
+                    AdminCompare.modRevision(b"g", "<", 5),
+                    AdminCompare.value(b"g", "!=", b"v"),
+                    AdminCompare.version(b"g", ">", 1),
+                    AdminCompare.lease(b"g", "==", 99),
                 ],
                 success=[Op.put(b"g", b"n", lease=99)],
                 failure=[Op.range(b"g"), Op.delete(b"h", prefix=True, prevKv=True)],
@@ -1132,7 +1134,7 @@ class EncodingTests(SynchronousTestCase):
             ]
         )
         stub = StubTreq(StringStubbingResource(sequence))
-        client = EtcdClient(Clock(), "http://etcd.test:2379", httpClient=stub)
+        client = AdminClient(Clock(), "http://etcd.test:2379", httpClient=stub)
         with sequence.consume(self.fail):
             d1 = client.delete(b"chat/groups/18/owner")
             d2 = client.delete(b"x")
@@ -1156,6 +1158,57 @@ class EncodingTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+class RetryTests(SynchronousTestCase):
+    """
+    L{retryPolicy} and the backoff of L{WatchKeeper} while etcd cannot answer.
+    """
+
+    def test_policy(self):
+        """
+        Delays double from C{minDelay} up to C{maxDelay}, each scaled by
+        C{spread()}; the default spread keeps them within half of that.
+        """
+        exact = retryPolicy(0.1, 5.0, spread=lambda: 1.0)
+        self.assertEqual(
+            [round(exact(n), 6) for n in range(8)], [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+        )
+        self.assertEqual(exact(10**6), 5.0)
+        halved = retryPolicy(0.1, 5.0, spread=lambda: 0.5)
+        self.assertEqual(round(halved(2), 6), 0.2)
+        spread = retryPolicy(1.0, 8.0)
+        for n in range(6):
+            ceiling = min(8.0, 2.0**n)
+            for _ in range(20):
+                self.assertTrue(ceiling / 2 <= spread(n) <= ceiling, (n, spread(n)))
+
+    def test_keeperBacksOff(self):
+        """
+        Each failed read of the prefix schedules the next one on the clock,
+        with growing delays capped at C{maxDelay}; L{WatchKeeper.stop}
+        cancels the pending retry.
+        """
+        unavailable = {"error": "x", "message": "etcdserver: no leader", "code": 14}
+        gateway = CannedGateway(*[(503, unavailable)] * 8)
+        stub = StubTreq(gateway)
+        clock = Clock()
+        client = AdminClient(clock, "http://etcd.test", httpClient=stub, timeout=5)
+        keeper = WatchKeeper(client, b"/p/", clock=clock, minDelay=1.0, maxDelay=4.0)
+        keeper.start()
+        delays = []
+        for _ in range(6):
+            stub.flush()
+            [call] = clock.getDelayedCalls()
+            delays.append(call.getTime() - clock.seconds())
+            clock.advance(delays[-1])
+        self.assertEqual(len(gateway.requests), 7)
+        for delay, ceiling in zip(delays, [1.0, 2.0, 4.0, 4.0, 4.0, 4.0]):
+            self.assertTrue(ceiling / 2 <= delay <= ceiling, (delays, ceiling))
+        stub.flush()
+        self.successResultOf(keeper.stop())
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual((keeper.resyncs, keeper.streams), (0, 0))
+
+
 class WatchStreamTests(SynchronousTestCase):
     """
     Parsing of the watch stream, fed in chunks that cut lines anywhere.
@@ -1173,7 +1226,7 @@ class WatchStreamTests(SynchronousTestCase):
         self.gateway = CannedGateway(*[hold] * 10)
         self.stub = StubTreq(self.gateway)
         self.clock = Clock()
-        self.client = EtcdClient(self.clock, "http://etcd.test", httpClient=self.stub, timeout=5)
+        self.client = AdminClient(self.clock, "http://etcd.test", httpClient=self.stub, timeout=5)
 
     def send(self, data):
         self.requests[-1].write(data)
@@ -1331,7 +1384,7 @@ class WatchStreamTests(SynchronousTestCase):
         """
         A non-200 answer to the watch POST ends it with the mapped error.
         """
-        client = EtcdClient(
+        client = AdminClient(
             self.clock,
             "http://etcd.test",
             httpClient=StubTreq(CannedGateway((404, b"404 page not found"))),
