@@ -24,7 +24,7 @@ HEARTBEAT = b"_heartbeat_"
 # The only errors after which nsqd keeps the connection open (protocol_v2.go ClientErr).
 NON_FATAL_ERRORS = frozenset({b"E_FIN_FAILED", b"E_REQ_FAILED", b"E_TOUCH_FAILED"})
 
-_NAME = re.compile(r"^[.a-zA-Z0-9_-]+(#ephemeral)?$")
+_NAME = re.compile(r"[.a-zA-Z0-9_-]+(#ephemeral)?", re.ASCII)
 
 
 def _version() -> str:
@@ -75,7 +75,7 @@ def validName(name: str) -> bool:
     """
     Whether nsqd accepts C{name} as a topic or channel name.
     """
-    return 1 <= len(name) <= 64 and _NAME.match(name) is not None
+    return 1 <= len(name) <= 64 and _NAME.fullmatch(name) is not None
 
 
 def _name(kind: str, name: str) -> bytes:
