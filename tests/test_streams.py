@@ -160,6 +160,31 @@ class SendTests(StreamsTestCase):
         self.assertEqual((again, created), (first, False))
         self.assertEqual(len(self.store.stored("inbox:bob")), self.history + 3)
 
+    def test_duplicateInTheStoreFailsOnlyItsStream(self):
+        """
+        A notification that the stream's memory misses but the store holds (a stale view)
+        fails alone: the other streams of its group, written in the same batch, succeed and
+        stay loaded; the stream reloads, and the notification again is the stored original.
+        """
+        group = self.streams.groupOf("inbox:bob")
+        other = next(f"inbox:u{i}" for i in range(10_000)
+                     if self.streams.groupOf(f"inbox:u{i}") == group)
+        self.successResultOf(self.streams.get("inbox:bob"))
+        self.successResultOf(self.streams.get(other))
+        stale = Event(stream="inbox:bob", seq=1, id="m.9", group=group, type="message",
+                      sender="alice", ts=1.0, data={})
+        self.store.events["inbox:bob"] = {1: stale}
+        duplicate = self.streams.appendNotification("bob", "inbox:bob", "m.9", "message",
+                                                    "alice", {})
+        mate = self.streams.appendNotification(other[6:], other, "f.1", "flirt", "alice", {})
+        self.clock.advance(0.005)
+        self.failureResultOf(duplicate)
+        self.assertTrue(self.successResultOf(mate)[1])
+        self.assertIn(other, self.streams._streams)
+        self.assertNotIn("inbox:bob", self.streams._streams)
+        again, created = self.successResultOf(self.notify("m.9"))
+        self.assertEqual((again, created), (stale, False))
+
     def test_lostGroupFailsTheSendAndDropsTheStream(self):
         """
         A fence rejection fails the send with the store's error and forgets the stream, whose
