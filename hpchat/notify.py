@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from hpchat import strictjson
 from hpchat.groups import Local, Redirect, resolveRoute
-from hpchat.storage.base import Event
+from hpchat.storage.base import Event, OutboxEntry
 from hpchat.streamids import inboxStream, isUserId, parseConversation
 
 MAX_BODY = 8 * 1024
@@ -83,6 +83,19 @@ def messageNotification(event: Event) -> Notification | None:
         id=f"m.{event.id}", user=recipient, type="message", sender=event.sender,
         data={"conversation": event.stream, "seq": event.seq,
               "preview": event.data.get("text", "")[:PREVIEW_CHARS]})
+
+
+def outboxEntry(event: Event) -> OutboxEntry | None:
+    """
+    The outbox entry written with a conversation message: its recipient's C{message}
+    notification, published by the owner of the message's group.
+    """
+    notification = messageNotification(event)
+    if notification is None:
+        return None
+    return OutboxEntry(id=notification.id, group=event.group, stream=event.stream,
+                       seq=event.seq, body=notification.toJSON().decode("utf-8"),
+                       created=event.ts)
 
 
 def deliverToInbox(streams, notification: Notification) -> defer.Deferred:

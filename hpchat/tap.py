@@ -96,7 +96,8 @@ def buildNode(config, reactor) -> MultiService:
     from hpchat.groups import SingleNodeOwnership
     from twisted.internet import defer
 
-    from hpchat.notify import InboxRouter, InProcessNotifier
+    from hpchat.notify import InboxRouter, outboxEntry, parseNotification
+    from hpchat.outbox import OutboxPublisher
     from hpchat.persister import BatchPersister
     from hpchat.storage.service import StoreService
     from hpchat.storage.select import makeStore
@@ -134,10 +135,21 @@ def buildNode(config, reactor) -> MultiService:
                           lambda n: defer.ensureDeferred(router.deliver(n)), config.node.id)
         # Stops after the persister: notifications of the last batch still go out.
         bus.producer.setServiceParent(node)
+        publish = bus.publishEntry
+    else:
+        # Without NSQ the outbox is done once the inbox append is durable.
+        def publish(entry):
+            notification = parseNotification(entry.body.encode("utf-8"))
+            return defer.ensureDeferred(router.deliver(notification))
+
+    # Stops after the persister's last batch and before the NSQ producer and the store.
+    outbox = OutboxPublisher(reactor, store, publish, outboxEntry, ownership, config.chat.groups)
+    outbox.setServiceParent(node)
 
     persister = BatchPersister(reactor, store, batchSize=config.storage.batch_size,
                                flushInterval=config.storage.flush_interval,
                                maxPending=config.storage.max_pending)
+    persister.outboxFor = outboxEntry
     persister.setServiceParent(node)
     if config.cluster is not None:
         ownership.pendingWrites = persister.pendingFor
@@ -154,11 +166,8 @@ def buildNode(config, reactor) -> MultiService:
     internalClient = InternalClient(internalAuth, config.node.id, reactor)
     reactor.addSystemEventTrigger("before", "shutdown", internalClient.close)
     router = InboxRouter(streams, ownership, internalClient.deliver)
-    if config.nsq is None:
-        notifier = InProcessNotifier(streams, lambda n: defer.ensureDeferred(router.deliver(n)))
-        streams.onCommitted.append(notifier.messageCommitted)
-    else:
-        streams.onCommitted.append(bus.messageCommitted)
+    streams.onCommitted.append(outbox.committed)
+    if config.nsq is not None:
         # Stop before the streams: in-flight notifications finish or go back to nsqd.
         for consumer in bus.consumers:
             consumer.setServiceParent(node)

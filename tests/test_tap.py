@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from hpchat import tap
+from hpchat.outbox import OutboxPublisher
 from hpchat.persister import BatchPersister
 from hpchat.storage.service import StoreService
 from hpchat.streams import Streams
@@ -73,8 +74,9 @@ class OptionsTests(unittest.SynchronousTestCase):
 
     def test_makeServiceWiresTheNode(self):
         """
-        makeService builds a MultiService of store, persister, streams and web, in the order
-        that makes shutdown stop the web first and close the store last.
+        makeService builds a MultiService of store, outbox publisher, persister, streams and
+        web, in the order that makes shutdown stop the web first and close the store last (the
+        outbox publisher after the persister's last batch).
         """
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
@@ -88,7 +90,8 @@ class OptionsTests(unittest.SynchronousTestCase):
         service = tap.makeService(options, MemoryReactorClock())
         self.assertTrue(IServiceCollection.providedBy(service))
         kinds = [type(s) for s in service]
-        self.assertEqual(kinds, [StoreService, BatchPersister, Streams, WebService])
+        self.assertEqual(kinds, [StoreService, OutboxPublisher, BatchPersister, Streams,
+                                 WebService])
         for child in service:
             self.assertTrue(IService.providedBy(child))
         self.assertTrue(os.path.isdir(os.path.join(folder, "data")))
