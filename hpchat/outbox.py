@@ -44,7 +44,7 @@ class OutboxPublisher(Service):
 
     log = Logger()
     sweepLimit = 500
-    idleInterval = 30.0
+    idleInterval = 10.0
 
     def __init__(self, clock, store, publish: Callable[[OutboxEntry], defer.Deferred],
                  entryFor: Callable[[Event], OutboxEntry | None], ownership, groups: int,
