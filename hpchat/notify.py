@@ -109,8 +109,9 @@ def deliverToInbox(streams, notification: Notification) -> defer.Deferred:
 
 class InProcessNotifier:
     """
-    Turns committed conversation messages into inbox notifications delivered on this node:
-    the single-node default, used when no NSQ is configured.
+    Turns committed conversation messages into inbox notifications delivered on this node at
+    once, with no outbox behind them (a notification is lost if the node stops first). A node
+    uses L{hpchat.outbox.OutboxPublisher} instead; this serves setups without a store outbox.
     """
 
     log = Logger()

@@ -9,12 +9,12 @@ costing a reconnect.
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from hpchat import strictjson
 from hpchat.nsq.framing import MESSAGE_ID_LENGTH, encodeCommand, encodeMultiBody
 
 OK = b"OK"
@@ -143,7 +143,7 @@ class IdentifyOptions:
 
 
 def identify(options: IdentifyOptions) -> bytes:
-    return encodeCommand(b"IDENTIFY", body=json.dumps(options.toJSON()).encode("utf-8"))
+    return encodeCommand(b"IDENTIFY", body=strictjson.dumps(options.toJSON()).encode("utf-8"))
 
 
 def parseIdentifyResponse(data: bytes) -> dict[str, Any]:
@@ -157,7 +157,7 @@ def parseIdentifyResponse(data: bytes) -> dict[str, Any]:
         return {}
     if data[:1] != b"{":
         raise ValueError(f"unexpected IDENTIFY response {data[:64]!r}")
-    result = json.loads(data)
+    result = strictjson.loads(data)
     if not isinstance(result, dict):  # pragma: no cover - starts with "{"
         raise ValueError("IDENTIFY response is not an object")
     return result
