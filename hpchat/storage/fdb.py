@@ -372,6 +372,8 @@ class FoundationDBStore:
     #: Bounds of one transaction of an append: estimated bytes and events.
     maxPartBytes = 1_000_000
     maxPartEvents = 1000
+    #: At most this many outbox keys are read by one L{pendingOutbox}.
+    maxOutboxScan = 10_000
 
     def __init__(self, reactor, clusterFile: str, keyPrefix: str = "hpchat", threads: int = 16,
                  binding=None):
@@ -708,12 +710,16 @@ class FoundationDBStore:
             return defer.succeed([])
         layout = self.layout
 
+        wanted = set(groups)
+        # One range read from the first group asked for to the last (a sweep asks for every
+        # group, and few entries are pending at any time), bounded in case many are.
+        cap = max(limit * 4, self.maxOutboxScan)
+
         def body(tr, attempt):
-            entries = []
-            for group in groups:
-                begin, end = layout.outboxRange(group)
-                entries.extend(layout.decodeOutbox(k, v)
-                               for k, v in self._range(tr, begin, end, limit))
+            begin, _ = layout.outboxRange(groups[0])
+            _, end = layout.outboxRange(groups[-1])
+            entries = [layout.decodeOutbox(k, v) for k, v in self._range(tr, begin, end, cap)]
+            entries = [o for o in entries if o.group in wanted]
             entries.sort(key=lambda o: (o.created, o.id))
             return entries[:limit]
 
