@@ -40,6 +40,19 @@ def loads(data: bytes | str) -> Any:
     return json.loads(data, parse_constant=_constant, parse_float=_float)
 
 
+def _finiteOrNone(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def loadsStored(data: bytes | str) -> Any:
+    """
+    Decode JSON that hpchat itself stored. Data stored before inputs were strict may hold
+    NaN or Infinity: those read as null, so that what is served is JSON.
+    """
+    return json.loads(data, parse_constant=lambda name: None, parse_float=_finiteOrNone)
+
+
 def dumps(value: Any, **kwargs: Any) -> str:
     """
     Encode C{value} compactly as JSON text, raising C{ValueError} for a non-finite float.

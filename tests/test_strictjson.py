@@ -31,3 +31,10 @@ class StrictJSONTests(SynchronousTestCase):
         for value in [float("nan"), [float("inf")], {"a": -float("inf")}]:
             self.assertRaises(ValueError, strictjson.dumps, value)
         self.assertEqual(strictjson.dumps({"a": "\u00e9", "b": [1]}), '{"a":"\u00e9","b":[1]}')
+
+    def test_storedNonFiniteReadsAsNull(self):
+        """
+        Data stored before inputs were strict reads with its non-finite numbers as null.
+        """
+        self.assertEqual(strictjson.loadsStored('{"a": NaN, "b": [Infinity, -Infinity, 1e999, 2.5]}'),
+                         {"a": None, "b": [None, None, None, 2.5]})

@@ -269,7 +269,7 @@ class KeyLayout:
         if version != LAYOUT_VERSION:
             raise StoreError(f"event {stream}#{seq} has value format {version}")
         return Event(stream=stream, seq=seq, id=id, group=group, type=type, sender=sender,
-                     ts=ts, client_id=clientId, data=strictjson.loads(data))
+                     ts=ts, client_id=clientId, data=strictjson.loadsStored(data))
 
     def indexKeys(self, e: Event) -> tuple[bytes, ...]:
         """

@@ -103,7 +103,7 @@ _RAISE_FENCES = (
 def _row(row: tuple) -> Event:
     stream, seq, id, grp, type, sender, ts, client_id, data = row
     return Event(stream=stream, seq=seq, id=id, group=grp, type=type, sender=sender, ts=ts,
-                 client_id=client_id, data=strictjson.loads(data))
+                 client_id=client_id, data=strictjson.loadsStored(data))
 
 
 def _connect(path: str) -> sqlite3.Connection:

@@ -64,6 +64,8 @@ class SQLiteSpecificTests(unittest.TestCase):
             "CREATE TABLE fences (grp INTEGER PRIMARY KEY, token INTEGER NOT NULL);"
             "INSERT INTO events VALUES ('dm:alice:bob', 1, 'dm:alice:bob-1', 1, 'message',"
             " 'alice', 1001.0, NULL, '{\"text\":\"m1\"}');"
+            "INSERT INTO events VALUES ('inbox:bob', 1, 'n.1', 1, 'flirt', 'alice', 1001.0,"
+            " NULL, '{\"score\":NaN}');"
             "INSERT INTO fences VALUES (1, 3);")
         old.commit()
         old.close()
@@ -71,6 +73,9 @@ class SQLiteSpecificTests(unittest.TestCase):
         await store.open()
         self.addCleanup(store.close)
         self.assertEqual(await store.readAfter("dm:alice:bob", 0, 10), [event(1)])
+        # Written before inputs were strict: what is read back is JSON.
+        [flirt] = await store.readAfter("inbox:bob", 0, 10)
+        self.assertEqual(flirt.data, {"score": None})
         with self.assertRaises(Exception) as caught:
             await store.append([event(2)], {1: 2})
         self.assertEqual(type(caught.exception).__name__, "FenceRejected")
