@@ -45,6 +45,8 @@ class OutboxPublisher(Service):
     log = Logger()
     sweepLimit = 500
     idleInterval = 10.0
+    #: Acknowledged entries are marked done together, one store write per this many seconds.
+    markDelay = 0.5
 
     def __init__(self, clock, store, publish: Callable[[OutboxEntry], defer.Deferred],
                  entryFor: Callable[[Event], OutboxEntry | None], ownership, groups: int,
@@ -61,6 +63,7 @@ class OutboxPublisher(Service):
         self._toMark: list[OutboxEntry] = []
         self._marking: defer.Deferred | None = None
         self._markWaiters: list[defer.Deferred] = []
+        self._markTimer: Any = None
         self._timer: Any = None
         self._sweeping = False
         self._pendingSweeps = 0
@@ -83,6 +86,7 @@ class OutboxPublisher(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._markNow()
         if self._marking is None and not self._toMark:
             return defer.succeed(None)
         waiter: defer.Deferred = defer.Deferred()
@@ -121,6 +125,16 @@ class OutboxPublisher(Service):
         else:
             self.published += 1
         self._toMark.append(entry)
+        if not self.running:
+            self._markNow()
+        elif self._markTimer is None:
+            self._markTimer = self._clock.callLater(self.markDelay, self._markNow)
+
+    def _markNow(self) -> None:
+        if self._markTimer is not None:
+            if self._markTimer.active():
+                self._markTimer.cancel()
+            self._markTimer = None
         self._markDone()
 
     def _notSent(self, failure, entry: OutboxEntry) -> None:

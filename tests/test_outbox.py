@@ -95,6 +95,9 @@ class OutboxTests(SynchronousTestCase):
         self.assertEqual(nid, f"m.{event.id}")
         self.assertEqual(list(self.store.outbox), [nid])
         d.callback(None)
+        # Marked done with the others acknowledged within markDelay, in one store write.
+        self.assertEqual(list(self.store.outbox), [nid])
+        self.clock.advance(self.node.outbox.markDelay)
         self.assertEqual(self.store.outbox, {})
         self.assertEqual(self.node.outbox.published, 1)
 
@@ -126,6 +129,7 @@ class OutboxTests(SynchronousTestCase):
         self.clock.advance(0.5)
         self.assertEqual(len(self.published), 2)
         self.published[1][1].callback(None)
+        self.clock.advance(self.node.outbox.markDelay)
         self.assertEqual(self.store.outbox, {})
         self.assertEqual(self.node.outbox.republished, 1)
 
@@ -146,6 +150,7 @@ class OutboxTests(SynchronousTestCase):
         [(nid, d)] = self.published
         self.assertEqual(nid, f"m.{event.id}")
         d.callback(None)
+        self.clock.advance(again.outbox.markDelay)
         self.assertEqual(self.store.outbox, {})
 
     def test_onlyTheOwnerPublishes(self):
@@ -178,9 +183,23 @@ class OutboxTests(SynchronousTestCase):
         self.clock.advance(self.node.outbox.idleInterval)
         self.assertEqual([nid for nid, _ in self.published], [entry.id])
 
+    def test_marksDoneInOneWrite(self):
+        """
+        Entries acknowledged close together are marked done with one store write.
+        """
+        calls = []
+        real = self.store.markOutboxDone
+        self.store.markOutboxDone = lambda entries: calls.append(len(entries)) or real(entries)
+        for i in range(3):
+            self.send(f"m{i}")
+        for _, d in self.published:
+            d.callback(None)
+        self.clock.advance(self.node.outbox.markDelay)
+        self.assertEqual((calls, self.store.outbox), ([3], {}))
+
     def test_stopWaitsForMarking(self):
         """
-        Stopping waits for the acknowledged entries to be marked done.
+        Stopping marks the acknowledged entries done at once and waits for the write.
         """
         self.send()
         marking: defer.Deferred = defer.Deferred()
