@@ -348,7 +348,8 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
                 raise s.error("nsqd_tcp", f"must be host:port[, host:port...] (got {address!r})")
         nsq = NSQConfig(
             nsqd_tcp=addresses,
-            topic=s.text("topic", "hpchat.notifications", _NSQ_NAME.fullmatch, "a valid NSQ topic name"),
+            topic=s.text("topic", "hpchat.notifications", _NSQ_NAME.fullmatch,
+                         "a valid NSQ topic name"),
             channel=s.text("channel", "hpchat", _NSQ_NAME.fullmatch, "a valid NSQ channel name"),
             max_in_flight=s.integer("max_in_flight", 200, 1, 100000),
         )

@@ -73,8 +73,8 @@ class MemoryEventStore:
     L{IEventStore} in memory, following the interface's docstrings: per-group fence tokens
     (L{FenceRejected} when a higher token is stored), L{StreamConflict} on a seq, id or
     (sender, client_id) already taken (within the batch or in the store), all-or-nothing
-    batches with their outbox entries. Every method returns an already-fired Deferred, except appends while L{hold}
-    is on: those stay unfired (and unwritten) until L{release}.
+    batches with their outbox entries. Every method returns an already-fired Deferred, except
+    appends while L{hold} is on: those stay unfired (and unwritten) until L{release}.
 
     @ivar batches: every successfully written batch, as C{(events, fences)}.
     @ivar appendCalls: the number of calls to L{append}.

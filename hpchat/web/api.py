@@ -196,7 +196,8 @@ class ChatAPI:
         try:
             body = strictjson.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise _badRequest("the body must be JSON (NaN and Infinity are not JSON)", "bad_json") from None
+            raise _badRequest("the body must be JSON (NaN and Infinity are not JSON)",
+                              "bad_json") from None
         if not isinstance(body, dict):
             raise _badRequest("the body must be a JSON object")
         return body
