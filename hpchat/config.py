@@ -143,11 +143,11 @@ class Config:
     extra: dict = field(default_factory=dict)
 
 
-_NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
 _STORAGE_BACKENDS = ("sqlite", "postgresql", "foundationdb")
 FDB_MAX_TEXT_CHARS = 16000
-_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_NSQ_NAME = re.compile(r"^[.a-zA-Z0-9_-]{1,64}(#ephemeral)?$")
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
+_NSQ_NAME = re.compile(r"[.a-zA-Z0-9_-]{1,64}(#ephemeral)?", re.ASCII)
 
 
 class _Section:
@@ -242,7 +242,7 @@ def _listenProblem(value: str) -> str | None:
 
 
 def _isURL(value: str) -> bool:
-    return re.match(r"^https?://[^/\s]+(/.*)?$", value) is not None
+    return re.fullmatch(r"https?://[^/\s]+(/.*)?", value, re.ASCII) is not None
 
 
 def _readSecret(section: _Section, baseDir: str) -> bytes:
@@ -329,7 +329,7 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
     if problem is not None:
         raise s.error("listen", problem)
     node = NodeConfig(
-        id=s.text("id", None, _NODE_ID.match, "1-64 characters of A-Z a-z 0-9 _ . -"),
+        id=s.text("id", None, _NODE_ID.fullmatch, "1-64 characters of A-Z a-z 0-9 _ . -"),
         listen=listen,
         advertise_url=s.text("advertise_url", None, _isURL, "an http(s) URL").rstrip("/"),
     )
@@ -373,7 +373,7 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
             raise s.error("cluster_file", "is required with backend = foundationdb "
                                           "(e.g. /etc/foundationdb/fdb.cluster)")
         clusterFile = os.path.join(baseDir, clusterFile)
-        keyPrefix = s.text("key_prefix", "hpchat", _KEY_PREFIX.match,
+        keyPrefix = s.text("key_prefix", "hpchat", _KEY_PREFIX.fullmatch,
                            "1-64 characters of A-Z a-z 0-9 _ . -")
         if chat.max_text_chars > FDB_MAX_TEXT_CHARS:
             # One event is one FoundationDB value (at most 100,000 bytes); JSON may spend up
@@ -419,12 +419,13 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
         s = section("nsq")
         addresses = tuple(a.strip() for a in s.text("nsqd_tcp", None).split(",") if a.strip())
         for address in addresses:
-            if not re.match(r"^[^:\s]+:\d{1,5}$", address):
+            if not re.fullmatch(r"[^:\s]+:\d{1,5}", address, re.ASCII):
                 raise s.error("nsqd_tcp", f"must be host:port[, host:port...] (got {address!r})")
         nsq = NSQConfig(
             nsqd_tcp=addresses,
-            topic=s.text("topic", "hpchat.notifications", _NSQ_NAME.match, "a valid NSQ topic name"),
-            channel=s.text("channel", "hpchat", _NSQ_NAME.match, "a valid NSQ channel name"),
+            topic=s.text("topic", "hpchat.notifications", _NSQ_NAME.fullmatch,
+                         "a valid NSQ topic name"),
+            channel=s.text("channel", "hpchat", _NSQ_NAME.fullmatch, "a valid NSQ channel name"),
             max_in_flight=s.integer("max_in_flight", 200, 1, 100000),
         )
         s.checkNoUnknownKeys()
@@ -433,7 +434,7 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
     origins = tuple(o.strip().rstrip("/") for o in s.raw("cors_origins", "").split(",")
                     if o.strip())
     for origin in origins:
-        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin, re.ASCII):
             raise s.error("cors_origins", f"must be * or origins like https://example.com "
                                           f"(got {origin!r})")
     http = HTTPConfig(cors_origins=origins)

@@ -8,7 +8,6 @@ A notification goes to the inbox stream of its user, once per notification id.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -16,13 +15,14 @@ from typing import Any, Callable, Mapping
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from hpchat import strictjson
 from hpchat.groups import Local, Redirect, resolveRoute
-from hpchat.storage.base import Event
+from hpchat.storage.base import Event, OutboxEntry
 from hpchat.streamids import inboxStream, isUserId, parseConversation
 
 MAX_BODY = 8 * 1024
 PREVIEW_CHARS = 100
-_TYPE = re.compile(r"^[a-z0-9_.-]{1,32}$")
+_TYPE = re.compile(r"[a-z0-9_.-]{1,32}", re.ASCII)
 
 
 class BadNotification(ValueError):
@@ -40,9 +40,8 @@ class Notification:
     data: Mapping[str, Any] = field(default_factory=dict)
 
     def toJSON(self) -> bytes:
-        return json.dumps({"id": self.id, "user": self.user, "type": self.type,
-                           "from": self.sender, "data": dict(self.data)},
-                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return strictjson.dumps({"id": self.id, "user": self.user, "type": self.type,
+                                 "from": self.sender, "data": dict(self.data)}).encode("utf-8")
 
 
 def parseNotification(body: bytes) -> Notification:
@@ -52,9 +51,9 @@ def parseNotification(body: bytes) -> Notification:
     if len(body) > MAX_BODY:
         raise BadNotification(f"body is {len(body)} bytes, over {MAX_BODY}")
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadNotification("body is not JSON") from None
+        value = strictjson.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadNotification("body is not JSON (NaN and Infinity are not JSON)") from None
     if not isinstance(value, dict):
         raise BadNotification("body is not a JSON object")
     nid, user, type = value.get("id"), value.get("user"), value.get("type")
@@ -63,7 +62,7 @@ def parseNotification(body: bytes) -> Notification:
         raise BadNotification("id must be a string of 1 to 64 characters")
     if not isUserId(user):
         raise BadNotification("user must be a valid user id")
-    if not isinstance(type, str) or not _TYPE.match(type):
+    if not isinstance(type, str) or not _TYPE.fullmatch(type):
         raise BadNotification("type must match [a-z0-9_.-]{1,32}")
     if sender is not None and not isUserId(sender):
         raise BadNotification("from must be a valid user id or null")
@@ -86,6 +85,19 @@ def messageNotification(event: Event) -> Notification | None:
               "preview": event.data.get("text", "")[:PREVIEW_CHARS]})
 
 
+def outboxEntry(event: Event) -> OutboxEntry | None:
+    """
+    The outbox entry written with a conversation message: its recipient's C{message}
+    notification, published by the owner of the message's group.
+    """
+    notification = messageNotification(event)
+    if notification is None:
+        return None
+    return OutboxEntry(id=notification.id, group=event.group, stream=event.stream,
+                       seq=event.seq, body=notification.toJSON().decode("utf-8"),
+                       created=event.ts)
+
+
 def deliverToInbox(streams, notification: Notification) -> defer.Deferred:
     """
     Append C{notification} to its user's inbox on this node (which must own it).
@@ -97,8 +109,9 @@ def deliverToInbox(streams, notification: Notification) -> defer.Deferred:
 
 class InProcessNotifier:
     """
-    Turns committed conversation messages into inbox notifications delivered on this node:
-    the single-node default, used when no NSQ is configured.
+    Turns committed conversation messages into inbox notifications delivered on this node at
+    once, with no outbox behind them (a notification is lost if the node stops first). A node
+    uses L{hpchat.outbox.OutboxPublisher} instead; this serves setups without a store outbox.
     """
 
     log = Logger()

@@ -5,8 +5,14 @@ in batches of up to C{batchSize}, one batch at a time, in the order they were qu
 
 An event's Deferred fires only once its batch is durable, which is when the sender gets its
 acknowledgement and pollers see it. Store errors are retried with backoff (the batch stays at
-the head of the queue); a fence rejection or conflict fails the queued events of the groups
-concerned, since their writer has lost or misjudged them.
+the head of the queue); a fence rejection fails the queued events of the groups concerned,
+since their writer has lost them. A conflict (an event that collides with a stored one, such as
+a duplicate that slipped past the streams' dedupe) fails the queued events of the colliding
+streams only, whose writer has misjudged them and reloads them; the other events of the batch
+are written at once without them.
+
+An event may come with an outbox entry (C{outboxFor(event)}, e.g. the C{message} notification
+of a conversation message): it is written in the same batch as its event, or not at all.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from twisted.logger import Logger
 
 from hpchat import metrics
 from hpchat.loops import guarded, startLoop
-from hpchat.storage.base import Event, FenceRejected, StoreError, StreamConflict
+from hpchat.storage.base import Event, FenceRejected, OutboxEntry, StoreError, StreamConflict
 
 
 class Overloaded(Exception):
@@ -47,6 +53,7 @@ class PersisterStopped(Exception):
 class _Pending:
     event: Event
     token: int
+    outbox: OutboxEntry | None = None
     deferred: defer.Deferred = field(default_factory=defer.Deferred)
 
 
@@ -57,6 +64,8 @@ class BatchPersister(Service):
     @ivar tokenValid: C{tokenValid(group, token)} says whether this node may still write
         C{group} under C{token}; events whose token has lapsed (lease lost, self-fenced) are
         failed with L{FenceRejected} instead of written.
+    @ivar outboxFor: C{outboxFor(event)} gives the L{OutboxEntry} to write with C{event}, or
+        None.
     """
 
     log = Logger()
@@ -73,6 +82,7 @@ class BatchPersister(Service):
         self.maxPending = maxPending
         self.onGroupsLost: Callable[[Iterable[int], Exception], None] = lambda groups, e: None
         self.tokenValid: Callable[[int, int], bool] = lambda group, token: True
+        self.outboxFor: Callable[[Event], OutboxEntry | None] = lambda event: None
         self._queue: deque[_Pending] = deque()
         self._flushing: defer.Deferred | None = None
         self._kick = None
@@ -170,7 +180,7 @@ class BatchPersister(Service):
         if len(self._queue) >= self.maxPending:
             metrics.overloaded.inc()
             raise Overloaded(f"{len(self._queue)} events are waiting to be written")
-        pending = _Pending(event, token)
+        pending = _Pending(event, token, self.outboxFor(event))
         self._queue.append(pending)
         if (len(self._queue) >= self.batchSize and self._flushing is None
                 and self._kick is None and self._clock.seconds() >= self._retryAt):
@@ -220,7 +230,11 @@ class BatchPersister(Service):
         self._inFlight = len(batch)
         fences = {p.event.group: p.token for p in batch}
         started = self._clock.seconds()
-        d = defer.maybeDeferred(self._store.append, [p.event for p in batch], fences)
+        outbox = [p.outbox for p in batch if p.outbox is not None]
+        if outbox:
+            d = defer.maybeDeferred(self._store.append, [p.event for p in batch], fences, outbox)
+        else:
+            d = defer.maybeDeferred(self._store.append, [p.event for p in batch], fences)
         d.addCallbacks(self._written, self._failed, callbackArgs=(batch, started),
                        errbackArgs=(batch,))
         d.addErrback(lambda f: self.log.failure("persister bug", f))
@@ -298,6 +312,16 @@ class BatchPersister(Service):
         if self._abandoned(batch):
             return
         error = failure.value
+        if isinstance(error, StreamConflict) and error.streams:
+            metrics.storeErrors.labels("conflict").inc()
+            streams = set(error.streams)
+            self.log.warn("batch refused for streams {streams}: {error}; their queued events "
+                          "fail, the other {count} go again", streams=sorted(streams),
+                          error=str(error),
+                          count=sum(1 for p in batch if p.event.stream not in streams))
+            # Every queued event of those streams: a later seq alone would leave a gap.
+            self._failWhere(lambda p: p.event.stream in streams, error)
+            return
         if isinstance(error, (FenceRejected, StreamConflict)):
             kind = "fenced" if isinstance(error, FenceRejected) else "conflict"
             metrics.storeErrors.labels(kind).inc()

@@ -138,11 +138,15 @@ class Stream:
 
 
 def _dedupeKey(event: Event) -> tuple | None:
-    if event.type == "message":
-        if event.client_id is None:
-            return None
-        return ("c", event.sender, event.client_id)
-    return ("n", event.id)
+    """
+    What makes C{event} a repeat: an inbox event (notification) its id, whatever its type
+    (C{message} notifications included); a conversation message its (sender, client_id).
+    """
+    if event.type != "message" or event.stream.startswith("inbox:"):
+        return ("n", event.id)
+    if event.client_id is None:
+        return None
+    return ("c", event.sender, event.client_id)
 
 
 class Streams(Service):

@@ -69,7 +69,8 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
 
     from hpchat.groups import SingleNodeOwnership
     from hpchat.limits import UserLimits
-    from hpchat.notify import InboxRouter, InProcessNotifier
+    from hpchat.notify import InboxRouter, outboxEntry, parseNotification
+    from hpchat.outbox import OutboxPublisher
     from hpchat.persister import BatchPersister
     from hpchat.storage.select import makeStore
     from hpchat.storage.service import StoreService
@@ -101,10 +102,19 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
 
         bus = NSQNotifier(reactor, config.nsq,
                           lambda n: defer.ensureDeferred(router.deliver(n)), config.node.id)
+        publish = bus.publishEntry
+    else:
+        # Without NSQ the outbox is done once the inbox append is durable.
+        def publish(entry):
+            notification = parseNotification(entry.body.encode("utf-8"))
+            return defer.ensureDeferred(router.deliver(notification))
+
+    outbox = OutboxPublisher(reactor, store, publish, outboxEntry, ownership, config.chat.groups)
 
     persister = BatchPersister(reactor, store, batchSize=config.storage.batch_size,
                                flushInterval=config.storage.flush_interval,
                                maxPending=config.storage.max_pending)
+    persister.outboxFor = outboxEntry
     if config.cluster is not None:
         ownership.pendingWrites = persister.pendingFor
         persister.tokenValid = lambda group, token: ownership.mayWrite(group, token) is not None
@@ -119,11 +129,7 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
     internalAuth = InternalAuth(config.auth.secret, reactor)
     internalClient = InternalClient(internalAuth, config.node.id, reactor)
     router = InboxRouter(streams, ownership, internalClient.deliver)
-    if bus is None:
-        notifier = InProcessNotifier(streams, lambda n: defer.ensureDeferred(router.deliver(n)))
-        streams.onCommitted.append(notifier.messageCommitted)
-    else:
-        streams.onCommitted.append(bus.messageCommitted)
+    streams.onCommitted.append(outbox.committed)
 
     api = ChatAPI(streams, ownership, Authenticator(config.auth.secret, reactor), store,
                   config.chat, persister, internalAuth, devLogin=config.auth.dev_login,
@@ -131,7 +137,7 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
     web = WebService(api, config.node.listen, reactor, corsOrigins=config.http.cors_origins)
 
     node = HPChatNode(reactor, configPath, config.node.listen)
-    for stage in nodeStages(web=web, streams=streams, persister=persister,
+    for stage in nodeStages(web=web, streams=streams, persister=persister, outbox=outbox,
                             internalClient=internalClient, store=storeService,
                             ownership=ownership if config.cluster is not None else None,
                             consumers=bus.consumers if bus is not None else (),
@@ -141,7 +147,7 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
 
 
 def nodeStages(web, streams, persister, internalClient, store, ownership=None, consumers=(),
-               producer=None) -> list[Stage]:
+               producer=None, outbox=None) -> list[Stage]:
     """
     The stages of a node in stop order (they start in the reverse order):
 
@@ -151,11 +157,13 @@ def nodeStages(web, streams, persister, internalClient, store, ownership=None, c
       3. C{nsq consumers}: no more notifications taken; those in flight finish or go back;
       4. C{streams}: what is left in memory is dropped;
       5. C{persister}: every queued event is written (or fails after its C{stopTimeout});
-      6. C{nsq producer}: the notifications of the last batches are published;
-      7. C{internal client}: connections to other nodes are closed;
-      8. C{lease}: the group claims and the lease are given back (cluster), so that other
+      6. C{outbox}: what the last batches published is marked done (what is not stays
+         pending in the store, for the group's next owner to publish);
+      7. C{nsq producer}: the notifications of the last batches are published;
+      8. C{internal client}: connections to other nodes are closed;
+      9. C{lease}: the group claims and the lease are given back (cluster), so that other
          nodes take over at once, with everything durable;
-      9. C{store}: the store is closed.
+     10. C{store}: the store is closed.
     """
     stages = [serviceStage("accepting", 5.0, web),
               Stage("polls", streams.answerWaiting, 1.0)]
@@ -164,6 +172,8 @@ def nodeStages(web, streams, persister, internalClient, store, ownership=None, c
                                    max(c.closeTimeout for c in consumers) + 2.0, *consumers))
     stages.append(serviceStage("streams", 2.0, streams))
     stages.append(serviceStage("persister", persister.stopTimeout + 2.0, persister))
+    if outbox is not None:
+        stages.append(serviceStage("outbox", outbox.stopTimeout + 2.0, outbox))
     if producer is not None:
         stages.append(serviceStage("nsq producer", producer.stopTimeout + 2.0, producer))
     stages.append(Stage("internal client", internalClient.close, 2.0))

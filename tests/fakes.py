@@ -19,6 +19,7 @@ from hpchat.storage.base import (
     Event,
     FenceRejected,
     IEventStore,
+    OutboxEntry,
     StoreError,
     StreamConflict,
     StreamSnapshot,
@@ -63,6 +64,7 @@ class _HeldAppend:
     events: list[Event]
     fences: dict[int, int]
     deferred: defer.Deferred
+    outbox: list[OutboxEntry]
 
 
 @implementer(IEventStore)
@@ -71,11 +73,12 @@ class MemoryEventStore:
     L{IEventStore} in memory, following the interface's docstrings: per-group fence tokens
     (L{FenceRejected} when a higher token is stored), L{StreamConflict} on a seq, id or
     (sender, client_id) already taken (within the batch or in the store), all-or-nothing
-    batches. Every method returns an already-fired Deferred, except appends while L{hold}
-    is on: those stay unfired (and unwritten) until L{release}.
+    batches with their outbox entries. Every method returns an already-fired Deferred, except
+    appends while L{hold} is on: those stay unfired (and unwritten) until L{release}.
 
     @ivar batches: every successfully written batch, as C{(events, fences)}.
     @ivar appendCalls: the number of calls to L{append}.
+    @ivar outbox: the pending outbox entries, by id.
     """
 
     def __init__(self, ready: bool = True):
@@ -85,6 +88,7 @@ class MemoryEventStore:
         self.batches: list[tuple[list[Event], dict[int, int]]] = []
         self.appendCalls = 0
         self.claims: list[tuple[int, int, str]] = []
+        self.outbox: dict[str, OutboxEntry] = {}
         self._failNext = 0
         self._failWith: Exception | None = None
         self._holding = False
@@ -114,7 +118,7 @@ class MemoryEventStore:
         held, self.held = self.held, []
         for h in held:
             try:
-                self._write(h.events, h.fences)
+                self._write(h.events, h.fences, h.outbox)
             except Exception as e:
                 h.deferred.errback(e)
             else:
@@ -169,11 +173,12 @@ class MemoryEventStore:
         return defer.succeed(StreamSnapshot(last_seq=self.lastSeq(stream),
                                             recent=[_copy(e) for e in tail]))
 
-    def append(self, events, fences):
+    def append(self, events, fences, outbox=()):
         self.appendCalls += 1
         events = list(events)
         fences = dict(fences)
-        missing = {e.group for e in events} - set(fences)
+        outbox = list(outbox)
+        missing = ({e.group for e in events} | {o.group for o in outbox}) - set(fences)
         if missing:
             return defer.fail(ValueError(f"no fence token for groups {sorted(missing)}"))
         if self._failNext:
@@ -181,19 +186,21 @@ class MemoryEventStore:
             return defer.fail(self._failWith or StoreError("the disk is on fire"))
         if self._holding:
             d: defer.Deferred = defer.Deferred()
-            self.held.append(_HeldAppend(events, fences, d))
+            self.held.append(_HeldAppend(events, fences, d, outbox))
             return d
         try:
-            self._write(events, fences)
+            self._write(events, fences, outbox)
         except Exception as e:
             return defer.fail(e)
         return defer.succeed(None)
 
-    def _write(self, events: list[Event], fences: dict[int, int]) -> None:
+    def _write(self, events: list[Event], fences: dict[int, int],
+               outbox: list[OutboxEntry] = ()) -> None:
         rejected = self._rejected(fences)
         if rejected:
             raise FenceRejected(rejected)
         conflicts = set()
+        streams = set()
         seen: set[tuple] = set()
         for e in events:
             stored = self.events.get(e.stream, {})
@@ -207,12 +214,16 @@ class MemoryEventStore:
                                  for s in stored.values())))
             if taken or any(k in seen for k in keys):
                 conflicts.add(e.group)
+                streams.add(e.stream)
             seen.update(keys)
         if conflicts:
-            raise StreamConflict(sorted(conflicts), "seq, id or client_id already taken")
+            raise StreamConflict(sorted(conflicts), "seq, id or client_id already taken",
+                                 streams=sorted(streams))
         self._raise(fences)
         for e in events:
             self.events.setdefault(e.stream, {})[e.seq] = _copy(e)
+        for entry in outbox:
+            self.outbox.setdefault(entry.id, entry)
         self.batches.append(([_copy(e) for e in events], fences))
 
     def readAfter(self, stream, after, limit):
@@ -232,6 +243,17 @@ class MemoryEventStore:
         for e in self.stored(stream):
             if e.id == id:
                 return defer.succeed(_copy(e))
+        return defer.succeed(None)
+
+    def pendingOutbox(self, groups, limit):
+        groups = set(groups)
+        entries = sorted((o for o in self.outbox.values() if o.group in groups),
+                         key=lambda o: (o.created, o.id))
+        return defer.succeed(entries[:max(0, limit)])
+
+    def markOutboxDone(self, entries):
+        for entry in entries:
+            self.outbox.pop(entry.id, None)
         return defer.succeed(None)
 
 

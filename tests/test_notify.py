@@ -48,6 +48,31 @@ class FormatTests(SynchronousTestCase):
         for body in bad:
             self.assertRaises(BadNotification, parseNotification, body)
 
+    def test_nonFiniteNumbersRefused(self):
+        """
+        NaN, Infinity, -Infinity and numbers too large to be finite are not JSON: a body
+        holding one anywhere is refused (the inbox would answer invalid JSON otherwise).
+        """
+        for number in [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e400"]:
+            body = (b'{"id": "x", "user": "bob", "type": "flirt", "data": {"a": [1, '
+                    + number + b']}}')
+            self.assertRaises(BadNotification, parseNotification, body)
+
+    def test_typeWithTrailingNewlineRefused(self):
+        """
+        The type must match [a-z0-9_.-]{1,32} whole: a trailing newline is not allowed.
+        """
+        for type in ["flirt\n", "\nflirt", "flirt\n\n", "fl irt"]:
+            body = json.dumps({"id": "x", "user": "bob", "type": type}).encode()
+            self.assertRaises(BadNotification, parseNotification, body)
+
+    def test_toJSONRefusesNonFinite(self):
+        """
+        A notification built in code with a non-finite number is not written as bad JSON.
+        """
+        n = Notification("x", "bob", "flirt", None, {"score": float("nan")})
+        self.assertRaises(ValueError, n.toJSON)
+
     def test_messageNotification(self):
         """
         A committed message becomes a message notification for the other participant.

@@ -8,7 +8,7 @@ from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from hpchat.persister import BatchPersister, Overloaded, PersisterStopped
-from hpchat.storage.base import Event, FenceRejected, StoreError
+from hpchat.storage.base import Event, FenceRejected, OutboxEntry, StoreError, StreamConflict
 from tests.fakes import MemoryEventStore
 
 
@@ -134,6 +134,63 @@ class PersisterTests(SynchronousTestCase):
             self.failureResultOf(d, FenceRejected)
         self.successResultOf(kept)
         self.assertEqual([groups for groups, _ in self.lost], [(5,)])
+
+    def test_duplicateFailsOnlyItsStream(self):
+        """
+        An event that collides with a stored one (a redelivered notification that slipped past
+        the dedupe) fails with the other queued events of its stream; its batch-mates of the
+        same group and of other groups are written, and no group is reported lost.
+        """
+        self.persister.batchSize = 10
+        self.store.seed("inbox:b", 5, 1, type="message")
+        stored = self.store.stored("inbox:b")[0]
+        duplicate = Event(stream="inbox:b", seq=2, id=stored.id, group=5, type="message",
+                          sender="a", ts=0.0, data={})
+        later = Event(stream="inbox:b", seq=3, id="n.3", group=5, type="flirt", sender="a",
+                      ts=0.0, data={})
+        mates = [ev(1, "dm:a:b", 5), ev(1, "dm:c:d", 6)]
+        results = [self.persister.enqueue(mates[0], 1), self.persister.enqueue(duplicate, 1),
+                   self.persister.enqueue(later, 1), self.persister.enqueue(mates[1], 1)]
+        self.clock.advance(0.01)
+        self.clock.advance(0.01)
+        self.assertEqual([self.successResultOf(results[0]), self.successResultOf(results[3])],
+                         mates)
+        for d in results[1:3]:
+            self.assertEqual(self.failureResultOf(d, StreamConflict).value.streams, ("inbox:b",))
+        self.assertEqual(self.lost, [])
+        self.assertEqual([e.id for e in self.store.stored("inbox:b")], [stored.id])
+        self.assertEqual(self.persister.pending, 0)
+
+    def test_outboxWrittenWithItsEvent(self):
+        """
+        The outbox entry of an event goes into the same store batch as the event.
+        """
+        self.persister.outboxFor = lambda e: OutboxEntry(
+            id=f"m.{e.id}", group=e.group, stream=e.stream, seq=e.seq, body="{}",
+            created=0.0) if e.stream.startswith("dm:") else None
+        d = self.persister.enqueue(ev(1), 1)
+        self.persister.enqueue(ev(1, "inbox:a"), 1)
+        self.clock.advance(0.01)
+        self.successResultOf(d)
+        self.assertEqual(list(self.store.outbox), ["m.dm:a:b/1"])
+        self.assertEqual(len(self.store.batches), 1)
+
+    def test_failedBatchLeavesNoOutbox(self):
+        """
+        A batch that is refused writes neither its events nor their outbox entries.
+        """
+        self.persister.outboxFor = lambda e: OutboxEntry(
+            id=f"m.{e.id}", group=e.group, stream=e.stream, seq=e.seq, body="{}", created=0.0)
+        self.store.fences[0] = 99
+        d = self.persister.enqueue(ev(1), 1)
+        self.clock.advance(0.01)
+        self.failureResultOf(d, FenceRejected)
+        self.store.seed("dm:a:b", 0, 1)
+        d = self.persister.enqueue(ev(1), 99)
+        self.clock.advance(0.01)
+        self.failureResultOf(d, StreamConflict)
+        self.assertEqual(self.store.outbox, {})
+        self.assertEqual([e.id for e in self.store.stored("dm:a:b")], ["seed-dm:a:b-1"])
 
     def test_tokensOfTwoEpochsNeverShareABatch(self):
         """

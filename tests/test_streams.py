@@ -118,6 +118,75 @@ class SendTests(StreamsTestCase):
         again, created = self.sent("a", clientId="old")
         self.assertEqual((again, created), (first, False))
 
+    def notify(self, nid, type="message", user="bob"):
+        d = self.streams.appendNotification(user, f"inbox:{user}", nid, type, "alice",
+                                            {"conversation": CID, "seq": 1})
+        self.clock.advance(0.005)
+        return d
+
+    def test_redeliveredMessageNotificationIsDeduplicated(self):
+        """
+        A C{message} notification delivered again (NSQ redelivers, producers resend) is found
+        by its id while the inbox is complete in memory: the original is returned, nothing is
+        written, and other notifications of the inbox go on.
+        """
+        first, created = self.successResultOf(self.notify("m.1"))
+        again, createdAgain = self.successResultOf(self.notify("m.1"))
+        self.assertEqual((again, created, createdAgain), (first, True, False))
+        flirt, _ = self.successResultOf(self.notify("f.1", type="flirt"))
+        self.assertEqual(flirt.seq, 2)
+        self.assertEqual([e.id for e in self.store.stored("inbox:bob")], ["m.1", "f.1"])
+
+    def test_concurrentMessageNotificationsShareTheFirstOutcome(self):
+        """
+        The same C{message} notification twice while the first is being written: one event.
+        """
+        self.store.hold()
+        one = self.notify("m.2")
+        two = self.notify("m.2")
+        self.store.release()
+        (first, created), (second, createdAgain) = (self.successResultOf(one),
+                                                    self.successResultOf(two))
+        self.assertEqual((second, created, createdAgain), (first, True, False))
+        self.assertEqual(len(self.store.stored("inbox:bob")), 1)
+
+    def test_messageNotificationFoundInStoreBeyondMemory(self):
+        """
+        A C{message} notification older than the in-memory log is found in the store.
+        """
+        first, _ = self.successResultOf(self.notify("m.old"))
+        for i in range(self.history + 2):
+            self.successResultOf(self.notify(f"f.{i}", type="flirt"))
+        self.streams.dropGroups([self.streams.groupOf("inbox:bob")])
+        again, created = self.successResultOf(self.notify("m.old"))
+        self.assertEqual((again, created), (first, False))
+        self.assertEqual(len(self.store.stored("inbox:bob")), self.history + 3)
+
+    def test_duplicateInTheStoreFailsOnlyItsStream(self):
+        """
+        A notification that the stream's memory misses but the store holds (a stale view)
+        fails alone: the other streams of its group, written in the same batch, succeed and
+        stay loaded; the stream reloads, and the notification again is the stored original.
+        """
+        group = self.streams.groupOf("inbox:bob")
+        other = next(f"inbox:u{i}" for i in range(10_000)
+                     if self.streams.groupOf(f"inbox:u{i}") == group)
+        self.successResultOf(self.streams.get("inbox:bob"))
+        self.successResultOf(self.streams.get(other))
+        stale = Event(stream="inbox:bob", seq=1, id="m.9", group=group, type="message",
+                      sender="alice", ts=1.0, data={})
+        self.store.events["inbox:bob"] = {1: stale}
+        duplicate = self.streams.appendNotification("bob", "inbox:bob", "m.9", "message",
+                                                    "alice", {})
+        mate = self.streams.appendNotification(other[6:], other, "f.1", "flirt", "alice", {})
+        self.clock.advance(0.005)
+        self.failureResultOf(duplicate)
+        self.assertTrue(self.successResultOf(mate)[1])
+        self.assertIn(other, self.streams._streams)
+        self.assertNotIn("inbox:bob", self.streams._streams)
+        again, created = self.successResultOf(self.notify("m.9"))
+        self.assertEqual((again, created), (stale, False))
+
     def test_lostGroupFailsTheSendAndDropsTheStream(self):
         """
         A fence rejection fails the send with the store's error and forgets the stream, whose

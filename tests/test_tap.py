@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 
 from hpchat import tap
 from hpchat.node import NodeService
+from hpchat.outbox import OutboxPublisher
 from hpchat.persister import BatchPersister
 from hpchat.storage.service import StoreService
 from hpchat.streams import Streams
@@ -75,7 +76,7 @@ class OptionsTests(unittest.SynchronousTestCase):
     def test_makeServiceWiresTheNode(self):
         """
         makeService builds a node whose stages stop the web first and close the store last,
-        the persister's flush before them, and whose services start in the reverse order.
+        the persister's flush and the outbox before them, and whose services start in the reverse order.
         """
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
@@ -90,10 +91,10 @@ class OptionsTests(unittest.SynchronousTestCase):
         self.assertIsInstance(service, NodeService)
         self.assertTrue(IServiceCollection.providedBy(service))
         self.assertEqual([stage.name for stage in service.stages],
-                         ["accepting", "polls", "streams", "persister", "internal client",
-                          "store"])
+                         ["accepting", "polls", "streams", "persister", "outbox",
+                          "internal client", "store"])
         self.assertEqual([type(s) for s in service.startOrder()],
-                         [StoreService, BatchPersister, Streams, WebService])
+                         [StoreService, OutboxPublisher, BatchPersister, Streams, WebService])
         for child in service:
             self.assertTrue(IService.providedBy(child))
         self.assertTrue(os.path.isdir(os.path.join(folder, "data")))

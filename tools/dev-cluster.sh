@@ -26,7 +26,7 @@ etcd --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:2379 \
      > "$work/etcd.log" 2>&1 &
 pids+=($!)
 .build/bin/nsqd --tcp-address=127.0.0.1:4150 --http-address=127.0.0.1:4151 \
-     --data-path="$work" > "$work/nsqd.log" 2>&1 &
+     --data-path="$work" --mem-queue-size=0 > "$work/nsqd.log" 2>&1 &
 pids+=($!)
 origins=""
 for i in $(seq 1 "$nodes"); do origins+="${origins:+, }http://127.0.0.1:808$i"; done

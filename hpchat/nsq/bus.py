@@ -2,20 +2,26 @@
 """
 Inbox notifications over NSQ, the site's message bus (DESIGN.md §6).
 
-Every node publishes a C{message} notification when a conversation message commits, and every
+Every node publishes the C{message} notifications of its outbox (L{hpchat.outbox}), and every
 node consumes the topic on the shared, durable channel. The node that gets a notification
 routes it to the owner of the user's inbox (itself or another node) and FINs it only once it is
-durable there; on failure it is requeued with a growing delay. Malformed bodies are logged,
-counted and FINed, never requeued.
+durable there. Malformed bodies are logged, counted and FINed, never requeued.
+
+A notification that cannot be delivered yet (no settled inbox owner, the owner unreachable)
+stays in flight: it is TOUCHed before its msg_timeout runs out and tried again here with
+growing delays. It is never REQed with a delay, since nsqd keeps deferred messages in memory
+only and a kill -9 of nsqd would lose them. When the node stops, its consumers hand what they
+still hold back with a REQ of no delay, which nsqd started with C{--mem-queue-size=0} keeps on
+disk.
 """
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from hpchat import metrics
-from hpchat.notify import BadNotification, messageNotification, parseNotification
+from hpchat.notify import BadNotification, parseNotification
 from hpchat.nsq.client import NSQConsumer, NSQProducer
 from hpchat.nsq.commands import IdentifyOptions
 from hpchat.nsq.protocol import NSQCounters
@@ -33,10 +39,18 @@ class PrometheusCounters(NSQCounters):
 
 def requeueDelay(attempts: int) -> int:
     """
-    Milliseconds before a failed notification is tried again: 0.5 s, 1 s, 2 s, ... 30 s. A
-    failover takes a lease TTL, so the first retries come soon.
+    Milliseconds before a failed notification is tried again (here, while it is held in
+    flight): 0.5 s, 1 s, 2 s, ... 30 s. A failover takes a lease TTL, so the first retries
+    come soon.
     """
     return min(30_000, 500 * 2 ** max(0, attempts - 1))
+
+
+class NoLongerHeld(Exception):
+    """
+    The notification is no longer in flight here (handed back to nsqd, or its connection
+    lost): nsqd delivers it again.
+    """
 
 
 class NSQNotifier:
@@ -47,41 +61,40 @@ class NSQNotifier:
     """
 
     log = Logger()
+    msgTimeout = 30_000
 
     def __init__(self, reactor, config, deliver, nodeId: str):
         self.topic = config.topic
+        self._clock = reactor
         self._deliver = deliver
+        # TOUCH three times per msg_timeout, so that one lost or late TOUCH does not matter.
+        self.touchInterval = self.msgTimeout / 3000
         counters = PrometheusCounters()
         self.counters = counters
         # Unbuffered output: nsqd writes each message at once instead of holding it for
         # up to output_buffer_timeout, which would add 25 ms or more to every notification.
         options = IdentifyOptions(clientId=nodeId, outputBufferTimeout=None,
                                   outputBufferSize=-1, heartbeatInterval=10_000,
-                                  msgTimeout=30_000)
+                                  msgTimeout=self.msgTimeout)
         self.producer = NSQProducer.fromAddress(reactor, config.nsqd_tcp[0], options=options,
                                                 maxBuffered=10_000, counters=counters)
         self.consumers = [
             NSQConsumer.fromAddress(reactor, address, config.topic, config.channel, self.handle,
                                     maxInFlight=config.max_in_flight, options=options,
-                                    requeueDelay=requeueDelay, counters=counters)
+                                    requeueDelay=lambda attempts: 0, counters=counters)
             for address in config.nsqd_tcp]
 
-    def messageCommitted(self, event) -> None:
+    def publishEntry(self, entry) -> defer.Deferred:
         """
-        The streams' commit hook: publish the recipient's C{message} notification.
+        The outbox publisher's C{publish}: send an outbox entry's notification; fires on
+        nsqd's OK.
         """
-        notification = messageNotification(event)
-        if notification is None:
-            return
-        d = self.producer.publish(self.topic, notification.toJSON())
-        d.addErrback(lambda f: self.log.warn(
-            "notification {id} for {user} not published: {error}", id=notification.id,
-            user=notification.user, error=f.getErrorMessage() or f.type.__name__))
+        return self.producer.publish(self.topic, entry.body.encode("utf-8"))
 
     def handle(self, message):
         """
         The consumer's handler: a Deferred that succeeds (FIN) once the notification is
-        durable in its inbox, or fails (REQ).
+        durable in its inbox; it fails only once the message is no longer held here.
         """
         try:
             notification = parseNotification(message.body)
@@ -90,13 +103,42 @@ class NSQNotifier:
             self.log.warn("malformed notification {nsqId} FINed: {error}",
                           nsqId=message.id.decode("ascii", "replace"), error=str(e))
             return None
-        d = defer.maybeDeferred(self._deliver, notification)
+        return defer.ensureDeferred(self._hold(message, notification))
 
-        def failed(failure):
-            self.log.info("notification {id} for {user} not delivered (attempt {attempts}): "
-                          "{error}; requeued", id=notification.id, user=notification.user,
-                          attempts=message.attempts,
-                          error=failure.getErrorMessage() or failure.type.__name__)
-            return failure
+    async def _hold(self, message, notification) -> object:
+        """
+        Deliver C{notification} until it is durable, holding C{message} in flight meanwhile.
+        """
+        toucher = task.LoopingCall(self._touch, message)
+        toucher.clock = self._clock
+        toucher.start(self.touchInterval, now=False).addErrback(
+            lambda f: self.log.failure("touching {id} failed", f, id=notification.id))
+        attempt = 0
+        try:
+            while True:
+                try:
+                    return await defer.maybeDeferred(self._deliver, notification)
+                except Exception as e:
+                    attempt += 1
+                    error = str(e) or e.__class__.__name__
+                if not _held(message):
+                    raise NoLongerHeld(f"{notification.id}: {error}")
+                delay = requeueDelay(attempt) / 1000
+                self.log.info("notification {id} for {user} not delivered (attempt {attempt}): "
+                              "{error}; held, trying again in {delay}s", id=notification.id,
+                              user=notification.user, attempt=attempt, error=error, delay=delay)
+                await task.deferLater(self._clock, delay, lambda: None)
+                if not _held(message):
+                    raise NoLongerHeld(f"{notification.id}: handed back to nsqd")
+        finally:
+            if toucher.running:
+                toucher.stop()
 
-        return d.addErrback(failed)
+    @staticmethod
+    def _touch(message) -> None:
+        if _held(message):
+            message.touch()
+
+
+def _held(message) -> bool:
+    return getattr(message, "inFlight", True)

@@ -9,12 +9,12 @@ costing a reconnect.
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from hpchat import strictjson
 from hpchat.nsq.framing import MESSAGE_ID_LENGTH, encodeCommand, encodeMultiBody
 
 OK = b"OK"
@@ -24,7 +24,7 @@ HEARTBEAT = b"_heartbeat_"
 # The only errors after which nsqd keeps the connection open (protocol_v2.go ClientErr).
 NON_FATAL_ERRORS = frozenset({b"E_FIN_FAILED", b"E_REQ_FAILED", b"E_TOUCH_FAILED"})
 
-_NAME = re.compile(r"^[.a-zA-Z0-9_-]+(#ephemeral)?$")
+_NAME = re.compile(r"[.a-zA-Z0-9_-]+(#ephemeral)?", re.ASCII)
 
 
 def _version() -> str:
@@ -75,7 +75,7 @@ def validName(name: str) -> bool:
     """
     Whether nsqd accepts C{name} as a topic or channel name.
     """
-    return 1 <= len(name) <= 64 and _NAME.match(name) is not None
+    return 1 <= len(name) <= 64 and _NAME.fullmatch(name) is not None
 
 
 def _name(kind: str, name: str) -> bytes:
@@ -143,7 +143,7 @@ class IdentifyOptions:
 
 
 def identify(options: IdentifyOptions) -> bytes:
-    return encodeCommand(b"IDENTIFY", body=json.dumps(options.toJSON()).encode("utf-8"))
+    return encodeCommand(b"IDENTIFY", body=strictjson.dumps(options.toJSON()).encode("utf-8"))
 
 
 def parseIdentifyResponse(data: bytes) -> dict[str, Any]:
@@ -157,7 +157,7 @@ def parseIdentifyResponse(data: bytes) -> dict[str, Any]:
         return {}
     if data[:1] != b"{":
         raise ValueError(f"unexpected IDENTIFY response {data[:64]!r}")
-    result = json.loads(data)
+    result = strictjson.loads(data)
     if not isinstance(result, dict):  # pragma: no cover - starts with "{"
         raise ValueError("IDENTIFY response is not an object")
     return result

@@ -132,6 +132,13 @@ class NSQMessage:
         """
         self._protocol.touch(self)
 
+    @property
+    def inFlight(self) -> bool:
+        """
+        True until this message is FINed or REQed here, or its connection is closed.
+        """
+        return self._protocol.connected and self.id in self._protocol.inFlight
+
     def __repr__(self) -> str:
         return f"<NSQMessage {self.id!r} attempts={self.attempts} {len(self.body)} bytes>"
 

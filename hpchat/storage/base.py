@@ -39,6 +39,28 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """
+    The intent to publish a notification, written in the same batch (transaction) as the
+    event it announces, and deleted once published.
+
+    @ivar id: unique over the store (the notification id); writing an id that is already
+        pending leaves the pending entry as it is.
+    @ivar group: the chat group whose owner publishes it (the group of C{stream}).
+    @ivar stream: the stream and C{seq} of the event it announces.
+    @ivar body: what to publish (the notification's JSON text).
+    @ivar created: when it was written (the owner's clock); pending entries come oldest first.
+    """
+
+    id: str
+    group: int
+    stream: str
+    seq: int
+    body: str
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
 class StreamSnapshot:
     """
     What a new owner needs to serve a stream: its last seq and its most recent events.
@@ -75,12 +97,20 @@ class FenceRejected(StoreError):
 class StreamConflict(StoreError):
     """
     The batch collides with stored events (a seq, id or client_id already taken): the writer's
-    view of these groups is stale. Nothing of the batch was written.
+    view of these streams is stale. Nothing of the batch was written.
+
+    @ivar groups: the groups of the colliding events.
+    @ivar streams: the streams of the colliding events, when the store could tell (empty when
+        it could not): the other events of the batch may be written again without them.
     """
 
-    def __init__(self, groups: Sequence[int], detail: str = ""):
+    def __init__(self, groups: Sequence[int], detail: str = "",
+                 streams: Sequence[str] = ()):
         self.groups = tuple(sorted(set(groups)))
-        super().__init__(f"conflict in groups {list(self.groups)}: {detail}")
+        self.streams = tuple(sorted(set(streams)))
+        super().__init__(f"conflict in groups {list(self.groups)}"
+                         + (f" (streams {list(self.streams)})" if self.streams else "")
+                         + f": {detail}")
 
 
 class IEventStore(Interface):
@@ -108,11 +138,24 @@ class IEventStore(Interface):
         with L{FenceRejected} when a higher token is stored.
         """
 
-    def append(events, fences):
+    def append(events, fences, outbox=()):
         """
-        Write C{events} (a sequence of L{Event}) atomically. C{fences} maps every group of the
-        events to the writer's token. Fires with None once durable; fails with L{FenceRejected}
-        or L{StreamConflict} (writing nothing), or L{StoreError}.
+        Write C{events} (a sequence of L{Event}) and the L{OutboxEntry}s C{outbox} atomically.
+        C{fences} maps every group of the events and entries to the writer's token. Fires
+        with None once durable; fails with L{FenceRejected} or L{StreamConflict} (writing
+        nothing; a conflict names the colliding streams), or L{StoreError}.
+        """
+
+    def pendingOutbox(groups, limit):
+        """
+        Fire with up to C{limit} L{OutboxEntry}s of C{groups} not yet marked done, oldest
+        first.
+        """
+
+    def markOutboxDone(entries):
+        """
+        Delete the L{OutboxEntry}s C{entries} (published); entries already gone are ignored.
+        Fires with None once durable.
         """
 
     def readAfter(stream, after, limit):

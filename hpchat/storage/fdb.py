@@ -22,6 +22,11 @@ several deployments (or test runs) can share a cluster. C{P} below is that prefi
     (P, "i", stream, id)                  -> (seq,)      event id index (notification dedupe)
     (P, "c", stream, sender, client_id)   -> (seq,)      client_id index (send dedupe); only
                                                          for events with a sender and client_id
+    (P, "o", group, id)                   -> (stream, seq, body, created)   a pending outbox
+                                                         entry, cleared once published
+
+The outbox keys came after the first release without changing the layout version: a store
+without them simply has no pending entries.
 
 Values are tuple-packed too; C{data} is compact JSON text, C{ts} a double. The tuple layer
 orders integers numerically, so the events of a stream are contiguous and in seq order: a
@@ -33,8 +38,9 @@ One batch, one transaction
 C{append} reads, in one transaction, the fence key of every group of the batch and, for every
 event, its event key and index keys (all as futures, so the reads overlap). It fails with
 L{FenceRejected} naming every group whose stored token is higher than ours, then with
-L{StreamConflict} when a seq, id or client_id is taken; otherwise it raises the fences to our
-tokens and writes the events. FoundationDB's serializable transactions make the check and
+L{StreamConflict} (naming the colliding streams) when a seq, id or client_id is taken;
+otherwise it raises the fences to our tokens and writes the events, and the outbox entries of
+those events in the same transaction. FoundationDB's serializable transactions make the check and
 the write atomic: a claim that raises a fence after our read makes our commit conflict, and
 the retry sees the new fence.
 
@@ -75,7 +81,6 @@ attempt counts back to the reactor thread, which logs.
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -85,10 +90,12 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from hpchat import strictjson
 from hpchat.storage.base import (
     Event,
     FenceRejected,
     IEventStore,
+    OutboxEntry,
     StoreError,
     StreamConflict,
     StreamSnapshot,
@@ -154,7 +161,7 @@ def loadBinding(importModule: Callable[[str], Any] = importlib.import_module):
 
 
 def _json(data) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return strictjson.dumps(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +227,24 @@ class KeyLayout:
     def clientId(self, stream: str, sender: str, clientId: str) -> bytes:
         return self.pack("c", stream, sender, clientId)
 
+    def outbox(self, group: int, id: str) -> bytes:
+        return self.pack("o", group, id)
+
+    def outboxRange(self, group: int) -> tuple[bytes, bytes]:
+        r = self._t.range(self.prefix + ("o", group))
+        return r.start, r.stop
+
+    def encodeOutbox(self, entry: OutboxEntry) -> bytes:
+        return self._t.pack((entry.stream, entry.seq, entry.body, float(entry.created)))
+
+    def decodeOutbox(self, key: bytes, value: bytes) -> OutboxEntry:
+        kind, group, id = self.unpack(key)
+        if kind != "o":
+            raise ValueError(f"not an outbox key: {key!r}")
+        stream, seq, body, created = self._t.unpack(value)
+        return OutboxEntry(id=id, group=group, stream=stream, seq=seq, body=body,
+                           created=created)
+
     # -- values
 
     def packInt(self, number: int) -> bytes:
@@ -244,7 +269,7 @@ class KeyLayout:
         if version != LAYOUT_VERSION:
             raise StoreError(f"event {stream}#{seq} has value format {version}")
         return Event(stream=stream, seq=seq, id=id, group=group, type=type, sender=sender,
-                     ts=ts, client_id=clientId, data=json.loads(data))
+                     ts=ts, client_id=clientId, data=strictjson.loadsStored(data))
 
     def indexKeys(self, e: Event) -> tuple[bytes, ...]:
         """
@@ -347,6 +372,8 @@ class FoundationDBStore:
     #: Bounds of one transaction of an append: estimated bytes and events.
     maxPartBytes = 1_000_000
     maxPartEvents = 1000
+    #: At most this many outbox keys are read by one L{pendingOutbox}.
+    maxOutboxScan = 10_000
 
     def __init__(self, reactor, clusterFile: str, keyPrefix: str = "hpchat", threads: int = 16,
                  binding=None):
@@ -528,29 +555,37 @@ class FoundationDBStore:
             tr.set(layout.fence(group), layout.packInt(fences[group]))
         return []
 
-    def append(self, events: Sequence[Event], fences: dict[int, int]):
-        missing = {e.group for e in events} - set(fences)
+    def append(self, events: Sequence[Event], fences: dict[int, int],
+               outbox: Sequence[OutboxEntry] = ()):
+        missing = ({e.group for e in events} | {o.group for o in outbox}) - set(fences)
         if missing:
             raise ValueError(f"no fence token for groups {sorted(missing)}")
         layout = self.layout
         encoded = [layout.encode(e) for e in events]
         clashes = uniqueKeyClashes(events)
         parts = splitBatch(encoded, self.maxPartBytes, self.maxPartEvents) or [[]]
-        d = self._defer(self._appendParts, parts, dict(fences), clashes)
+        # Each entry goes into the transaction of the event it announces.
+        partOf = {(item.event.stream, item.event.seq): index
+                  for index, part in enumerate(parts) for item in part}
+        entries: list[list[tuple[bytes, bytes]]] = [[] for _ in parts]
+        for entry in outbox:
+            entries[partOf.get((entry.stream, entry.seq), 0)].append(
+                (layout.outbox(entry.group, entry.id), layout.encodeOutbox(entry)))
+        d = self._defer(self._appendParts, parts, dict(fences), clashes, entries)
         d.addCallback(self._appended, len(events))
         return d
 
-    def _appendParts(self, parts, fences, clashes) -> list[_Done]:
+    def _appendParts(self, parts, fences, clashes, entries) -> list[_Done]:
         done = []
         for index, part in enumerate(parts):
             # Clashes inside the batch are found by the first part, after its fence check
             # and before anything is written.
             done.append(self._transact(self._appendBody, part, fences,
-                                       clashes if index == 0 else []))
+                                       clashes if index == 0 else [], entries[index]))
         return done
 
     def _appendBody(self, tr, attempt, part: list[EncodedEvent], fences: dict[int, int],
-                    clashes: list[Event]) -> int:
+                    clashes: list[Event], entries: list[tuple[bytes, bytes]] = ()) -> int:
         """
         One part of a batch; returns how many of its events were already stored identically
         (written by an earlier attempt whose commit result was unknown).
@@ -558,13 +593,15 @@ class FoundationDBStore:
         # Issue every read before waiting on any, so they overlap.
         present = [(item, tr.get(item.key), [tr.get(k) for k in item.indexKeys])
                    for item in part]
+        pending = [(key, value, tr.get(key)) for key, value in entries]
         rejected = self._raiseFences(tr, fences)
         if rejected:
             raise FenceRejected(rejected)
         if clashes:
             e = clashes[0]
             raise StreamConflict({c.group for c in clashes},
-                                 f"{e.stream}#{e.seq} repeats a seq, id or client_id of its batch")
+                                 f"{e.stream}#{e.seq} repeats a seq, id or client_id of its batch",
+                                 streams={c.stream for c in clashes})
         conflicts = []
         already = set()
         for item, stored, indexed in present:
@@ -578,13 +615,18 @@ class FoundationDBStore:
         if conflicts:
             e, what = conflicts[0]
             raise StreamConflict({c.group for c, _ in conflicts},
-                                 f"the {what} of {e.stream}#{e.seq} is taken")
+                                 f"the {what} of {e.stream}#{e.seq} is taken",
+                                 streams={c.stream for c, _ in conflicts})
         for item in part:
             if item.key in already:
                 continue
             tr.set(item.key, item.value)
             for key in item.indexKeys:
                 tr.set(key, item.indexValue)
+        for key, value, stored in pending:
+            # An id already pending keeps its entry.
+            if not stored.present():
+                tr.set(key, value)
         return len(already)
 
     def _appended(self, done: list[_Done], count: int) -> None:
@@ -659,6 +701,40 @@ class FoundationDBStore:
         if not value.present():
             raise StoreError(f"index key {indexKey!r} points at a missing event")
         return layout.decodeEvent(key, bytes(value))
+
+    # -- the outbox
+
+    def pendingOutbox(self, groups, limit: int):
+        groups = sorted(set(groups))
+        if not groups or limit <= 0:
+            return defer.succeed([])
+        layout = self.layout
+
+        wanted = set(groups)
+        # One range read from the first group asked for to the last (a sweep asks for every
+        # group, and few entries are pending at any time), bounded in case many are.
+        cap = max(limit * 4, self.maxOutboxScan)
+
+        def body(tr, attempt):
+            begin, _ = layout.outboxRange(groups[0])
+            _, end = layout.outboxRange(groups[-1])
+            entries = [layout.decodeOutbox(k, v) for k, v in self._range(tr, begin, end, cap)]
+            entries = [o for o in entries if o.group in wanted]
+            entries.sort(key=lambda o: (o.created, o.id))
+            return entries[:limit]
+
+        return self._read(body)
+
+    def markOutboxDone(self, entries):
+        keys = [self.layout.outbox(entry.group, entry.id) for entry in entries]
+        if not keys:
+            return defer.succeed(None)
+
+        def body(tr, attempt):
+            for key in keys:
+                tr.clear_range(key, key + b"\x00")
+
+        return self._defer(self._transact, body).addCallback(lambda _: None)
 
     # -- maintenance
 

@@ -20,24 +20,25 @@ version than this code knows is refused rather than written wrongly.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from hpchat import strictjson
 from hpchat.storage.base import (
     Event,
     FenceRejected,
     IEventStore,
+    OutboxEntry,
     StoreError,
     StreamConflict,
     StreamSnapshot,
 )
 from hpchat.storage.worker import ThreadWorker
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each step takes the schema from version i to i + 1; all run in one transaction.
 _MIGRATIONS = [
@@ -62,9 +63,26 @@ _MIGRATIONS = [
         token BIGINT  NOT NULL
     );
     """,
+    """
+    CREATE TABLE outbox (
+        id      TEXT             PRIMARY KEY,
+        grp     INTEGER          NOT NULL,
+        stream  TEXT             NOT NULL,
+        seq     BIGINT           NOT NULL,
+        body    TEXT             NOT NULL,
+        created DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX outbox_by_group ON outbox (grp, created, id);
+    """,
 ]
 
 _COLUMNS = "stream, seq, id, grp, type, sender, ts, client_id, data"
+_OUTBOX_COLUMNS = "id, grp, stream, seq, body, created"
+# An id already pending stays as it is (a notification republished before it was marked done).
+_INSERT_OUTBOX = (
+    f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) SELECT * FROM unnest(%s::text[], %s::integer[], "
+    "%s::text[], %s::bigint[], %s::text[], %s::double precision[]) ON CONFLICT (id) DO NOTHING"
+)
 
 # One statement for every group of a batch: raise each stored token to ours unless it is
 # higher, and say what is stored afterwards. The rows stay locked until the commit, so two
@@ -84,7 +102,7 @@ _INSERT_BATCH = (
 def _row(row: tuple) -> Event:
     stream, seq, id, grp, type, sender, ts, client_id, data = row
     return Event(stream=stream, seq=seq, id=id, group=grp, type=type, sender=sender, ts=ts,
-                 client_id=client_id, data=json.loads(data))
+                 client_id=client_id, data=strictjson.loadsStored(data))
 
 
 class SchemaTooNew(StoreError):
@@ -285,20 +303,28 @@ class PostgreSQLStore:
         if rejected:
             raise FenceRejected(rejected)
 
-    def append(self, events: Sequence[Event], fences: dict[int, int]):
-        missing = {e.group for e in events} - set(fences)
+    def append(self, events: Sequence[Event], fences: dict[int, int],
+               outbox: Sequence[OutboxEntry] = ()):
+        missing = ({e.group for e in events} | {o.group for o in outbox}) - set(fences)
         if missing:
             raise ValueError(f"no fence token for groups {sorted(missing)}")
         columns: list[list] = [[] for _ in range(9)]
         for e in events:
             for column, value in zip(columns, (
                     e.stream, e.seq, e.id, e.group, e.type, e.sender, e.ts, e.client_id,
-                    json.dumps(e.data, separators=(",", ":"), ensure_ascii=False,
-                               allow_nan=False))):
+                    strictjson.dumps(e.data))):
                 column.append(value)
-        return self._write(self._appendTxn, columns, dict(fences))
+        entries: list[list] | None = None
+        if outbox:
+            entries = [[] for _ in range(6)]
+            for o in outbox:
+                for column, value in zip(entries, (o.id, o.group, o.stream, o.seq, o.body,
+                                                   o.created)):
+                    column.append(value)
+        return self._write(self._appendTxn, columns, dict(fences), entries)
 
-    def _appendTxn(self, columns: list[list], fences: dict[int, int]) -> None:
+    def _appendTxn(self, columns: list[list], fences: dict[int, int],
+                   entries: list[list] | None) -> None:
         import psycopg
 
         db = self._writerConnection()
@@ -306,13 +332,21 @@ class PostgreSQLStore:
             with db.transaction():
                 self._raiseFences(db, fences)
                 db.execute(_INSERT_BATCH, columns)
+                if entries is not None:
+                    db.execute(_INSERT_OUTBOX, entries)
         except psycopg.errors.UniqueViolation as e:
-            raise StreamConflict(self._conflictingGroups(db, columns), _firstLine(e)) from None
+            groups, streams = self._conflicting(db, columns)
+            raise StreamConflict(groups, _firstLine(e), streams=streams) from None
 
     @staticmethod
-    def _conflictingGroups(db, columns: list[list]) -> list[int]:
+    def _conflicting(db, columns: list[list]) -> tuple[list[int], list[str]]:
+        """
+        The groups and streams of the events that collide with stored events or with each
+        other (all of the batch's groups, and no streams, if none is found).
+        """
         streams, seqs, ids, groups, _types, senders, _ts, clientIds, _data = columns
         hit = set()
+        hitStreams = set()
         seen: set[tuple] = set()
         for stream, seq, id, grp, sender, clientId in zip(streams, seqs, ids, groups, senders,
                                                           clientIds):
@@ -321,6 +355,7 @@ class PostgreSQLStore:
                 keys.append(("client", stream, sender, clientId))
             if any(k in seen for k in keys):
                 hit.add(grp)
+                hitStreams.add(stream)
             seen.update(keys)
             row = db.execute(
                 "SELECT 1 FROM events WHERE stream = %s AND (seq = %s OR id = %s OR "
@@ -328,7 +363,10 @@ class PostgreSQLStore:
                 " LIMIT 1", (stream, seq, id, sender, clientId)).fetchone()
             if row is not None:
                 hit.add(grp)
-        return sorted(hit) or sorted(set(groups))
+                hitStreams.add(stream)
+        if not hit:
+            return sorted(set(groups)), []
+        return sorted(hit), sorted(hitStreams)
 
     # -- reads (reader thread)
 
@@ -355,6 +393,28 @@ class PostgreSQLStore:
                        f"SELECT {_COLUMNS} FROM events WHERE stream = %s AND id = %s",
                        (stream, id), False)
         return d.addCallback(lambda events: events[0] if events else None)
+
+    # -- the outbox
+
+    def pendingOutbox(self, groups, limit: int):
+        groups = sorted(set(groups))
+        if not groups or limit <= 0:
+            return defer.succeed([])
+        return self._read(self._pendingOutbox, groups, limit)
+
+    def _pendingOutbox(self, groups: list[int], limit: int) -> list[OutboxEntry]:
+        rows = self._readerConnection().execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE grp = ANY(%s) ORDER BY created, id "
+            "LIMIT %s", (groups, limit)).fetchall()
+        return [OutboxEntry(id=id, group=grp, stream=stream, seq=seq, body=body, created=created)
+                for id, grp, stream, seq, body, created in rows]
+
+    def markOutboxDone(self, entries):
+        ids = sorted({e.id for e in entries})
+        if not ids:
+            return defer.succeed(None)
+        return self._write(lambda: self._writerConnection().execute(
+            "DELETE FROM outbox WHERE id = ANY(%s)", (ids,)) and None)
 
     def _select(self, sql: str, params: tuple, reverse: bool) -> list[Event]:
         rows = self._readerConnection().execute(sql, params).fetchall()

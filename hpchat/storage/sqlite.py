@@ -2,6 +2,10 @@
 """
 The embedded event store: one SQLite file in WAL mode with durable commits.
 
+The schema's version is SQLite's C{user_version}: 0 for files of the first release (events and
+fences), 1 adds the outbox. Opening a file brings it up to L{SCHEMA_VERSION}, in one write
+transaction per step, so a file written by an earlier release opens as it is.
+
 All writes run on one dedicated writer thread, reads on one reader thread with their own
 connection, so the reactor thread never touches SQLite. Several node processes may share one
 file (tests, small installs): each transaction takes SQLite's write lock, and the fence table
@@ -10,7 +14,6 @@ makes a deposed owner's late batch fail here too.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from typing import Any, Callable, Sequence
@@ -19,10 +22,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from hpchat import strictjson
 from hpchat.storage.base import (
     Event,
     FenceRejected,
     IEventStore,
+    OutboxEntry,
     StoreBusy,
     StoreError,
     StreamConflict,
@@ -52,6 +57,29 @@ CREATE TABLE IF NOT EXISTS fences (
 );
 """
 
+SCHEMA_VERSION = 1
+# What each version adds to the one before; the first entry is version 1.
+_MIGRATIONS = [
+    """
+    CREATE TABLE IF NOT EXISTS outbox (
+        id      TEXT    PRIMARY KEY,
+        grp     INTEGER NOT NULL,
+        stream  TEXT    NOT NULL,
+        seq     INTEGER NOT NULL,
+        body    TEXT    NOT NULL,
+        created REAL    NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS outbox_by_group ON outbox (grp, created, id);
+    """,
+]
+
+_OUTBOX_COLUMNS = "id, grp, stream, seq, body, created"
+_INSERT_OUTBOX = (
+    f"INSERT OR IGNORE INTO outbox ({_OUTBOX_COLUMNS}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(6))
+    + " FROM json_each(?) ORDER BY key"
+)
+
 _COLUMNS = "stream, seq, id, grp, type, sender, ts, client_id, data"
 _INSERT_BATCH = (
     f"INSERT INTO events ({_COLUMNS}) SELECT "
@@ -75,7 +103,7 @@ _RAISE_FENCES = (
 def _row(row: tuple) -> Event:
     stream, seq, id, grp, type, sender, ts, client_id, data = row
     return Event(stream=stream, seq=seq, id=id, group=grp, type=type, sender=sender, ts=ts,
-                 client_id=client_id, data=json.loads(data))
+                 client_id=client_id, data=strictjson.loadsStored(data))
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -86,6 +114,28 @@ def _connect(path: str) -> sqlite3.Connection:
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA busy_timeout=10000")
     return connection
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """
+    Bring the schema from its stored version up to L{SCHEMA_VERSION}, one step per write
+    transaction (another process may be opening the same file).
+    """
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version >= SCHEMA_VERSION:
+                db.execute("COMMIT")
+                return
+            for statement in _MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {version + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
 
 @implementer(IEventStore)
@@ -118,6 +168,7 @@ class SQLiteStore:
             try:
                 writer = _connect(self.path)
                 writer.executescript(_SCHEMA)
+                _migrate(writer)
                 reader = _connect(self.path)
             except sqlite3.OperationalError as e:
                 for connection in (writer, reader):
@@ -211,25 +262,28 @@ class SQLiteStore:
         Two statements whatever the number of groups: every statement hands the GIL back and
         forth with the busy reactor thread, so a query per group would stall the batch.
         """
-        tokens = json.dumps(list(fences.items()))
+        tokens = strictjson.dumps(list(fences.items()))
         rejected = [group for (group,) in db.execute(_REJECTED_FENCES, (tokens,))]
         if not rejected:
             db.execute(_RAISE_FENCES, (tokens,))
         return sorted(rejected)
 
-    def append(self, events: Sequence[Event], fences: dict[int, int]):
-        missing = {e.group for e in events} - set(fences)
+    def append(self, events: Sequence[Event], fences: dict[int, int],
+               outbox: Sequence[OutboxEntry] = ()):
+        missing = ({e.group for e in events} | {o.group for o in outbox}) - set(fences)
         if missing:
             raise ValueError(f"no fence token for groups {sorted(missing)}")
         # The whole batch as one JSON document, inserted by one statement: executemany would
         # hand the GIL back and forth once per row while the reactor thread is busy.
-        batch = json.dumps(
+        batch = strictjson.dumps(
             [[e.stream, e.seq, e.id, e.group, e.type, e.sender, e.ts, e.client_id,
-              json.dumps(e.data, separators=(",", ":"), ensure_ascii=False)] for e in events],
-            separators=(",", ":"), ensure_ascii=False)
-        return self._write(self._appendTxn, batch, dict(fences))
+              strictjson.dumps(e.data)] for e in events])
+        entries = strictjson.dumps(
+            [[o.id, o.group, o.stream, o.seq, o.body, o.created] for o in outbox]) \
+            if outbox else None
+        return self._write(self._appendTxn, batch, dict(fences), entries)
 
-    def _appendTxn(self, batch: str, fences: dict[int, int]) -> None:
+    def _appendTxn(self, batch: str, fences: dict[int, int], entries: str | None) -> None:
         db = self._writer
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -237,17 +291,25 @@ class SQLiteStore:
             if rejected:
                 raise FenceRejected(rejected)
             db.execute(_INSERT_BATCH, (batch,))
+            if entries is not None:
+                db.execute(_INSERT_OUTBOX, (entries,))
         except sqlite3.IntegrityError as e:
             db.execute("ROLLBACK")
-            raise StreamConflict(self._conflictingGroups(db, json.loads(batch)), str(e)) from None
+            groups, streams = self._conflicting(db, strictjson.loads(batch))
+            raise StreamConflict(groups, str(e), streams=streams) from None
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
 
     @staticmethod
-    def _conflictingGroups(db: sqlite3.Connection, rows: list[list]) -> list[int]:
+    def _conflicting(db: sqlite3.Connection, rows: list[list]) -> tuple[list[int], list[str]]:
+        """
+        The groups and streams of the events of C{rows} that collide with stored events or
+        with each other (all of the batch's groups, and no streams, if none is found).
+        """
         groups = set()
+        streams = set()
         seen: set[tuple] = set()
         for stream, seq, id, grp, _type, sender, _ts, clientId, _data in rows:
             keys = [("seq", stream, seq), ("id", stream, id)]
@@ -255,6 +317,7 @@ class SQLiteStore:
                 keys.append(("client", stream, sender, clientId))
             if any(k in seen for k in keys):
                 groups.add(grp)
+                streams.add(stream)
             seen.update(keys)
             hit = db.execute(
                 "SELECT 1 FROM events WHERE stream = ? AND (seq = ? OR id = ? OR "
@@ -263,7 +326,10 @@ class SQLiteStore:
             ).fetchone()
             if hit is not None:
                 groups.add(grp)
-        return sorted(groups) or sorted({r[3] for r in rows})
+                streams.add(stream)
+        if not groups:
+            return sorted({r[3] for r in rows}), []
+        return sorted(groups), sorted(streams)
 
     # -- reads (reader thread)
 
@@ -290,6 +356,37 @@ class SQLiteStore:
                        f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND id = ?",
                        (stream, id), False)
         return d.addCallback(lambda events: events[0] if events else None)
+
+    # -- the outbox
+
+    def pendingOutbox(self, groups, limit: int):
+        groups = sorted(set(groups))
+        if not groups or limit <= 0:
+            return defer.succeed([])
+        return self._read(self._pendingOutbox, strictjson.dumps(groups), limit)
+
+    def _pendingOutbox(self, groups: str, limit: int) -> list[OutboxEntry]:
+        rows = self._reader.execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE grp IN (SELECT value FROM json_each(?)) "
+            "ORDER BY created, id LIMIT ?", (groups, limit)).fetchall()
+        return [OutboxEntry(id=id, group=grp, stream=stream, seq=seq, body=body, created=created)
+                for id, grp, stream, seq, body, created in rows]
+
+    def markOutboxDone(self, entries):
+        ids = [entry.id for entry in entries]
+        if not ids:
+            return defer.succeed(None)
+        return self._write(self._markOutboxDone, strictjson.dumps(ids))
+
+    def _markOutboxDone(self, ids: str) -> None:
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (ids,))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def _select(self, sql: str, params: tuple, reverse: bool) -> list[Event]:
         rows = self._reader.execute(sql, params).fetchall()

@@ -11,7 +11,6 @@ always C{{"error": {"code", "message"}}} with the documented status; never a tra
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 from typing import Any
@@ -23,7 +22,7 @@ from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
-from hpchat import metrics
+from hpchat import metrics, strictjson
 from hpchat.groups import Local, Redirect, resolveRoute
 from hpchat.limits import UserLimits, retryAfter
 from hpchat.notify import BadNotification, deliverToInbox, parseNotification
@@ -74,7 +73,7 @@ def _json(request, status: int, body: Any) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return strictjson.dumps(body).encode("utf-8")
 
 
 @functools.cache
@@ -198,9 +197,10 @@ class ChatAPI:
         if len(raw) > limit:
             raise ApiError(413, "too_large", f"request bodies are at most {limit} bytes")
         try:
-            body = json.loads(raw)
+            body = strictjson.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise _badRequest("the body must be JSON", "bad_json") from None
+            raise _badRequest("the body must be JSON (NaN and Infinity are not JSON)",
+                              "bad_json") from None
         if not isinstance(body, dict):
             raise _badRequest("the body must be a JSON object")
         return body
@@ -535,7 +535,7 @@ class ChatAPI:
 
     def _deliverNotification(self, request, raw) -> defer.Deferred:
         try:
-            notification = parseNotification(json.dumps(raw).encode("utf-8"))
+            notification = parseNotification(strictjson.dumps(raw).encode("utf-8"))
         except BadNotification as e:
             return defer.fail(_badRequest(str(e)))
         stream = inboxStream(notification.user)

@@ -8,11 +8,25 @@ expire, so a long-poll client re-polling with the same token costs one dict look
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import jwt
 
 from hpchat.streamids import isUserId
+
+
+def _finiteNumber(value: object) -> bool:
+    """
+    True for an int or float that is neither NaN nor infinite (PyJWT reads claims with
+    Python's JSON decoder, which takes NaN and Infinity).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 class Unauthorized(Exception):
@@ -60,14 +74,14 @@ class Authenticator:
         user, expires = claims["sub"], claims["exp"]
         if not isUserId(user):
             raise Unauthorized("invalid token: sub is not a valid user id")
-        if not isinstance(expires, (int, float)) or isinstance(expires, bool):
-            raise Unauthorized("invalid token: exp must be a number")
+        if not _finiteNumber(expires):
+            raise Unauthorized("invalid token: exp must be a finite number")
         if now >= expires:
             raise Unauthorized("the token has expired")
         notBefore = claims.get("nbf")
         if notBefore is not None:
-            if not isinstance(notBefore, (int, float)) or isinstance(notBefore, bool):
-                raise Unauthorized("invalid token: nbf must be a number")
+            if not _finiteNumber(notBefore):
+                raise Unauthorized("invalid token: nbf must be a finite number")
             if now < notBefore:
                 raise Unauthorized("the token is not valid yet")
         self._cache[token] = (user, float(expires))

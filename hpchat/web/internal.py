@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-
 from collections import deque
 
 import jwt
@@ -26,6 +24,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
+
+from hpchat import strictjson
 
 AUDIENCE = "hpchat-internal"
 TOKEN_TTL = 60
@@ -167,8 +167,8 @@ class InternalClient:
             notification, d = batch[0]
             await self._settle(d, self._deliverOne(target, notification))
             return
-        body = json.dumps({"notifications": [json.loads(n.toJSON()) for n, _ in batch]},
-                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        body = strictjson.dumps(
+            {"notifications": [strictjson.loads(n.toJSON()) for n, _ in batch]}).encode("utf-8")
         try:
             code, answer = await self._post(target, body)
         except DeliveryFailed as e:
@@ -226,7 +226,7 @@ class InternalClient:
             raise DeliveryFailed(f"{target}: {e.__class__.__name__}: {e}") from None
         if response.code in (200, 201):
             try:
-                return response.code, json.loads(raw)
+                return response.code, strictjson.loads(raw)
             except ValueError:
                 raise DeliveryFailed(f"{target} answered {response.code} with no JSON") from None
         if response.code == 307:

@@ -11,7 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hpchat import metrics
 from hpchat.config import NSQConfig
-from hpchat.nsq.bus import NSQNotifier, requeueDelay
+from hpchat.notify import outboxEntry
+from hpchat.nsq.bus import NoLongerHeld, NSQNotifier, requeueDelay
 from hpchat.storage.base import Event
 
 
@@ -20,6 +21,12 @@ class FakeMessage:
         self.id = b"0123456789abcdef"
         self.body = body
         self.attempts = attempts
+        self.inFlight = True
+        self.touches: list[float] = []
+        self.clock = None
+
+    def touch(self):
+        self.touches.append(self.clock.seconds() if self.clock else 0.0)
 
 
 class BusTests(SynchronousTestCase):
@@ -28,14 +35,23 @@ class BusTests(SynchronousTestCase):
         self.outcome = None
         config = NSQConfig(nsqd_tcp=("127.0.0.1:4150", "127.0.0.1:4250"),
                            topic="hpchat.notifications", channel="hpchat", max_in_flight=10)
-        self.bus = NSQNotifier(task.Clock(), config, self.deliver, "n1")
+        self.clock = task.Clock()
+        self.bus = NSQNotifier(self.clock, config, self.deliver, "n1")
         self.published = []
         self.bus.producer.publish = lambda topic, body: (self.published.append((topic, body))
                                                          or defer.succeed(None))
 
     def deliver(self, notification):
         self.delivered.append(notification)
-        return self.outcome if self.outcome is not None else defer.succeed(None)
+        outcome, self.outcome = self.outcome, None
+        if isinstance(outcome, list):
+            outcome, self.outcome = outcome[0], outcome[1:] or None
+        return outcome if outcome is not None else defer.succeed(None)
+
+    def message(self, body, attempts=1):
+        m = FakeMessage(body, attempts)
+        m.clock = self.clock
+        return m
 
     def test_consumersForEveryNsqd(self):
         """
@@ -44,12 +60,14 @@ class BusTests(SynchronousTestCase):
         self.assertEqual([(c.topic, c.channel, c.maxInFlight) for c in self.bus.consumers],
                          [("hpchat.notifications", "hpchat", 10)] * 2)
 
-    def test_publishesMessageNotifications(self):
+    def test_publishesOutboxEntries(self):
         """
-        A committed conversation message publishes the recipient's notification.
+        An outbox entry of a committed conversation message is published as the recipient's
+        notification.
         """
-        self.bus.messageCommitted(Event("dm:alice:bob", 3, "e1", 1, "message", "alice", 1.0,
-                                        None, {"text": "hi"}))
+        entry = outboxEntry(Event("dm:alice:bob", 3, "e1", 1, "message", "alice", 1.0, None,
+                                  {"text": "hi"}))
+        self.successResultOf(self.bus.publishEntry(entry))
         [(topic, body)] = self.published
         self.assertEqual(topic, "hpchat.notifications")
         self.assertEqual(json.loads(body)["user"], "bob")
@@ -59,18 +77,54 @@ class BusTests(SynchronousTestCase):
         A valid body is delivered; the handler's Deferred carries the outcome (FIN or REQ).
         """
         body = b'{"id": "f", "user": "bob", "type": "flirt"}'
-        self.successResultOf(self.bus.handle(FakeMessage(body)))
+        self.successResultOf(self.bus.handle(self.message(body)))
         self.assertEqual(self.delivered[0].id, "f")
-        self.outcome = defer.fail(RuntimeError("owner unreachable"))
-        self.failureResultOf(self.bus.handle(FakeMessage(body, attempts=2)), RuntimeError)
+
+    def test_undeliverableIsHeldTouchedAndRetried(self):
+        """
+        A notification that cannot be delivered yet stays in flight: it is TOUCHed before its
+        msg_timeout and tried again with growing delays, and FINed once delivered; it is
+        never handed back to nsqd with a delay.
+        """
+        body = b'{"id": "f", "user": "bob", "type": "flirt"}'
+        self.outcome = [defer.fail(RuntimeError("owner unreachable"))] * 7
+        message = self.message(body)
+        d = self.bus.handle(message)
+        # Retries after 0.5, 1, 2, 4, 8, 16 and 30 s: the eighth attempt at 61.5 s succeeds.
+        self.clock.pump([0.5] * 122)
+        self.assertEqual(len(self.delivered), 7)
+        self.assertNoResult(d)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.delivered), 8)
+        self.successResultOf(d)
+        self.assertEqual(message.touches, [10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
+        self.clock.advance(60)
+        self.assertEqual(len(message.touches), 6)
+        self.assertEqual([c.requeueDelay(5) for c in self.bus.consumers], [0, 0])
+
+    def test_handedBackStopsRetrying(self):
+        """
+        Once the message is no longer held (the consumer stopped and REQed it with no delay),
+        retrying and touching stop and the handler fails.
+        """
+        self.outcome = [defer.fail(RuntimeError("owner unreachable"))] * 5
+        message = self.message(b'{"id": "f", "user": "bob", "type": "flirt"}')
+        d = self.bus.handle(message)
+        message.inFlight = False
+        self.clock.advance(0.5)
+        self.failureResultOf(d, NoLongerHeld)
+        self.clock.advance(60)
+        self.assertEqual((len(self.delivered), message.touches), (1, []))
 
     def test_malformedIsCountedAndFinished(self):
         """
         A malformed body is counted and FINed (the handler succeeds), never delivered.
         """
         before = metrics.malformedNotifications._value.get()
-        self.assertIsNone(self.bus.handle(FakeMessage(b"{nope")))
-        self.assertEqual(metrics.malformedNotifications._value.get(), before + 1)
+        self.assertIsNone(self.bus.handle(self.message(b"{nope")))
+        self.assertIsNone(self.bus.handle(self.message(b'{"id": "f", "user": "bob", '
+                                                       b'"type": "flirt", "data": {"x": NaN}}')))
+        self.assertEqual(metrics.malformedNotifications._value.get(), before + 2)
         self.assertEqual(self.delivered, [])
 
     def test_requeueDelayGrows(self):

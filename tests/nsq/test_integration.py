@@ -113,6 +113,17 @@ class IntegrationTests(unittest.TestCase):
         return c
 
     @defer.inlineCallbacks
+    def test_messagesGoToDisk(self) -> Any:
+        """
+        The test nsqd runs with --mem-queue-size=0, as deployments must: a message it has
+        acknowledged is in its disk queue, not in memory.
+        """
+        self.assertIn("--mem-queue-size=0", self.nsqd.arguments())
+        yield self.nsqd.pub(self.topic, b"kept")
+        stats = yield self.nsqd.stats(self.topic)
+        self.assertEqual((stats["depth"], stats["backend_depth"]), (1, 1))
+
+    @defer.inlineCallbacks
     def test_publishAndConsume(self) -> Any:
         """
         Messages published with PUB and MPUB reach a consumer, which FINs them.

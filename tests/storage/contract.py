@@ -11,7 +11,13 @@ from __future__ import annotations
 from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
-from hpchat.storage.base import Event, FenceRejected, IEventStore, StreamConflict
+from hpchat.storage.base import (
+    Event,
+    FenceRejected,
+    IEventStore,
+    OutboxEntry,
+    StreamConflict,
+)
 
 from tests.support.trial import asyncTest
 
@@ -23,6 +29,15 @@ def event(seq: int, stream: str = S, group: int = 1, **kw) -> Event:
                   sender="alice", ts=1000.0 + seq, client_id=None, data={"text": f"m{seq}"})
     fields.update(kw)
     return Event(**fields)
+
+
+def outboxEntry(seq: int, stream: str = S, group: int = 1, created: float | None = None,
+                **kw) -> OutboxEntry:
+    fields = dict(id=f"m.{stream}-{seq}", group=group, stream=stream, seq=seq,
+                  body='{"id":"m.%s-%d","data":{"ü":1}}' % (stream, seq),
+                  created=1000.0 + seq if created is None else created)
+    fields.update(kw)
+    return OutboxEntry(**fields)
 
 
 class EventStoreContract:
@@ -321,6 +336,92 @@ class EventStoreContract:
         winner = mine if results[0][0] else theirs
         self.assertEqual(await first.readAfter(S, 0, 10), winner)
         self.assertEqual(await second.readAfter(S, 0, 10), winner)
+
+    # -- the outbox
+
+    @asyncTest
+    async def test_outboxWrittenWithItsEvents(self):
+        """
+        Outbox entries written with a batch are pending, oldest first, by group and limit.
+        """
+        store = await self.opened()
+        other = "dm:carol:dave"
+        entries = [outboxEntry(1, created=1003.0), outboxEntry(2, created=1001.0),
+                   outboxEntry(1, stream=other, group=2, created=1002.0)]
+        await store.append([event(1), event(2), event(1, stream=other, group=2)],
+                           {1: 1, 2: 1}, entries)
+        self.assertEqual(await store.pendingOutbox([1, 2], 10),
+                         [entries[1], entries[2], entries[0]])
+        self.assertEqual(await store.pendingOutbox([1], 10), [entries[1], entries[0]])
+        self.assertEqual(await store.pendingOutbox([1, 2], 2), [entries[1], entries[2]])
+        self.assertEqual(await store.pendingOutbox([3], 10), [])
+        self.assertEqual(await store.pendingOutbox([], 10), [])
+
+    @asyncTest
+    async def test_outboxNotWrittenByAFailedBatch(self):
+        """
+        A batch refused for a conflict or a fence writes neither its events nor its outbox.
+        """
+        store = await self.opened()
+        await store.append([event(1)], {1: 5})
+        other = "dm:carol:dave"
+        conflicting = [event(1, stream=other, group=2), event(1, id="again")]
+        failure = await self._failure(store.append(
+            conflicting, {1: 5, 2: 5}, [outboxEntry(1, stream=other, group=2),
+                                        outboxEntry(1, id="m.again")]))
+        self.assertIsInstance(failure, StreamConflict)
+        failure = await self._failure(store.append(
+            [event(2)], {1: 4}, [outboxEntry(2)]))
+        self.assertIsInstance(failure, FenceRejected)
+        self.assertEqual(await store.pendingOutbox([1, 2], 10), [])
+        self.assertEqual(await store.readAfter(other, 0, 10), [])
+        self.assertEqual([e.seq for e in await store.readAfter(S, 0, 10)], [1])
+
+    @asyncTest
+    async def test_markOutboxDone(self):
+        """
+        Entries marked done are no longer pending; unknown entries are ignored; what is still
+        pending survives a reopen.
+        """
+        store = await self.opened()
+        entries = [outboxEntry(seq) for seq in (1, 2, 3)]
+        await store.append([event(seq) for seq in (1, 2, 3)], {1: 1}, entries)
+        await store.markOutboxDone([entries[0], entries[2], outboxEntry(9)])
+        self.assertEqual(await store.pendingOutbox([1], 10), [entries[1]])
+        await store.markOutboxDone([entries[0]])
+        await store.markOutboxDone([])
+        await store.close()
+        again = await self.opened(self.reopenStore(store))
+        self.assertEqual(await again.pendingOutbox([1], 10), [entries[1]])
+
+    @asyncTest
+    async def test_outboxIdPendingIsKept(self):
+        """
+        An entry whose id is already pending is not written twice.
+        """
+        store = await self.opened()
+        first = outboxEntry(1)
+        await store.append([event(1)], {1: 1}, [first])
+        await store.append([event(2)], {1: 1}, [outboxEntry(2, id=first.id, created=2000.0)])
+        self.assertEqual(await store.pendingOutbox([1], 10), [first])
+
+    @asyncTest
+    async def test_conflictNamesItsStreams(self):
+        """
+        A conflict names the colliding streams: the rest of the batch can then be written
+        without them.
+        """
+        store = await self.opened()
+        inbox = "inbox:bob"
+        await store.append([event(1, stream=inbox, id="m.1", type="message")], {1: 1})
+        other = "dm:carol:dave"
+        batch = [event(1, stream=other, group=1), event(2, stream=inbox, id="m.1"),
+                 event(1, stream="dm:x:y", group=2)]
+        failure = await self._failure(store.append(batch, {1: 1, 2: 1}))
+        self.assertIsInstance(failure, StreamConflict)
+        self.assertEqual(failure.streams, (inbox,))
+        await store.append([batch[0], batch[2]], {1: 1, 2: 1})
+        self.assertEqual(await store.readAfter(other, 0, 10), [batch[0]])
 
     async def _failure(self, d):
         try:

@@ -60,6 +60,37 @@ class PostgreSQLSpecificTests(unittest.TestCase):
         self.assertEqual(version, [(SCHEMA_VERSION,)])
 
     @asyncTest
+    async def test_olderSchemaMigrated(self):
+        """
+        A database of schema version 1 (events and fences, before the outbox) is brought up
+        to the current version at open, its events kept.
+        """
+        import psycopg
+
+        from hpchat.storage.postgresql import _MIGRATIONS
+
+        dsn = await freshDatabase(self)
+
+        def setUpVersion1():
+            with psycopg.connect(dsn, autocommit=True) as db:
+                db.execute(_MIGRATIONS[0])
+                db.execute("CREATE TABLE hpchat_schema (version INTEGER NOT NULL)")
+                db.execute("INSERT INTO hpchat_schema VALUES (1)")
+                db.execute("INSERT INTO events VALUES ('dm:alice:bob', 1, 'x', 1, 'message', "
+                           "'alice', 1.0, NULL, '{\"text\":\"old\"}')")
+
+        from twisted.internet import threads
+
+        await threads.deferToThread(setUpVersion1)
+        store = await self.opened(dsn)
+        version = await store._write(
+            lambda: store._writer.execute("SELECT version FROM hpchat_schema").fetchall())
+        self.assertEqual(version, [(SCHEMA_VERSION,)])
+        self.assertEqual([e.data for e in await store.readAfter("dm:alice:bob", 0, 10)],
+                         [{"text": "old"}])
+        self.assertEqual(await store.pendingOutbox([1], 10), [])
+
+    @asyncTest
     async def test_newerSchemaRefused(self):
         """
         A database set up by a newer hpchat is refused at open, not written.

@@ -10,8 +10,8 @@ import sqlite3
 from twisted.trial import unittest
 
 from hpchat.storage.base import StoreBusy, StoreError
-from hpchat.storage.sqlite import SQLiteStore
-from tests.storage.contract import EventStoreContract, event
+from hpchat.storage.sqlite import SCHEMA_VERSION, SQLiteStore
+from tests.storage.contract import EventStoreContract, event, outboxEntry
 from tests.support.trial import asyncTest
 
 
@@ -46,6 +46,43 @@ class SQLiteSpecificTests(unittest.TestCase):
         self.assertEqual(mode, "wal")
         level = await store._write(lambda: store._writer.execute("PRAGMA synchronous").fetchone())
         self.assertEqual(level[0], 2)
+
+    @asyncTest
+    async def test_fileOfTheFirstSchemaOpens(self):
+        """
+        A file written before the outbox existed (schema version 0) opens with its events and
+        fences, gains the outbox table and is marked with the current schema version.
+        """
+        path = os.path.join(os.path.abspath(self.mktemp()), "old.db")
+        os.makedirs(os.path.dirname(path))
+        old = sqlite3.connect(path)
+        old.executescript(
+            "CREATE TABLE events (stream TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL,"
+            " grp INTEGER NOT NULL, type TEXT NOT NULL, sender TEXT, ts REAL NOT NULL,"
+            " client_id TEXT, data TEXT NOT NULL, PRIMARY KEY (stream, seq)) WITHOUT ROWID;"
+            "CREATE UNIQUE INDEX events_by_id ON events (stream, id);"
+            "CREATE TABLE fences (grp INTEGER PRIMARY KEY, token INTEGER NOT NULL);"
+            "INSERT INTO events VALUES ('dm:alice:bob', 1, 'dm:alice:bob-1', 1, 'message',"
+            " 'alice', 1001.0, NULL, '{\"text\":\"m1\"}');"
+            "INSERT INTO events VALUES ('inbox:bob', 1, 'n.1', 1, 'flirt', 'alice', 1001.0,"
+            " NULL, '{\"score\":NaN}');"
+            "INSERT INTO fences VALUES (1, 3);")
+        old.commit()
+        old.close()
+        store = self.store(path)
+        await store.open()
+        self.addCleanup(store.close)
+        self.assertEqual(await store.readAfter("dm:alice:bob", 0, 10), [event(1)])
+        # Written before inputs were strict: what is read back is JSON.
+        [flirt] = await store.readAfter("inbox:bob", 0, 10)
+        self.assertEqual(flirt.data, {"score": None})
+        with self.assertRaises(Exception) as caught:
+            await store.append([event(2)], {1: 2})
+        self.assertEqual(type(caught.exception).__name__, "FenceRejected")
+        await store.append([event(2)], {1: 3}, [outboxEntry(2)])
+        self.assertEqual(await store.pendingOutbox([1], 10), [outboxEntry(2)])
+        version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+        self.assertEqual(version, SCHEMA_VERSION)
 
     @asyncTest
     async def test_twoStoresShareOneFile(self):

@@ -108,6 +108,9 @@ class NSQD:
             "--https-address=",
             "--broadcast-address=127.0.0.1",
             f"--data-path={self.dataPath}",
+            # As deployments run it: every message goes through the disk queue, so that what
+            # nsqd has acknowledged survives a kill -9 of nsqd.
+            "--mem-queue-size=0",
             "--log-level=warn",
             *self.extraArgs,
         ]

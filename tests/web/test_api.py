@@ -936,6 +936,12 @@ class BodyTests(_APITestMixin, SynchronousTestCase):
             self.assertError(self.post(data), 400, "bad_json")
         self.assertUnchanged()
 
+    def test_nonFiniteNumbers(self):
+        """NaN, Infinity and numbers out of range are not JSON: 400 bad_json."""
+        for number in [b"NaN", b"Infinity", b"-Infinity", b"1e999"]:
+            self.assertError(self.post(b'{"text": "x", "n": ' + number + b"}"), 400, "bad_json")
+        self.assertUnchanged()
+
     def test_deeplyNested(self):
         """Deeply nested JSON is refused as bad input, not a server error."""
         answer = self.post(b"[" * 30000 + b"]" * 30000)

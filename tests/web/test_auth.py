@@ -171,6 +171,16 @@ class AuthenticatorTests(SynchronousTestCase):
         for exp in ["tomorrow", True, [NOW + 60], {"t": 1}]:
             self.assertRefused(self.encode({"sub": "alice", "exp": exp}))
 
+    def test_nonFiniteExp(self):
+        """
+        An exp or nbf of NaN, Infinity or -Infinity (which PyJWT's JSON decoder accepts) is
+        refused: such a token would never expire.
+        """
+        for value in [float("nan"), float("inf"), float("-inf")]:
+            self.assertRefused(self.encode({"sub": "alice", "exp": value}), "finite")
+            self.assertRefused(self.encode({"sub": "alice", "exp": NOW + 60, "nbf": value}),
+                               "finite")
+
     def test_invalidSub(self):
         """A sub that is not a valid user id is refused."""
         for sub in ["", "al ice", "a" * 65, 42, ["alice"], "caf\u00e9", "a/b"]:

@@ -85,6 +85,16 @@ class InternalEndpointTests(SynchronousTestCase):
         self.h.settle()
         return self.h.answer(d)
 
+    def test_nonFiniteDataRefused(self):
+        """
+        A notification whose data holds NaN or Infinity is 400, and nothing is appended.
+        """
+        for number in [float("nan"), float("inf"), float("-inf")]:
+            # The harness writes these as NaN, Infinity and -Infinity.
+            answer = self.post({"id": "f", "user": "bob", "type": "flirt", "data": {"x": number}})
+            self.assertEqual(answer.code, 400, answer.body)
+        self.assertEqual(self.h.store.stored(inboxStream("bob")), [])
+
     def test_appendsOnceDurable(self):
         """
         The owner appends the notification to the inbox and answers 201 with the event;
