@@ -121,18 +121,28 @@ class NSQNotifier:
                 except Exception as e:
                     attempt += 1
                     error = str(e) or e.__class__.__name__
-                if not _held(message):
+                if not self._keepTrying(message):
                     raise NoLongerHeld(f"{notification.id}: {error}")
                 delay = requeueDelay(attempt) / 1000
                 self.log.info("notification {id} for {user} not delivered (attempt {attempt}): "
                               "{error}; held, trying again in {delay}s", id=notification.id,
                               user=notification.user, attempt=attempt, error=error, delay=delay)
                 await task.deferLater(self._clock, delay, lambda: None)
-                if not _held(message):
+                if not self._keepTrying(message):
                     raise NoLongerHeld(f"{notification.id}: handed back to nsqd")
         finally:
             if toucher.running:
                 toucher.stop()
+
+    def _keepTrying(self, message) -> bool:
+        """
+        Whether to go on delivering C{message}: while nsqd holds it for us, and also when its
+        connection broke while the consumers still run. nsqd keeps in-flight messages in
+        memory only, so after a kill -9 of nsqd this node's copy may be the last one; the
+        inbox deduplicates it if nsqd delivers it again. Once the consumers stop, what is no
+        longer held was handed back to nsqd (REQ 0, to its disk queue).
+        """
+        return _held(message) or any(c.running for c in self.consumers)
 
     @staticmethod
     def _touch(message) -> None:

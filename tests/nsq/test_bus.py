@@ -116,6 +116,25 @@ class BusTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertEqual((len(self.delivered), message.touches), (1, []))
 
+    def test_connectionLostKeepsDelivering(self):
+        """
+        A message whose nsqd connection broke while the consumers still run (nsqd killed:
+        it kept the message in memory only) is still delivered until it is durable, not
+        dropped; the inbox deduplicates it if nsqd delivers it again.
+        """
+        for consumer in self.bus.consumers:
+            consumer.running = True
+        self.outcome = [defer.fail(RuntimeError("owner unreachable"))] * 2
+        message = self.message(b'{"id": "f", "user": "bob", "type": "flirt"}')
+        d = self.bus.handle(message)
+        message.inFlight = False
+        self.clock.advance(0.5)
+        self.assertNoResult(d)
+        self.clock.advance(1.0)
+        self.successResultOf(d)
+        self.assertEqual(len(self.delivered), 3)
+        self.assertEqual(message.touches, [])
+
     def test_malformedIsCountedAndFinished(self):
         """
         A malformed body is counted and FINed (the handler succeeds), never delivered.
