@@ -12,6 +12,7 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from hpchat.config import ConfigError, loadConfig
+from hpchat.ready import ReadyAnnouncer
 from hpchat.storage.select import checkStorage
 
 
@@ -167,6 +168,8 @@ def buildNode(config, reactor) -> MultiService:
                   config.chat, persister, internalAuth, devLogin=config.auth.dev_login)
     WebService(api, config.node.listen, reactor,
                corsOrigins=config.http.cors_origins).setServiceParent(node)
+    ReadyAnnouncer(config, lambda: store.ready and ownership.ready(),
+                   reactor).setServiceParent(node)
     return node
 
 
