@@ -41,7 +41,12 @@ test-deps:
 test: $(VENV)/.test test-deps
 	$(BIN)/python -m twisted.trial -j 2 tests
 
-dist: $(VENV)/.test
+# `build` alone (it is in the test extra too): no need for the rest of the test tools.
+$(VENV)/.build-tool: $(VENV)/.runtime
+	$(BIN)/pip install -q 'build>=1.0'
+	touch $@
+
+dist: $(VENV)/.build-tool
 	rm -rf dist
 	$(BIN)/python -m build --outdir dist .
 	@ls -1 dist
