@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_documented_commands -*-
+# -*- test-case-name: tests.test_ready -*-
 """
 The one line a node logs once it serves: where, on which store, alone or in which cluster,
 with or without NSQ.

@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 
 from hpchat import tap
 from hpchat.persister import BatchPersister
+from hpchat.ready import ReadyAnnouncer
 from hpchat.storage.service import StoreService
 from hpchat.streams import Streams
 from hpchat.web.site import WebService
@@ -88,7 +89,8 @@ class OptionsTests(unittest.SynchronousTestCase):
         service = tap.makeService(options, MemoryReactorClock())
         self.assertTrue(IServiceCollection.providedBy(service))
         kinds = [type(s) for s in service]
-        self.assertEqual(kinds, [StoreService, BatchPersister, Streams, WebService])
+        self.assertEqual(kinds, [StoreService, BatchPersister, Streams, WebService,
+                                 ReadyAnnouncer])
         for child in service:
             self.assertTrue(IService.providedBy(child))
         self.assertTrue(os.path.isdir(os.path.join(folder, "data")))
