@@ -106,8 +106,8 @@ async def _nodeHealth(reactor, url: str, timeout: float = 5.0) -> str:
 async def clusterStatus(reactor, config) -> str:
     """
     The node of C{config} and, in a cluster, the live nodes and group owners as etcd has
-    them, as text; raises L{StatusProblem} when that node is unreachable, not ready or (in
-    a cluster) not registered.
+    them, as text; raises L{StatusProblem} when that node is unreachable, not ready (its
+    C{/readyz}) or, in a cluster, not registered.
     """
     from hpchat.cluster.etcd import EtcdClient
     from hpchat.cluster.ownership import ClusterKeys, readCluster
@@ -146,7 +146,11 @@ async def clusterStatus(reactor, config) -> str:
     if config.node.id not in nodes:
         raise StatusProblem(f"node {config.node.id} of {config.path} is not registered in "
                             f"etcd (not running, or its lease expired)", text)
-    return text
+    try:
+        health = await _nodeHealth(reactor, config.node.advertise_url)
+    except StatusProblem as e:
+        raise StatusProblem(str(e), text) from None
+    return text + f"node {config.node.id} at {config.node.advertise_url} is {health}\n"
 
 
 def _react(main: Callable[[Any], Awaitable[int]]) -> int:

@@ -232,6 +232,7 @@ class StatusAndNotifyClusterTests(unittest.TestCase):
         self.assertTrue(unowned[0].strip().startswith(f"{cluster.groups - len(owned)} groups "
                                                       f"unowned ("), out)
         self.assertNotIn("  -", out)
+        self.assertEqual(lines[-1], f"node {other.nodeId} at {other.url} is ready")
 
         code, out, _ = await runCLI("notify", "--config", other.configPath, "bob", "flirt",
                                     "--from", "alice", "--id", "f-1")
