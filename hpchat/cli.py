@@ -91,7 +91,8 @@ async def _nodeHealth(reactor, url: str, timeout: float = 5.0) -> str:
         response = await client.get(url + "/readyz", timeout=timeout)
         body = await treq.content(response)
     except Exception as e:
-        raise StatusProblem(f"node at {url} is not reachable: {e.__class__.__name__}: {e}") from None
+        raise StatusProblem(f"node at {url} is not reachable: "
+                            f"{e.__class__.__name__}: {e}") from None
     finally:
         await pool.closeCachedConnections()
     if response.code == 200:
@@ -274,7 +275,8 @@ def parser() -> argparse.ArgumentParser:
     notify.add_argument("--config", required=True, help="the node's ini file (its node is "
                                                          "called, and its secret signs)")
     notify.add_argument("user", metavar="USER", help="the user whose inbox gets it")
-    notify.add_argument("type", metavar="TYPE", help="the notification type, [a-z0-9_.-]{1,32} (flirt, visit)")
+    notify.add_argument("type", metavar="TYPE",
+                        help="the notification type, [a-z0-9_.-]{1,32} (flirt, visit)")
     notify.add_argument("--from", dest="sender", default=None, help="the user it is from")
     notify.add_argument("--data", default="{}", help="a JSON object (default: {})")
     notify.add_argument("--id", default=None,
