@@ -9,9 +9,15 @@ import os
 import sys
 import tempfile
 
+# The repository first, for hpchat and tests.support. Its twisted/ folder holds only
+# twisted/plugins (no __init__.py): an installed Twisted, a regular package, still wins over
+# it; without one, `twisted` would be that folder and nothing would work, so say so.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from twisted.internet import defer, task  # noqa: E402
+try:
+    from twisted.internet import defer, task  # noqa: E402
+except ImportError:
+    raise SystemExit(f"bench: {sys.executable} has no Twisted; run the benchmarks with the "
+                     f"virtualenv's python (make bench uses .venv/bin/python)") from None
 
 
 class Scope:

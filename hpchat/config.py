@@ -299,6 +299,22 @@ def _readDsn(section: _Section, baseDir: str) -> str:
     return dsn
 
 
+def sqlitePath(configured: str, baseDir: str, environ: dict | None = None) -> str:
+    """
+    The SQLite file: a C{configured} relative path is relative to the ini file's folder
+    C{baseDir}. Without one, C{$STATE_DIRECTORY/hpchat.sqlite3} when systemd's
+    C{StateDirectory=} sets C{$STATE_DIRECTORY} (its first folder), else
+    C{var/hpchat.sqlite3} in the working directory the node is started from.
+    """
+    if configured:
+        return os.path.join(baseDir, configured)
+    stateDirectory = (os.environ if environ is None else environ).get("STATE_DIRECTORY", "")
+    stateDirectory = stateDirectory.split(":")[0]
+    if stateDirectory:
+        return os.path.join(stateDirectory, "hpchat.sqlite3")
+    return os.path.abspath(os.path.join("var", "hpchat.sqlite3"))
+
+
 _KNOWN_SECTIONS = {"node", "chat", "storage", "auth", "cluster", "nsq", "http", "limits"}
 
 
@@ -356,7 +372,7 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
             if s.raw(key, ""):
                 raise s.error(key, "is only for backend = postgresql")
     if backend == "sqlite":
-        storagePath = os.path.join(baseDir, s.raw("path", "var/hpchat.sqlite3"))
+        storagePath = sqlitePath(s.raw("path", ""), baseDir)
         for key in ("cluster_file", "key_prefix"):
             if s.raw(key, ""):
                 raise s.error(key, "is only for backend = foundationdb")

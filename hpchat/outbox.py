@@ -27,7 +27,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from hpchat.groups import Local
-from hpchat.storage.base import Event, OutboxEntry
+from hpchat.storage.base import Event, OutboxEntry, StoreError
 
 
 class OutboxPublisher(Service):
@@ -195,7 +195,11 @@ class OutboxPublisher(Service):
         def done(result):
             self._sweeping = False
             if not isinstance(result, bool):
-                self.log.failure("outbox sweep failed", result)
+                if result.check(StoreError):
+                    # The store is away for a moment: tried again with growing delays.
+                    self.log.warn("outbox sweep: {error}", error=result.getErrorMessage())
+                else:
+                    self.log.failure("outbox sweep failed", result)
                 result = True
             if result:
                 self._pendingSweeps += 1

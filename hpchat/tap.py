@@ -13,6 +13,7 @@ from twisted.python import usage
 from hpchat import process
 from hpchat.config import ConfigError, loadConfig
 from hpchat.node import NodeService, Stage, serviceStage
+from hpchat.ready import ReadyAnnouncer
 from hpchat.storage.select import checkStorage
 
 
@@ -143,6 +144,8 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
                             consumers=bus.consumers if bus is not None else (),
                             producer=bus.producer if bus is not None else None):
         node.addStage(stage)
+    node.addStage(serviceStage("ready line", 1.0, ReadyAnnouncer(
+        config, lambda: store.ready and ownership.ready(), reactor)), before="accepting")
     return node
 
 

@@ -25,6 +25,12 @@ class ConfigTests(SynchronousTestCase):
     def error(self, text, path="etc/x.ini") -> ConfigError:
         return self.assertRaises(ConfigError, parseConfig, text, path)
 
+    def setUp(self):
+        # The default SQLite path depends on systemd's $STATE_DIRECTORY: none here.
+        environ = dict(os.environ)
+        environ.pop("STATE_DIRECTORY", None)
+        self.patch(os, "environ", environ)
+
     def test_minimalGetsDefaults(self):
         """
         A config with only the required keys gets the documented defaults.
@@ -33,7 +39,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.node.advertise_url, "http://127.0.0.1:8080")
         self.assertEqual(config.node.listen, "tcp:8080:interface=127.0.0.1")
         self.assertEqual((config.chat.groups, config.chat.max_text_chars), (64, 4000))
-        self.assertEqual(config.storage.path, "/srv/hpchat/etc/var/hpchat.sqlite3")
+        self.assertEqual(config.storage.path, os.path.join(os.getcwd(), "var", "hpchat.sqlite3"))
         self.assertEqual((config.storage.batch_size, config.storage.backend), (1000, "sqlite"))
         self.assertFalse(config.auth.dev_login)
         self.assertIsNone(config.cluster)
@@ -46,6 +52,55 @@ class ConfigTests(SynchronousTestCase):
         config = loadConfig(os.path.join(REPO, "etc", "hpchat.ini"))
         self.assertIsNone(config.cluster)
         self.assertFalse(config.auth.dev_login)
+
+    def test_sqlitePath(self):
+        """
+        A relative [storage] path is relative to the ini file's folder, an absolute one is
+        kept. Without one the file is $STATE_DIRECTORY/hpchat.sqlite3 when systemd's
+        StateDirectory= sets $STATE_DIRECTORY (its first folder), else var/hpchat.sqlite3
+        in the working directory.
+        """
+        def path(storage: str = "", stateDirectory: str | None = None) -> str:
+            os.environ.pop("STATE_DIRECTORY", None)
+            if stateDirectory is not None:
+                os.environ["STATE_DIRECTORY"] = stateDirectory
+            text = MINIMAL + (f"[storage]\npath = {storage}\n" if storage else "")
+            return parseConfig(text, "/etc/hpchat/hpchat.ini").storage.path
+
+        here = os.path.join(os.getcwd(), "var", "hpchat.sqlite3")
+        self.assertEqual(path(), here)
+        self.assertEqual(path(stateDirectory=""), here)
+        self.assertEqual(path(stateDirectory="/var/lib/hpchat"), "/var/lib/hpchat/hpchat.sqlite3")
+        self.assertEqual(path(stateDirectory="/var/lib/hpchat:/var/lib/other"),
+                         "/var/lib/hpchat/hpchat.sqlite3")
+        self.assertEqual(path("data/chat.sqlite3"), "/etc/hpchat/data/chat.sqlite3")
+        self.assertEqual(path("data/chat.sqlite3", "/var/lib/hpchat"),
+                         "/etc/hpchat/data/chat.sqlite3")
+        self.assertEqual(path("/srv/chat.sqlite3", "/var/lib/hpchat"), "/srv/chat.sqlite3")
+
+    def test_shippedConfigPaths(self):
+        """
+        The shipped etc/hpchat.ini gives no [storage] path: run from the repository (make
+        run) its SQLite file is the repository's var/hpchat.sqlite3, under systemd the state
+        folder's; switched to backend = foundationdb it is valid as it stands.
+        """
+        shipped = os.path.join(REPO, "etc", "hpchat.ini")
+        self.patch(os, "getcwd", lambda: REPO)
+        with open(shipped) as f:
+            text = f.read()
+        self.assertEqual(parseConfig(text, shipped).storage.path,
+                         os.path.join(REPO, "var", "hpchat.sqlite3"))
+        os.environ["STATE_DIRECTORY"] = "/var/lib/hpchat"
+        self.assertEqual(parseConfig(text, "/etc/hpchat/hpchat.ini").storage.path,
+                         "/var/lib/hpchat/hpchat.sqlite3")
+        self.assertIn("\nbackend = sqlite\n", text)
+        self.assertIn("\n# cluster_file = /etc/foundationdb/fdb.cluster\n", text)
+        fdb = text.replace("\nbackend = sqlite\n", "\nbackend = foundationdb\n").replace(
+            "\n# cluster_file = /etc/foundationdb/fdb.cluster\n",
+            "\ncluster_file = /etc/foundationdb/fdb.cluster\n")
+        storage = parseConfig(fdb, "/etc/hpchat/hpchat.ini").storage
+        self.assertEqual((storage.backend, storage.path, storage.cluster_file),
+                         ("foundationdb", None, "/etc/foundationdb/fdb.cluster"))
 
     def test_errorsNameFileSectionAndKey(self):
         """
@@ -159,7 +214,8 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual((config.storage.cluster_file, config.storage.key_prefix),
                          ("/etc/foundationdb/fdb.cluster", "chat.prod-1"))
         sqlite = parseConfig(MINIMAL, "/srv/h/hpchat.ini").storage
-        self.assertEqual((sqlite.cluster_file, sqlite.path), (None, "/srv/h/var/hpchat.sqlite3"))
+        self.assertEqual((sqlite.cluster_file, sqlite.path),
+                         (None, os.path.join(os.getcwd(), "var", "hpchat.sqlite3")))
         cases = [
             (fdb, "[storage] cluster_file: is required with backend = foundationdb"),
             (fdb + "cluster_file = c\npath = x.db\n",

@@ -183,6 +183,26 @@ class OutboxTests(SynchronousTestCase):
         self.clock.advance(self.node.outbox.idleInterval)
         self.assertEqual([nid for nid, _ in self.published], [entry.id])
 
+    def test_storeAwayDuringASweep(self):
+        """
+        A sweep that finds the store away (a StoreError) logs one line, no traceback, and
+        sweeps again soon; the entry is published once the store answers.
+        """
+        from hpchat.storage.base import StoreError
+
+        self.clock.advance(0)
+        entry = outboxEntry(Event(CID, 1, "e1", self.node.streams.groupOf(CID), "message",
+                                  "alice", 1.0, None, {"text": "x"}))
+        self.store.outbox[entry.id] = entry
+        real = self.store.pendingOutbox
+        self.store.pendingOutbox = lambda groups, limit: defer.fail(StoreError("away"))
+        self.clock.advance(self.node.outbox.idleInterval)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.published, [])
+        self.store.pendingOutbox = real
+        self.clock.advance(1.0)
+        self.assertEqual([nid for nid, _ in self.published], [entry.id])
+
     def test_marksDoneInOneWrite(self):
         """
         Entries acknowledged close together are marked done with one store write.

@@ -11,14 +11,19 @@ nodes=${1:-2}
 bin=${VENV:-.venv}/bin
 work=$(mktemp -d /tmp/hpchat-cluster.XXXXXX)
 pids=()
+# Ctrl-C (or SIGTERM) stops everything and is a clean end (status 0); any other exit keeps its
+# status.
 stop() {
+    local status=${1:-$?}
     trap - INT TERM EXIT
     echo; echo "stopping..."
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     echo "logs and data kept in $work"
+    exit "$status"
 }
-trap stop INT TERM EXIT
+trap 'stop 0' INT TERM
+trap stop EXIT
 
 secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 etcd --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:2379 \
@@ -55,6 +60,7 @@ sleep 3
 echo "cluster of $nodes nodes (logs in $work):"
 for i in $(seq 1 "$nodes"); do echo "  chat page and API: http://127.0.0.1:808$i/"; done
 echo "  cluster table:     $bin/hpchat status --config $work/n1.ini"
-echo "  send a flirt:      curl -d '{\"id\":\"f-1\",\"user\":\"bob\",\"type\":\"flirt\",\"from\":\"alice\",\"data\":{}}' 'http://127.0.0.1:4151/pub?topic=hpchat.notifications'"
+echo "  send a flirt:      $bin/hpchat notify --config $work/n1.ini bob flirt --from alice"
+echo "  or through NSQ:    curl -d '{\"id\":\"f-1\",\"user\":\"bob\",\"type\":\"flirt\",\"from\":\"alice\",\"data\":{}}' 'http://127.0.0.1:4151/pub?topic=hpchat.notifications'"
 echo "Ctrl-C stops everything."
 wait

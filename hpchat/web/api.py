@@ -26,7 +26,7 @@ from hpchat import metrics, strictjson
 from hpchat.groups import Local, Redirect, resolveRoute
 from hpchat.limits import UserLimits, retryAfter
 from hpchat.notify import BadNotification, deliverToInbox, parseNotification
-from hpchat.persister import Overloaded, PersisterStopped
+from hpchat.persister import Overloaded, PersisterStopped, StoreUnavailable
 from hpchat.storage.base import Event, StoreError
 from hpchat.streamids import BadConversation, inboxStream, isUserId, parseConversation
 from hpchat.streams import CursorAhead, StreamUnavailable
@@ -308,7 +308,9 @@ class ChatAPI:
             raise ApiError(503, "unavailable", "this node is shutting down",
                            {b"retry-after": b"1"})
         if isinstance(error, StoreError):
-            self.log.warn("store error on {stream}: {error}", stream=stream, error=str(error))
+            if not isinstance(error, StoreUnavailable):
+                # (While the store is away the persister logs why, once per retry.)
+                self.log.warn("store error on {stream}: {error}", stream=stream, error=str(error))
             raise ApiError(503, "unavailable", "storage is unavailable; retry",
                            {b"retry-after": b"1"})
         return failure

@@ -47,7 +47,8 @@ class MakeStoreTests(unittest.SynchronousTestCase):
         """
         from hpchat.storage.sqlite import SQLiteStore
 
-        config = parseConfig(MINIMAL, "/srv/hpchat/etc/hpchat.ini")
+        config = parseConfig(MINIMAL + "[storage]\npath = var/hpchat.sqlite3\n",
+                             "/srv/hpchat/etc/hpchat.ini")
         store = select.makeStore(config, MemoryReactorClock())
         self.assertIsInstance(store, SQLiteStore)
         self.assertEqual(store.path, "/srv/hpchat/etc/var/hpchat.sqlite3")
