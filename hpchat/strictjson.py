@@ -37,6 +37,10 @@ def loads(data: bytes | str) -> Any:
     Decode JSON text; raise C{ValueError} (L{NotStrictJSON} for non-finite numbers) or
     C{UnicodeDecodeError} for anything that is not strict JSON.
     """
+    if isinstance(data, (bytes, bytearray)):
+        # JSON between systems is UTF-8 (RFC 8259 §8.1): json.loads would guess UTF-16 or
+        # UTF-32 from the first bytes and take such a body too.
+        data = bytes(data).decode("utf-8")
     return json.loads(data, parse_constant=_constant, parse_float=_float)
 
 

@@ -25,6 +25,17 @@ class StrictJSONTests(SynchronousTestCase):
         self.assertEqual(strictjson.loads(text),
                          {"a": [1, 2.5, -3e10, 1.7e308, True, None, "\u00e9"]})
 
+    def test_bytesAreUTF8Only(self):
+        """
+        Bytes are UTF-8 JSON: UTF-16 and UTF-32 texts (which json.loads would guess from
+        their first bytes) and a UTF-8 byte order mark are refused.
+        """
+        text = '{"text": "hi"}'
+        for data in [text.encode("utf-16"), text.encode("utf-16-le"), text.encode("utf-32"),
+                     text.encode("utf-32-be"), b"\xef\xbb\xbf" + text.encode()]:
+            self.assertRaises(ValueError, strictjson.loads, data)
+        self.assertEqual(strictjson.loads(text.encode("utf-8")), {"text": "hi"})
+
     def test_dumpsRefusesNonFinite(self):
         """
         A non-finite float is never written.
