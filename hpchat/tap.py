@@ -166,7 +166,7 @@ def buildNode(config, reactor) -> MultiService:
     api = ChatAPI(streams, ownership, Authenticator(config.auth.secret, reactor), store,
                   config.chat, persister, internalAuth, devLogin=config.auth.dev_login)
     WebService(api, config.node.listen, reactor,
-               corsOrigins=config.http.cors_origins).setServiceParent(node)
+               corsOrigins=config.http.cors_origins, limits=config.limits).setServiceParent(node)
     return node
 
 
