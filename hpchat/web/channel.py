@@ -563,7 +563,7 @@ class HTTPConnection(Protocol):
                                                           len(body))]
         for name, value in request.responseHeaders.items():
             if unsafeHeader(value):
-                self.log.warning("dropped an unsafe {name} header from an answer",
+                self.log.warn("dropped an unsafe {name} header from an answer",
                               name=name.decode("latin-1"))
                 continue
             parts.append(b"%s: %s\r\n" % (_canonical(name), value))
@@ -606,7 +606,7 @@ class HTTPConnection(Protocol):
                 continue
             for value in values:
                 if unsafeHeader(value):
-                    self.log.warning("dropped an unsafe {name} header from an answer",
+                    self.log.warn("dropped an unsafe {name} header from an answer",
                                   name=name.decode("latin-1"))
                     continue
                 parts.append(b"%s: %s\r\n" % (name, value))
