@@ -22,161 +22,37 @@ the idle timeout applies between requests only, never while one (a long-poll) is
 
 from __future__ import annotations
 
-import json
-import re
-from collections import deque
 from io import BytesIO
 from typing import Any
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import urlsplit
 
 import httptools
+from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 
 from hpchat import metrics
 from hpchat.config import LimitsConfig
+from hpchat.web.wire import (
+    HOST,
+    METHODS,
+    STATUS,
+    TARGET,
+    Exchange,
+    HotRequest,
+    canonical,
+    checkTarget,
+    errorJSON,
+    httpDate,
+    unsafeHeader,
+)
 
 # Complete requests parsed ahead of the one being answered before reading pauses.
 MAX_QUEUED = 32
-_STATUS = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason
-           in http.RESPONSES.items()}
-_HEADER_NAMES: dict[bytes, bytes] = {}
-_lastDate = [-1, b""]
-_METHODS = frozenset([b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"])
-# An origin-form target: visible ASCII only (llhttp already refuses controls and spaces).
-_TARGET = re.compile(rb"/[!-~]*")
-# A Host value: reg-name, IPv4 or IP-literal, and an optional port (RFC 3986).
-_HOST = re.compile(rb"[A-Za-z0-9._~!$&'()*+,;=:\[\]%-]*")
-
-
-def _date(now: float) -> bytes:
-    """
-    The Date header's value, formatted once per second.
-    """
-    second = int(now)
-    if second != _lastDate[0]:
-        _lastDate[:] = [second, http.datetimeToString(second)]
-    return _lastDate[1]
-
-
-def _canonical(name: bytes) -> bytes:
-    found = _HEADER_NAMES.get(name)
-    if found is None:
-        found = b"-".join(p.capitalize() for p in name.split(b"-"))
-        if len(_HEADER_NAMES) < 256:
-            _HEADER_NAMES[name] = found
-    return found
-
-
-def unsafeHeader(value: bytes) -> bool:
-    """
-    Whether C{value} may not go into an answer's header: it would end the field or the head.
-    """
-    return b"\r" in value or b"\n" in value or b"\0" in value
-
-
-def errorJSON(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}},
-                      separators=(",", ":")).encode("utf-8")
-
-
-def checkTarget(target: bytes) -> str | None:
-    """
-    Why the origin-form C{target} is refused, or C{None}: visible ASCII only, and its
-    percent-decoding must be UTF-8 without NUL.
-    """
-    if _TARGET.fullmatch(target) is None:
-        return "the request target must be an absolute path of visible ASCII"
-    if b"%" in target:
-        decoded = unquote_to_bytes(target)
-        if b"\0" in decoded:
-            return "the request target may not contain NUL"
-        try:
-            decoded.decode("utf-8")
-        except UnicodeDecodeError:
-            return "the request target is not valid percent-encoded UTF-8"
-    return None
-
-
-class HotRequest:
-    """
-    The part of twisted.web's request that the hot route handlers use.
-    """
-
-    __slots__ = (
-        "_disconnected",
-        "_headers",
-        "args",
-        "code",
-        "content",
-        "finished",
-        "hpchatRoute",
-        "method",
-        "path",
-        "responseHeaders",
-        "uri",
-    )
-
-    def __init__(self, method: bytes, uri: bytes, path: bytes, args: dict,
-                 headers: dict[bytes, bytes], body: bytes):
-        self.method = method
-        self.uri = uri
-        self.path = path
-        self.args = args
-        self._headers = headers
-        self.content = BytesIO(body)
-        self.code = 200
-        self.hpchatRoute = "unknown"
-        self.finished = False
-        self._disconnected = False
-        self.responseHeaders: dict[bytes, bytes] = {}
-
-    def getHeader(self, name: bytes) -> bytes | None:
-        return self._headers.get(name.lower())
-
-    def setHeader(self, name: bytes, value: bytes) -> None:
-        self.responseHeaders[name.lower()] = value
-
-    def setResponseCode(self, code: int) -> None:
-        self.code = code
-
-
-class Exchange:
-    """
-    One request on a connection, from its parsed head to its answer.
-    """
-
-    __slots__ = (
-        "body",
-        "complete",
-        "error",
-        "expectContinue",
-        "headers",
-        "keepAlive",
-        "limit",
-        "method",
-        "raw",
-        "size",
-        "target",
-        "version",
-    )
-
-    def __init__(self) -> None:
-        self.method = b""
-        self.target = b""
-        self.version = b"HTTP/1.1"
-        self.headers: dict[bytes, bytes] = {}
-        self.raw: list[tuple[bytes, bytes]] = []
-        self.keepAlive = False
-        self.limit = 0
-        self.body: list[bytes] = []
-        self.size = 0
-        self.complete = False
-        self.expectContinue = False
-        # (status, code, message, extra headers) for a request refused here.
-        self.error: tuple[int, str, str, dict] | None = None
 
 
 class _Refused(Exception):
@@ -214,7 +90,8 @@ class HTTPConnection(Protocol):
         self._limits: LimitsConfig = site.limits
         self._reactor = site.reactor
         self._parser = httptools.HttpRequestParser(self)
-        self._queue: deque[Exchange] = deque()
+        # Few at a time: a list is smaller than a deque on each of many idle connections.
+        self._queue: list[Exchange] = []
         self._parsing: Exchange | None = None
         self._current: Any = None
         self._currentExchange: Exchange | None = None
@@ -248,7 +125,7 @@ class HTTPConnection(Protocol):
             if call is not None:
                 call.cancel()
         elif current is not None:
-            current.connectionLost(reason)
+            current.connectionLost(reason or Failure(ConnectionDone()))
 
     def _close(self) -> None:
         if not self._closing:
@@ -276,12 +153,15 @@ class HTTPConnection(Protocol):
             self._refuse(400, "bad_request", "unknown method (methods are case-sensitive)")
         except httptools.HttpParserError as e:
             self._refuse(400, "bad_request", f"malformed request: {e}")
-        if not self._broken and continuing and self._inHead:
-            # A head spread over reads: what arrived counts until it is complete.
-            self._headSeen += len(data)
+        if self._inHead and not self._broken:
+            if continuing:
+                # A head spread over reads: what arrived counts until it is complete.
+                self._headSeen += len(data)
             if self._headSeen > self._limits.max_head_bytes:
                 self._refuse(431, "header_too_large", "the request head is too large",
                              limit="head_bytes")
+            else:
+                self._headRefused()
         self._advance()
         self._updateDeadline()
 
@@ -291,6 +171,7 @@ class HTTPConnection(Protocol):
         self._headSeen = 0
         self._headSize = 0
         self._url = b""
+        self._raw: list[tuple[bytes, bytes]] = []
         self._activity += 1
 
     def on_url(self, url: bytes) -> None:
@@ -301,24 +182,35 @@ class HTTPConnection(Protocol):
             raise _Refused()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        exchange = self._parsing
-        exchange.raw.append((name, value))
+        # Called for every field: the limits are checked once the head is whole, or at the
+        # end of each read while it is not (a read adds at most one read's worth).
+        self._raw.append((name, value))
         self._headSize += len(name) + len(value) + 4
-        if len(exchange.raw) > self._limits.max_headers:
+
+    def _headRefused(self) -> bool:
+        """
+        Refuse the head being parsed if it is over max_headers or max_head_bytes.
+        """
+        limits = self._limits
+        if len(self._raw) > limits.max_headers:
             self._refuse(431, "header_too_large", "too many header fields", limit="headers")
-            raise _Refused()
-        if self._headSize + len(self._url) > self._limits.max_head_bytes:
+            return True
+        if self._headSize + len(self._url) > limits.max_head_bytes:
             self._refuse(431, "header_too_large", "the request head is too large",
                          limit="head_bytes")
-            raise _Refused()
+            return True
+        return False
 
     def on_headers_complete(self) -> None:
+        if self._headRefused():
+            raise _Refused()
         self._inHead = False
         exchange = self._parsing
+        exchange.raw = self._raw
         parser = self._parser
         exchange.method = parser.get_method()
         version = parser.get_http_version()
-        headers = exchange.headers
+        exchange.headers = headers = {}
         hosts = 0
         for name, value in exchange.raw:
             lower = name.lower()
@@ -344,8 +236,8 @@ class HTTPConnection(Protocol):
         method = exchange.method
         if version not in ("1.1", "1.0"):
             return 505, "http_version_not_supported", "only HTTP/1.1 and 1.0 are served", None
-        exchange.version = b"HTTP/" + version.encode()
-        if method not in _METHODS:
+        exchange.version = b"HTTP/1.1" if version == "1.1" else b"HTTP/1.0"
+        if method not in METHODS:
             return 405, "method_not_allowed", "method not allowed", None
         target = self._url
         if target[:1] != b"/":
@@ -358,14 +250,15 @@ class HTTPConnection(Protocol):
             exchange.raw.append((b"Host", parts.netloc))
             target = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
             hosts = 1
-        why = checkTarget(target)
-        if why is not None:
-            return 400, "bad_request", why, None
+        if b"%" in target or TARGET.fullmatch(target) is None:
+            why = checkTarget(target)
+            if why is not None:
+                return 400, "bad_request", why, None
         exchange.target = target
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             return 400, "bad_request", "an HTTP/1.1 request has exactly one Host", None
         host = headers.get(b"host")
-        if host is not None and _HOST.fullmatch(host) is None:
+        if host is not None and HOST.fullmatch(host) is None:
             return 400, "bad_request", "the Host header is not a valid host", None
         chunked = b"transfer-encoding" in headers
         if chunked and (version == "1.0" or headers[b"transfer-encoding"].lower() != b"chunked"):
@@ -391,7 +284,10 @@ class HTTPConnection(Protocol):
                          f"request bodies are at most {exchange.limit} bytes",
                          limit="body_bytes")
             raise _Refused()
-        exchange.body.append(body)
+        if exchange.body is None:
+            exchange.body = [body]
+        else:
+            exchange.body.append(body)
 
     def on_message_complete(self) -> None:
         self._inBody = False
@@ -501,7 +397,7 @@ class HTTPConnection(Protocol):
                         exchange.expectContinue = False
                         self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                     break
-                queue.popleft()
+                del queue[0]
                 self._start(exchange)
             if not self._broken:
                 if len(queue) > MAX_QUEUED and not self._paused:
@@ -516,6 +412,7 @@ class HTTPConnection(Protocol):
     def _start(self, exchange: Exchange) -> None:
         site = self.site
         body = b"".join(exchange.body) if exchange.body else b""
+        exchange.body = None
         target = exchange.target
         path, _, query = target.partition(b"?")
         request = HotRequest(exchange.method, target, path,
@@ -527,6 +424,7 @@ class HTTPConnection(Protocol):
         if found is None:
             self._startWeb(exchange, body)
             return
+        exchange.raw = []
         if site.cors is not None:
             site.cors.apply(request)
         self._current = request
@@ -541,6 +439,7 @@ class HTTPConnection(Protocol):
         add = request.requestHeaders.addRawHeader
         for name, value in exchange.raw:
             add(name, value)
+        exchange.raw = []
         request.content = BytesIO(body)
         request.requestReceived(exchange.method, exchange.target, exchange.version)
 
@@ -549,8 +448,10 @@ class HTTPConnection(Protocol):
         if not exchange.keepAlive:
             self._close()
             return
-        self._advance()
-        self._updateDeadline()
+        if not self._dispatching:
+            # Else the read that is being handled goes on with the next request.
+            self._advance()
+            self._updateDeadline()
 
     def _answer(self, body: bytes | None, request: HotRequest, exchange: Exchange) -> None:
         if self._current is request:
@@ -558,22 +459,46 @@ class HTTPConnection(Protocol):
         if body is None or request._disconnected or self._closing:
             return
         request.finished = True
-        parts = [_STATUS.get(request.code) or b"HTTP/1.1 %d Unknown\r\n" % request.code,
-                 b"Date: %s\r\nContent-Length: %d\r\n" % (_date(self._reactor.seconds()),
+        parts = [STATUS.get(request.code) or b"HTTP/1.1 %d Unknown\r\n" % request.code,
+                 b"Date: %s\r\nContent-Length: %d\r\n" % (httpDate(self._reactor.seconds()),
                                                           len(body))]
         for name, value in request.responseHeaders.items():
-            if unsafeHeader(value):
-                self.log.warn("dropped an unsafe {name} header from an answer",
+            if b"\r" in value or b"\n" in value or b"\0" in value:
+                self.log.warn("dropped an unsafe {name} header from an answer",  # noqa: G010
                               name=name.decode("latin-1"))
                 continue
-            parts.append(b"%s: %s\r\n" % (_canonical(name), value))
+            parts.append(b"%s: %s\r\n" % (canonical(name), value))
         if not exchange.keepAlive:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
         parts.append(body)
-        self.transport.write(b"".join(parts))
+        self._send(b"".join(parts))
         metrics.countRequest(request.hpchatRoute, request.code)
         self._finished(exchange)
+
+    def _send(self, data: bytes) -> None:
+        """
+        Write C{data}: on a plain TCP connection with nothing queued, straight to the socket.
+
+        A transport's write only queues the data and asks the reactor to watch the socket;
+        the send happens on the reactor's next turn. An answer is small and the socket's
+        buffer nearly always free, so it goes out at once (as asyncio's transports do), and
+        whatever the socket does not take is left to the transport, in order. Only the
+        reactor's own TCP connection qualifies (checked by its exact type, never through a
+        wrapper such as TLS, which must encrypt it).
+        """
+        transport = self.transport
+        if (type(transport) is tcp.Server and not transport.TLS and transport.connected
+                and not transport.disconnecting and not transport._tempDataBuffer
+                and not transport.dataBuffer):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     def _answerFailed(self, failure) -> None:
         # A bug in writing the answer: the client cannot get one, so it is disconnected.
@@ -585,12 +510,12 @@ class HTTPConnection(Protocol):
     def _writeError(self, status: int, code: str, message: str,
                     headers: dict | None = None) -> None:
         body = errorJSON(code, message)
-        parts = [_STATUS.get(status) or b"HTTP/1.1 %d Error\r\n" % status,
+        parts = [STATUS.get(status) or b"HTTP/1.1 %d Error\r\n" % status,
                  b"Date: %s\r\nContent-Type: application/json; charset=utf-8\r\n"
                  b"Cache-Control: no-store\r\nContent-Length: %d\r\nConnection: close\r\n"
-                 % (_date(self._reactor.seconds()), len(body))]
+                 % (httpDate(self._reactor.seconds()), len(body))]
         for name, value in (headers or {}).items():
-            parts.append(b"%s: %s\r\n" % (_canonical(name), value))
+            parts.append(b"%s: %s\r\n" % (canonical(name), value))
         parts.append(b"\r\n")
         parts.append(body)
         self.transport.write(b"".join(parts))
@@ -606,7 +531,7 @@ class HTTPConnection(Protocol):
                 continue
             for value in values:
                 if unsafeHeader(value):
-                    self.log.warn("dropped an unsafe {name} header from an answer",
+                    self.log.warn("dropped an unsafe {name} header from an answer",  # noqa: G010
                                   name=name.decode("latin-1"))
                     continue
                 parts.append(b"%s: %s\r\n" % (name, value))

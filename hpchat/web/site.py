@@ -16,9 +16,10 @@ from twisted.web.error import UnsupportedMethod
 
 from hpchat import metrics
 from hpchat.config import LimitsConfig
-from hpchat.web.channel import HTTPConnection, errorJSON
+from hpchat.web.channel import HTTPConnection
 from hpchat.web.cors import CORSPolicy, CORSResource
 from hpchat.web.fast import HotRoutes
+from hpchat.web.wire import errorJSON
 
 
 class HPChatRequest(server.Request):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.web.resource import Resource
 from twisted.web.static import File
 
-from hpchat.web.channel import errorJSON
+from hpchat.web.wire import errorJSON
 
 
 class JSONError(Resource):

@@ -15,7 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.internet import defer, endpoints, protocol, ssl
+from twisted.internet.error import ConnectError
 from twisted.trial import unittest
 
 from hpchat.web.auth import Authenticator
@@ -102,12 +104,11 @@ class EdgeNodeTests(unittest.TestCase):
         """
         Start C{node} and wait until it answers /healthz over TLS.
         """
-        log = open(node.logPath, "ab")
-        node.process = subprocess.Popen(
-            twistdCommand() + ["-n", "--pidfile=", "hpchat", "--config", node.configPath],
-            stdout=log, stderr=subprocess.STDOUT, cwd=node.workdir,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        log.close()
+        with open(node.logPath, "ab") as log:  # noqa: ASYNC230 (opening a local file)
+            node.process = subprocess.Popen(  # noqa: ASYNC220 (as Node.start does)
+                twistdCommand() + ["-n", "--pidfile=", "hpchat", "--config", node.configPath],
+                stdout=log, stderr=subprocess.STDOUT, cwd=node.workdir,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
         async def answers():
             if node.process.poll() is not None:
@@ -115,7 +116,7 @@ class EdgeNodeTests(unittest.TestCase):
             try:
                 data = await self.exchange(b"GET /healthz HTTP/1.1\r\nHost: n\r\n"
                                            b"Connection: close\r\n\r\n", timeout=2)
-            except Exception:
+            except (OSError, ConnectError, SSL.Error):
                 return False
             return data.startswith(b"HTTP/1.1 200 ")
 
@@ -199,7 +200,7 @@ class EdgeNodeTests(unittest.TestCase):
                      b"GET /static/%00 HTTP/1.1\r\nHost: n\r\n\r\n",
                      b"GET /healthz HTTP/1.1\r\nHost: \xff\xfe\r\n\r\n",
                      b"GET /v1/cluster%ff HTTP/1.1\r\nHost: n\r\n\r\n"]:
-            [(status, headers, body)] = parseAnswers(await self.exchange(data))
+            [(status, _, body)] = parseAnswers(await self.exchange(data))
             self.assertEqual((status, json.loads(body)["error"]["code"]), (400, "bad_request"))
         await sleep(0.2)
         [(status, _, body)] = parseAnswers(await self.exchange(
