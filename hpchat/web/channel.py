@@ -235,7 +235,8 @@ class HTTPConnection(Protocol):
         headers = exchange.headers
         method = exchange.method
         if version not in ("1.1", "1.0"):
-            return 505, "http_version_not_supported", "only HTTP/1.1 and 1.0 are served", None
+            # HTTP/0.9 (no version at all) or 2.0 and above on this port: not a request here.
+            return 400, "bad_request", "only HTTP/1.1 and 1.0 are served", None
         exchange.version = b"HTTP/1.1" if version == "1.1" else b"HTTP/1.0"
         if method not in METHODS:
             return 405, "method_not_allowed", "method not allowed", None
