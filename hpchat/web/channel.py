@@ -53,6 +53,8 @@ from hpchat.web.wire import (
 
 # Complete requests parsed ahead of the one being answered before reading pauses.
 MAX_QUEUED = 32
+# What an answer of a twisted.web request may hold back before it is written.
+MAX_HELD_ANSWER = 65536
 
 
 class _Refused(Exception):
@@ -82,6 +84,7 @@ class HTTPConnection(Protocol):
     _deadlineKind: str | None = None
     _deadline = 0.0
     _counted = False
+    _producing = False
 
     # -- connection
 
@@ -96,7 +99,9 @@ class HTTPConnection(Protocol):
         self._current: Any = None
         self._currentExchange: Exchange | None = None
         self._call = None
-        self._head: bytes | None = None
+        # An answer of a twisted.web request being written, and its size.
+        self._out: list[bytes] = []
+        self._outSize = 0
         self._activity = 0
         self._deadlineActivity = -1
         self._counted = True
@@ -545,29 +550,43 @@ class HTTPConnection(Protocol):
         if exchange is None or not exchange.keepAlive:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
-        # Sent with the first part of the body, in one write.
-        self._head = b"".join(parts)
+        # Held with the body that follows, so that a small answer goes out in one write.
+        self._out = [b"".join(parts)]
+        self._outSize = len(self._out[0])
 
     def write(self, data: bytes) -> None:
-        if self._head is not None:
-            data, self._head = self._head + data, None
-        if data and not self._closing:
-            self.transport.write(data)
+        if self._closing or not data:
+            return
+        self._out.append(data)
+        self._outSize += len(data)
+        if self._producing or self._outSize >= MAX_HELD_ANSWER:
+            # A producer (a file) writes its next part once the transport's buffer drained.
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out = []
+            self._outSize = 0
+            if not self._closing:
+                self.transport.write(data)
 
     def writeSequence(self, data) -> None:
         self.write(b"".join(data))
 
     def requestDone(self, request) -> None:
-        if self._head is not None:
-            self.write(b"")
+        self._flush()
         exchange = self._currentExchange
         if request is self._current and exchange is not None:
             self._finished(exchange)
 
     def registerProducer(self, producer, streaming: bool) -> None:
+        self._flush()
+        self._producing = True
         self.transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
+        self._producing = False
         self.transport.unregisterProducer()
 
     def loseConnection(self) -> None:

@@ -116,7 +116,8 @@ class FramingTests(ConnectionTestsBase):
     def test_hotRequestInOneWrite(self):
         """
         A hot request is answered with the status line, Date, Content-Length and the
-        handler's headers and body, in one write; the connection stays open.
+        handler's headers and body, in one write; the connection stays open. A small answer
+        of Klein's is one write too.
         """
         channel, transport = self.connect()
         channel.dataReceived(self.get(f"/v1/conversations/{CID}/events?timeout=0"))
@@ -126,6 +127,9 @@ class FramingTests(ConnectionTestsBase):
         self.assertIn(b"GMT", headers[b"date"])
         self.assertEqual(transport.writes, 1)
         self.assertFalse(transport.disconnecting)
+        channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n")
+        self.assertEqual(parseAnswers(transport.value())[1][0], 200)
+        self.assertEqual(transport.writes, 2)
 
     def test_sendAnsweredOnceDurable(self):
         """
