@@ -85,6 +85,7 @@ class HTTPConnection(Protocol):
     _deadline = 0.0
     _counted = False
     _producing = False
+    _goodHost = None
 
     # -- connection
 
@@ -242,7 +243,8 @@ class HTTPConnection(Protocol):
         if version not in ("1.1", "1.0"):
             # HTTP/0.9 (no version at all) or 2.0 and above on this port: not a request here.
             return 400, "bad_request", "only HTTP/1.1 and 1.0 are served", None
-        exchange.version = b"HTTP/1.1" if version == "1.1" else b"HTTP/1.0"
+        if version == "1.0":
+            exchange.version = b"HTTP/1.0"
         if method not in METHODS:
             return 405, "method_not_allowed", "method not allowed", None
         target = self._url
@@ -264,22 +266,27 @@ class HTTPConnection(Protocol):
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             return 400, "bad_request", "an HTTP/1.1 request has exactly one Host", None
         host = headers.get(b"host")
-        if host is not None and HOST.fullmatch(host) is None:
-            return 400, "bad_request", "the Host header is not a valid host", None
+        if host is not None and host != self._goodHost:
+            if HOST.fullmatch(host) is None:
+                return 400, "bad_request", "the Host header is not a valid host", None
+            # Clients send the same Host on every request of a connection.
+            self._goodHost = host
+        expect = headers.get(b"expect")
+        if expect is not None and (expect.lower() != b"100-continue" or version != "1.1"):
+            return 417, "expectation_failed", "only Expect: 100-continue is served", None
         chunked = b"transfer-encoding" in headers
+        length = headers.get(b"content-length")
+        if not chunked and length is None:
+            return None
         if chunked and (version == "1.0" or headers[b"transfer-encoding"].lower() != b"chunked"):
             return 400, "bad_request", "only Transfer-Encoding: chunked on HTTP/1.1", None
         limit = exchange.limit = (self._limits.max_internal_body_bytes
                                   if target.startswith(b"/internal/")
                                   else self._limits.max_body_bytes)
-        length = headers.get(b"content-length")
         if length is not None and int(length) > limit:
             return 413, "too_large", f"request bodies are at most {limit} bytes", "body_bytes"
-        expect = headers.get(b"expect")
         if expect is not None:
-            if expect.lower() != b"100-continue" or version != "1.1":
-                return 417, "expectation_failed", "only Expect: 100-continue is served", None
-            exchange.expectContinue = bool(chunked or (length is not None and int(length)))
+            exchange.expectContinue = bool(chunked or int(length))
         return None
 
     def on_body(self, body: bytes) -> None:
