@@ -135,7 +135,8 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
     api = ChatAPI(streams, ownership, Authenticator(config.auth.secret, reactor), store,
                   config.chat, persister, internalAuth, devLogin=config.auth.dev_login,
                   limits=UserLimits.fromConfig(reactor, config.limits))
-    web = WebService(api, config.node.listen, reactor, corsOrigins=config.http.cors_origins)
+    web = WebService(api, config.node.listen, reactor, corsOrigins=config.http.cors_origins,
+                     limits=config.limits)
 
     node = HPChatNode(reactor, configPath, config.node.listen)
     for stage in nodeStages(web=web, streams=streams, persister=persister, outbox=outbox,

@@ -18,7 +18,6 @@ from typing import Any
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
@@ -32,6 +31,7 @@ from hpchat.streamids import BadConversation, inboxStream, isUserId, parseConver
 from hpchat.streams import CursorAhead, StreamUnavailable
 from hpchat.web.auth import Unauthorized
 from hpchat.web.internal import InternalUnauthorized
+from hpchat.web.static import StaticFiles
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 DEV_TOKEN_TTL = 24 * 3600
@@ -489,7 +489,7 @@ class ChatAPI:
     @app.route("/static/", branch=True, methods=["GET"])
     def static(self, request):
         _route(request, "static")
-        return File(STATIC)
+        return StaticFiles(STATIC)
 
     @app.route("/v1/dev/login", methods=["POST"])
     def devLogin(self, request):

@@ -1,273 +1,511 @@
 # -*- test-case-name: tests.web.test_channel -*-
 """
-The HTTP/1.1 connection of a node, with a lane of its own for the hot routes.
+The HTTP/1.1 server protocol of a node: one strict parser (llhttp, through httptools) for
+every connection, with the limits of the C{[limits]} section.
 
-A node answers thousands of small requests a second on the hot routes (long-polls, sends,
-typing) and twisted.web's per-request machinery (a line callback per header, a Headers object,
-a Request with its producer and finish notifications) cost more than the work itself. When a
-whole request for a hot route is in one read, which is the common case, L{HotChannel} parses
-it at once, runs the same L{HotRoutes} handler with a small L{HotRequest}, and writes the
-answer in one call. Anything else (another route, a request split over reads, chunked bodies,
-C{Expect}, HTTP/1.0, a header it does not parse plainly, a preflight) goes through
-twisted.web's own parser exactly as before, on the same connection, so behaviour and errors
-are twisted.web's wherever the lane does not apply.
+Every request is parsed, checked and bounded here before anything else sees it: a head larger
+than C{max_head_bytes} or with more than C{max_headers} fields (431), a target longer than
+C{max_target_bytes} (414), a body over C{max_body_bytes} (413, refused from its
+Content-Length before it is read, or counted as its chunks arrive), a head or body that takes
+too long (408), more connections than C{max_connections} (503). Anything malformed (llhttp
+refuses CR, LF and NUL inside fields, obs-fold, bare LF, Content-Length with
+Transfer-Encoding, duplicate lengths, bad chunk sizes; this module adds Host, target, version
+and encoding checks) is a JSON C{400} and the connection is closed: a request that is not
+plainly framed is never passed on.
+
+The hot routes (L{HotRoutes}) are answered with the small L{HotRequest}, each answer in one
+write. Every other request becomes a twisted.web C{server.Request} whose channel is this
+protocol (as twisted.web's own HTTP/2 streams are), so the Klein app, static files and the
+rest see the usual request objects. Requests pipelined on a connection are answered in order;
+the idle timeout applies between requests only, never while one (a long-poll) is answered.
 """
 
 from __future__ import annotations
 
 from io import BytesIO
+from typing import Any
+from urllib.parse import urlsplit
 
+import httptools
+from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 
 from hpchat import metrics
+from hpchat.config import LimitsConfig
+from hpchat.web.wire import (
+    HOST,
+    METHODS,
+    STATUS,
+    TARGET,
+    Exchange,
+    HotRequest,
+    canonical,
+    checkTarget,
+    errorJSON,
+    httpDate,
+    unsafeHeader,
+)
 
-MAX_HEAD = 16384
-# A hot request whose body is still arriving is waited for up to this size; beyond it
-# twisted.web takes it (the API's bodies are at most 64 KiB, a batch between nodes 900 KiB).
-MAX_PARTIAL = 128 * 1024
-# Pipelined requests held back while the current one is answered, before reading pauses.
-MAX_HELD = 0x4000
-_RESPONSES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason
-              in http.RESPONSES.items()}
-_HEADER_NAMES: dict[bytes, bytes] = {}
-_lastDate = [-1, b""]
+# Complete requests parsed ahead of the one being answered before reading pauses.
+MAX_QUEUED = 32
+# What an answer of a twisted.web request may hold back before it is written.
+MAX_HELD_ANSWER = 65536
 
 
-def _date(now: float) -> bytes:
+class _Refused(Exception):
     """
-    The Date header's value, formatted once per second.
-    """
-    second = int(now)
-    if second != _lastDate[0]:
-        _lastDate[:] = [second, http.datetimeToString(second)]
-    return _lastDate[1]
-
-
-def _canonical(name: bytes) -> bytes:
-    found = _HEADER_NAMES.get(name)
-    if found is None:
-        found = _HEADER_NAMES[name] = b"-".join(p.capitalize() for p in name.split(b"-"))
-    return found
-
-
-class HotRequest:
-    """
-    The part of twisted.web's request that the hot route handlers use.
+    Raised inside a parser callback to stop parsing; the refusal is already queued.
     """
 
-    __slots__ = ("method", "uri", "path", "args", "content", "code", "hpchatRoute",
-                 "finished", "_disconnected", "_headers", "responseHeaders")
 
-    def __init__(self, method: bytes, uri: bytes, path: bytes, args: dict,
-                 headers: dict[bytes, bytes], body: bytes):
-        self.method = method
-        self.uri = uri
-        self.path = path
-        self.args = args
-        self._headers = headers
-        self.content = BytesIO(body)
-        self.code = 200
-        self.hpchatRoute = "unknown"
-        self.finished = False
-        self._disconnected = False
-        self.responseHeaders: dict[bytes, bytes] = {}
-
-    def getHeader(self, name: bytes) -> bytes | None:
-        return self._headers.get(name.lower())
-
-    def setHeader(self, name: bytes, value: bytes) -> None:
-        self.responseHeaders[name.lower()] = value
-
-    def setResponseCode(self, code: int) -> None:
-        self.code = code
-
-
-INCOMPLETE = "incomplete"
-
-
-def parseHead(data: bytes):
+class HTTPConnection(Protocol):
     """
-    Parse the request at the start of C{data} if its head is whole and plain: C{(method,
-    target, headers, body, rest)}, where C{body} is C{None} while not all of it has arrived
-    (and it is at most L{MAX_PARTIAL}); L{INCOMPLETE} while the head has not; C{None} to leave
-    it to twisted.web.
-    """
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return INCOMPLETE if len(data) <= MAX_HEAD else None
-    if end > MAX_HEAD:
-        return None
-    lines = data[:end].split(b"\r\n")
-    first = lines[0].split(b" ")
-    if len(first) != 3 or first[2] != b"HTTP/1.1" or first[1][:1] != b"/":
-        return None
-    headers: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or b" " in name or b"\t" in name:
-            return None
-        name = name.lower()
-        if name in headers:
-            return None
-        headers[name] = value.strip()
-    if b"transfer-encoding" in headers or b"expect" in headers or b"upgrade" in headers:
-        return None
-    length = headers.get(b"content-length", b"0")
-    if not length.isdigit() or len(length) > 9:
-        return None
-    start = end + 4
-    stop = start + int(length)
-    if len(data) < stop:
-        if stop > MAX_PARTIAL:
-            return None
-        return first[0], first[1], headers, None, b""
-    return first[0], first[1], headers, data[start:stop], data[stop:]
-
-
-class HotChannel(http.HTTPChannel):
-    """
-    twisted.web's channel, with the hot routes answered in a lane of their own.
-
-    The site gives C{hot} (the L{HotRoutes}) and C{cors} (a L{CORSPolicy} or C{None}).
+    One HTTP/1.1 connection of L{HPChatSite}: the site gives C{hot} (the L{HotRoutes}),
+    C{cors} (a L{CORSPolicy} or C{None}), C{limits} (a L{LimitsConfig}), C{reactor} and
+    C{requestFactory} (for requests other than the hot routes).
     """
 
     log = Logger()
-    _call = None
-    _request: HotRequest | None = None
-    _serving = False
+    site: Any = None
+    factory: Any = None
+    requestFactory: Any = None
+    _closing = False
+    _broken = False
+    _paused = False
+    _dispatching = False
+    _inHead = False
+    _inBody = False
+    _timer: Any = None
+    _deadlineKind: str | None = None
+    _deadline = 0.0
+    _counted = False
+    _producing = False
+    _goodHost = None
 
-    def connectionMade(self):
-        super().connectionMade()
-        self._held: list[bytes] = []
-        self._heldSize = 0
-        self._readingPaused = False
-        # The start of a request that has not all arrived yet (clients often write the head
-        # and the body separately).
-        self._partial = b""
+    # -- connection
 
-    def dataReceived(self, data):
-        if self._request is not None:
-            # Pipelined behind the request being answered.
-            self._held.append(data)
-            self._heldSize += len(data)
-            if self._heldSize > MAX_HELD:
-                # Again each time: twisted.web may resume reading when its writes drain.
-                self._readingPaused = True
-                self.transport.pauseProducing()
-            return
-        if self._partial:
-            data, self._partial = self._partial + data, b""
-        if not self._idle():
-            return super().dataReceived(data)
-        self.resetTimeout()
-        self._serve(data)
-
-    def _idle(self) -> bool:
-        """
-        Whether twisted.web's parser is between requests with nothing buffered.
-        """
-        return (not self.requests and self.line_mode and not self._buffer
-                and not self._busyReceiving and self.persistent
-                and self._HTTPChannel__first_line == 1 and not self._HTTPChannel__header)
-
-    def _serve(self, data: bytes) -> None:
-        """
-        Answer the hot requests at the start of C{data}, as long as they are answered at
-        once; hold the rest while one waits, and hand anything else to twisted.web.
-        """
+    def connectionMade(self) -> None:
         site = self.site
-        self._serving = True
-        try:
-            while data:
-                parsed = parseHead(data)
-                if parsed is INCOMPLETE:
-                    self._partial = data
-                    return
-                request = found = None
-                if parsed is not None:
-                    method, target, headers, body, rest = parsed
-                    path, _, query = target.partition(b"?")
-                    request = HotRequest(method, target, path,
-                                         http.parse_qs(query, 1) if query else {}, headers,
-                                         body or b"")
-                    if method != b"OPTIONS" and site.hot is not None:
-                        found = site.hot.find(request)
-                if found is None:
-                    super().dataReceived(data)
-                    return
-                if body is None:
-                    self._partial = data
-                    return
-                connection = headers.get(b"connection")
-                if connection is not None and b"close" in connection.lower().replace(
-                        b",", b" ").split():
-                    self.persistent = False
-                if site.cors is not None:
-                    site.cors.apply(request)
-                self._request = request
-                call = site.hot.call(request, found)
-                call.addCallback(self._answer, request).addErrback(self._answerFailed)
-                if self._request is not None:
-                    # Waiting (a long-poll, a send until durable).
-                    self._call = call
-                    if rest:
-                        self._held.append(rest)
-                        self._heldSize += len(rest)
-                    return
-                if not self.persistent:
-                    return
-                data = rest
-        finally:
-            self._serving = False
+        self._limits: LimitsConfig = site.limits
+        self._reactor = site.reactor
+        self._parser = httptools.HttpRequestParser(self)
+        # Few at a time: a list is smaller than a deque on each of many idle connections.
+        self._queue: list[Exchange] = []
+        self._parsing: Exchange | None = None
+        self._current: Any = None
+        self._currentExchange: Exchange | None = None
+        self._call = None
+        # An answer of a twisted.web request being written, and its size.
+        self._out: list[bytes] = []
+        self._outSize = 0
+        self._activity = 0
+        self._deadlineActivity = -1
+        self._counted = True
+        site.openConnections += 1
+        if site.openConnections > self._limits.max_connections:
+            metrics.countLimited("connections")
+            self._writeError(503, "overloaded", "too many connections; retry",
+                             {b"retry-after": b"1"})
+            self._close()
+            return
+        self._updateDeadline()
 
-    def _answer(self, body: bytes | None, request: HotRequest) -> None:
-        self._request = self._call = None
-        if body is None or request._disconnected:
+    def connectionLost(self, reason=None) -> None:
+        if self._counted:
+            self._counted = False
+            self.site.openConnections -= 1
+        self._closing = True
+        self._queue.clear()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        current, call = self._current, self._call
+        self._current = self._call = self._currentExchange = None
+        if isinstance(current, HotRequest):
+            current._disconnected = True
+            if call is not None:
+                call.cancel()
+        elif current is not None:
+            current.connectionLost(reason or Failure(ConnectionDone()))
+
+    def _close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self.transport.loseConnection()
+
+    # -- reading and parsing
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing or self._broken:
+            return
+        continuing = self._inHead
+        try:
+            self._parser.feed_data(data)
+        except _Refused:
+            pass
+        except httptools.HttpParserUpgrade:
+            # The request asked to upgrade (or was a CONNECT): it is answered as a plain
+            # request and nothing after it is read.
+            self._stopReading()
+        except httptools.HttpParserCallbackError as e:
+            if not isinstance(e.__context__, _Refused):
+                raise
+        except httptools.HttpParserInvalidMethodError:
+            self._refuse(400, "bad_request", "unknown method (methods are case-sensitive)")
+        except httptools.HttpParserError as e:
+            self._refuse(400, "bad_request", f"malformed request: {e}")
+        if self._inHead and not self._broken:
+            if continuing:
+                # A head spread over reads: what arrived counts until it is complete.
+                self._headSeen += len(data)
+            if self._headSeen > self._limits.max_head_bytes:
+                self._refuse(431, "header_too_large", "the request head is too large",
+                             limit="head_bytes")
+            else:
+                self._headRefused()
+        self._advance()
+        self._updateDeadline()
+
+    def on_message_begin(self) -> None:
+        self._parsing = Exchange()
+        self._inHead = True
+        self._headSeen = 0
+        self._headSize = 0
+        self._url = b""
+        self._raw: list[tuple[bytes, bytes]] = []
+        self._activity += 1
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.max_target_bytes:
+            self._refuse(414, "uri_too_long", "the request target is too long",
+                         limit="target_bytes")
+            raise _Refused()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Called for every field: the limits are checked once the head is whole, or at the
+        # end of each read while it is not (a read adds at most one read's worth).
+        self._raw.append((name, value))
+        self._headSize += len(name) + len(value) + 4
+
+    def _headRefused(self) -> bool:
+        """
+        Refuse the head being parsed if it is over max_headers or max_head_bytes.
+        """
+        limits = self._limits
+        if len(self._raw) > limits.max_headers:
+            self._refuse(431, "header_too_large", "too many header fields", limit="headers")
+            return True
+        if self._headSize + len(self._url) > limits.max_head_bytes:
+            self._refuse(431, "header_too_large", "the request head is too large",
+                         limit="head_bytes")
+            return True
+        return False
+
+    def on_headers_complete(self) -> None:
+        if self._headRefused():
+            raise _Refused()
+        self._inHead = False
+        exchange = self._parsing
+        exchange.raw = self._raw
+        parser = self._parser
+        exchange.method = parser.get_method()
+        version = parser.get_http_version()
+        exchange.headers = headers = {}
+        hosts = 0
+        for name, value in exchange.raw:
+            lower = name.lower()
+            if lower == b"host":
+                hosts += 1
+            headers[lower] = value
+        problem = self._check(exchange, version, hosts)
+        if problem is not None:
+            status, code, message, limit = problem
+            self._refuse(status, code, message, limit=limit)
+            raise _Refused()
+        exchange.keepAlive = version == "1.1" and parser.should_keep_alive() and (
+            b"upgrade" not in headers)
+        self._queue.append(exchange)
+        self._inBody = True
+
+    def _check(self, exchange: Exchange, version: str, hosts: int):
+        """
+        Why the request whose head was just parsed is refused (C{(status, code, message,
+        limit name or None)}), or C{None}; it also sets the target and the body limit.
+        """
+        headers = exchange.headers
+        method = exchange.method
+        if version not in ("1.1", "1.0"):
+            # HTTP/0.9 (no version at all) or 2.0 and above on this port: not a request here.
+            return 400, "bad_request", "only HTTP/1.1 and 1.0 are served", None
+        if version == "1.0":
+            exchange.version = b"HTTP/1.0"
+        if method not in METHODS:
+            return 405, "method_not_allowed", "method not allowed", None
+        target = self._url
+        if target[:1] != b"/":
+            if not target.startswith((b"http://", b"https://")):
+                return 400, "bad_request", "the request target must be an absolute path", None
+            # The absolute form: its authority replaces Host (RFC 9112 3.2.2).
+            parts = urlsplit(target)
+            headers[b"host"] = parts.netloc
+            exchange.raw = [(n, v) for n, v in exchange.raw if n.lower() != b"host"]
+            exchange.raw.append((b"Host", parts.netloc))
+            target = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
+            hosts = 1
+        if b"%" in target or TARGET.fullmatch(target) is None:
+            why = checkTarget(target)
+            if why is not None:
+                return 400, "bad_request", why, None
+        exchange.target = target
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            return 400, "bad_request", "an HTTP/1.1 request has exactly one Host", None
+        host = headers.get(b"host")
+        if host is not None and host != self._goodHost:
+            if HOST.fullmatch(host) is None:
+                return 400, "bad_request", "the Host header is not a valid host", None
+            # Clients send the same Host on every request of a connection.
+            self._goodHost = host
+        expect = headers.get(b"expect")
+        if expect is not None and (expect.lower() != b"100-continue" or version != "1.1"):
+            return 417, "expectation_failed", "only Expect: 100-continue is served", None
+        chunked = b"transfer-encoding" in headers
+        length = headers.get(b"content-length")
+        if not chunked and length is None:
+            return None
+        if chunked and (version == "1.0" or headers[b"transfer-encoding"].lower() != b"chunked"):
+            return 400, "bad_request", "only Transfer-Encoding: chunked on HTTP/1.1", None
+        limit = exchange.limit = (self._limits.max_internal_body_bytes
+                                  if target.startswith(b"/internal/")
+                                  else self._limits.max_body_bytes)
+        if length is not None and int(length) > limit:
+            return 413, "too_large", f"request bodies are at most {limit} bytes", "body_bytes"
+        if expect is not None:
+            exchange.expectContinue = bool(chunked or int(length))
+        return None
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self._parsing
+        exchange.size += len(body)
+        if exchange.size > exchange.limit:
+            self._refuse(413, "too_large",
+                         f"request bodies are at most {exchange.limit} bytes",
+                         limit="body_bytes")
+            raise _Refused()
+        if exchange.body is None:
+            exchange.body = [body]
+        else:
+            exchange.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._inBody = False
+        exchange, self._parsing = self._parsing, None
+        exchange.complete = True
+        if not exchange.keepAlive:
+            # Nothing after a request that ends the connection is read.
+            self._stopReading()
+            raise _Refused()
+
+    # -- refusals and deadlines
+
+    def _stopReading(self) -> None:
+        self._broken = True
+        if not self._closing and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def _refuse(self, status: int, code: str, message: str, headers: dict | None = None,
+                limit: str | None = None) -> None:
+        """
+        Answer the request being parsed with an error, in order, and close the connection
+        after it; nothing more is read.
+        """
+        if self._broken:
+            return
+        if limit is not None:
+            metrics.countLimited(limit)
+        exchange = self._parsing
+        if exchange is None or exchange.complete:
+            exchange = Exchange()
+        if not self._queue or self._queue[-1] is not exchange:
+            self._queue.append(exchange)
+        exchange.error = (status, code, message, headers or {})
+        self._parsing = None
+        self._inHead = self._inBody = False
+        self._stopReading()
+
+    def _updateDeadline(self) -> None:
+        """
+        Arm the one deadline that applies now: a whole head, a whole body, or idleness
+        between requests; none while a request is being answered.
+        """
+        if self._closing:
+            return
+        limits = self._limits
+        if self._inHead:
+            kind, timeout = "head", limits.head_timeout
+        elif self._inBody:
+            kind, timeout = "body", limits.body_timeout
+        elif self._current is not None or self._queue or self._broken:
+            kind, timeout = None, 0.0
+        else:
+            kind, timeout = "idle", limits.idle_timeout
+        if kind == self._deadlineKind and self._deadlineActivity == self._activity:
+            return
+        self._deadlineKind = kind
+        self._deadlineActivity = self._activity
+        if kind is None:
+            return
+        now = self._reactor.seconds()
+        self._deadline = now + timeout
+        timer = self._timer
+        if timer is not None and timer.active():
+            if timer.getTime() <= self._deadline:
+                return
+            timer.cancel()
+        self._timer = self._reactor.callLater(timeout, self._deadlinePassed)
+
+    def _deadlinePassed(self) -> None:
+        self._timer = None
+        kind = self._deadlineKind
+        if kind is None or self._closing:
+            return
+        left = self._deadline - self._reactor.seconds()
+        if left > 0:
+            self._timer = self._reactor.callLater(left, self._deadlinePassed)
+            return
+        self._deadlineKind = None
+        if kind == "idle":
+            self._close()
+            return
+        self._refuse(408, "request_timeout", f"the request {kind} took too long",
+                     limit=f"{kind}_timeout")
+        self._advance()
+
+    # -- answering in order
+
+    def _advance(self) -> None:
+        """
+        Start answering the requests at the front of the queue, one at a time.
+        """
+        if self._dispatching or self._closing:
+            return
+        self._dispatching = True
+        try:
+            queue = self._queue
+            while self._current is None and queue and not self._closing:
+                exchange = queue[0]
+                if exchange.error is not None:
+                    queue.clear()
+                    self._writeError(*exchange.error)
+                    self._close()
+                    return
+                if not exchange.complete:
+                    if exchange.expectContinue:
+                        exchange.expectContinue = False
+                        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    break
+                del queue[0]
+                self._start(exchange)
+            if not self._broken:
+                if len(queue) > MAX_QUEUED and not self._paused:
+                    self._paused = True
+                    self.transport.pauseProducing()
+                elif self._paused and len(queue) <= MAX_QUEUED // 2:
+                    self._paused = False
+                    self.transport.resumeProducing()
+        finally:
+            self._dispatching = False
+
+    def _start(self, exchange: Exchange) -> None:
+        site = self.site
+        body = b"".join(exchange.body) if exchange.body else b""
+        exchange.body = None
+        target = exchange.target
+        path, _, query = target.partition(b"?")
+        request = HotRequest(exchange.method, target, path,
+                             http.parse_qs(query, 1) if query else {}, exchange.headers, body)
+        found = None
+        if site.hot is not None and exchange.method != b"OPTIONS":
+            found = site.hot.find(request)
+        self._currentExchange = exchange
+        if found is None:
+            self._startWeb(exchange, body)
+            return
+        exchange.raw = []
+        if site.cors is not None:
+            site.cors.apply(request)
+        self._current = request
+        call = site.hot.call(request, found)
+        if self._current is request:
+            self._call = call
+        call.addCallback(self._answer, request, exchange).addErrback(self._answerFailed)
+
+    def _startWeb(self, exchange: Exchange, body: bytes) -> None:
+        request = self.requestFactory(self)
+        self._current = request
+        add = request.requestHeaders.addRawHeader
+        for name, value in exchange.raw:
+            add(name, value)
+        exchange.raw = []
+        request.content = BytesIO(body)
+        request.requestReceived(exchange.method, exchange.target, exchange.version)
+
+    def _finished(self, exchange: Exchange) -> None:
+        self._current = self._call = self._currentExchange = None
+        if not exchange.keepAlive:
+            self._close()
+            return
+        if not self._dispatching:
+            # Else the read that is being handled goes on with the next request.
+            self._advance()
+            self._updateDeadline()
+
+    def _answer(self, body: bytes | None, request: HotRequest, exchange: Exchange) -> None:
+        if self._current is request:
+            self._call = None
+        if body is None or request._disconnected or self._closing:
             return
         request.finished = True
-        headers = request.responseHeaders
-        parts = [_RESPONSES.get(request.code) or b"HTTP/1.1 %d Unknown\r\n" % request.code,
-                 b"Date: %s\r\nContent-Length: %d\r\n" % (_date(self.site.reactor.seconds()),
+        parts = [STATUS.get(request.code) or b"HTTP/1.1 %d Unknown\r\n" % request.code,
+                 b"Date: %s\r\nContent-Length: %d\r\n" % (httpDate(self._reactor.seconds()),
                                                           len(body))]
-        for name, value in headers.items():
-            parts.append(b"%s: %s\r\n" % (_canonical(name), value))
-        if not self.persistent:
+        for name, value in request.responseHeaders.items():
+            if b"\r" in value or b"\n" in value or b"\0" in value:
+                self.log.warn("dropped an unsafe {name} header from an answer",  # noqa: G010
+                              name=name.decode("latin-1"))
+                continue
+            parts.append(b"%s: %s\r\n" % (canonical(name), value))
+        if not exchange.keepAlive:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
         parts.append(body)
         self._send(b"".join(parts))
         metrics.countRequest(request.hpchatRoute, request.code)
-        if not self.persistent:
-            self.transport.loseConnection()
-            return
-        self.resetTimeout()
-        if not self._serving:
-            self._resumeHeld()
-
-    def _answerFailed(self, failure) -> None:
-        # A bug in writing the answer: the client cannot get one, so it is disconnected.
-        self.log.failure("writing an answer failed", failure)
-        self._request = self._call = None
-        self.transport.abortConnection()
+        self._finished(exchange)
 
     def _send(self, data: bytes) -> None:
         """
-        Write C{data}, straight to the socket when nothing is queued before it.
+        Write C{data}: on a plain TCP connection with nothing queued, straight to the socket.
 
         A transport's write only queues the data and asks the reactor to watch the socket;
-        the send happens on the reactor's next turn, after two more epoll calls. An answer
-        is small and the socket's buffer is nearly always free, so it goes out at once (as
-        asyncio's transports do); whatever the socket does not take, or any error, is left to
-        the transport's own write, which queues it in order and reports the error.
+        the send happens on the reactor's next turn. An answer is small and the socket's
+        buffer nearly always free, so it goes out at once (as asyncio's transports do), and
+        whatever the socket does not take is left to the transport, in order. Only the
+        reactor's own TCP connection qualifies (checked by its exact type, never through a
+        wrapper such as TLS, which must encrypt it).
         """
         transport = self.transport
-        sock = getattr(transport, "socket", None)
-        if (sock is not None and transport.connected and not transport.disconnecting
-                and not getattr(transport, "_tempDataBuffer", True)
-                and not getattr(transport, "dataBuffer", True)):
+        if (type(transport) is tcp.Server and not transport.TLS and transport.connected
+                and not transport.disconnecting and not transport._tempDataBuffer
+                and not transport.dataBuffer):
             try:
-                sent = sock.send(data)
+                sent = transport.socket.send(data)
             except OSError:
                 sent = 0
             if sent == len(data):
@@ -275,19 +513,97 @@ class HotChannel(http.HTTPChannel):
             data = data[sent:]
         transport.write(data)
 
-    def _resumeHeld(self) -> None:
-        held, self._held, self._heldSize = self._held, [], 0
-        if self._readingPaused:
-            self._readingPaused = False
-            self.transport.resumeProducing()
-        if held:
-            self.dataReceived(b"".join(held))
+    def _answerFailed(self, failure) -> None:
+        # A bug in writing the answer: the client cannot get one, so it is disconnected.
+        self.log.failure("writing an answer failed", failure)
+        self._current = self._call = None
+        self._closing = True
+        self.transport.abortConnection()
 
-    def connectionLost(self, reason):
-        request, call = self._request, self._call
-        self._request = self._call = None
-        if request is not None:
-            request._disconnected = True
-        if call is not None:
-            call.cancel()
-        super().connectionLost(reason)
+    def _writeError(self, status: int, code: str, message: str,
+                    headers: dict | None = None) -> None:
+        body = errorJSON(code, message)
+        parts = [STATUS.get(status) or b"HTTP/1.1 %d Error\r\n" % status,
+                 b"Date: %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+                 b"Cache-Control: no-store\r\nContent-Length: %d\r\nConnection: close\r\n"
+                 % (httpDate(self._reactor.seconds()), len(body))]
+        for name, value in (headers or {}).items():
+            parts.append(b"%s: %s\r\n" % (canonical(name), value))
+        parts.append(b"\r\n")
+        parts.append(body)
+        self.transport.write(b"".join(parts))
+        metrics.countRequest("refused", status)
+
+    # -- the channel of twisted.web requests
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers) -> None:
+        parts = [b"HTTP/1.1 %s %s\r\n" % (code, reason)]
+        exchange = self._currentExchange
+        for name, values in headers.getAllRawHeaders():
+            if unsafeHeader(name):
+                continue
+            for value in values:
+                if unsafeHeader(value):
+                    self.log.warn("dropped an unsafe {name} header from an answer",  # noqa: G010
+                                  name=name.decode("latin-1"))
+                    continue
+                parts.append(b"%s: %s\r\n" % (name, value))
+        if exchange is not None and exchange.keepAlive and not (
+                headers.hasHeader(b"content-length")
+                or headers.hasHeader(b"transfer-encoding")) and int(code) not in (204, 304) \
+                and exchange.method != b"HEAD":
+            # Without a length the end of the body is the end of the connection.
+            exchange.keepAlive = False
+        if exchange is None or not exchange.keepAlive:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        # Held with the body that follows, so that a small answer goes out in one write.
+        self._out = [b"".join(parts)]
+        self._outSize = len(self._out[0])
+
+    def write(self, data: bytes) -> None:
+        if self._closing or not data:
+            return
+        self._out.append(data)
+        self._outSize += len(data)
+        if self._producing or self._outSize >= MAX_HELD_ANSWER:
+            # A producer (a file) writes its next part once the transport's buffer drained.
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out = []
+            self._outSize = 0
+            if not self._closing:
+                self.transport.write(data)
+
+    def writeSequence(self, data) -> None:
+        self.write(b"".join(data))
+
+    def requestDone(self, request) -> None:
+        self._flush()
+        exchange = self._currentExchange
+        if request is self._current and exchange is not None:
+            self._finished(exchange)
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self._flush()
+        self._producing = True
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._producing = False
+        self.transport.unregisterProducer()
+
+    def loseConnection(self) -> None:
+        self._close()
+
+    def getPeer(self):
+        return self.transport.getPeer()
+
+    def getHost(self):
+        return self.transport.getHost()
+
+    def isSecure(self) -> bool:
+        return ISSLTransport.providedBy(self.transport)

@@ -11,6 +11,8 @@ takes the token as C{access_token} in the query.
 
 from __future__ import annotations
 
+import re
+
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
@@ -18,6 +20,9 @@ ALLOWED_METHODS = b"GET, POST, OPTIONS"
 ALLOWED_HEADERS = b"Authorization, Content-Type"
 EXPOSED_HEADERS = b"Location, X-HPChat-Owner, Retry-After"
 MAX_AGE = b"600"
+# A serialized origin (RFC 6454): scheme "://" host [":" port], and nothing that could end a
+# header field when it is echoed back.
+_ORIGIN = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://[A-Za-z0-9._~%!$&'()*+,;=\[\]:-]+")
 
 
 class CORSPolicy:
@@ -37,8 +42,8 @@ class CORSPolicy:
         # After a 307 to another node (another origin) browsers send the redirected request
         # with "Origin: null". The API takes bearer tokens only, never cookies, so answering
         # it discloses nothing that the token's holder could not read anyway.
-        allowed = origin is not None and (self._any or origin in self._origins
-                                          or origin == b"null")
+        allowed = origin is not None and (origin in self._origins or origin == b"null" or (
+            self._any and _ORIGIN.fullmatch(origin) is not None))
         if allowed:
             request.setHeader(b"access-control-allow-origin", origin)
             request.setHeader(b"vary", b"Origin")

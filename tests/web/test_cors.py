@@ -7,6 +7,7 @@ from __future__ import annotations
 from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyRequest
 
 from hpchat.web.cors import CORSPolicy, CORSResource
 
@@ -68,3 +69,19 @@ class CORSTests(SynchronousTestCase):
                                {"Origin": "https://evil.example",
                                 "Access-Control-Request-Method": "POST"})
         self.assertEqual(refused.code, 403)
+
+    def test_anyOriginEchoesOnlyAPlainOrigin(self):
+        """
+        With C{*}, only a serialized origin (scheme, host, port) is echoed back; anything else
+        (spaces, bytes beyond ASCII, a path) gets no CORS headers.
+        """
+        policy = CORSPolicy(["*"])
+        for origin, allowed in [(b"https://a.example", True), (b"http://127.0.0.1:8080", True),
+                                (b"null", True), (b"https://a.example/x", False),
+                                (b"https://a b", False), (b"https://a\xff.example", False),
+                                (b"a.example", False), (b"", False)]:
+            request = DummyRequest([])
+            request.requestHeaders.setRawHeaders(b"origin", [origin])
+            self.assertEqual(policy.apply(request), allowed, origin)
+            echoed = request.responseHeaders.getRawHeaders(b"access-control-allow-origin")
+            self.assertEqual(echoed, [origin] if allowed else None, origin)
