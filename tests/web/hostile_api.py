@@ -87,16 +87,17 @@ def _auth(ctx: Context) -> list[Template]:
         "Bearer and spaces": b"Bearer    ",
         "token with junk after": b"Bearer " + valid_.encode() + b"junk",
         "token with a second word": b"Bearer " + valid_.encode() + b" junk",
-        "token with a NUL": b"Bearer " + valid_.encode()[:-1] + b"\x00",
         "token truncated": b"Bearer " + valid_.encode()[:-3],
         "token with padding": b"Bearer " + valid_.encode() + b"==",
     }
+    # A target that does not decode (or decodes to a NUL) may be refused before the token
+    # is looked at.
     queryValues = {
-        "query token with junk": valid_ + "junk",
-        "query token %00": valid_ + "%00",
-        "query token %20junk": valid_ + "%20junk",
-        "query token empty": "",
-        "query token garbage": "%ff%fe",
+        "query token with junk": (valid_ + "junk", (401,)),
+        "query token %00": (valid_ + "%00", (400, 401)),
+        "query token %20junk": (valid_ + "%20junk", (401,)),
+        "query token empty": ("", (401,)),
+        "query token garbage": ("%ff%fe", (400, 401)),
     }
 
     def bearer(name: str, token: str):
@@ -111,22 +112,21 @@ def _auth(ctx: Context) -> list[Template]:
                           ("unauthorized",), marker=marker)
         return make
 
-    def header(name: str, value: bytes):
+    def header(name: str, value: bytes, statuses=(401,), codes=("unauthorized",)):
         def make(ctx, rng, route):
             marker = ctx.marker()
             data = _send(ctx, jsonBody({"text": marker}), None,
                          extra=[(b"Authorization", value)])
-            return reject("auth", f"{name} [send]", data, (401,), ("unauthorized",),
-                          marker=marker)
+            return reject("auth", f"{name} [send]", data, statuses, codes, marker=marker)
         return make
 
-    def query(name: str, value: str):
+    def query(name: str, value: str, statuses):
         def make(ctx, rng, route):
             marker = ctx.marker()
             data = _send(ctx, jsonBody({"text": marker}), None,
                          path=SEND + b"?access_token=" + value.encode())
-            return reject("auth", f"{name} [send]", data, (401,), ("unauthorized",),
-                          marker=marker)
+            return reject("auth", f"{name} [send]", data, statuses,
+                          ("unauthorized", "bad_request"), marker=marker)
         return make
 
     def missing(ctx, rng, route):
@@ -149,7 +149,10 @@ def _auth(ctx: Context) -> list[Template]:
 
     templates: list[Template] = [bearer(n, t) for n, t in tokens.items()]
     templates += [header(n, v) for n, v in headerValues.items()]
-    templates += [query(n, v) for n, v in queryValues.items()]
+    templates += [query(n, v, statuses) for n, (v, statuses) in queryValues.items()]
+    # A NUL in a header value is refused as malformed HTTP before any token is looked at.
+    templates.append(header("token with a NUL", b"Bearer " + valid_.encode()[:-1] + b"\x00",
+                            (400,), None))
     templates.append(missing)
     nodeKeyWrong = forge(b"wrong", b'{"sub":"n1","aud":"hpchat-internal","exp":%d}'
                          % (now + 60))
@@ -306,7 +309,7 @@ def _query(ctx: Context) -> list[Template]:
     ahead = b"%d" % (ctx.victimLastSeq + 1000)
     templates: list[Template] = []
     for value in (b"-1", b"abc", b"1e9", b"", b"0x10", b"1.5", b"99999999999999999999",
-                  b"+1", b" 1", b"1 ", b"--1", b"1,2", b"\xd9\xa3", b"%20", b"-0x1",
+                  b"+1", b"%201", b"1%20", b"--1", b"1,2", b"\xd9\xa3", b"%20", b"-0x1",
                   b"9" * 400):
         templates.append(q(events, b"timeout=0&after=" + value, (400,)))
         templates.append(q(inbox, b"timeout=0&after=" + value, (400,)))

@@ -90,10 +90,23 @@ def _encoding(ctx: Context) -> list[Template]:
         query(b"after=%d9%a3", (400,), ("bad_request",)),
         query(b"timeout=%ff", (400,), ("bad_request",)),
         query(b"typing_version=%c0%b1", (400,), ("bad_request",)),
-        query(b"access_token=%ff%fe", (401,), ("unauthorized",), user=None),
+        query(b"access_token=%ff%fe", (400, 401), ("unauthorized", "bad_request"), user=None),
         query(b"after=%30", {200}, why="%30 is the digit 0, percent-encoded"),
         query(b"%ff=1", {200, 400}, why="an unknown parameter may be ignored"),
         header(b"Host", b"\xff\xfe", (400,)),
+        header(b"Host", b"[::1", (400,)),
+        header(b"Host", b"a:b:c", (400,)),
+        header(b"Host", b"a b:1", (400,)),
+        header(b"Host", "é.example".encode(), (400,)),
+        header(b"Host", b"127.0..1:80", (400,), why="a reg-name may hold empty labels "
+               "(RFC 3986 §3.2.2); serving or refusing it are both right"),
+        header(b"Host", b"..", (400,), why="a reg-name of dots is valid syntax"),
+        header(b"Host", b"xn--:1", (400,), why="a reg-name that is not valid IDNA is "
+               "valid URI syntax"),
+        header(b"Host", b"host:99999", (400,), why="port is *DIGIT in RFC 3986"),
+        header(b"Host", b"host:", (400,), why="an empty port is valid syntax"),
+        header(b"Host", b"", (400,), why="RFC 9112 §3.2 allows an empty Host"),
+        header(b"Host", b"[::1]:80", (400,), why="an IPv6 literal"),
         header(b"Host", b"\xc0\xae", (400,)),
         header(b"Host", b"a\x00b", (400,)),
         header(b"X-Hostile", b"\xc0\xaf\xff", (), why="obs-text is allowed in field values"),
@@ -178,8 +191,18 @@ def _methods(ctx: Context) -> list[Template]:
             b"OPTIONS", TYPING.target, [(b"Host", ctx.host), (b"Origin", b"http://a.example"),
                                         (b"Access-Control-Request-Method", b"POST")]),
             {204}, "a preflight from an allowed origin"),
+        # Refused at once, or waited for as an unfinished head (408 or closed by head_timeout).
         lambda ctx, rng, route: reject("methods", "HTTP/0.9 request", (
-            b"GET /healthz\r\n",), (400,), silentClose=True, deadline=ctx.head_timeout + 3),
+            b"GET /healthz\r\n",), (400, 408), silentClose=True,
+            deadline=ctx.head_timeout + 3),
+        lambda ctx, rng, route: reject("methods", "no space before the version", (
+            b"GET /healthzHTTP/1.1\r\nHost: " + ctx.host + b"\r\n\r\n",), (400, 408),
+            silentClose=True, deadline=ctx.head_timeout + 3),
+        lambda ctx, rng, route: reject("methods", f"a bare LF inside the target [{route.name}]",
+                                       (route.build(ctx).replace(route.target, route.target[:6]
+                                                                 + b"\n" + route.target[6:], 1),),
+                                       (400, 408), silentClose=True,
+                                       deadline=ctx.head_timeout + 3),
         version(b"HTTP/1.2", why="RFC 9110 §2.5: a higher minor version is served as 1.1"),
         version(b"HTTP/2.0"), version(b"HTTP/3.0"), version(b"HTTP/1.10"),
         version(b"HTTP/01.1"), version(b"http/1.1"), version(b"HTTP/1"), version(b"HTTP/1.1.1"),
@@ -239,11 +262,21 @@ def _limits(ctx: Context) -> list[Template]:
         return make
 
     def chunked(ctx, rng, route):
+        marker = ctx.marker()
+        start = b'{"text": "%s"' % marker.encode()
         chunk = b"%x\r\n%s\r\n" % (8192, b" " * 8192)
         count = ctx.max_body_bytes // 8192 + 3
         return reject("limits", "chunked body over max_body_bytes",
-                      [sendHead(ctx, [b"Transfer-Encoding: chunked"]) + b'{"text": "x"']
-                      + [chunk] * count + [b"0\r\n\r\n"], (413,), ("too_large",),
+                      [sendHead(ctx, [b"Transfer-Encoding: chunked"]) + b"%x\r\n%s\r\n"
+                       % (len(start), start)] + [chunk] * count + [b"1\r\n}\r\n0\r\n\r\n"],
+                      (413,), ("too_large",), closeWithin=3.0, marker=marker)
+
+    def oneChunk(ctx, rng, route):
+        # One chunk declared four times the limit, its data sent in pieces.
+        size = ctx.max_body_bytes * 4
+        head = sendHead(ctx, [b"Transfer-Encoding: chunked"]) + b"%x\r\n{" % size
+        return reject("limits", "a chunk over max_body_bytes",
+                      [head] + [b" " * 8192] * (ctx.max_body_bytes // 8192 + 3), (400, 413),
                       closeWithin=3.0)
 
     def atLimit(ctx, rng, route):
@@ -294,11 +327,7 @@ def _limits(ctx: Context) -> list[Template]:
         atOnce(b"1000000000000", path=b"/healthz"),
         atOnce(b"%d" % (ctx.max_internal_body_bytes + 1), (401, 413),
                b"/internal/v1/notifications", auth=False),
-        lambda ctx, rng, route: reject(
-            "limits", "a chunk size over max_body_bytes", (sendHead(
-                ctx, [b"Transfer-Encoding: chunked"]) + b"%x\r\n{" % (ctx.max_body_bytes * 4),),
-            (400, 413), closeWithin=3.0, deadline=3.0),
-        chunked, atLimit,
+        chunked, oneChunk, atLimit,
     ]
 
 

@@ -454,10 +454,21 @@ async def call(host: str, port: int, method: bytes, target: bytes, token: str | 
     return await asyncio.wait_for(go(), timeout)
 
 
+async def _inboxSeq(host: str, port: int, ctx: Context, user: str, after: int = 0,
+                    timeout: float = 0) -> int:
+    status, body = await call(host, port, b"GET", b"/v1/inbox/events?after=%d&timeout=%g"
+                              % (after, timeout), ctx.tokens[user], timeout=timeout + 10)
+    if status != 200:
+        raise RuntimeError(f"the inbox of {user} answers {status} {body!r}")
+    return body["last_seq"]
+
+
 async def seed(host: str, port: int, ctx: Context) -> None:
     """
-    The state a run must leave alone: messages in two conversations.
+    The state a run must leave alone: messages in two conversations, and the notifications
+    of them in the inboxes.
     """
+    inboxes = {u: await _inboxSeq(host, port, ctx, u) for u in ("alice", "bob", "carol")}
     for user, cid, text in (("alice", VICTIM, "seeded one"), ("bob", VICTIM, "seeded two"),
                             ("alice", VICTIM, "seeded three"), ("bob", OTHER, "seeded four")):
         status, body = await call(host, port, b"POST", b"/v1/conversations/%s/messages"
@@ -467,6 +478,14 @@ async def seed(host: str, port: int, ctx: Context) -> None:
     status, body = await call(host, port, b"GET", b"/v1/conversations/%s/messages?limit=200"
                               % VICTIM.encode(), ctx.tokens["alice"])
     ctx.victimLastSeq = body["messages"][-1]["seq"]
+    loop = asyncio.get_running_loop()
+    for user, count in (("alice", 1), ("bob", 2), ("carol", 1)):
+        deadline = loop.time() + 10
+        while await _inboxSeq(host, port, ctx, user) < inboxes[user] + count:
+            if loop.time() > deadline:
+                raise RuntimeError(f"the notifications of the seeded messages to {user} "
+                                   f"did not arrive")
+            await _inboxSeq(host, port, ctx, user, inboxes[user], 1)
 
 
 async def snapshot(host: str, port: int, ctx: Context) -> dict:
