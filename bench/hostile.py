@@ -49,7 +49,7 @@ async def attack(host: str, port: int, ctx: Context, args) -> int:
     await judge.seed(host, port, ctx)
     before = await judge.snapshot(host, port, ctx)
     only = set(args.only.split(",")) if args.only else None
-    attacks = build(ctx, args.attacks, args.seed, only)
+    attacks = build(ctx, args.attacks, args.seed, only, args.slowloris)
     print(f"{len(attacks)} attacks, seed {args.seed}, concurrency {args.concurrency}",
           flush=True)
     started = time.monotonic()
@@ -143,6 +143,8 @@ def parse(argv=None):
     p.add_argument("--body-timeout", type=float, default=float(LIMITS["body_timeout"]))
     p.add_argument("--idle-timeout", type=float, default=float(LIMITS["idle_timeout"]))
     p.add_argument("--only", help="comma-separated categories: " + ",".join(categories()))
+    p.add_argument("--slowloris", type=int, default=200,
+                   help="connections trickling a head alongside the attacks")
     p.add_argument("--show", type=int, default=40, help="violations to print")
     return p.parse_args(argv)
 

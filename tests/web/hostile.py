@@ -43,6 +43,8 @@ class Attack:
     @ivar probe: whether a good request is sent after the answer when the connection is open.
     @ivar marker: a message text this attack tries to store; it must never be stored.
     @ivar head: the request is a HEAD (its answer has no body).
+    @ivar answers: how many requests the bytes hold (pipelined); all but the last must be
+        answered 2xx, and C{statuses} is about the last.
     """
 
     category: str
@@ -58,6 +60,7 @@ class Attack:
     probe: bool = True
     marker: str | None = None
     head: bool = False
+    answers: int = 1
     index: int = 0
 
     @property
@@ -217,6 +220,7 @@ def _fixed() -> dict[str, tuple[Callable, Callable, float]]:
         "framing": (fr.framing, fr._framing, 0.13),
         "smuggling": (fr.smuggling, fr._smuggling, 0.12),
         "splitting": (fr.splitting, fr._splitting, 0.06),
+        "pipelining": (fr.pipelining, fr._pipelining, 0.03),
         "encoding": (ht.encoding, ht._encoding, 0.10),
         "methods": (ht.methods, ht._methods, 0.06),
         "limits": (ht.limits, ht._limits, 0.04),
@@ -227,7 +231,7 @@ def _fixed() -> dict[str, tuple[Callable, Callable, float]]:
         "query": (api.query, api._query, 0.06),
         "routes": (api.routes, api._routes, 0.04),
         "control": (api.control, api._control, 0.01),
-        "fuzz": (api.fuzz, None, 0.12),
+        "fuzz": (api.fuzz, None, 0.09),
     }
 
 
@@ -248,11 +252,15 @@ def coreSize(ctx: Context, category: str) -> int:
     return 0 if fixed is None else len(fixed(ctx))
 
 
-def build(ctx: Context, total: int, seed: int, only: set[str] | None = None) -> list[Attack]:
+def build(ctx: Context, total: int, seed: int, only: set[str] | None = None,
+          slowloris: int = 0) -> list[Attack]:
     """
     About C{total} attacks: every fixed case of each category, then seeded variants in
-    proportion to the category's share; all of the slow ones, whatever C{total}.
+    proportion to the category's share; all of the slow ones, whatever C{total}, and
+    C{slowloris} more trickled heads.
     """
+    from tests.web.hostile_http import slowloris as trickles
+
     rng = random.Random(seed)
     chosen = {name: value for name, value in categories().items()
               if only is None or name in only}
@@ -264,4 +272,6 @@ def build(ctx: Context, total: int, seed: int, only: set[str] | None = None) -> 
             continue
         count = max(coreSize(ctx, name), int(total * share / weights))
         attacks.extend(itertools.islice(generator(ctx, random.Random(rng.random())), count))
+    if only is None or "slow" in only:
+        attacks.extend(trickles(ctx, slowloris))
     return [replace(attack, index=i) for i, attack in enumerate(attacks)]

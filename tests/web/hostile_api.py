@@ -154,6 +154,21 @@ def _auth(ctx: Context) -> list[Template]:
     templates.append(header("token with a NUL", b"Bearer " + valid_.encode()[:-1] + b"\x00",
                             (400,), None))
     templates.append(missing)
+
+    def twice(first: bytes, second: bytes, name: str):
+        # Authorization is a singleton: two of them are refused, never one picked.
+        def make(ctx, rng, route):
+            marker = ctx.marker()
+            data = _send(ctx, jsonBody({"text": marker}), None, extra=[
+                (b"Authorization", first), (b"Authorization", second)])
+            return reject("auth", f"two Authorization headers, {name}", data, (400, 401),
+                          ("unauthorized", "bad_request"), marker=marker)
+        return make
+
+    good = b"Bearer " + valid_.encode()
+    templates += [twice(b"Bearer garbage", good, "garbage first"),
+                  twice(good, b"Bearer garbage", "the valid one first"),
+                  twice(good, b"Bearer " + ctx.tokens["bob"].encode(), "alice then bob")]
     nodeKeyWrong = forge(b"wrong", b'{"sub":"n1","aud":"hpchat-internal","exp":%d}'
                          % (now + 60))
     for name, value in (("without a token", None), ("with a user token",

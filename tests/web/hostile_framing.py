@@ -6,7 +6,8 @@ smuggled behind it, and attempts to split the answer's headers (see L{tests.web.
 from __future__ import annotations
 
 from tests.web.hostile import (
-    INJECTED, Attack, Context, Template, endless, reject, request, sendRequest, valid)
+    INJECTED, ROUTES, TYPING, Attack, Context, Template, endless, reject, request,
+    sendRequest, valid)
 
 
 # -- framing
@@ -356,3 +357,53 @@ def _splitting(ctx: Context) -> list[Template]:
 
 def splitting(ctx, rng):
     return endless("splitting", _splitting(ctx), ctx, rng)
+
+
+# -- pipelining
+
+
+def _pipelining(ctx: Context) -> list[Template]:
+    def many(n: int | None):
+        def make(ctx, rng, route):
+            count = n or rng.randint(2, 60)
+            chosen = [rng.choice(ROUTES) for _ in range(count - 1)] + [route]
+            return Attack("pipelining", f"{count} valid requests in one write [{route.name}]",
+                          (b"".join(r.build(ctx) for r in chosen),), frozenset({route.ok}),
+                          why="valid requests, answered in order", answers=count)
+        return make
+
+    def thenBad(ctx, rng, route):
+        count = rng.randint(1, 5)
+        bad = route.build(ctx, [(b"Content-Length", b"5"), (b"Transfer-Encoding",
+                                                           b"chunked")]) + b"0\r\n\r\n"
+        if route.body is not None:
+            bad = bad.replace(b"Content-Length: %d\r\n" % len(route.body), b"", 1)
+        return Attack("pipelining", f"{count} valid requests then CL and TE [{route.name}]",
+                      (route.build(ctx) * count + bad,), frozenset({400}), answers=count + 1,
+                      closeWithin=3.0)
+
+    def thenSmuggled(ctx, rng, route):
+        marker = ctx.marker()
+        hidden = sendRequest(ctx, marker)
+        body = b"0\r\n\r\n" + hidden
+        bad = request(b"POST", TYPING.target, TYPING.headers(ctx) + [
+            (b"Content-Length", b"%d" % len(body)), (b"Transfer-Encoding", b"chunked")],
+            body, length=False)
+        return Attack("pipelining", f"a valid request then a hidden send [{route.name}]",
+                      (route.build(ctx) + bad,), frozenset({400}), answers=2, closeWithin=3.0,
+                      marker=marker)
+
+    def thenBadJSON(ctx, rng, route):
+        marker = ctx.marker()
+        bad = sendRequest(ctx, marker).replace(b'{"text": "', b'{"text": "\xff', 1)
+        bad = bad.replace(b"Content-Length: %d" % (len(bad.partition(b"\r\n\r\n")[2]) - 1),
+                          b"Content-Length: %d" % len(bad.partition(b"\r\n\r\n")[2]), 1)
+        return Attack("pipelining", f"valid requests then a bad send [{route.name}]",
+                      (route.build(ctx) * 2 + bad,), frozenset({400}),
+                      frozenset({"bad_json"}), answers=3, marker=marker)
+
+    return [many(2), many(200), many(None), thenBad, thenSmuggled, thenBadJSON]
+
+
+def pipelining(ctx, rng):
+    return endless("pipelining", _pipelining(ctx), ctx, rng)

@@ -338,6 +338,16 @@ def limits(ctx, rng):
 # -- slow clients (a fixed list: each takes seconds)
 
 
+def slowloris(ctx: Context, count: int) -> list[Attack]:
+    """
+    C{count} connections trickling a head each, to be run alongside the other attacks.
+    """
+    head = request(b"GET", b"/healthz", [(b"Host", ctx.host), (b"X-Slow", b"s" * 40)])
+    return [Attack("slow", "slowloris", tuple(bytes([b]) for b in head), frozenset({408}),
+                   pause=max(0.2, ctx.head_timeout / 8), silentClose=True,
+                   deadline=ctx.head_timeout + 2.5) for _ in range(count)]
+
+
 def slow(ctx: Context, rng: random.Random) -> Iterator[Attack]:
     head = request(b"GET", b"/healthz", [(b"Host", ctx.host)])
     typing = TYPING.build(ctx)

@@ -244,7 +244,7 @@ async def _drive(conn: _Conn, attack: Attack, out: Outcome, hostHeader: bytes) -
             if conn.loop.time() - conn.start > attack.deadline:
                 break
             await asyncio.sleep(attack.pause)
-    while not conn.finals(head)[0] and conn.closedAt is None:
+    while len(conn.finals(head)[0]) < attack.answers and conn.closedAt is None:
         if not await conn.waitChange(attack.deadline):
             break
     finals, partial = conn.finals(head)
@@ -263,9 +263,12 @@ async def _drive(conn: _Conn, attack: Attack, out: Outcome, hostHeader: bytes) -
     out.answeredAt = now
     if now > attack.deadline:
         out.problems.append(f"answered only after {now:.1f} s (deadline {attack.deadline:g})")
-    first = finals[0]
-    if len(finals) > 1 and attack.category != "fuzz":
-        out.problems.append(f"{len(finals)} answers to one request")
+    if len(finals) < attack.answers:
+        out.problems.append(f"{len(finals)} answers to {attack.answers} requests, then "
+                            + ("closed" if conn.closedAt is not None else "nothing"))
+    elif len(finals) > attack.answers and attack.category != "fuzz":
+        out.problems.append(f"{len(finals)} answers to {attack.answers} request(s)")
+    first = finals[min(len(finals), attack.answers) - 1]
     mustClose = attack.closeWithin
     if (first.header(b"connection") or b"").lower() == b"close" and mustClose is None:
         mustClose = 3.0
@@ -312,7 +315,10 @@ def judge(out: Outcome) -> list[str]:
             problems.append("a 201: something was stored")
     if not finals:
         return problems
-    first = finals[0]
+    for earlier in finals[:min(len(finals), attack.answers) - 1]:
+        if not 200 <= earlier.status < 300:
+            problems.append(f"a pipelined valid request answered {earlier.status}")
+    first = finals[min(len(finals), attack.answers) - 1]
     shed = first.status in (429, 503) and first.header(b"retry-after") is not None
     if shed and first.status == 503:
         out.shed = True
@@ -406,16 +412,19 @@ async def runAll(host: str, port: int, attacks: list[Attack], concurrency: int,
     done = [0]
 
     async def one(attack):
-        async with semaphore:
+        if attack.pause:
+            # Slow clients hold their connection, not a place in the queue.
             out = await runAttack(host, port, attack, hostHeader)
+        else:
+            async with semaphore:
+                out = await runAttack(host, port, attack, hostHeader)
         done[0] += 1
         if progress is not None:
             progress(done[0], len(attacks))
         return out
 
     # Slow attacks first, so that they run alongside the rest rather than at the end.
-    ordered = sorted(attacks, key=lambda a: -a.deadline if a.pause or a.category == "slow"
-                     else 0)
+    ordered = sorted(attacks, key=lambda a: 0 if a.category == "slow" else 1)
     outcomes = await asyncio.gather(*(one(a) for a in ordered))
     outcomes.sort(key=lambda o: o.attack.index)
     violations = [(o, p) for o in outcomes for p in [judge(o)] if p]

@@ -84,7 +84,7 @@ def _dir(case) -> str:
 async def _run(host: str, port: int, ctx: Context):
     await judge.seed(host, port, ctx)
     before = await judge.snapshot(host, port, ctx)
-    attacks = build(ctx, ATTACKS, SEED)
+    attacks = build(ctx, ATTACKS, SEED, slowloris=40)
     report = await judge.runAll(host, port, attacks, 24, ctx.host)
     after = await judge.snapshot(host, port, ctx)
     return report, judge.stateProblems(before, after) + await judge.healthy(host, port, ctx)
