@@ -24,7 +24,7 @@ from tests.web.hostile import Context, build, categories  # noqa: E402
 from tests.web import hostile_judge as judge  # noqa: E402
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
-LIMITS = {"head_timeout": "1.5", "body_timeout": "3", "idle_timeout": "3",
+LIMITS = {"head_timeout": "1.5", "body_timeout": "5", "idle_timeout": "3",
           "sends_per_second": "1000000", "sends_burst": "1000000",
           "typing_per_second": "1000000", "typing_burst": "1000000",
           "max_polls_per_user": "100000"}
@@ -67,6 +67,7 @@ async def attack(host: str, port: int, ctx: Context, args) -> int:
         print(f"{name:<11} {counts['attacks']:>8} {counts['violations']:>11} "
               f"{counts['shed']:>6}")
     print(f"\n{len(attacks)} attacks in {elapsed:.1f} s; {len(report.violations)} violations")
+
     if report.violations:
         print(report.describe(args.show))
     for problem in problems:
@@ -149,5 +150,11 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+def run(argv=None) -> int:
+    failures = asyncio.run(main(parse(argv)))
+    print("verdict:", "FAIL" if failures else "PASS")
+    return 1 if failures else 0
+
+
 if __name__ == "__main__":
-    sys.exit(1 if asyncio.run(main(parse())) else 0)
+    sys.exit(run())

@@ -29,6 +29,11 @@ VICTIM = "dm:alice:bob"
 OTHER = "dm:bob:carol"
 MARKER = "hpchat-smuggled-"
 INJECTED = b"hpchat-injected"
+# Seconds a node has beyond a timeout to act on it, to close a connection it must close, and
+# to answer what it must answer before reading a body (the body is never sent).
+SLACK = 3.0
+CLOSE = 3.0
+AT_ONCE = 4.0
 
 
 @dataclass(frozen=True)

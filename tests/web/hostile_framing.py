@@ -6,7 +6,7 @@ smuggled behind it, and attempts to split the answer's headers (see L{tests.web.
 from __future__ import annotations
 
 from tests.web.hostile import (
-    INJECTED, ROUTES, TYPING, Attack, Context, Template, endless, reject, request,
+    CLOSE, INJECTED, ROUTES, TYPING, Attack, Context, Template, endless, reject, request,
     sendRequest, valid)
 
 
@@ -37,10 +37,10 @@ def _framing(ctx: Context) -> list[Template]:
     bad = [
         r("CL and TE", lambda c, g, rt: head(rt, c, [b"Content-Length: 5",
                                                      b"Transfer-Encoding: chunked"],
-                                             b"0\r\n\r\n"), closeWithin=3.0),
+                                             b"0\r\n\r\n"), closeWithin=CLOSE),
         r("two different Content-Length", lambda c, g, rt: head(
-            rt, c, [b"Content-Length: 2", b"Content-Length: 3"], b"{} "), closeWithin=3.0),
-        r("Content-Length list of different values", cl(b"2, 3", b"{} "), closeWithin=3.0),
+            rt, c, [b"Content-Length: 2", b"Content-Length: 3"], b"{} "), closeWithin=CLOSE),
+        r("Content-Length list of different values", cl(b"2, 3", b"{} "), closeWithin=CLOSE),
         r("negative Content-Length", cl(b"-2")),
         r("Content-Length overflowing 64 bits", cl(b"18446744073709551618"), (400, 413)),
         r("Content-Length of 100 digits", cl(b"9" * 100), (400, 413)),
@@ -81,12 +81,12 @@ def _framing(ctx: Context) -> list[Template]:
         r("chunked applied twice", lambda c, g, rt: head(
             rt, c, [b"Transfer-Encoding: chunked, chunked"], b"0\r\n\r\n")),
         r("Transfer-Encoding not ending in chunked", lambda c, g, rt: head(
-            rt, c, [b"Transfer-Encoding: chunked, identity"], b"0\r\n\r\n"), closeWithin=3.0),
+            rt, c, [b"Transfer-Encoding: chunked, identity"], b"0\r\n\r\n"), closeWithin=CLOSE),
         r("unknown Transfer-Encoding", lambda c, g, rt: head(
-            rt, c, [b"Transfer-Encoding: x-hostile"], b""), closeWithin=3.0),
+            rt, c, [b"Transfer-Encoding: x-hostile"], b""), closeWithin=CLOSE),
         r("Transfer-Encoding in HTTP/1.0", lambda c, g, rt: head(
             rt, c, [b"Transfer-Encoding: chunked"], b"0\r\n\r\n").replace(
-                b"HTTP/1.1", b"HTTP/1.0", 1), closeWithin=3.0),
+                b"HTTP/1.1", b"HTTP/1.0", 1), closeWithin=CLOSE),
         r("CR in a header name", line(b"X-Ho\rstile: 1")),
         r("LF in a header name", line(b"X-Ho\nstile: 1")),
         r("NUL in a header name", line(b"X-Ho\x00stile: 1")),
@@ -179,7 +179,7 @@ def _smuggling(ctx: Context) -> list[Template]:
             lines = [b"Content-Length: %d" % len(body), te]
             return reject("smuggling", f"CL.TE {name}",
                           typingHead(ctx, lines[::-1] if teFirst else lines) + body,
-                          (400,), closeWithin=3.0 if close else None, marker=marker)
+                          (400,), closeWithin=CLOSE if close else None, marker=marker)
         return make
 
     def tecl(te: bytes, name: str):
@@ -192,7 +192,7 @@ def _smuggling(ctx: Context) -> list[Template]:
             body = size + hidden + b"\r\n0\r\n\r\n"
             return reject("smuggling", f"TE.CL {name}",
                           typingHead(ctx, [te, b"Content-Length: %d" % len(size)]) + body,
-                          (400,), closeWithin=3.0, marker=marker)
+                          (400,), closeWithin=CLOSE, marker=marker)
         return make
 
     def chunkSize(size: bytes, name: str):
@@ -202,7 +202,7 @@ def _smuggling(ctx: Context) -> list[Template]:
             body = size + b"\r\n{}\r\n0\r\n\r\n" + sendRequest(ctx, marker)
             return reject("smuggling", f"chunk size {name}",
                           typingHead(ctx, [b"Transfer-Encoding: chunked"]) + body,
-                          (400, 413), closeWithin=3.0, marker=marker)
+                          (400, 413), closeWithin=CLOSE, marker=marker)
         return make
 
     def twoLengths(first: bytes, second: bytes, name: str):
@@ -213,7 +213,7 @@ def _smuggling(ctx: Context) -> list[Template]:
             lines = [b"Content-Length: " + v for v in values]
             return reject("smuggling", f"Content-Length {name}",
                           typingHead(ctx, lines) + hidden,
-                          (400,), closeWithin=3.0, marker=marker)
+                          (400,), closeWithin=CLOSE, marker=marker)
         return make
 
     def badLine(line: bytes, name: str):
@@ -224,7 +224,7 @@ def _smuggling(ctx: Context) -> list[Template]:
             hidden = sendRequest(ctx, marker)
             return reject("smuggling", f"malformed {name} then a send",
                           typingHead(ctx, [line % len(hidden)]) + hidden, (400,),
-                          closeWithin=3.0, marker=marker)
+                          closeWithin=CLOSE, marker=marker)
         return make
 
     def getBody(ctx, rng, route):
@@ -240,7 +240,7 @@ def _smuggling(ctx: Context) -> list[Template]:
         body = b"0\r\n\r\n" + sendRequest(ctx, marker)
         return reject("smuggling", "TE in HTTP/1.0",
                       typingHead(ctx, [b"Transfer-Encoding: chunked"], b"HTTP/1.0") + body,
-                      (400,), closeWithin=3.0, marker=marker)
+                      (400,), closeWithin=CLOSE, marker=marker)
 
     tes = [(b"Transfer-Encoding: chunked", "plain"),
            (b"Transfer-Encoding: Chunked", "capitalised"),
@@ -380,7 +380,7 @@ def _pipelining(ctx: Context) -> list[Template]:
             bad = bad.replace(b"Content-Length: %d\r\n" % len(route.body), b"", 1)
         return Attack("pipelining", f"{count} valid requests then CL and TE [{route.name}]",
                       (route.build(ctx) * count + bad,), frozenset({400}), answers=count + 1,
-                      closeWithin=3.0)
+                      closeWithin=CLOSE)
 
     def thenSmuggled(ctx, rng, route):
         marker = ctx.marker()
@@ -390,7 +390,7 @@ def _pipelining(ctx: Context) -> list[Template]:
             (b"Content-Length", b"%d" % len(body)), (b"Transfer-Encoding", b"chunked")],
             body, length=False)
         return Attack("pipelining", f"a valid request then a hidden send [{route.name}]",
-                      (route.build(ctx) + bad,), frozenset({400}), answers=2, closeWithin=3.0,
+                      (route.build(ctx) + bad,), frozenset({400}), answers=2, closeWithin=CLOSE,
                       marker=marker)
 
     def thenBadJSON(ctx, rng, route):

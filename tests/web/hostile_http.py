@@ -10,7 +10,8 @@ import random
 from typing import Callable, Iterator
 
 from tests.web.hostile import (
-    ROUTES, TYPING, Attack, Context, Template, endless, jsonBody, reject, request, valid)
+    AT_ONCE, CLOSE, ROUTES, SLACK, TYPING, Attack, Context, Template, endless, jsonBody,
+    reject, request, valid)
 
 
 # -- encodings
@@ -208,7 +209,7 @@ def _methods(ctx: Context) -> list[Template]:
         version(b"HTTP/01.1"), version(b"http/1.1"), version(b"HTTP/1"), version(b"HTTP/1.1.1"),
         version(b"HTTP/9.9"), version(b"HTTP/1.1 "), version(b"HTTP/A.B"), version(b""),
         version(b"HTTP/1.0", why="HTTP/1.0 without keep-alive: answered, then closed",
-                closeWithin=3.0),
+                closeWithin=CLOSE),
         lambda ctx, rng, route: reject("methods", "HTTP/2 preface", (
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",), (400,)),
         target(b"http://%s/healthz", {200, 400, 404}, "RFC 9112 §3.2.2: a server MUST "
@@ -258,7 +259,7 @@ def _limits(ctx: Context) -> list[Template]:
                 head = head.replace(b"Authorization: Bearer " + ctx.tokens["alice"].encode()
                                     + b"\r\n", b"", 1)
             return reject("limits", f"Content-Length {length[:24].decode()} on {path.decode()}",
-                          (head,), statuses, closeWithin=3.0, deadline=3.0)
+                          (head,), statuses, closeWithin=CLOSE, deadline=AT_ONCE)
         return make
 
     def chunked(ctx, rng, route):
@@ -269,7 +270,7 @@ def _limits(ctx: Context) -> list[Template]:
         return reject("limits", "chunked body over max_body_bytes",
                       [sendHead(ctx, [b"Transfer-Encoding: chunked"]) + b"%x\r\n%s\r\n"
                        % (len(start), start)] + [chunk] * count + [b"1\r\n}\r\n0\r\n\r\n"],
-                      (413,), ("too_large",), closeWithin=3.0, marker=marker)
+                      (413,), ("too_large",), closeWithin=CLOSE, marker=marker)
 
     def oneChunk(ctx, rng, route):
         # One chunk declared four times the limit, its data sent in pieces.
@@ -277,7 +278,7 @@ def _limits(ctx: Context) -> list[Template]:
         head = sendHead(ctx, [b"Transfer-Encoding: chunked"]) + b"%x\r\n{" % size
         return reject("limits", "a chunk over max_body_bytes",
                       [head] + [b" " * 8192] * (ctx.max_body_bytes // 8192 + 3), (400, 413),
-                      closeWithin=3.0)
+                      closeWithin=CLOSE)
 
     def atLimit(ctx, rng, route):
         marker = ctx.marker()
@@ -345,7 +346,7 @@ def slowloris(ctx: Context, count: int) -> list[Attack]:
     head = request(b"GET", b"/healthz", [(b"Host", ctx.host), (b"X-Slow", b"s" * 40)])
     return [Attack("slow", "slowloris", tuple(bytes([b]) for b in head), frozenset({408}),
                    pause=max(0.2, ctx.head_timeout / 8), silentClose=True,
-                   deadline=ctx.head_timeout + 2.5) for _ in range(count)]
+                   deadline=ctx.head_timeout + SLACK) for _ in range(count)]
 
 
 def slow(ctx: Context, rng: random.Random) -> Iterator[Attack]:
@@ -353,15 +354,15 @@ def slow(ctx: Context, rng: random.Random) -> Iterator[Attack]:
     typing = TYPING.build(ctx)
     typingHead, _, typingBody = typing.partition(b"\r\n\r\n")
     typingHead += b"\r\n\r\n"
-    headBy = ctx.head_timeout + 2.5
-    bodyBy = ctx.body_timeout + 2.5
+    headBy = ctx.head_timeout + SLACK
+    bodyBy = ctx.body_timeout + SLACK
     yield Attack("slow", "head trickled a byte at a time", tuple(bytes([b]) for b in head),
                  frozenset({408}), pause=max(0.2, ctx.head_timeout / 8), silentClose=True,
                  deadline=headBy)
     yield Attack("slow", "head never finished", (head[:-2],), frozenset({408}),
                  silentClose=True, deadline=headBy)
     yield Attack("slow", "nothing sent", (), frozenset({408}), silentClose=True,
-                 deadline=max(ctx.head_timeout, ctx.idle_timeout) + 2.5)
+                 deadline=max(ctx.head_timeout, ctx.idle_timeout) + SLACK)
     yield Attack("slow", "body trickled a byte at a time",
                  (typingHead,) + tuple(bytes([b]) for b in typingBody), frozenset({408}),
                  pause=max(0.3, ctx.body_timeout / 8), silentClose=True, deadline=bodyBy)
@@ -376,7 +377,7 @@ def slow(ctx: Context, rng: random.Random) -> Iterator[Attack]:
                  frozenset({408}), silentClose=True, deadline=bodyBy)
     yield Attack("slow", "idle after an answer", (head,), frozenset({200}),
                  why="a valid request; the idle connection is closed afterwards",
-                 closeWithin=ctx.idle_timeout + 2.5, probe=False)
+                 closeWithin=ctx.idle_timeout + SLACK, probe=False)
     timeout = ctx.idle_timeout + 1
     poll = request(b"GET", b"/v1/conversations/dm:alice:bob/events?after=%d&timeout=%g"
                    % (ctx.victimLastSeq, timeout), [(b"Host", ctx.host), ctx.auth()])

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import httptools
 
-from tests.web.hostile import INJECTED, MARKER, OTHER, VICTIM, Attack, Context, request
+from tests.web.hostile import (
+    CLOSE, INJECTED, MARKER, OTHER, VICTIM, Attack, Context, request)
 
 _STATUS = re.compile(rb"HTTP/1\.[01] ([1-5]\d\d) [\t\x20-\x7e\x80-\xff]*")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -271,7 +272,7 @@ async def _drive(conn: _Conn, attack: Attack, out: Outcome, hostHeader: bytes) -
     first = finals[min(len(finals), attack.answers) - 1]
     mustClose = attack.closeWithin
     if (first.header(b"connection") or b"").lower() == b"close" and mustClose is None:
-        mustClose = 3.0
+        mustClose = CLOSE
     if mustClose is not None:
         while conn.closedAt is None and await conn.waitChange(now + mustClose):
             pass

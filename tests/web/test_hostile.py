@@ -22,7 +22,7 @@ from tests.web import hostile_api, hostile_judge as judge
 from tests.web.hostile import (
     INJECTED, MARKER, Attack, Context, build, categories, coreSize, request)
 
-LIMITS = {"head_timeout": "1.5", "body_timeout": "3", "idle_timeout": "3",
+LIMITS = {"head_timeout": "1.5", "body_timeout": "5", "idle_timeout": "3",
           "sends_per_second": "1000000", "sends_burst": "1000000",
           "typing_per_second": "1000000", "typing_burst": "1000000",
           "max_polls_per_user": "100000"}
