@@ -5,8 +5,10 @@ route, valid controls, and seeded mutations of valid requests (see L{tests.web.h
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
+import zlib
 from typing import Iterator
 
 from tests.web.hostile import (
@@ -192,7 +194,8 @@ def _ids(ctx: Context) -> list[Template]:
            "b" * 65, "dm:alice:bob%00", "dm:alice:bob%2Fx", "dm:alice:bo%20b", "inbox:bob",
            "inbox:alice", "dm:alice:bob%0d%0a", "dm:%C3%A0lice:bob", "dm:alice:bob%3A",
            "dm:alice:%E2%80%8Bbob", "dm:al.ice:bob", "dm:alice:bob.", "dm%3Aalice",
-           "dm:alice:-", "dm:" + "a" * 3000 + ":bob"]
+           "dm:alice:-", "dm:" + "a" * 3000 + ":bob", "dm:alice:bob;x", "dm:%EF%BD%81lice:bob",
+           "dm:alice:bob%09", "dm:alice:bob%7F"]
     forbidden = ["dm:bob:carol", "dm:bob:zed", "dm:carol:dave", "dm:bob:bobby"]
     kinds = [("events", b"GET", b"/events?after=0&timeout=0"),
              ("history", b"GET", b"/messages"), ("typing", b"POST", b"/typing"),
@@ -295,6 +298,27 @@ def _json(ctx: Context) -> list[Template]:
         body("a BOM then not JSON", lambda m: b"\xef\xbb\xbf" + m.encode()),
         body("duplicate keys, the last empty", lambda m: b'{"text": %s, "text": ""}'
              % t(m).encode()),
+    ]
+
+    def coded(name: str, make, extra, statuses=(400, 415)):
+        # The API takes JSON in UTF-8 only: no forms, no content codings to unpack.
+        def attack(ctx, rng, route):
+            marker = ctx.marker()
+            return reject("json", name, _send(ctx, make(marker), extra=extra), statuses,
+                          ("bad_json", "bad_request", "unsupported_media_type"),
+                          marker=marker)
+        return attack
+
+    templates += [
+        coded("a form body", lambda m: b"text=" + m.encode(),
+              [(b"Content-Type", b"application/x-www-form-urlencoded")]),
+        coded("a multipart body", lambda m: b"--b\r\nContent-Disposition: form-data; "
+              b'name="text"\r\n\r\n' + m.encode() + b"\r\n--b--\r\n",
+              [(b"Content-Type", b"multipart/form-data; boundary=b")]),
+        coded("a gzip body", lambda m: gzip.compress(jsonBody({"text": m})),
+              [(b"Content-Encoding", b"gzip")]),
+        coded("a deflate body", lambda m: zlib.compress(jsonBody({"text": m})),
+              [(b"Content-Encoding", b"deflate")]),
     ]
     for name, raw in (("not JSON", b"yes"), ("a string", b'"true"'), ("a number",
                                                                      b'{"typing": 1}'),

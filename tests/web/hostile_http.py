@@ -329,6 +329,30 @@ def _limits(ctx: Context) -> list[Template]:
         atOnce(b"%d" % (ctx.max_internal_body_bytes + 1), (401, 413),
                b"/internal/v1/notifications", auth=False),
         chunked, oneChunk, atLimit,
+        lambda ctx, rng, route: valid(
+            "limits", "a valid body in one-byte chunks", TYPING.build(
+                ctx, [(b"Transfer-Encoding", b"chunked")], b"".join(
+                    b"1\r\n%c\r\n" % c for c in TYPING.body) + b"0\r\n\r\n", length=False),
+            {204}, "a valid chunked body"),
+        lambda ctx, rng, route: reject(
+            "limits", "a body over max_body_bytes in one-byte chunks", TYPING.build(
+                ctx, [(b"Transfer-Encoding", b"chunked")], b"1\r\n \r\n" *
+                (ctx.max_body_bytes + 100) + b"0\r\n\r\n", length=False), (413,),
+            closeWithin=CLOSE),
+        lambda ctx, rng, route: reject(
+            "limits", "a chunk extension over max_head_bytes", TYPING.build(
+                ctx, [(b"Transfer-Encoding", b"chunked")], b"2;a=" + b"b" *
+                (ctx.max_head_bytes * 2) + b"\r\n{}\r\n0\r\n\r\n", length=False),
+            (400, 413, 431), closeWithin=CLOSE),
+        lambda ctx, rng, route: reject(
+            "limits", "trailers over max_head_bytes", TYPING.build(
+                ctx, [(b"Transfer-Encoding", b"chunked")], b"0\r\n" + b"X-T: %s\r\n"
+                % (b"t" * 1000) * (ctx.max_head_bytes // 1000 + 4) + b"\r\n", length=False),
+            (400, 413, 431), closeWithin=CLOSE),
+        lambda ctx, rng, route: valid(
+            "limits", "a target of 2000 parameters", request(
+                b"GET", b"/healthz?" + b"&".join([b"a=1"] * 2000), [(b"Host", ctx.host)]),
+            {200}, "a valid target under the limit; unknown parameters are ignored"),
     ]
 
 
