@@ -58,7 +58,8 @@ async def attack(host: str, port: int, ctx: Context, args) -> int:
         if done % 5000 == 0:
             print(f"  {done}/{total} in {time.monotonic() - started:.0f} s", flush=True)
 
-    report = await judge.runAll(host, port, attacks, args.concurrency, ctx.host, progress)
+    report = await judge.runAll(host, port, attacks, args.concurrency, ctx.host, progress,
+                                secrets=(ctx.secret,))
     elapsed = time.monotonic() - started
     after = await judge.snapshot(host, port, ctx)
     problems = judge.stateProblems(before, after) + await judge.healthy(host, port, ctx)
@@ -123,12 +124,9 @@ async def _withNode(args) -> int:
             process.wait(15)
         except subprocess.TimeoutExpired:
             process.kill()
-    logText = node.log()
-    for word in ("Traceback", "Unhandled"):
-        if word in logText:
-            failures += 1
-            at = logText.index(word)
-            print(f"the node's log holds {word!r}:\n{logText[max(0, at - 300):at + 1500]}")
+    for problem in judge.logProblems(node.log(), ctx):
+        failures += 1
+        print(problem)
     print(f"node log: {node.logPath}")
     return failures
 

@@ -303,12 +303,16 @@ async def _drive(conn: _Conn, attack: Attack, out: Outcome, hostHeader: bytes) -
             out.problems.append(f"httptools finds {counted} answers, not {len(out.responses)}")
 
 
-def judge(out: Outcome) -> list[str]:
+def judge(out: Outcome, secrets: tuple[bytes, ...] = ()) -> list[str]:
     """
-    Everything wrong with the node's answers to one attack (empty if all is well).
+    Everything wrong with the node's answers to one attack (empty if all is well); none may
+    hold any of C{secrets}.
     """
     attack = out.attack
     problems = list(out.problems)
+    for secret in secrets:
+        if secret in out.data:
+            problems.append("an answer discloses a secret")
     finals = [r for r in out.responses if r.status >= 200]
     for i, response in enumerate(out.responses):
         problems += _answerProblems(response, attack)
@@ -408,7 +412,7 @@ class Report:
 
 
 async def runAll(host: str, port: int, attacks: list[Attack], concurrency: int,
-                 hostHeader: bytes, progress=None) -> Report:
+                 hostHeader: bytes, progress=None, secrets: tuple[bytes, ...] = ()) -> Report:
     semaphore = asyncio.Semaphore(concurrency)
     done = [0]
 
@@ -428,11 +432,30 @@ async def runAll(host: str, port: int, attacks: list[Attack], concurrency: int,
     ordered = sorted(attacks, key=lambda a: 0 if a.category == "slow" else 1)
     outcomes = await asyncio.gather(*(one(a) for a in ordered))
     outcomes.sort(key=lambda o: o.attack.index)
-    violations = [(o, p) for o in outcomes for p in [judge(o)] if p]
+    violations = [(o, p) for o in outcomes for p in [judge(o, secrets)] if p]
     return Report(outcomes, violations)
 
 
 # -- the node's state around a run
+
+
+def logProblems(log: str, ctx: Context) -> list[str]:
+    """
+    What the node's log must not hold after a run: tracebacks, unhandled errors, the secret
+    or a valid token (requests carry them in headers and queries).
+    """
+    problems = []
+    for word in ("Traceback", "Unhandled"):
+        if word in log:
+            at = log.index(word)
+            problems.append(f"the log holds {word!r} ({log.count(word)} times), first: "
+                            f"{log[max(0, at - 300):at + 1200]}")
+    secrets = [("the secret", ctx.secret.decode())]
+    secrets += [(f"the token of {user}", token) for user, token in ctx.tokens.items()]
+    for name, secret in secrets:
+        if secret in log:
+            problems.append(f"the log holds {name}")
+    return problems
 
 
 async def call(host: str, port: int, method: bytes, target: bytes, token: str | None = None,

@@ -63,11 +63,7 @@ class HostileNodeTests(TestCase):
         ctx = makeContext(b"127.0.0.1:%d" % node.port)
         report, problems = await threads.deferToThread(
             asyncio.run, _run("127.0.0.1", node.port, ctx))
-        log = node.log()
-        for word in ("Traceback", "Unhandled"):
-            if word in log:
-                at = log.index(word)
-                problems.append(f"the log holds {word!r}: {log[max(0, at - 200):at + 800]}")
+        problems += judge.logProblems(node.log(), ctx)
         counts = report.byCategory()
         self.assertEqual(set(counts), set(categories()))
         if report.violations or problems:
@@ -85,7 +81,7 @@ async def _run(host: str, port: int, ctx: Context):
     await judge.seed(host, port, ctx)
     before = await judge.snapshot(host, port, ctx)
     attacks = build(ctx, ATTACKS, SEED, slowloris=40)
-    report = await judge.runAll(host, port, attacks, 24, ctx.host)
+    report = await judge.runAll(host, port, attacks, 24, ctx.host, secrets=(ctx.secret,))
     after = await judge.snapshot(host, port, ctx)
     return report, judge.stateProblems(before, after) + await judge.healthy(host, port, ctx)
 
@@ -313,3 +309,17 @@ class JudgeTests(SynchronousTestCase):
         self.assertEqual(asyncio.run(serve(_answer(400, ERROR))), [])
         problems = asyncio.run(serve(_answer(400, ERROR) + _answer(400, ERROR)))
         self.assertTrue(problems)
+
+    def test_secretsAndLogs(self):
+        """
+        An answer holding the secret is a violation; a log holding a traceback, the secret
+        or a token is reported.
+        """
+        ctx = makeContext()
+        out = _out(_answer(400, b'{"error": {"code": "bad_json", "message": "%s"}}'
+                           % ctx.secret))
+        self.assertTrue(judge.judge(out, (ctx.secret,)))
+        self.assertEqual(judge.logProblems("started\nstopped\n", ctx), [])
+        for log in ("Traceback (most recent call last):", "Unhandled error in Deferred",
+                    "GET /x?access_token=" + ctx.tokens["bob"], ctx.secret.decode()):
+            self.assertTrue(judge.logProblems(log, ctx), log)
