@@ -37,12 +37,13 @@ def context(host: bytes, secret: str, limits: dict[str, str]) -> Context:
     return Context(host=host, tokens=tokens, secret=secret.encode(),
                    head_timeout=float(limits["head_timeout"]),
                    body_timeout=float(limits["body_timeout"]),
-                   idle_timeout=float(limits["idle_timeout"]))
+                   idle_timeout=float(limits["idle_timeout"]),
+                   max_poll_timeout=float(limits.get("max_poll_timeout", 5)))
 
 
 def nodeSections() -> dict[str, dict[str, str]]:
     return {"limits": dict(LIMITS), "http": {"cors_origins": "*"},
-            "chat": {"max_poll_timeout": "30"}}
+            "chat": {"max_poll_timeout": "5"}}
 
 
 async def attack(host: str, port: int, ctx: Context, args) -> int:
@@ -81,7 +82,8 @@ async def main(args) -> int:
         url = urlsplit(args.url)
         host, port = url.hostname, url.port or 80
         limits = dict(LIMITS, head_timeout=str(args.head_timeout),
-                      body_timeout=str(args.body_timeout), idle_timeout=str(args.idle_timeout))
+                      body_timeout=str(args.body_timeout), idle_timeout=str(args.idle_timeout),
+                      max_poll_timeout=str(args.max_poll_timeout))
         ctx = context(b"%s:%d" % (host.encode(), port), args.secret, limits)
         return await attack(host, port, ctx, args)
     return await _withNode(args)
@@ -141,6 +143,8 @@ def parse(argv=None):
     p.add_argument("--head-timeout", type=float, default=float(LIMITS["head_timeout"]))
     p.add_argument("--body-timeout", type=float, default=float(LIMITS["body_timeout"]))
     p.add_argument("--idle-timeout", type=float, default=float(LIMITS["idle_timeout"]))
+    p.add_argument("--max-poll-timeout", type=float, default=5.0,
+                   help="[chat] max_poll_timeout of --url")
     p.add_argument("--only", help="comma-separated categories: " + ",".join(categories()))
     p.add_argument("--slowloris", type=int, default=200,
                    help="connections trickling a head alongside the attacks")

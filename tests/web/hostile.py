@@ -91,6 +91,7 @@ class Context:
     head_timeout: float = 10.0
     body_timeout: float = 30.0
     idle_timeout: float = 60.0
+    max_poll_timeout: float = 60.0
     victimLastSeq: int = 0
     now: float = field(default_factory=time.time)
     counter: Iterator[int] = field(default_factory=itertools.count)

@@ -12,7 +12,7 @@ import zlib
 from typing import Iterator
 
 from tests.web.hostile import (
-    ROUTES, TYPING, Attack, Context, Template, endless, forge, jsonBody, reject, request,
+    ROUTES, SLACK, TYPING, Attack, Context, Template, endless, forge, jsonBody, reject, request,
     valid)
 
 SEND = b"/v1/conversations/dm:alice:bob/messages"
@@ -486,7 +486,8 @@ def fuzz(ctx: Context, rng: random.Random) -> Iterator[Attack]:
         route = rng.choice(ROUTES)
         yield Attack("fuzz", f"mutated {route.name}", (mutate(route.build(ctx), rng),), None,
                      silentClose=True, probe=False,
-                     deadline=ctx.head_timeout + ctx.body_timeout + 3)
+                     deadline=max(ctx.head_timeout + ctx.body_timeout, ctx.max_poll_timeout)
+                     + SLACK)
 
 
 def auth(ctx, rng):

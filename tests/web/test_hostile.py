@@ -7,6 +7,7 @@ generators and the judge themselves do what they claim.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -38,7 +39,7 @@ def makeContext(host: bytes = b"127.0.0.1:1", now: float | None = None) -> Conte
     return Context(host=host, tokens=tokens, secret=SECRET.encode(),
                    head_timeout=float(LIMITS["head_timeout"]),
                    body_timeout=float(LIMITS["body_timeout"]),
-                   idle_timeout=float(LIMITS["idle_timeout"]), now=now)
+                   idle_timeout=float(LIMITS["idle_timeout"]), max_poll_timeout=5.0, now=now)
 
 
 class HostileNodeTests(TestCase):
@@ -57,7 +58,7 @@ class HostileNodeTests(TestCase):
         """
         node = Node(_dir(self), "hostile",
                     sections={"limits": LIMITS, "http": {"cors_origins": "*"},
-                              "chat": {"max_poll_timeout": "30"}})
+                              "chat": {"max_poll_timeout": "5"}})
         await node.start()
         self.addCleanup(node.stop)
         ctx = makeContext(b"127.0.0.1:%d" % node.port)
@@ -278,26 +279,29 @@ class JudgeTests(SynchronousTestCase):
     def test_runAttackAgainstAServer(self):
         """
         Against a server that answers a JSON 400 and keeps the connection in step, an
-        attack passes; against one that answers twice, it does not.
+        attack passes; against one that answers twice, or that keeps the connection open
+        when it must close it, it does not. Pipelined requests expect one answer each.
         """
-        async def serve(answer: bytes):
+        async def serve(answer: bytes | list[bytes], attack: Attack | None = None):
+            # The i-th request gets the i-th answer, and any further one a /healthz answer.
+            answers = answer if isinstance(answer, list) else [answer]
             handlers = []
 
             async def handle(reader, writer):
                 handlers.append(asyncio.current_task())
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(answer)
-                while True:
+                for i in itertools.count():
                     try:
                         await reader.readuntil(b"\r\n\r\n")
                     except (asyncio.IncompleteReadError, OSError):
                         break
-                    writer.write(_answer(200, b'{"status": "ok"}'))
+                    writer.write(answers[i] if i < len(answers)
+                                 else _answer(200, b'{"status": "ok"}'))
                 writer.close()
 
             server = await asyncio.start_server(handle, "127.0.0.1", 0)
             port = server.sockets[0].getsockname()[1]
-            attack = Attack("framing", "x", (request(b"GET", b"/x"),), frozenset({400}))
+            if attack is None:
+                attack = Attack("framing", "x", (request(b"GET", b"/x"),), frozenset({400}))
             try:
                 out = await judge.runAttack("127.0.0.1", port, attack, b"h")
             finally:
@@ -308,7 +312,17 @@ class JudgeTests(SynchronousTestCase):
 
         self.assertEqual(asyncio.run(serve(_answer(400, ERROR))), [])
         problems = asyncio.run(serve(_answer(400, ERROR) + _answer(400, ERROR)))
-        self.assertTrue(problems)
+        self.assertTrue([p for p in problems if "2 answers" in p], problems)
+        closing = Attack("framing", "x", (request(b"GET", b"/x"),), frozenset({400}),
+                         closeWithin=0.5)
+        problems = asyncio.run(serve(_answer(400, ERROR), closing))
+        self.assertTrue([p for p in problems if "not closed" in p], problems)
+        two = Attack("pipelining", "x", (request(b"GET", b"/x") * 2,), frozenset({400}),
+                     why="test", answers=2)
+        ok = _answer(200, b'{"status": "ok"}')
+        self.assertEqual(asyncio.run(serve([ok, _answer(400, ERROR)], two)), [])
+        problems = asyncio.run(serve([_answer(400, ERROR), _answer(400, ERROR)], two))
+        self.assertTrue([p for p in problems if "pipelined" in p], problems)
 
     def test_secretsAndLogs(self):
         """
