@@ -6,6 +6,8 @@ route, valid controls, and seeded mutations of valid requests (see L{tests.web.h
 from __future__ import annotations
 
 import gzip
+import hashlib
+import hmac
 import json
 import random
 import zlib
@@ -400,7 +402,40 @@ def _routes(ctx: Context) -> list[Template]:
         return make
 
     read = b"/v1/conversations/dm:alice:bob/read"
-    return [
+    node = nodeToken(ctx, b'{"sub":"n2","aud":"hpchat-internal","exp":%d}' % (ctx.now + 600))
+
+    def internal(name: str, body: bytes, statuses=(400,), token: str = node):
+        # With a real node token: the body itself must be refused.
+        def make(ctx, rng, route):
+            marker = ctx.marker()
+            data = _send(ctx, body.replace(b"MARKER", marker.encode()), None,
+                         b"/internal/v1/notifications", token=token)
+            return reject("routes", f"internal notification {name}", data, statuses,
+                          marker=marker)
+        return make
+
+    note = b'{"id": "MARKER", "user": "alice", "type": "hostile", "from": null}'
+    templates = [
+        internal("not JSON", b"MARKER"),
+        internal("a list", b"[" + note + b"]"),
+        internal("id a number", note.replace(b'"MARKER"', b"7")),
+        internal("id too long", note.replace(b"MARKER", b"MARKER" + b"i" * 64)),
+        internal("user invalid", note.replace(b'"alice"', b'"al ice"')),
+        internal("user missing", note.replace(b'"user": "alice", ', b"")),
+        internal("type invalid", note.replace(b'"hostile"', b'"Hostile!"')),
+        internal("from invalid", note.replace(b"null", b'"a:b"')),
+        internal("data a list", note[:-1] + b', "data": []}'),
+        internal("notifications a string", b'{"notifications": "MARKER"}'),
+        internal("notifications empty", b'{"notifications": [], "m": "MARKER"}'),
+        internal("101 notifications", b'{"notifications": [%s]}' % b",".join([note] * 101)),
+        internal("a node token signed with the node key, exp NaN", note, (401,), nodeToken(
+            ctx, b'{"sub":"n2","aud":"hpchat-internal","exp":NaN}')),
+        internal("a node token signed with the node key, no aud", note, (401,), nodeToken(
+            ctx, b'{"sub":"n2","exp":%d}' % (ctx.now + 600))),
+        internal("a node token signed with the node key, expired", note, (401,), nodeToken(
+            ctx, b'{"sub":"n2","aud":"hpchat-internal","exp":%d}' % (ctx.now - 5))),
+    ]
+    return templates + [
         r(b"GET", b"/static/nothing.js", (404,)),
         r(b"GET", b"/static/app.js/x", (404,)),
         r(b"POST", b"/static/app.js", (405,), body=b"{}"),
@@ -435,6 +470,14 @@ def _routes(ctx: Context) -> list[Template]:
         r(b"GET", b"/v1/presence?users=bob", (401, 404)),
         r(b"GET", b"/v1/conversations", (401, 404, 405)),
     ]
+
+
+def nodeToken(ctx: Context, payload: bytes) -> str:
+    """
+    A token signed with the key nodes derive from the secret for calls between them.
+    """
+    key = hmac.new(ctx.secret, b"hpchat internal calls", hashlib.sha256).digest()
+    return forge(key, payload)
 
 
 def _control(ctx: Context) -> list[Template]:

@@ -218,12 +218,22 @@ def _methods(ctx: Context) -> list[Template]:
                "another host; served or refused, it reaches no other host"),
         target(b"https://%s/healthz", {200, 400, 404}, "the absolute form with https"),
         target(b"//healthz", {200, 400, 404}, "an empty first segment may be collapsed"),
+        target(b"http://user:pass@%s/healthz", {200, 400, 404}, "userinfo in the absolute "
+               "form is deprecated (RFC 9110 §4.2.4); served or refused"),
         target(b"*", (400, 404)),
         target(b"*", (400, 404, 405), m=b"POST"),
         target(b"*", {200, 204, 400, 404, 405}, "OPTIONS * asks about the server as a whole",
                m=b"OPTIONS"),
         target(b"%s", (400, 404)),
         target(b"healthz", (400, 404)),
+        extra([(b"Connection", b"close")], "Connection: close", (),
+              "a valid request; the node closes the connection after it", closeWithin=CLOSE),
+        extra([(b"Connection", b"keep-alive, close")], "Connection: keep-alive, close", (),
+              "close wins: the node closes the connection after it", closeWithin=CLOSE),
+        lambda ctx, rng, route: valid(
+            "methods", f"HTTP/1.0 keep-alive [{route.name}]", route.build(
+                ctx, [(b"Connection", b"keep-alive")], version=b"HTTP/1.0"), {route.ok},
+            "HTTP/1.0 with keep-alive: the connection may stay open for the next request"),
         extra([(b"Expect", b"100-continue")], "Expect: 100-continue", (),
               "100-continue with the body sent at once"),
         extra([(b"Expect", b"hostile")], "unknown Expect", (417,),
