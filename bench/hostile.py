@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -72,6 +73,15 @@ async def attack(host: str, port: int, ctx: Context, args) -> int:
 
     if report.violations:
         print(report.describe(args.show))
+    if args.dump:
+        with open(args.dump, "w") as f:
+            for out, found in report.violations:
+                a = out.attack
+                f.write(json.dumps({"index": a.index, "category": a.category, "name": a.name,
+                                    "sent": a.data.decode("latin-1"),
+                                    "got": out.data.decode("latin-1"),
+                                    "problems": found}) + "\n")
+        print(f"every violation, as JSON lines (bytes as Latin-1): {args.dump}")
     for problem in problems:
         print("after the run:", problem)
     return len(report.violations) + len(problems)
@@ -148,7 +158,8 @@ def parse(argv=None):
     p.add_argument("--only", help="comma-separated categories: " + ",".join(categories()))
     p.add_argument("--slowloris", type=int, default=200,
                    help="connections trickling a head alongside the attacks")
-    p.add_argument("--show", type=int, default=40, help="violations to print")
+    p.add_argument("--show", type=int, default=40, help="kinds of violation to print")
+    p.add_argument("--dump", help="write every violation to this file, one JSON per line")
     return p.parse_args(argv)
 
 

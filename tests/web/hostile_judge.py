@@ -401,13 +401,23 @@ class Report:
         return counts
 
     def describe(self, limit: int = 20) -> str:
+        """
+        The first violation of each kind (category and attack, whatever its route), how
+        many of that kind there were, and the exact bytes sent and received.
+        """
+        kinds: dict[tuple[str, str], list[tuple[Outcome, list[str]]]] = {}
+        for out, problems in self.violations:
+            kind = (out.attack.category, out.attack.name.split(" [")[0])
+            kinds.setdefault(kind, []).append((out, problems))
         lines = []
-        for out, problems in self.violations[:limit]:
+        for (category, name), found in list(kinds.items())[:limit]:
+            out, problems = found[0]
             a = out.attack
-            lines.append(f"#{a.index} {a.category}: {a.name}\n  sent: {a.data[:300]!r}\n"
-                         f"  got:  {out.data[:300]!r}\n  problems: {'; '.join(problems)}")
-        if len(self.violations) > limit:
-            lines.append(f"... and {len(self.violations) - limit} more")
+            lines.append(f"#{a.index} {category}: {a.name} ({len(found)} like it)\n"
+                         f"  sent: {a.data[:300]!r}\n  got:  {out.data[:300]!r}\n"
+                         f"  problems: {'; '.join(problems)}")
+        if len(kinds) > limit:
+            lines.append(f"... and {len(kinds) - limit} more kinds")
         return "\n".join(lines)
 
 
