@@ -38,8 +38,8 @@ from twisted.web import http
 from hpchat import metrics
 from hpchat.config import LimitsConfig
 from hpchat.web.wire import (
-    HOST,
     METHODS,
+    SINGLE_HEADERS,
     STATUS,
     TARGET,
     Exchange,
@@ -49,8 +49,11 @@ from hpchat.web.wire import (
     errorJSON,
     httpDate,
     unsafeHeader,
+    validHost,
 )
 
+# Seconds the rest of a refused request is read and dropped before the connection closes.
+LINGER = 2.0
 # Complete requests parsed ahead of the one being answered before reading pauses.
 MAX_QUEUED = 32
 # What an answer of a twisted.web request may hold back before it is written.
@@ -75,6 +78,7 @@ class HTTPConnection(Protocol):
     factory: Any = None
     requestFactory: Any = None
     _closing = False
+    _linger = None
     _broken = False
     _paused = False
     _dispatching = False
@@ -116,6 +120,9 @@ class HTTPConnection(Protocol):
         self._updateDeadline()
 
     def connectionLost(self, reason=None) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
         if self._counted:
             self._counted = False
             self.site.openConnections -= 1
@@ -137,6 +144,27 @@ class HTTPConnection(Protocol):
         if not self._closing:
             self._closing = True
             self.transport.loseConnection()
+
+    def _closeAfterError(self) -> None:
+        """
+        Close after an error answer while the client may still be sending (a body refused
+        from its length, a request cut short): closing with unread bytes makes the kernel
+        answer them with a reset, which can destroy the answer before the client reads it.
+        So the sending side is closed after the answer, and what still arrives is read and
+        dropped for up to L{LINGER} seconds (plain TCP; TLS closes at once).
+        """
+        transport = self.transport
+        if self._closing:
+            return
+        if type(transport) is not tcp.Server:
+            self._close()
+            return
+        self._closing = True
+        transport.loseWriteConnection()
+        if self._paused:
+            self._paused = False
+            transport.resumeProducing()
+        self._linger = self._reactor.callLater(LINGER, transport.abortConnection)
 
     # -- reading and parsing
 
@@ -218,12 +246,18 @@ class HTTPConnection(Protocol):
         version = parser.get_http_version()
         exchange.headers = headers = {}
         hosts = 0
+        repeated = None
         for name, value in exchange.raw:
             lower = name.lower()
             if lower == b"host":
                 hosts += 1
+            if lower in headers and lower in SINGLE_HEADERS:
+                repeated = lower
             headers[lower] = value
         problem = self._check(exchange, version, hosts)
+        if problem is None and repeated is not None and repeated != b"host":
+            problem = (400, "bad_request",
+                       f"the {repeated.decode('ascii')} header may appear once", None)
         if problem is not None:
             status, code, message, limit = problem
             self._refuse(status, code, message, limit=limit)
@@ -267,7 +301,7 @@ class HTTPConnection(Protocol):
             return 400, "bad_request", "an HTTP/1.1 request has exactly one Host", None
         host = headers.get(b"host")
         if host is not None and host != self._goodHost:
-            if HOST.fullmatch(host) is None:
+            if not validHost(host):
                 return 400, "bad_request", "the Host header is not a valid host", None
             # Clients send the same Host on every request of a connection.
             self._goodHost = host
@@ -403,7 +437,7 @@ class HTTPConnection(Protocol):
                 if exchange.error is not None:
                     queue.clear()
                     self._writeError(*exchange.error)
-                    self._close()
+                    self._closeAfterError()
                     return
                 if not exchange.complete:
                     if exchange.expectContinue:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from collections import deque
 
 import jwt
@@ -94,7 +95,8 @@ class InternalAuth:
         except jwt.InvalidTokenError as e:
             raise InternalUnauthorized(f"invalid node token: {e}") from None
         expires = claims["exp"]
-        if not isinstance(expires, (int, float)) or expires <= now:
+        if (not isinstance(expires, (int, float)) or isinstance(expires, bool)
+                or not math.isfinite(expires) or expires <= now):
             raise InternalUnauthorized("the node token has expired")
         if len(self._verified) >= self.cacheSize:
             self._verified.clear()

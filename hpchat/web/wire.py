@@ -8,6 +8,7 @@ are answered with, and one request's state on a connection.
 from __future__ import annotations
 
 import json
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from io import BytesIO
@@ -23,8 +24,46 @@ _lastDate = [-1, b""]
 METHODS = frozenset([b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"])
 # An origin-form target: visible ASCII only (llhttp already refuses controls and spaces).
 TARGET = re.compile(rb"/[!-~]*")
-# A Host value: reg-name, IPv4 or IP-literal, and an optional port (RFC 3986).
-HOST = re.compile(rb"[A-Za-z0-9._~!$&'()*+,;=:\[\]%-]*")
+# The characters of a reg-name or IPv4 address (RFC 3986 3.2.2).
+_REG_NAME = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%-]*")
+# Headers that may appear once: a second one would leave it to chance which one counts.
+SINGLE_HEADERS = frozenset([b"host", b"authorization", b"content-type", b"origin",
+                            b"content-length", b"transfer-encoding", b"expect"])
+
+
+def validHost(value: bytes) -> bool:
+    """
+    Whether C{value} is a Host header (RFC 9112 3.2, RFC 3986 3.2.2): an IP-literal in
+    brackets or a reg-name whose labels IDNA accepts (as the router does with it), and an
+    optional port of digits.
+    """
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return False
+        try:
+            ipaddress.IPv6Address(text[1:end])
+        except ValueError:
+            return False
+        rest = text[end + 1:]
+    else:
+        name, colon, port = text.partition(":")
+        rest = colon + port
+        if _REG_NAME.fullmatch(name) is None:
+            return False
+        try:
+            name.encode("idna")
+        except UnicodeError:
+            return False
+    if rest:
+        port = rest[1:]
+        if rest[0] != ":" or not (1 <= len(port) <= 5 and port.isdigit()):
+            return False
+    return True
 
 
 def httpDate(now: float) -> bytes:

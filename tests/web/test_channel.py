@@ -383,6 +383,19 @@ class SmugglingTests(ConnectionTestsBase):
             b"GET /healthz HTTP/1.1\r\nHost: a b\r\n\r\n",
             b"GET /healthz HTTP/1.1\r\n\r\n",
             b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: [::1\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: [::g]\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: a:b:c\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: ..\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0..1:80\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: n:\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: n:123456\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: user@n\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: " + b"a" * 64 + b".example\r\n\r\n",
+            b"GET http://a:b:c/healthz HTTP/1.1\r\nHost: n\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: n\r\nAuthorization: Bearer a\r\n"
+            b"Authorization: Bearer b\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: n\r\nOrigin: http://a\r\nOrigin: http://b\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\nHost: n\r\n\r\n",
             b"GET healthz HTTP/1.1\r\nHost: n\r\n\r\n",
             b"get /static/app.js HTTP/1.1\r\nHost: n\r\n\r\n",
@@ -393,6 +406,16 @@ class SmugglingTests(ConnectionTestsBase):
         self.refused(b"GET /healthz HTTP/2.0\r\nHost: n\r\n\r\n")
         self.refused(b"GET /healthz\r\n\r\n")
         self.refused(b"PROPFIND / HTTP/1.1\r\nHost: n\r\n\r\n", 405, "method_not_allowed")
+
+    def test_goodHosts(self):
+        """
+        Names, IPv4 and bracketed IPv6 addresses, with or without a port, are served.
+        """
+        from hpchat.web.wire import validHost
+
+        for host in [b"n", b"chat.example.com", b"127.0.0.1:8080", b"[::1]", b"[::1]:80",
+                     b"xn--bcher-kva.example", b"a-b_c.example:1"]:
+            self.assertTrue(validHost(host), host)
 
     def test_checkTarget(self):
         """

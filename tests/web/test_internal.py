@@ -44,6 +44,28 @@ class InternalAuthTests(SynchronousTestCase):
         self.clock.advance(61)
         self.assertRaises(InternalUnauthorized, self.auth.verify, b"Bearer " + token)
 
+    def test_nonFiniteExpiryRefused(self):
+        """
+        A node token whose exp is NaN, Infinity or not a number is refused, even when it is
+        signed with the node key.
+        """
+        import jwt
+
+        from hpchat.web.internal import AUDIENCE
+
+        key = self.auth._key
+        for exp in ["NaN", "Infinity", "1e999", '"soon"', "true"]:
+            header = jwt.utils.base64url_encode(b'{"alg":"HS256","typ":"JWT"}')
+            payload = jwt.utils.base64url_encode(
+                ('{"sub":"n2","aud":"%s","exp":%s}' % (AUDIENCE, exp)).encode())
+            signing = header + b"." + payload
+            import hashlib
+            import hmac
+
+            signature = jwt.utils.base64url_encode(hmac.new(key, signing, hashlib.sha256).digest())
+            self.assertRaises(InternalUnauthorized, self.auth.verify,
+                              b"Bearer " + signing + b"." + signature)
+
     def test_reusedAndRemembered(self):
         """
         A node reuses its token for half its life, then makes a new one; a verified token
