@@ -1,0 +1,53 @@
+"""
+The chaos soak on a real 3-node cluster (etcd, nsqd with --mem-queue-size=0, twistd nodes on
+loopback), ending in the checker; prints its JSON summary and exits 1 on any violation.
+
+  python bench/chaos.py --seed 7 --duration 300 --faults kill,stop,term,nsqd,etcd
+
+See docs/reliability.md, "Chaos soak".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from support import Scope  # noqa: E402  (also puts the repo on sys.path)
+from twisted.internet import defer, task  # noqa: E402
+
+from tests.support.chaos import FAULTS, ChaosConfig, ChaosSoak  # noqa: E402
+
+
+async def main(reactor, args) -> None:
+    scope = Scope()
+    config = ChaosConfig(seed=args.seed, duration=args.duration,
+                         faults=tuple(f for f in args.faults.split(",") if f),
+                         writers=args.writers, conversations=args.conversations,
+                         users=args.users, leaseTtl=args.lease_ttl)
+    summary = None
+    try:
+        soak = ChaosSoak(scope, config, out=lambda line: print(line, file=sys.stderr,
+                                                               flush=True))
+        summary = await soak.run()
+        print(json.dumps(summary, indent=2, default=str), flush=True)
+        print(f"node logs: {soak.workdir}", file=sys.stderr)
+    finally:
+        await scope.close()
+    if summary is None or not summary["ok"]:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=300.0,
+                        help="seconds of faults (the last one is undone after it)")
+    parser.add_argument("--faults", default=",".join(FAULTS),
+                        help=f"comma-separated fault kinds among {','.join(FAULTS)}")
+    parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument("--conversations", type=int, default=6)
+    parser.add_argument("--users", type=int, default=6)
+    parser.add_argument("--lease-ttl", type=int, default=3)
+    args = parser.parse_args()
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor, args)))

@@ -1,0 +1,285 @@
+"""
+The checker of a chaos soak (L{tests.support.chaos}), run after healing: it reads what the
+cluster kept through its public API and compares it with what the workload was told.
+
+Checks, each counted, every violation listed with its details:
+ - history: each conversation's stored seqs are 1..N without gap or duplicate, and each
+   client_id is stored once;
+ - acknowledged: every acknowledged message is stored exactly once, with the seq, id and text
+   its acknowledgement gave;
+ - pollers: each poller saw seqs strictly ascending without a gap from where it started, each
+   (seq, client_id) as in the history, and caught up with the end of the history;
+ - inboxes: each inbox's seqs are 1..N, and no notification id is in it twice;
+ - flirts: every flirt nsqd acknowledged is in its user's inbox exactly once;
+ - message notifications: for every acknowledged message, C{m.<message id>} of type
+   C{message} is in the recipient's inbox exactly once, with the conversation and seq;
+ - readiness and quiescence after healing (from the soak), and Tracebacks in the node logs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.support.chaos import ChaosSoak
+
+from tests.support.chaos import ChaosClient, now, sleep
+
+MAX_DETAILS = 25
+
+
+async def readHistory(client: ChaosClient, cid: str) -> list[dict[str, Any]]:
+    """
+    The whole history of C{cid}, oldest first, paging backwards with C{before}.
+    """
+    user = cid.split(":")[1]
+    pages: list[list[dict[str, Any]]] = []
+    before = None
+    while True:
+        query = "limit=200" + (f"&before={before}" if before is not None else "")
+        status, body = await client.call("GET", f"/v1/conversations/{cid}/messages?{query}",
+                                         user, deadline=30, requestTimeout=5)
+        if status != 200:
+            raise AssertionError(f"history of {cid}: {status} {body}")
+        messages = body["messages"]
+        pages.append(messages)
+        if not body["has_more"] or not messages:
+            break
+        before = messages[0]["seq"]
+    return [m for page in reversed(pages) for m in page]
+
+
+async def readInbox(client: ChaosClient, user: str) -> list[dict[str, Any]]:
+    """
+    Every event of C{user}'s inbox, following the cursor from 0.
+    """
+    events: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        status, body = await client.call("GET", f"/v1/inbox/events?after={after}&timeout=0",
+                                         user, deadline=30, requestTimeout=5)
+        if status != 200:
+            raise AssertionError(f"inbox of {user}: {status} {body}")
+        if not body["events"]:
+            return events
+        events.extend(body["events"])
+        after = body["events"][-1]["seq"]
+
+
+class Report:
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = defaultdict(int)
+        self.violations: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    def ok(self, check: str) -> None:
+        self.counts[check] += 1
+
+    def bad(self, check: str, **detail: Any) -> None:
+        self.counts[check] += 1
+        self.violations[check].append(detail)
+
+    def asDict(self) -> dict[str, Any]:
+        return {
+            "checked": dict(self.counts),
+            "violations": {k: len(v) for k, v in self.violations.items()},
+            "violation_details": {k: v[:MAX_DETAILS] for k, v in self.violations.items()},
+        }
+
+
+def checkHistories(report: Report, histories: dict[str, list[dict[str, Any]]]) -> None:
+    for cid, messages in histories.items():
+        seqs = [m["seq"] for m in messages]
+        if seqs != list(range(1, len(seqs) + 1)):
+            dup = [s for s, n in Counter(seqs).items() if n > 1]
+            missing = sorted(set(range(1, max(seqs, default=0) + 1)) - set(seqs))
+            report.bad("history_seqs", conversation=cid, duplicate=dup[:20],
+                       missing=missing[:20], count=len(seqs))
+        else:
+            report.ok("history_seqs")
+        for clientId, n in Counter(m["client_id"] for m in messages).items():
+            if n > 1:
+                report.bad("history_client_id_once", conversation=cid, client_id=clientId,
+                           times=n, seqs=[m["seq"] for m in messages
+                                          if m["client_id"] == clientId])
+
+
+def checkAcks(report: Report, soak: "ChaosSoak",
+              histories: dict[str, list[dict[str, Any]]]) -> None:
+    stored: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for cid, messages in histories.items():
+        for m in messages:
+            stored[(cid, m["client_id"])].append(m)
+    acked = set()
+    for ack in soak.acks:
+        key = (ack.conversation, ack.clientId)
+        found = stored.get(key, [])
+        detail = dict(conversation=ack.conversation, client_id=ack.clientId, acked_seq=ack.seq,
+                      acked_status=ack.status, attempts=ack.attempts,
+                      sent_at=round(ack.sentAt - soak.started, 2),
+                      acked_at=round(ack.ackedAt - soak.started, 2))
+        if key in acked:
+            report.bad("ack_once", **detail, problem="acknowledged twice")
+            continue
+        acked.add(key)
+        if not found:
+            report.bad("acked_message_stored", **detail, problem="lost")
+        elif len(found) > 1:
+            report.bad("acked_message_stored", **detail, problem="stored more than once",
+                       seqs=[m["seq"] for m in found])
+        elif (found[0]["seq"], found[0]["id"], found[0]["text"], found[0]["sender"]) != \
+                (ack.seq, ack.id, ack.text, ack.sender):
+            report.bad("acked_message_stored", **detail, problem="stored differently",
+                       stored={k: found[0][k] for k in ("seq", "id", "text", "sender")})
+        else:
+            report.ok("acked_message_stored")
+    report.counts["stored_not_acknowledged"] = len(
+        [k for k in stored if k not in acked])
+
+
+def checkPollers(report: Report, soak: "ChaosSoak",
+                 histories: dict[str, list[dict[str, Any]]]) -> None:
+    for record in soak.polls:
+        for v in record.violations:
+            report.bad("poller_" + v["kind"], conversation=record.conversation, **v)
+        history = {m["seq"]: m["client_id"] for m in histories[record.conversation]}
+        expected = record.startAfter + 1
+        for seq, clientId in record.seen:
+            if seq != expected:
+                report.bad("poller_ascending", conversation=record.conversation,
+                           expected=expected, got=seq)
+                expected = seq
+            if history.get(seq, "(missing)") != clientId:
+                report.bad("poller_matches_history", conversation=record.conversation,
+                           seq=seq, polled=clientId, stored=history.get(seq, "(missing)"))
+            expected += 1
+        report.ok("poller_ascending")
+        last = record.seen[-1][0] if record.seen else record.startAfter
+        if last != len(history):
+            report.bad("poller_caught_up", conversation=record.conversation, polled=last,
+                       stored=len(history))
+        else:
+            report.ok("poller_caught_up")
+        report.counts["polled_events"] += len(record.seen)
+
+
+def checkInboxes(report: Report, soak: "ChaosSoak", inboxes: dict[str, list[dict[str, Any]]],
+                 histories: dict[str, list[dict[str, Any]]]) -> None:
+    ids: dict[str, Counter[str]] = {}
+    for user, events in inboxes.items():
+        seqs = [e["seq"] for e in events]
+        if seqs != list(range(1, len(seqs) + 1)):
+            report.bad("inbox_seqs", user=user, count=len(seqs),
+                       first_bad=next((s for i, s in enumerate(seqs, 1) if s != i), None))
+        else:
+            report.ok("inbox_seqs")
+        ids[user] = Counter(e["id"] for e in events)
+        for nid, n in ids[user].items():
+            if n > 1:
+                report.bad("inbox_id_once", user=user, id=nid, times=n,
+                           seqs=[e["seq"] for e in events if e["id"] == nid])
+        report.counts["inbox_events"] += len(events)
+    for nid, user in soak.flirts.items():
+        n = ids[user][nid]
+        if n != 1:
+            report.bad("flirt_in_inbox_once", id=nid, user=user, times=n,
+                       published_twice=nid in soak.flirtsTwice,
+                       acked_at=round(soak.flirtTimes[nid] - soak.started, 2))
+        else:
+            report.ok("flirt_in_inbox_once")
+    byId = {e["id"]: e for events in inboxes.values() for e in events}
+    for ack in soak.acks:
+        nid = f"m.{ack.id}"
+        n = ids[ack.recipient][nid]
+        detail = dict(id=nid, user=ack.recipient, conversation=ack.conversation, seq=ack.seq,
+                      client_id=ack.clientId, acked_at=round(ack.ackedAt - soak.started, 2))
+        if n != 1:
+            report.bad("message_notification_once", **detail, times=n)
+            continue
+        event = byId[nid]
+        data = event.get("data") or {}
+        if (event["type"], event["from"], data.get("conversation"), data.get("seq")) != \
+                ("message", ack.sender, ack.conversation, ack.seq):
+            report.bad("message_notification_once", **detail, problem="wrong content",
+                       event=event)
+        else:
+            report.ok("message_notification_once")
+
+
+def faultAt(soak: "ChaosSoak", t: float) -> str:
+    """
+    The fault in force at C{t} (seconds since the start), or the last one before it.
+    """
+    before = [f for f in soak.faultLog if f.start <= t]
+    if not before:
+        return "before any fault"
+    f = before[-1]
+    where = "during" if t <= f.end else f"{t - f.end:.2f}s after"
+    return f"{where} {f.kind} of {f.target} ({f.start}-{f.end}s)"
+
+
+def explain(report: Report, soak: "ChaosSoak", logs: dict[str, str]) -> None:
+    """
+    Add to each violation the fault it happened in or after, and for a missing or doubled
+    notification the node log lines that name it (how many, and the last one).
+    """
+    for details in report.violations.values():
+        for detail in details[:MAX_DETAILS]:
+            t = detail.get("acked_at", detail.get("t"))
+            if isinstance(t, (int, float)):
+                detail["fault"] = faultAt(soak, t)
+            nid = detail.get("id")
+            if isinstance(nid, str):
+                lines = [f"{node}: {line}" for node, text in sorted(logs.items())
+                         for line in text.splitlines() if nid in line]
+                detail["log_lines"] = len(lines)
+                if lines:
+                    detail["last_log"] = lines[-1][:400]
+
+
+def faultWindows(soak: "ChaosSoak") -> list[dict[str, Any]]:
+    return [{"kind": f.kind, "target": f.target, "start": f.start, "end": f.end, **f.detail}
+            for f in soak.faultLog]
+
+
+async def check(soak: "ChaosSoak", settle: dict[str, Any]) -> dict[str, Any]:
+    """
+    Read every history and inbox, let the pollers catch up, and judge; the summary.
+    """
+    client = ChaosClient(soak, random.Random(f"{soak.config.seed}-check"))
+    report = Report()
+    histories = {cid: await readHistory(client, cid) for cid in soak.conversations}
+    deadline = now() + 15
+    while now() < deadline and any(soak.lastPolled(r) < len(histories[r.conversation])
+                                   for r in soak.polls):
+        await sleep(0.2)
+    inboxes = {user: await readInbox(client, user) for user in soak.users}
+    checkHistories(report, histories)
+    checkAcks(report, soak, histories)
+    checkPollers(report, soak, histories)
+    checkInboxes(report, soak, inboxes, histories)
+    for problem in soak.problems:
+        report.bad(problem["kind"], **{k: v for k, v in problem.items() if k != "kind"})
+    logs = soak.nodeLogs()
+    explain(report, soak, logs)
+    tracebacks = {n: text.count("Traceback") for n, text in logs.items()}
+    summary = {
+        "seed": soak.config.seed,
+        "duration": soak.config.duration,
+        "faults": Counter(f.kind for f in soak.faultLog),
+        "fault_log": faultWindows(soak),
+        "acknowledged_messages": len(soak.acks),
+        "stored_messages": sum(len(m) for m in histories.values()),
+        "acknowledged_as_repeat": sum(1 for a in soak.acks if a.status == 200),
+        "repeated_sends": soak.repeats,
+        "acknowledged_flirts": len(soak.flirts),
+        "flirts_published_twice": len(soak.flirtsTwice),
+        "conversations": len(soak.conversations),
+        "settle": settle,
+        "statuses": dict(soak.statuses),
+        "tracebacks": tracebacks,
+        **report.asDict(),
+    }
+    summary["ok"] = not summary["violations"]
+    return summary
