@@ -19,12 +19,19 @@ from twisted.internet import defer, task  # noqa: E402
 from tests.support.chaos import FAULTS, ChaosConfig, ChaosSoak  # noqa: E402
 
 
+def storage(spec: str) -> dict[str, str] | None:
+    if not spec:
+        return None
+    return dict(item.split("=", 1) for item in spec.split(",") if item)
+
+
 async def main(reactor, args) -> None:
     scope = Scope()
     config = ChaosConfig(seed=args.seed, duration=args.duration,
                          faults=tuple(f for f in args.faults.split(",") if f),
                          writers=args.writers, conversations=args.conversations,
-                         users=args.users, leaseTtl=args.lease_ttl)
+                         users=args.users, leaseTtl=args.lease_ttl, lateGrace=args.grace,
+                         storage=storage(args.storage), overlap=args.overlap)
     summary = None
     try:
         soak = ChaosSoak(scope, config, out=lambda line: print(line, file=sys.stderr,
@@ -49,5 +56,13 @@ if __name__ == "__main__":
     parser.add_argument("--conversations", type=int, default=6)
     parser.add_argument("--users", type=int, default=6)
     parser.add_argument("--lease-ttl", type=int, default=3)
+    parser.add_argument("--overlap", type=int, default=1,
+                        help="faults in force at once (on different processes)")
+    parser.add_argument("--grace", type=float, default=0.0,
+                        help="seconds more to wait for quiescence after the 30 s, to tell "
+                             "late notifications from lost ones")
+    parser.add_argument("--storage", default="",
+                        help="the nodes' [storage] section as key=value,key=value "
+                             "(default: one SQLite file shared by the nodes)")
     args = parser.parse_args()
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, args)))

@@ -19,15 +19,90 @@ Checks, each counted, every violation listed with its details:
 from __future__ import annotations
 
 import random
+import re
+import time
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tests.support.chaos import ChaosSoak
 
-from tests.support.chaos import ChaosClient, now, sleep
+from tests.support.chaos import CHANNEL, TOPIC, ChaosClient, now, sleep
 
 MAX_DETAILS = 25
+
+
+async def observe(soak: "ChaosSoak") -> dict[str, Any]:
+    """
+    One look at the cluster: readiness, pending writes and what nsqd still holds.
+    """
+    state: dict[str, Any] = {"ready": {}, "pending": {}, "nsqd": None}
+    for node in soak.nodes:
+        try:
+            status, _, _ = await soak.http.request("GET", node.url + "/readyz", timeout=2)
+            state["ready"][node.nodeId] = status == 200
+            _, _, metrics = await soak.http.request("GET", node.url + "/metrics", timeout=2)
+            text = metrics.decode() if isinstance(metrics, bytes) else str(metrics)
+            pending = [float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("hpchat_persist_pending ")]
+            state["pending"][node.nodeId] = pending[0] if pending else None
+        except Exception as e:
+            state["ready"][node.nodeId] = False
+            state["pending"][node.nodeId] = repr(e)[:100]
+    try:
+        topic = await soak.nsqd.stats(TOPIC)
+        channel = next((c for c in topic.get("channels") or []
+                        if c["channel_name"] == CHANNEL), {})
+        state["nsqd"] = {"topic_depth": topic.get("depth"),
+                         "depth": channel.get("depth"),
+                         "in_flight": channel.get("in_flight_count"),
+                         "deferred": channel.get("deferred_count"),
+                         "consumers": channel.get("client_count")}
+    except Exception as e:
+        state["nsqd"] = {"error": repr(e)[:100]}
+    state["quiet"] = (all(state["ready"].values())
+                      and all(p == 0 for p in state["pending"].values())
+                      and state["nsqd"].get("topic_depth") == 0
+                      and all(state["nsqd"].get(k) == 0
+                              for k in ("depth", "in_flight", "deferred")))
+    return state
+
+
+async def settle(soak: "ChaosSoak") -> dict[str, Any]:
+    """
+    After healing: wait until every node is ready and everything is delivered, at most
+    C{settleTimeout} seconds (then a violation), plus C{lateGrace}; the last observation.
+    """
+    deadline = soak.healedAt + soak.config.settleTimeout
+    state: dict[str, Any] = {}
+    readyAt = None
+    while True:
+        state = await observe(soak)
+        if readyAt is None and all(state["ready"].values()):
+            readyAt = now()
+        if state["quiet"] or now() > deadline:
+            break
+        await sleep(0.25)
+    state["ready_after"] = None if readyAt is None else round(readyAt - soak.healedAt, 2)
+    state["quiet_after"] = round(now() - soak.healedAt, 2) if state["quiet"] else None
+    if readyAt is None:
+        soak.problem("not_ready_after_healing", seconds=soak.config.settleTimeout,
+                     state=state)
+    elif not state["quiet"]:
+        soak.problem("not_quiescent_after_healing", seconds=soak.config.settleTimeout,
+                     state=state)
+    if not state["quiet"] and soak.config.lateGrace > 0:
+        late = now() + soak.config.lateGrace
+        later = state
+        while now() < late:
+            later = await observe(soak)
+            if later["quiet"]:
+                break
+            await sleep(1.0)
+        state["quiet_after_grace"] = (round(now() - soak.healedAt, 2) if later["quiet"]
+                                      else None)
+        state["after_grace"] = {k: later[k] for k in ("ready", "pending", "nsqd")}
+    return state
 
 
 async def readHistory(client: ChaosClient, cid: str) -> list[dict[str, Any]]:
@@ -231,8 +306,9 @@ def explain(report: Report, soak: "ChaosSoak", logs: dict[str, str]) -> None:
                 detail["fault"] = faultAt(soak, t)
             nid = detail.get("id")
             if isinstance(nid, str):
+                named = re.compile(r"(?<![A-Za-z0-9_.-])" + re.escape(nid) + r"(?![A-Za-z0-9_-])")
                 lines = [f"{node}: {line}" for node, text in sorted(logs.items())
-                         for line in text.splitlines() if nid in line]
+                         for line in text.splitlines() if named.search(line)]
                 detail["log_lines"] = len(lines)
                 if lines:
                     detail["last_log"] = lines[-1][:400]
@@ -266,6 +342,7 @@ async def check(soak: "ChaosSoak", settle: dict[str, Any]) -> dict[str, Any]:
     tracebacks = {n: text.count("Traceback") for n, text in logs.items()}
     summary = {
         "seed": soak.config.seed,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(soak.startedWall)),
         "duration": soak.config.duration,
         "faults": Counter(f.kind for f in soak.faultLog),
         "fault_log": faultWindows(soak),
