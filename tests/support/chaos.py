@@ -521,20 +521,20 @@ class ChaosSoak:
         pollers = [defer.ensureDeferred(self.poller(r)) for r in self.polls]
         writers = [defer.ensureDeferred(self.writer(i)) for i in range(config.writers)]
         writers.append(defer.ensureDeferred(self.publisher()))
-        injector = defer.ensureDeferred(self.injector(until))
-        while now() < until and not injector.called:
-            await sleep(0.5)
-        await injector  # the last fault is undone, every kind ran at least once
-        self._stopWrites = True
-        await self.heal()
-        await defer.gatherResults(writers)
-        self.log(f"writes done: {len(self.acks)} messages, {len(self.flirts)} flirts "
-                 "acknowledged")
-        settled = await settle(self)
-        self.log(f"settled: {json.dumps(settled)}")
-        summary = await check(self, settled)
-        self._stopPolls = True
-        await defer.gatherResults(pollers)
+        try:
+            # The last fault is undone when the injector ends; every kind ran at least once.
+            await self.injector(until)
+            self._stopWrites = True
+            await self.heal()
+            await defer.gatherResults(writers)
+            self.log(f"writes done: {len(self.acks)} messages, {len(self.flirts)} flirts "
+                     "acknowledged")
+            settled = await settle(self)
+            self.log(f"settled: {json.dumps(settled)}")
+            summary = await check(self, settled)
+        finally:
+            self._stopFaults = self._stopWrites = self._stopPolls = True
+        await defer.gatherResults(pollers + writers)
         return summary
 
     def nodeLogs(self) -> dict[str, str]:

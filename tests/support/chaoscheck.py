@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 from tests.support.chaos import CHANNEL, TOPIC, ChaosClient, now, sleep
 
 MAX_DETAILS = 25
+#: Node log lines counted in the summary: fencing at work, refused batches, lost publishes.
+LOG_MARKERS = ("self-fencing", "fenced out of groups", "batch refused", "conflict in groups",
+               "not published", "lease lost")
 
 
 async def observe(soak: "ChaosSoak") -> dict[str, Any]:
@@ -325,12 +328,24 @@ async def check(soak: "ChaosSoak", settle: dict[str, Any]) -> dict[str, Any]:
     """
     client = ChaosClient(soak, random.Random(f"{soak.config.seed}-check"))
     report = Report()
-    histories = {cid: await readHistory(client, cid) for cid in soak.conversations}
+    histories: dict[str, list[dict[str, Any]]] = {}
+    for cid in soak.conversations:
+        try:
+            histories[cid] = await readHistory(client, cid)
+        except (AssertionError, TimeoutError) as e:
+            report.bad("history_readable", conversation=cid, error=str(e)[:300])
+            histories[cid] = []
     deadline = now() + 15
     while now() < deadline and any(soak.lastPolled(r) < len(histories[r.conversation])
                                    for r in soak.polls):
         await sleep(0.2)
-    inboxes = {user: await readInbox(client, user) for user in soak.users}
+    inboxes: dict[str, list[dict[str, Any]]] = {}
+    for user in soak.users:
+        try:
+            inboxes[user] = await readInbox(client, user)
+        except (AssertionError, TimeoutError) as e:
+            report.bad("inbox_readable", user=user, error=str(e)[:300])
+            inboxes[user] = []
     checkHistories(report, histories)
     checkAcks(report, soak, histories)
     checkPollers(report, soak, histories)
@@ -340,6 +355,8 @@ async def check(soak: "ChaosSoak", settle: dict[str, Any]) -> dict[str, Any]:
     logs = soak.nodeLogs()
     explain(report, soak, logs)
     tracebacks = {n: text.count("Traceback") for n, text in logs.items()}
+    markers = {marker: sum(text.count(marker) for text in logs.values())
+               for marker in LOG_MARKERS}
     summary = {
         "seed": soak.config.seed,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(soak.startedWall)),
@@ -356,6 +373,7 @@ async def check(soak: "ChaosSoak", settle: dict[str, Any]) -> dict[str, Any]:
         "settle": settle,
         "statuses": dict(soak.statuses),
         "tracebacks": tracebacks,
+        "log_markers": markers,
         **report.asDict(),
     }
     summary["ok"] = not summary["violations"]
