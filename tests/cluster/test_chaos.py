@@ -68,7 +68,7 @@ class CheckerTests(unittest.SynchronousTestCase):
                        f"{clientId} from {sender}", 201, 1, 1.0, 2.0)
 
         return SimpleNamespace(
-            started=0.0, faultLog=[], flirtsTwice=set(),
+            started=0.0, faultLog=[], flirtsTwice=set(), audited=set(),
             acks=[ack("w0-0", 1, "m1", "a", "b"), ack("w0-1", 2, "m2", "b", "a"),
                   ack("w0-2", 3, "m3", "a", "b")],
             polls=[PollRecord("dm:a:b", "a", seen=[(1, "w0-0"), (2, "w0-1"), (3, "w0-2")])],

@@ -36,6 +36,8 @@ from tests.support.process import theReactor
 
 FAULTS = ("kill", "stop", "term", "nsqd", "etcd")
 CHANNEL = "hpchat"
+#: A channel of the soak's own on the notification topic: the ids nsqd took, for diagnosis.
+AUDIT_CHANNEL = "chaos-audit"
 
 
 def sleep(seconds: float) -> defer.Deferred:
@@ -193,6 +195,8 @@ class ChaosSoak:
         self.polls: list[PollRecord] = []
         self.flirts: dict[str, str] = {}
         self.flirtTimes: dict[str, float] = {}
+        self.audited: set[str] = set()
+        self.audit: Any = None
         self.repeats = 0
         self.flirtsTwice: set[str] = set()
         self.faultLog: list[FaultRecord] = []
@@ -232,6 +236,8 @@ class ChaosSoak:
         await self.nsqd.start()
         await self.nsqd.createTopic(TOPIC)
         await self.nsqd.createChannel(TOPIC, CHANNEL)
+        await self.nsqd.createChannel(TOPIC, AUDIT_CHANNEL)
+        self.startAudit()
         self.scope.addCleanup(lambda: defer.ensureDeferred(self.stop()))
         storage = config.storage or {"path": os.path.join(self.workdir, "shared.sqlite3")}
         for i in range(config.nodes):
@@ -250,7 +256,30 @@ class ChaosSoak:
         self.log(f"cluster up: etcd {self.etcd.clientURL}, nsqd {self.nsqd.httpURL}, nodes "
                  + ", ".join(f"{n.nodeId}={n.url}" for n in self.nodes))
 
+    def startAudit(self) -> None:
+        """
+        Record the id of every notification nsqd hands out on L{AUDIT_CHANNEL} (FINed at
+        once): a notification missing from its inbox that nsqd never had was never published.
+        """
+        from hpchat.nsq.client import NSQConsumer
+        from hpchat.nsq.commands import IdentifyOptions
+
+        def handle(message: Any) -> None:
+            try:
+                self.audited.add(json.loads(message.body)["id"])
+            except (ValueError, KeyError, TypeError):
+                pass
+
+        options = IdentifyOptions(clientId=AUDIT_CHANNEL, outputBufferTimeout=None,
+                                  outputBufferSize=-1, heartbeatInterval=10_000)
+        self.audit = NSQConsumer.fromAddress(theReactor(), self.nsqd.tcpAddress, TOPIC,
+                                             AUDIT_CHANNEL, handle, maxInFlight=200,
+                                             options=options)
+        self.audit.startService()
+
     async def stop(self) -> None:
+        if self.audit is not None and self.audit.running:
+            await self.audit.stopService()
         for node in self.nodes:
             node.signal(signal.SIGCONT)
         await defer.gatherResults([defer.ensureDeferred(n.stop()) for n in self.nodes],

@@ -307,8 +307,14 @@ def explain(report: Report, soak: "ChaosSoak", logs: dict[str, str]) -> None:
             t = detail.get("acked_at", detail.get("t"))
             if isinstance(t, (int, float)):
                 detail["fault"] = faultAt(soak, t)
+                # What came next: a notification held in flight or deferred by nsqd for up
+                # to msg_timeout (30 s) is lost with a kill -9 of nsqd in that time.
+                detail["faults_after"] = [f"{f.kind} {f.target} at {f.start}s"
+                                          for f in soak.faultLog if t < f.start <= t + 35][:8]
             nid = detail.get("id")
             if isinstance(nid, str):
+                # Diagnosis only: whether nsqd ever handed it out (on the soak's own channel).
+                detail["nsqd_had_it"] = nid in soak.audited
                 named = re.compile(r"(?<![A-Za-z0-9_.-])" + re.escape(nid) + r"(?![A-Za-z0-9_-])")
                 lines = [f"{node}: {line}" for node, text in sorted(logs.items())
                          for line in text.splitlines() if named.search(line)]
