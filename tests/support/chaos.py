@@ -185,13 +185,11 @@ class ChaosSoak:
         self.etcd: EtcdProcess | None = None
         self.nsqd: Any = None
         self.nodes: list[Node] = []
-        self.paused: set[str] = set()
         self.users = [f"u{i}" for i in range(config.users)]
         pairs = [(a, b) for i, a in enumerate(self.users) for b in self.users[i + 1:]]
         self.rng.shuffle(pairs)
         self.conversations = [f"dm:{a}:{b}" for a, b in sorted(pairs[:config.conversations])]
         self.acks: list[Ack] = []
-        self.givenUp: list[dict[str, Any]] = []
         self.polls: list[PollRecord] = []
         self.flirts: dict[str, str] = {}
         self.flirtTimes: dict[str, float] = {}
@@ -315,8 +313,6 @@ class ChaosSoak:
                     requestTimeout=self.config.sendTimeout,
                     onAttempt=lambda counter=attempts: counter.update(["sent"]))
             except TimeoutError:
-                self.givenUp.append({"conversation": cid, "client_id": clientId,
-                                     "attempts": attempts["sent"]})
                 self.problem("send_not_acknowledged", conversation=cid, client_id=clientId,
                              attempts=attempts["sent"], seconds=self.config.sendDeadline)
                 continue
@@ -426,7 +422,7 @@ class ChaosSoak:
     # -- the faults
 
     async def restart(self, node: Node, record: FaultRecord) -> None:
-        for attempt in range(3):
+        for _ in range(3):
             try:
                 await node.start(timeout=30)
                 return
@@ -449,10 +445,8 @@ class ChaosSoak:
             pause = config.leaseTtl + rng.uniform(1.0, 2.5)
             record.detail["seconds"] = round(pause, 2)
             node.signal(signal.SIGSTOP)
-            self.paused.add(node.nodeId)
             await sleep(pause)
             node.signal(signal.SIGCONT)
-            self.paused.discard(node.nodeId)
         elif kind == "term":
             began = now()
             code = await node.stop(timeout=15)
@@ -527,7 +521,6 @@ class ChaosSoak:
             await self.nsqd.start()
         for node in self.nodes:
             node.signal(signal.SIGCONT)
-        self.paused.clear()
         await defer.gatherResults([defer.ensureDeferred(self.restart(n, record))
                                    for n in self.nodes if not self.running(n)],
                                   consumeErrors=True)
