@@ -61,7 +61,10 @@ class NSQNotifier:
     """
 
     log = Logger()
-    msgTimeout = 30_000
+    # nsqd gives a message delivered to a consumer that died back only after this long, and
+    # keeps it in memory meanwhile (lost if nsqd is killed then): short, since notifications
+    # held here on purpose are TOUCHed.
+    msgTimeout = 10_000
 
     def __init__(self, reactor, config, deliver, nodeId: str):
         self.topic = config.topic

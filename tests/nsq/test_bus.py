@@ -97,9 +97,12 @@ class BusTests(SynchronousTestCase):
         self.clock.advance(0.5)
         self.assertEqual(len(self.delivered), 8)
         self.successResultOf(d)
-        self.assertEqual(message.touches, [10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
+        # Three TOUCHes per msg_timeout (10 s), every 3.33 s (the pump's steps are 0.5 s).
+        self.assertEqual(len(message.touches), 18)
+        self.assertTrue(all(0 < b - a < self.bus.msgTimeout / 1000 / 2 for a, b in
+                            zip([0.0] + message.touches, message.touches)), message.touches)
         self.clock.advance(60)
-        self.assertEqual(len(message.touches), 6)
+        self.assertEqual(len(message.touches), 18)
         self.assertEqual([c.requeueDelay(5) for c in self.bus.consumers], [0, 0])
 
     def test_handedBackStopsRetrying(self):
