@@ -36,6 +36,9 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
+from hpchat.storage.sqlshared import COLUMNS as _COLUMNS
+from hpchat.storage.sqlshared import OUTBOX_COLUMNS as _OUTBOX_COLUMNS
+from hpchat.storage.sqlshared import SQLReads
 from hpchat.storage.worker import ThreadWorker
 
 SCHEMA_VERSION = 2
@@ -76,8 +79,6 @@ _MIGRATIONS = [
     """,
 ]
 
-_COLUMNS = "stream, seq, id, grp, type, sender, ts, client_id, data"
-_OUTBOX_COLUMNS = "id, grp, stream, seq, body, created"
 # An id already pending stays as it is (a notification republished before it was marked done).
 _INSERT_OUTBOX = (
     f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) SELECT * FROM unnest(%s::text[], %s::integer[], "
@@ -112,12 +113,14 @@ class SchemaTooNew(StoreError):
 
 
 @implementer(IEventStore)
-class PostgreSQLStore:
+class PostgreSQLStore(SQLReads):
     """
     L{IEventStore} on one PostgreSQL database given by a libpq C{dsn}.
     """
 
     log = Logger()
+    marker = "%s"
+    sameSender = "IS NOT DISTINCT FROM"
 
     def __init__(self, reactor, dsn: str, connectTimeout: float = 5.0,
                  statementTimeout: float = 10.0):
@@ -335,64 +338,11 @@ class PostgreSQLStore:
                 if entries is not None:
                     db.execute(_INSERT_OUTBOX, entries)
         except psycopg.errors.UniqueViolation as e:
-            groups, streams = self._conflicting(db, columns)
+            groups, streams = self._conflicting(db.execute, zip(*columns))
             raise StreamConflict(groups, _firstLine(e), streams=streams) from None
 
-    @staticmethod
-    def _conflicting(db, columns: list[list]) -> tuple[list[int], list[str]]:
-        """
-        The groups and streams of the events that collide with stored events or with each
-        other (all of the batch's groups, and no streams, if none is found).
-        """
-        streams, seqs, ids, groups, _types, senders, _ts, clientIds, _data = columns
-        hit = set()
-        hitStreams = set()
-        seen: set[tuple] = set()
-        for stream, seq, id, grp, sender, clientId in zip(streams, seqs, ids, groups, senders,
-                                                          clientIds):
-            keys = [("seq", stream, seq), ("id", stream, id)]
-            if clientId is not None:
-                keys.append(("client", stream, sender, clientId))
-            if any(k in seen for k in keys):
-                hit.add(grp)
-                hitStreams.add(stream)
-            seen.update(keys)
-            row = db.execute(
-                "SELECT 1 FROM events WHERE stream = %s AND (seq = %s OR id = %s OR "
-                "(client_id IS NOT NULL AND sender IS NOT DISTINCT FROM %s AND client_id = %s))"
-                " LIMIT 1", (stream, seq, id, sender, clientId)).fetchone()
-            if row is not None:
-                hit.add(grp)
-                hitStreams.add(stream)
-        if not hit:
-            return sorted(set(groups)), []
-        return sorted(hit), sorted(hitStreams)
-
-    # -- reads (reader thread)
-
-    def readAfter(self, stream: str, after: int, limit: int):
-        return self._read(self._select,
-                          f"SELECT {_COLUMNS} FROM events WHERE stream = %s AND seq > %s "
-                          "ORDER BY seq ASC LIMIT %s", (stream, after, limit), False)
-
-    def readBefore(self, stream: str, before: int | None, limit: int):
-        if before is None:
-            before = 2**62
-        return self._read(self._select,
-                          f"SELECT {_COLUMNS} FROM events WHERE stream = %s AND seq < %s "
-                          "ORDER BY seq DESC LIMIT %s", (stream, before, limit), True)
-
-    def findClientId(self, stream: str, sender: str, client_id: str):
-        d = self._read(self._select,
-                       f"SELECT {_COLUMNS} FROM events WHERE stream = %s AND sender = %s "
-                       "AND client_id = %s", (stream, sender, client_id), False)
-        return d.addCallback(lambda events: events[0] if events else None)
-
-    def findEventId(self, stream: str, id: str):
-        d = self._read(self._select,
-                       f"SELECT {_COLUMNS} FROM events WHERE stream = %s AND id = %s",
-                       (stream, id), False)
-        return d.addCallback(lambda events: events[0] if events else None)
+    # -- reads (reader thread): readAfter, readBefore, findClientId and findEventId are
+    # SQLReads'
 
     # -- the outbox
 

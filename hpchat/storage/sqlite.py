@@ -33,6 +33,9 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
+from hpchat.storage.sqlshared import COLUMNS as _COLUMNS
+from hpchat.storage.sqlshared import OUTBOX_COLUMNS as _OUTBOX_COLUMNS
+from hpchat.storage.sqlshared import SQLReads
 from hpchat.storage.worker import ThreadWorker
 
 _SCHEMA = """
@@ -73,14 +76,12 @@ _MIGRATIONS = [
     """,
 ]
 
-_OUTBOX_COLUMNS = "id, grp, stream, seq, body, created"
 _INSERT_OUTBOX = (
     f"INSERT OR IGNORE INTO outbox ({_OUTBOX_COLUMNS}) SELECT "
     + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(6))
     + " FROM json_each(?) ORDER BY key"
 )
 
-_COLUMNS = "stream, seq, id, grp, type, sender, ts, client_id, data"
 _INSERT_BATCH = (
     f"INSERT INTO events ({_COLUMNS}) SELECT "
     + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(9))
@@ -139,7 +140,7 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 @implementer(IEventStore)
-class SQLiteStore:
+class SQLiteStore(SQLReads):
     """
     L{IEventStore} on one SQLite file.
     """
@@ -295,67 +296,15 @@ class SQLiteStore:
                 db.execute(_INSERT_OUTBOX, (entries,))
         except sqlite3.IntegrityError as e:
             db.execute("ROLLBACK")
-            groups, streams = self._conflicting(db, strictjson.loads(batch))
+            groups, streams = self._conflicting(db.execute, strictjson.loads(batch))
             raise StreamConflict(groups, str(e), streams=streams) from None
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
 
-    @staticmethod
-    def _conflicting(db: sqlite3.Connection, rows: list[list]) -> tuple[list[int], list[str]]:
-        """
-        The groups and streams of the events of C{rows} that collide with stored events or
-        with each other (all of the batch's groups, and no streams, if none is found).
-        """
-        groups = set()
-        streams = set()
-        seen: set[tuple] = set()
-        for stream, seq, id, grp, _type, sender, _ts, clientId, _data in rows:
-            keys = [("seq", stream, seq), ("id", stream, id)]
-            if clientId is not None:
-                keys.append(("client", stream, sender, clientId))
-            if any(k in seen for k in keys):
-                groups.add(grp)
-                streams.add(stream)
-            seen.update(keys)
-            hit = db.execute(
-                "SELECT 1 FROM events WHERE stream = ? AND (seq = ? OR id = ? OR "
-                "(client_id IS NOT NULL AND sender IS ? AND client_id = ?)) LIMIT 1",
-                (stream, seq, id, sender, clientId),
-            ).fetchone()
-            if hit is not None:
-                groups.add(grp)
-                streams.add(stream)
-        if not groups:
-            return sorted({r[3] for r in rows}), []
-        return sorted(groups), sorted(streams)
-
-    # -- reads (reader thread)
-
-    def readAfter(self, stream: str, after: int, limit: int):
-        return self._read(self._select,
-                          f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND seq > ? "
-                          "ORDER BY seq ASC LIMIT ?", (stream, after, limit), False)
-
-    def readBefore(self, stream: str, before: int | None, limit: int):
-        if before is None:
-            before = 2**62
-        return self._read(self._select,
-                          f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND seq < ? "
-                          "ORDER BY seq DESC LIMIT ?", (stream, before, limit), True)
-
-    def findClientId(self, stream: str, sender: str, client_id: str):
-        d = self._read(self._select,
-                       f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND sender = ? "
-                       "AND client_id = ?", (stream, sender, client_id), False)
-        return d.addCallback(lambda events: events[0] if events else None)
-
-    def findEventId(self, stream: str, id: str):
-        d = self._read(self._select,
-                       f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND id = ?",
-                       (stream, id), False)
-        return d.addCallback(lambda events: events[0] if events else None)
+    # -- reads (reader thread): readAfter, readBefore, findClientId and findEventId are
+    # SQLReads'
 
     # -- the outbox
 

@@ -1,0 +1,86 @@
+"""
+What the two SQL event stores (SQLite and PostgreSQL) share: their reads, which differ only
+in the parameter marker, and how a refused batch's colliding streams are found.
+
+A store mixes in L{SQLReads} and gives C{marker}, C{_read(f, *args)} (run on its reader
+thread) and C{_select(sql, params, reverse)} (the events of a query); every query here writes
+C{?} where the store's marker goes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+from twisted.internet import defer
+
+COLUMNS = "stream, seq, id, grp, type, sender, ts, client_id, data"
+OUTBOX_COLUMNS = "id, grp, stream, seq, body, created"
+# Whether an event of a batch collides with a stored one: its seq, its id, or its sender's
+# client_id. (The sender comparison is NULL-safe in both dialects: `IS` and
+# `IS NOT DISTINCT FROM`.)
+_STORED_COLLISION = (
+    "SELECT 1 FROM events WHERE stream = ? AND (seq = ? OR id = ? OR "
+    "(client_id IS NOT NULL AND sender {same} ? AND client_id = ?)) LIMIT 1"
+)
+
+
+class SQLReads:
+    marker = "?"
+    sameSender = "IS"
+
+    _read: Callable[..., defer.Deferred]
+
+    def _sql(self, text: str) -> str:
+        return text if self.marker == "?" else text.replace("?", self.marker)
+
+    def readAfter(self, stream: str, after: int, limit: int) -> defer.Deferred:
+        return self._read(self._select, self._sql(
+            f"SELECT {COLUMNS} FROM events WHERE stream = ? AND seq > ? "
+            "ORDER BY seq ASC LIMIT ?"), (stream, after, limit), False)
+
+    def readBefore(self, stream: str, before: int | None, limit: int) -> defer.Deferred:
+        if before is None:
+            before = 2**62
+        return self._read(self._select, self._sql(
+            f"SELECT {COLUMNS} FROM events WHERE stream = ? AND seq < ? "
+            "ORDER BY seq DESC LIMIT ?"), (stream, before, limit), True)
+
+    def findClientId(self, stream: str, sender: str, client_id: str) -> defer.Deferred:
+        d = self._read(self._select, self._sql(
+            f"SELECT {COLUMNS} FROM events WHERE stream = ? AND sender = ? "
+            "AND client_id = ?"), (stream, sender, client_id), False)
+        return d.addCallback(lambda events: events[0] if events else None)
+
+    def findEventId(self, stream: str, id: str) -> defer.Deferred:
+        d = self._read(self._select, self._sql(
+            f"SELECT {COLUMNS} FROM events WHERE stream = ? AND id = ?"), (stream, id), False)
+        return d.addCallback(lambda events: events[0] if events else None)
+
+    def _select(self, sql: str, params: tuple, reverse: bool) -> list:
+        raise NotImplementedError
+
+    def _conflicting(self, execute: Callable[[str, tuple], Any],
+                     rows: Iterable[Sequence]) -> tuple[list[int], list[str]]:
+        """
+        The groups and streams of the events of C{rows} (in L{COLUMNS} order) that collide
+        with stored events or with each other (all of the batch's groups, and no streams, if
+        none is found). C{execute(sql, params)} returns a cursor on the writer's connection.
+        """
+        probe = self._sql(_STORED_COLLISION.format(same=self.sameSender))
+        groups: set[int] = set()
+        streams: set[str] = set()
+        allGroups: set[int] = set()
+        seen: set[tuple] = set()
+        for stream, seq, id, grp, _type, sender, _ts, clientId, _data in rows:
+            allGroups.add(grp)
+            keys = [("seq", stream, seq), ("id", stream, id)]
+            if clientId is not None:
+                keys.append(("client", stream, sender, clientId))
+            collides = any(k in seen for k in keys)
+            seen.update(keys)
+            if collides or execute(probe, (stream, seq, id, sender, clientId)).fetchone():
+                groups.add(grp)
+                streams.add(stream)
+        if not groups:
+            return sorted(allGroups), []
+        return sorted(groups), sorted(streams)
