@@ -36,9 +36,17 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
+from hpchat.storage.conversations import (
+    ROW_COLUMNS,
+    ConversationPage,
+    IConversationStore,
+    latestRows,
+    rowColumns,
+    rowFrom,
+)
 from hpchat.storage.worker import ThreadWorker
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each step takes the schema from version i to i + 1; all run in one transaction.
 _MIGRATIONS = [
@@ -74,7 +82,37 @@ _MIGRATIONS = [
     );
     CREATE INDEX outbox_by_group ON outbox (grp, created, id);
     """,
+    """
+    CREATE TABLE conversations (
+        usr              TEXT             NOT NULL,
+        stream           TEXT             NOT NULL,
+        grp              INTEGER          NOT NULL,
+        partner          TEXT             NOT NULL,
+        last_seq         BIGINT           NOT NULL,
+        read_seq         BIGINT           NOT NULL,
+        partner_read_seq BIGINT           NOT NULL,
+        updated          DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (usr, stream)
+    );
+    CREATE INDEX conversations_by_activity ON conversations (usr, updated DESC, stream DESC);
+    CREATE INDEX conversations_by_stream ON conversations (stream);
+    """,
 ]
+
+_INSERT_CONVERSATIONS = (
+    f"INSERT INTO conversations ({ROW_COLUMNS}) SELECT * FROM unnest(%s::text[], %s::text[], "
+    "%s::integer[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], "
+    "%s::double precision[]) ON CONFLICT (usr, stream) DO UPDATE SET grp = excluded.grp, "
+    "partner = excluded.partner, last_seq = excluded.last_seq, read_seq = excluded.read_seq, "
+    "partner_read_seq = excluded.partner_read_seq, updated = excluded.updated"
+)
+_LIST_COLUMNS = ", ".join(f"c.{c.strip()}" for c in ROW_COLUMNS.split(",")) + ", " + ", ".join(
+    f"e.{c.strip()}" for c in "stream, seq, id, grp, type, sender, ts, client_id, data".split(","))
+_LIST = (
+    f"SELECT {_LIST_COLUMNS} FROM conversations AS c LEFT JOIN events AS e "
+    "ON e.stream = c.stream AND e.seq = c.last_seq WHERE c.usr = %s {where}"
+    "ORDER BY c.updated DESC, c.stream DESC LIMIT %s"
+)
 
 _COLUMNS = "stream, seq, id, grp, type, sender, ts, client_id, data"
 _OUTBOX_COLUMNS = "id, grp, stream, seq, body, created"
@@ -111,7 +149,7 @@ class SchemaTooNew(StoreError):
     """
 
 
-@implementer(IEventStore)
+@implementer(IEventStore, IConversationStore)
 class PostgreSQLStore:
     """
     L{IEventStore} on one PostgreSQL database given by a libpq C{dsn}.
@@ -288,8 +326,12 @@ class PostgreSQLStore:
             rows = db.execute(
                 f"SELECT {_COLUMNS} FROM events WHERE stream = %s ORDER BY seq DESC LIMIT %s",
                 (stream, recent)).fetchall()
+            reads = dict(db.execute(
+                "SELECT usr, read_seq FROM conversations WHERE stream = %s",
+                (stream,)).fetchall())
         lastSeq = rows[0][1] if rows else 0
-        return StreamSnapshot(last_seq=lastSeq, recent=[_row(r) for r in reversed(rows)])
+        return StreamSnapshot(last_seq=lastSeq, recent=[_row(r) for r in reversed(rows)],
+                              reads=reads)
 
     @staticmethod
     def _raiseFences(db, fences: dict[int, int]) -> None:
@@ -304,8 +346,9 @@ class PostgreSQLStore:
             raise FenceRejected(rejected)
 
     def append(self, events: Sequence[Event], fences: dict[int, int],
-               outbox: Sequence[OutboxEntry] = ()):
-        missing = ({e.group for e in events} | {o.group for o in outbox}) - set(fences)
+               outbox: Sequence[OutboxEntry] = (), conversations: Sequence = ()):
+        missing = ({e.group for e in events} | {o.group for o in outbox}
+                   | {c.group for c in conversations}) - set(fences)
         if missing:
             raise ValueError(f"no fence token for groups {sorted(missing)}")
         columns: list[list] = [[] for _ in range(9)]
@@ -321,19 +364,26 @@ class PostgreSQLStore:
                 for column, value in zip(entries, (o.id, o.group, o.stream, o.seq, o.body,
                                                    o.created)):
                     column.append(value)
-        return self._write(self._appendTxn, columns, dict(fences), entries)
+        rows: list[list] | None = None
+        if conversations:
+            rows = [list(column) for column in
+                    zip(*(rowColumns(c) for c in latestRows(conversations)))]
+        return self._write(self._appendTxn, columns, dict(fences), entries, rows)
 
     def _appendTxn(self, columns: list[list], fences: dict[int, int],
-                   entries: list[list] | None) -> None:
+                   entries: list[list] | None, rows: list[list] | None = None) -> None:
         import psycopg
 
         db = self._writerConnection()
         try:
             with db.transaction():
                 self._raiseFences(db, fences)
-                db.execute(_INSERT_BATCH, columns)
+                if columns[0]:
+                    db.execute(_INSERT_BATCH, columns)
                 if entries is not None:
                     db.execute(_INSERT_OUTBOX, entries)
+                if rows is not None:
+                    db.execute(_INSERT_CONVERSATIONS, rows)
         except psycopg.errors.UniqueViolation as e:
             groups, streams = self._conflicting(db, columns)
             raise StreamConflict(groups, _firstLine(e), streams=streams) from None
@@ -393,6 +443,25 @@ class PostgreSQLStore:
                        f"SELECT {_COLUMNS} FROM events WHERE stream = %s AND id = %s",
                        (stream, id), False)
         return d.addCallback(lambda events: events[0] if events else None)
+
+    # -- conversation summaries
+
+    def listConversations(self, user: str, limit: int, before: tuple[float, str] | None):
+        return self._read(self._listConversations, user, limit, before)
+
+    def _listConversations(self, user: str, limit: int,
+                           before: tuple[float, str] | None) -> ConversationPage:
+        db = self._readerConnection()
+        if before is None:
+            rows = db.execute(_LIST.format(where=""), (user, limit)).fetchall()
+        else:
+            rows = db.execute(_LIST.format(where="AND (c.updated, c.stream) < (%s, %s) "),
+                              (user, before[0], before[1], limit)).fetchall()
+        (total,) = db.execute(
+            "SELECT COALESCE(SUM(last_seq - read_seq), 0) FROM conversations WHERE usr = %s",
+            (user,)).fetchone()
+        items = [(rowFrom(r[:8]), _row(r[8:]) if r[8] is not None else None) for r in rows]
+        return ConversationPage(items=items, unread_total=int(total))
 
     # -- the outbox
 

@@ -33,6 +33,14 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
+from hpchat.storage.conversations import (
+    ROW_COLUMNS,
+    ConversationPage,
+    IConversationStore,
+    latestRows,
+    rowColumns,
+    rowFrom,
+)
 from hpchat.storage.worker import ThreadWorker
 
 _SCHEMA = """
@@ -57,7 +65,7 @@ CREATE TABLE IF NOT EXISTS fences (
 );
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # What each version adds to the one before; the first entry is version 1.
 _MIGRATIONS = [
     """
@@ -71,7 +79,40 @@ _MIGRATIONS = [
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS outbox_by_group ON outbox (grp, created, id);
     """,
+    """
+    CREATE TABLE IF NOT EXISTS conversations (
+        usr              TEXT    NOT NULL,
+        stream           TEXT    NOT NULL,
+        grp              INTEGER NOT NULL,
+        partner          TEXT    NOT NULL,
+        last_seq         INTEGER NOT NULL,
+        read_seq         INTEGER NOT NULL,
+        partner_read_seq INTEGER NOT NULL,
+        updated          REAL    NOT NULL,
+        PRIMARY KEY (usr, stream)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS conversations_by_activity
+        ON conversations (usr, updated DESC, stream DESC);
+    CREATE INDEX IF NOT EXISTS conversations_by_stream ON conversations (stream);
+    """,
 ]
+
+_INSERT_CONVERSATIONS = (
+    f"INSERT INTO conversations ({ROW_COLUMNS}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(8))
+    + " FROM json_each(?) WHERE 1 ON CONFLICT (usr, stream) DO UPDATE SET "
+    "grp = excluded.grp, partner = excluded.partner, last_seq = excluded.last_seq, "
+    "read_seq = excluded.read_seq, partner_read_seq = excluded.partner_read_seq, "
+    "updated = excluded.updated"
+)
+_LIST_COLUMNS = ", ".join(f"c.{c.strip()}" for c in ROW_COLUMNS.split(",")) + ", " + ", ".join(
+    f"e.{c.strip()}" for c in "stream, seq, id, grp, type, sender, ts, client_id, data".split(","))
+_LIST = (
+    f"SELECT {_LIST_COLUMNS} FROM conversations AS c LEFT JOIN events AS e "
+    "ON e.stream = c.stream AND e.seq = c.last_seq "
+    "WHERE c.usr = ? AND (c.updated, c.stream) < (?, ?) "
+    "ORDER BY c.updated DESC, c.stream DESC LIMIT ?"
+)
 
 _OUTBOX_COLUMNS = "id, grp, stream, seq, body, created"
 _INSERT_OUTBOX = (
@@ -138,7 +179,7 @@ def _migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-@implementer(IEventStore)
+@implementer(IEventStore, IConversationStore)
 class SQLiteStore:
     """
     L{IEventStore} on one SQLite file.
@@ -247,11 +288,14 @@ class SQLiteStore:
                 lastSeq = rows[0][1]
             else:
                 lastSeq = 0
+            reads = dict(db.execute("SELECT usr, read_seq FROM conversations WHERE stream = ?",
+                                    (stream,)).fetchall())
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return StreamSnapshot(last_seq=lastSeq, recent=[_row(r) for r in reversed(rows)])
+        return StreamSnapshot(last_seq=lastSeq, recent=[_row(r) for r in reversed(rows)],
+                              reads=reads)
 
     @staticmethod
     def _raiseFences(db: sqlite3.Connection, fences: dict[int, int]) -> list[int]:
@@ -269,8 +313,9 @@ class SQLiteStore:
         return sorted(rejected)
 
     def append(self, events: Sequence[Event], fences: dict[int, int],
-               outbox: Sequence[OutboxEntry] = ()):
-        missing = ({e.group for e in events} | {o.group for o in outbox}) - set(fences)
+               outbox: Sequence[OutboxEntry] = (), conversations: Sequence = ()):
+        missing = ({e.group for e in events} | {o.group for o in outbox}
+                   | {c.group for c in conversations}) - set(fences)
         if missing:
             raise ValueError(f"no fence token for groups {sorted(missing)}")
         # The whole batch as one JSON document, inserted by one statement: executemany would
@@ -281,9 +326,12 @@ class SQLiteStore:
         entries = strictjson.dumps(
             [[o.id, o.group, o.stream, o.seq, o.body, o.created] for o in outbox]) \
             if outbox else None
-        return self._write(self._appendTxn, batch, dict(fences), entries)
+        rows = strictjson.dumps([rowColumns(c) for c in latestRows(conversations)]) \
+            if conversations else None
+        return self._write(self._appendTxn, batch, dict(fences), entries, rows)
 
-    def _appendTxn(self, batch: str, fences: dict[int, int], entries: str | None) -> None:
+    def _appendTxn(self, batch: str, fences: dict[int, int], entries: str | None,
+                   rows: str | None = None) -> None:
         db = self._writer
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -293,6 +341,8 @@ class SQLiteStore:
             db.execute(_INSERT_BATCH, (batch,))
             if entries is not None:
                 db.execute(_INSERT_OUTBOX, (entries,))
+            if rows is not None:
+                db.execute(_INSERT_CONVERSATIONS, (rows,))
         except sqlite3.IntegrityError as e:
             db.execute("ROLLBACK")
             groups, streams = self._conflicting(db, strictjson.loads(batch))
@@ -356,6 +406,25 @@ class SQLiteStore:
                        f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND id = ?",
                        (stream, id), False)
         return d.addCallback(lambda events: events[0] if events else None)
+
+    # -- conversation summaries
+
+    def listConversations(self, user: str, limit: int, before: tuple[float, str] | None):
+        return self._read(self._listConversations, user, limit, before)
+
+    def _listConversations(self, user: str, limit: int,
+                           before: tuple[float, str] | None) -> ConversationPage:
+        updated, stream = before if before is not None else (float("inf"), "")
+        if before is None:
+            rows = self._reader.execute(_LIST.replace("(c.updated, c.stream) < (?, ?)", "1"),
+                                        (user, limit)).fetchall()
+        else:
+            rows = self._reader.execute(_LIST, (user, updated, stream, limit)).fetchall()
+        (total,) = self._reader.execute(
+            "SELECT COALESCE(SUM(last_seq - read_seq), 0) FROM conversations WHERE usr = ?",
+            (user,)).fetchone()
+        items = [(rowFrom(r[:8]), _row(r[8:]) if r[8] is not None else None) for r in rows]
+        return ConversationPage(items=items, unread_total=total)
 
     # -- the outbox
 

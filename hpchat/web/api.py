@@ -32,6 +32,7 @@ from hpchat.streamids import BadConversation, inboxStream, isUserId, parseConver
 from hpchat.streams import CursorAhead, StreamUnavailable
 from hpchat.web.auth import Unauthorized
 from hpchat.web.internal import InternalUnauthorized
+from hpchat.web.social import SocialRoutes
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 DEV_TOKEN_TTL = 24 * 3600
@@ -110,6 +111,7 @@ class ChatAPI:
         self._persister = persister
         self._chat = chat
         self.draining = False
+        self._social = SocialRoutes(self, streams, store)
 
     def resource(self):
         return self.app.resource()
@@ -392,13 +394,15 @@ class ChatAPI:
         cid = self._conversation(cid, user)
         after = self._intArg(request, "after", low=0)
         typingVersion = self._intArg(request, "typing_version", low=0)
+        readVersion = self._intArg(request, "read_version", low=0)
         timeout = self._timeout(request)
         polled = self._onStream(
-            request, cid, lambda: self._poll(user, cid, after, typingVersion, timeout))
+            request, cid, lambda: self._poll(user, cid, after, typingVersion, timeout,
+                                             readVersion))
         return polled.addCallback(self._polled, request)
 
     def _poll(self, user: str, stream: str, after: int | None, typingVersion: int | None,
-              timeout: float) -> defer.Deferred:
+              timeout: float, readVersion: int | None = None) -> defer.Deferred:
         """
         C{Streams.poll}, counted among C{user}'s polls on this node (conversations and inbox
         together) while it waits: from when it is not answered at once until it is answered,
@@ -407,13 +411,13 @@ class ChatAPI:
         left waiting) and answered 429.
         """
         if self._limits is None:
-            return self._streams.poll(stream, after, typingVersion, timeout)
+            return self._streams.poll(stream, after, typingVersion, timeout, readVersion)
         polls = self._limits.polls
         # Counted first and released when answered: one answered at once is counted back
         # before the check, so only a poll left waiting can be over the cap.
         polls.add(user)
         try:
-            polled = self._streams.poll(stream, after, typingVersion, timeout)
+            polled = self._streams.poll(stream, after, typingVersion, timeout, readVersion)
         except BaseException:
             polls.release(user)
             raise
@@ -439,7 +443,8 @@ class ChatAPI:
     def _polled(result, request) -> bytes:
         return _json(request, 200, {"events": [messageJSON(e) for e in result.events],
                                     "last_seq": result.last_seq, "typing": result.typing,
-                                    "typing_version": result.typing_version})
+                                    "typing_version": result.typing_version,
+                                    "read": result.read, "read_version": result.read_version})
 
     @app.route("/v1/conversations/<cid>/messages", methods=["GET"])
     def history(self, request, cid):
@@ -458,6 +463,16 @@ class ChatAPI:
         events, hasMore = result
         return _json(request, 200, {"messages": [messageJSON(e) for e in events],
                                     "has_more": hasMore})
+
+    # -- the social features (hpchat.web.social)
+
+    @app.route("/v1/conversations/<cid>/read", methods=["POST"])
+    def markRead(self, request, cid):
+        return self._social.markRead(request, cid)
+
+    @app.route("/v1/conversations", methods=["GET"])
+    def conversations(self, request):
+        return self._social.conversations(request)
 
     # -- inbox
 

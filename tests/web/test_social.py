@@ -1,0 +1,215 @@
+"""
+Tests for L{hpchat.web.social}: read receipts and the conversation list (DESIGN §8), over the
+real streams, persister and API on a Clock with the in-memory store.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from hpchat.groups import Redirect
+from hpchat.web.social import decodeCursor, encodeCursor
+from tests.web.fakes import fired
+from tests.web.test_api import CID, _APITestMixin, path
+
+OWNER = Redirect("node-b", "http://node-b.test:8080")
+
+
+class ReadReceiptTests(_APITestMixin, SynchronousTestCase):
+    def read(self, seq, user: str = "bob", cid: str = CID, body=None):
+        d = self.h.request("POST", path(cid, "read"), user=user,
+                           body={"seq": seq} if body is None else body)
+        self.h.settle()
+        return fired(d)
+
+    def test_markerMovesForwardOnly(self):
+        """
+        The marker moves to the given seq, a lower seq leaves it, and it is durable (written
+        as conversation rows of both participants).
+        """
+        for _ in range(3):
+            self.h.sent(CID, "alice")
+        answer = self.read(2)
+        self.assertEqual((answer.code, answer.json), (200, {"read_seq": 2}))
+        self.assertEqual(self.read(1).json, {"read_seq": 2})
+        self.assertEqual(self.read(3).json, {"read_seq": 3})
+        rows = self.h.store.conversations
+        self.assertEqual(rows[("bob", CID)].read_seq, 3)
+        self.assertEqual(rows[("alice", CID)].partner_read_seq, 3)
+        self.assertEqual(rows[("alice", CID)].read_seq, 3)
+
+    def test_sendingMovesTheSendersMarker(self):
+        """
+        Sending moves the sender's marker to the message, in the message's own batch.
+        """
+        self.h.sent(CID, "alice")
+        self.h.sent(CID, "bob")
+        self.assertIn([("alice", CID, 2), ("bob", CID, 2)],
+                      [[(r.user, r.stream, r.last_seq) for r in rows]
+                       for events, rows in self.h.store.rowBatches
+                       if [(e.stream, e.seq) for e in events] == [(CID, 2)]])
+        rows = self.h.store.conversations
+        self.assertEqual((rows[("bob", CID)].read_seq, rows[("alice", CID)].read_seq), (2, 1))
+        answer = self.h.answer(self.h.events(CID, "alice", timeout=0))
+        self.assertEqual((answer.json["read"], answer.json["read_version"]),
+                         ({"alice": 1, "bob": 2}, 3))
+
+    def test_cursorAheadAndBadSeq(self):
+        """
+        A seq beyond last_seq is 409 cursor_ahead; a seq that is not an integer >= 0 is 400;
+        a bad body or a non-participant is refused; nothing is stored.
+        """
+        self.h.sent(CID, "alice")
+        self.assertError(self.read(2), 409, "cursor_ahead")
+        for bad in (-1, 1.5, "1", True, None, 2**70):
+            self.assertError(self.read(bad), 400, "bad_request")
+        self.assertError(self.read(0, body={}), 400, "bad_request")
+        self.assertError(self.read(1, user="carol"), 403, "forbidden")
+        self.assertError(self.read(1, cid="dm:bob:alice"), 400, "bad_conversation")
+        self.assertError(self.read(1, user=None), 401, "unauthorized")
+        self.assertEqual(self.h.store.conversations[("bob", CID)].read_seq, 0)
+
+    def test_readZeroOnAnEmptyConversation(self):
+        """
+        Marking seq 0 read in a conversation without messages is 200 and writes nothing.
+        """
+        answer = self.read(0)
+        self.assertEqual((answer.code, answer.json), (200, {"read_seq": 0}))
+        self.assertEqual(self.h.store.conversations, {})
+
+    def test_redirectedToTheOwner(self):
+        """
+        Another node's conversation is 307 to its owner, and nothing is written here.
+        """
+        self.h.ownership.set(self.h.streams.groupOf(CID), OWNER)
+        answer = self.read(0)
+        self.assertEqual(answer.code, 307)
+        self.assertEqual(answer.header("location"), OWNER.url + path(CID, "read"))
+        self.assertEqual(self.h.store.appendCalls, 0)
+
+    def test_readVersionAnswersAtOnceAndWakes(self):
+        """
+        A poll passing a read_version that differs is answered at once; one passing the
+        current version waits and is woken by the partner's marker move.
+        """
+        self.h.sent(CID, "alice")
+        stale = self.h.answer(self.h.events(CID, "alice", after=1, read_version=0, timeout=20))
+        self.assertEqual((stale.json["events"], stale.json["read_version"]), ([], 1))
+        d = self.h.events(CID, "alice", after=1, read_version=1, timeout=20)
+        self.h.flush()
+        self.assertNoResult(d)
+        plain = self.h.events(CID, "alice", after=1, timeout=20)
+        self.read(1)
+        answer = fired(d)
+        self.assertEqual(answer.json["read"], {"alice": 1, "bob": 1})
+        self.assertEqual(answer.json["read_version"], 2)
+        # A poll that did not ask for read receipts keeps waiting.
+        self.assertNoResult(plain)
+        self.h.advance(20)
+        self.assertEqual(fired(plain).json["events"], [])
+
+    def test_badReadVersion(self):
+        """
+        read_version must be an integer >= 0.
+        """
+        for bad in ("x", "-1"):
+            self.assertError(self.h.answer(self.h.events(CID, "alice", read_version=bad)),
+                             400, "bad_request")
+
+    def test_markersSurviveAReload(self):
+        """
+        A new owner (the stream loaded again from the store) serves the same markers.
+        """
+        self.h.sent(CID, "alice")
+        self.h.sent(CID, "alice")
+        self.read(1)
+        self.h.streams.dropGroups([self.h.streams.groupOf(CID)])
+        answer = self.h.answer(self.h.events(CID, "bob", timeout=0))
+        self.assertEqual((answer.json["read"], answer.json["read_version"]),
+                         ({"alice": 2, "bob": 1}, 3))
+
+
+class ConversationListTests(_APITestMixin, SynchronousTestCase):
+    def list(self, user: str = "alice", query: str = ""):
+        return self.h.call("GET", "/v1/conversations" + (f"?{query}" if query else ""),
+                           user=user)
+
+    def test_summaries(self):
+        """
+        Each conversation a user sent or received a message in is listed, newest activity
+        first, with its last message, unread count and both read markers.
+        """
+        self.h.sent(CID, "alice", "first")
+        self.h.advance(1)
+        self.h.sent("dm:alice:carol", "carol", "hi alice")
+        self.h.advance(1)
+        self.h.sent(CID, "bob", "back")
+        answer = self.list()
+        self.assertEqual(answer.code, 200)
+        body = answer.json
+        self.assertEqual(body["unread_total"], 2)
+        self.assertIsNone(body["next"])
+        first, second = body["conversations"]
+        self.assertEqual({k: v for k, v in first.items() if k != "last_message"},
+                         {"conversation": CID, "with": "bob", "unread": 1, "read_seq": 1,
+                          "partner_read_seq": 2, "updated": first["last_message"]["ts"]})
+        self.assertEqual((first["last_message"]["seq"], first["last_message"]["text"]),
+                         (2, "back"))
+        self.assertEqual((second["conversation"], second["with"], second["unread"]),
+                         ("dm:alice:carol", "carol", 1))
+        self.assertEqual(self.list("bob").json["conversations"][0]["unread"], 0)
+        self.assertEqual(self.list("dave").json,
+                         {"conversations": [], "unread_total": 0, "next": None})
+
+    def test_readingClearsUnread(self):
+        """
+        Moving the read marker brings unread down without reordering the list.
+        """
+        self.h.sent(CID, "alice")
+        self.h.sent(CID, "alice")
+        d = self.h.request("POST", path(CID, "read"), user="bob", body={"seq": 1})
+        self.h.settle()
+        fired(d)
+        summary = self.list("bob").json["conversations"][0]
+        self.assertEqual((summary["unread"], summary["read_seq"]), (1, 1))
+        self.assertEqual(self.list("alice").json["conversations"][0]["partner_read_seq"], 1)
+
+    def test_paging(self):
+        """
+        limit and next page through every conversation once, newest first.
+        """
+        partners = [f"p{i:02d}" for i in range(5)]
+        for partner in partners:
+            self.h.sent(f"dm:alice:{partner}", partner)
+            self.h.advance(1)
+        seen, query = [], "limit=2"
+        while True:
+            body = self.list(query=query).json
+            self.assertEqual(body["unread_total"], 5)
+            seen.extend(s["with"] for s in body["conversations"])
+            if body["next"] is None:
+                break
+            query = f"limit=2&before={body['next']}"
+        self.assertEqual(seen, list(reversed(partners)))
+
+    def test_badArguments(self):
+        """
+        limit must be 1..200; before must be a cursor of an earlier answer.
+        """
+        for query in ("limit=0", "limit=201", "limit=x", "before=nope", "before=" +
+                      encodeCursor(1.0, "dm:b:a"), "before=WzEsMl0"):
+            self.assertError(self.list(query=query), 400, "bad_request")
+        self.assertEqual(self.list(query="limit=200").code, 200)
+        self.assertError(self.list(user=None), 401, "unauthorized")
+
+    def test_cursorRoundTrip(self):
+        self.assertEqual(decodeCursor(encodeCursor(12.5, CID)), (12.5, CID))
+
+    def test_servedByTheInboxOwner(self):
+        """
+        The list is served by the owner of the user's inbox stream: 307 elsewhere.
+        """
+        self.h.ownership.set(self.h.streams.groupOf("inbox:alice"), OWNER)
+        answer = self.list(query="limit=5")
+        self.assertEqual(answer.code, 307)
+        self.assertEqual(answer.header("location"), OWNER.url + "/v1/conversations?limit=5")
