@@ -68,11 +68,13 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
     """
     from twisted.internet import defer
 
+    from hpchat.blocks import BlockList
     from hpchat.groups import SingleNodeOwnership
     from hpchat.limits import UserLimits
     from hpchat.notify import InboxRouter, outboxEntry, parseNotification
     from hpchat.outbox import OutboxPublisher
     from hpchat.persister import BatchPersister
+    from hpchat.storage.blocklist import IBlockStore
     from hpchat.storage.select import makeStore
     from hpchat.storage.service import StoreService
     from hpchat.streams import Streams
@@ -90,6 +92,7 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
 
     store = makeStore(config, reactor)
     storeService = StoreService(store, fatal, reactor)
+    blocks = BlockList(reactor, store) if IBlockStore.providedBy(store) else None
 
     if config.cluster is None:
         ownership = SingleNodeOwnership(config.node.id, config.node.advertise_url,
@@ -129,12 +132,12 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
 
     internalAuth = InternalAuth(config.auth.secret, reactor)
     internalClient = InternalClient(internalAuth, config.node.id, reactor)
-    router = InboxRouter(streams, ownership, internalClient.deliver)
+    router = InboxRouter(streams, ownership, internalClient.deliver, blocks)
     streams.onCommitted.append(outbox.committed)
 
     api = ChatAPI(streams, ownership, Authenticator(config.auth.secret, reactor), store,
                   config.chat, persister, internalAuth, devLogin=config.auth.dev_login,
-                  limits=UserLimits.fromConfig(reactor, config.limits))
+                  limits=UserLimits.fromConfig(reactor, config.limits), blocks=blocks)
     web = WebService(api, config.node.listen, reactor, corsOrigins=config.http.cors_origins)
 
     node = HPChatNode(reactor, configPath, config.node.listen)

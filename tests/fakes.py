@@ -24,6 +24,7 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
+from hpchat.storage.blocklist import IBlockStore
 from hpchat.storage.conversations import ConversationPage, IConversationStore, latestRows
 
 NOW = 1_700_000_000.0
@@ -69,7 +70,7 @@ class _HeldAppend:
     conversations: list = None
 
 
-@implementer(IEventStore, IConversationStore)
+@implementer(IEventStore, IConversationStore, IBlockStore)
 class MemoryEventStore:
     """
     L{IEventStore} in memory, following the interface's docstrings: per-group fence tokens
@@ -95,6 +96,9 @@ class MemoryEventStore:
         self.outbox: dict[str, OutboxEntry] = {}
         #: Conversation summaries by (user, stream).
         self.conversations: dict[tuple[str, str], Any] = {}
+        #: Blocks: (blocker, blocked) -> when.
+        self.blocks: dict[tuple[str, str], float] = {}
+        self.blockReads = 0
         self._failNext = 0
         self._failWith: Exception | None = None
         self._holding = False
@@ -269,6 +273,25 @@ class MemoryEventStore:
             last = self.events.get(row.stream, {}).get(row.last_seq)
             items.append((row, _copy(last) if last is not None else None))
         return defer.succeed(ConversationPage(items=items, unread_total=total))
+
+    def setBlock(self, blocker, blocked, on, group, token, ts):
+        rejected = self._rejected({group: token})
+        if rejected:
+            return defer.fail(FenceRejected(rejected))
+        self._raise({group: token})
+        if on:
+            self.blocks.setdefault((blocker, blocked), ts)
+        else:
+            self.blocks.pop((blocker, blocked), None)
+        return defer.succeed(None)
+
+    def blocksOf(self, blocker):
+        return defer.succeed(sorted((b for a, b in self.blocks if a == blocker),
+                                    key=str.encode))
+
+    def blocksBetween(self, a, b):
+        self.blockReads += 1
+        return defer.succeed({p for p in ((a, b), (b, a)) if p in self.blocks})
 
     def pendingOutbox(self, groups, limit):
         groups = set(groups)

@@ -102,6 +102,7 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
+from hpchat.storage.blocklist import IBlockStore
 from hpchat.storage.conversations import IConversationStore
 from hpchat.storage.fdb_conversations import FDBConversations, rowsByPart
 
@@ -361,7 +362,7 @@ class _Done:
     attempts: int
 
 
-@implementer(IEventStore, IConversationStore)
+@implementer(IEventStore, IConversationStore, IBlockStore)
 class FoundationDBStore(FDBConversations):
     """
     L{IEventStore} on FoundationDB.

@@ -10,6 +10,7 @@ Keys (tuple layer, C{P} the store's prefix)::
     (P, "a", user, updated, stream)   -> ()          the user's activity index: a reverse
                                                      range read is the list, newest first
     (P, "r", stream, user)            -> (read_seq,) the read markers, read on claim
+    (P, "b", blocker, blocked)        -> (created,)  a block (L{hpchat.storage.blocklist})
 
 A row is written in the transaction of the part of its batch that holds its message (rows
 without one: the last part), so it commits with its event; writing a row clears the activity
@@ -22,6 +23,7 @@ from typing import Any, Sequence
 
 from twisted.internet import defer
 
+from hpchat.storage.base import FenceRejected
 from hpchat.storage.conversations import ConversationPage, ConversationRow, latestRows
 
 #: At most this many summary rows of one user are read to count their unread messages.
@@ -53,6 +55,13 @@ class ConversationKeys:
 
     def read(self, stream: str, user: str) -> bytes:
         return self._layout.pack("r", stream, user)
+
+    def block(self, blocker: str, blocked: str) -> bytes:
+        return self._layout.pack("b", blocker, blocked)
+
+    def blockRange(self, blocker: str) -> tuple[bytes, bytes]:
+        r = self._t.range(self._layout.prefix + ("b", blocker))
+        return r.start, r.stop
 
     def readRange(self, stream: str) -> tuple[bytes, bytes]:
         r = self._t.range(self._layout.prefix + ("r", stream))
@@ -151,5 +160,43 @@ class FDBConversations:
                         if event.present() else None)
                 items.append((row, last))
             return ConversationPage(items=items, unread_total=total)
+
+        return self._read(body)
+
+    # -- blocks
+
+    def setBlock(self, blocker: str, blocked: str, on: bool, group: int, token: int,
+                 ts: float):
+        key = self.conversationKeys.block(blocker, blocked)
+        value = self.layout._t.pack((float(ts),))
+
+        def body(tr, attempt):
+            rejected = self._raiseFences(tr, {group: token})
+            if rejected:
+                raise FenceRejected(rejected)
+            if on:
+                if not tr.get(key).present():
+                    tr.set(key, value)
+            else:
+                tr.clear_range(key, key + b"\x00")
+
+        return self._defer(self._transact, body).addCallback(lambda _: None)
+
+    def blocksOf(self, blocker: str):
+        keys = self.conversationKeys
+
+        def body(tr, attempt):
+            begin, end = keys.blockRange(blocker)
+            return sorted((self.layout.unpack(k)[2] for k, _ in self._range(tr, begin, end, 0)),
+                          key=str.encode)
+
+        return self._read(body)
+
+    def blocksBetween(self, a: str, b: str):
+        keys = self.conversationKeys
+
+        def body(tr, attempt):
+            found = [((a, b), tr.get(keys.block(a, b))), ((b, a), tr.get(keys.block(b, a)))]
+            return {pair for pair, value in found if value.present()}
 
         return self._read(body)

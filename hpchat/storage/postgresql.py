@@ -36,6 +36,7 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
+from hpchat.storage.blocklist import IBlockStore
 from hpchat.storage.conversations import (
     ROW_COLUMNS,
     ConversationPage,
@@ -46,7 +47,7 @@ from hpchat.storage.conversations import (
 )
 from hpchat.storage.worker import ThreadWorker
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each step takes the schema from version i to i + 1; all run in one transaction.
 _MIGRATIONS = [
@@ -96,6 +97,14 @@ _MIGRATIONS = [
     );
     CREATE INDEX conversations_by_activity ON conversations (usr, updated DESC, stream DESC);
     CREATE INDEX conversations_by_stream ON conversations (stream);
+    """,
+    """
+    CREATE TABLE blocks (
+        blocker TEXT             NOT NULL,
+        blocked TEXT             NOT NULL,
+        created DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (blocker, blocked)
+    );
     """,
 ]
 
@@ -149,7 +158,7 @@ class SchemaTooNew(StoreError):
     """
 
 
-@implementer(IEventStore, IConversationStore)
+@implementer(IEventStore, IConversationStore, IBlockStore)
 class PostgreSQLStore:
     """
     L{IEventStore} on one PostgreSQL database given by a libpq C{dsn}.
@@ -462,6 +471,34 @@ class PostgreSQLStore:
             (user,)).fetchone()
         items = [(rowFrom(r[:8]), _row(r[8:]) if r[8] is not None else None) for r in rows]
         return ConversationPage(items=items, unread_total=int(total))
+
+    # -- blocks
+
+    def setBlock(self, blocker: str, blocked: str, on: bool, group: int, token: int,
+                 ts: float):
+        return self._write(self._setBlock, blocker, blocked, on, group, token, ts)
+
+    def _setBlock(self, blocker: str, blocked: str, on: bool, group: int, token: int,
+                  ts: float) -> None:
+        db = self._writerConnection()
+        with db.transaction():
+            self._raiseFences(db, {group: token})
+            if on:
+                db.execute("INSERT INTO blocks (blocker, blocked, created) VALUES (%s, %s, %s) "
+                           "ON CONFLICT DO NOTHING", (blocker, blocked, ts))
+            else:
+                db.execute("DELETE FROM blocks WHERE blocker = %s AND blocked = %s",
+                           (blocker, blocked))
+
+    def blocksOf(self, blocker: str):
+        return self._read(lambda: [b for (b,) in self._readerConnection().execute(
+            "SELECT blocked FROM blocks WHERE blocker = %s ORDER BY blocked COLLATE \"C\"",
+            (blocker,)).fetchall()])
+
+    def blocksBetween(self, a: str, b: str):
+        return self._read(lambda: set(self._readerConnection().execute(
+            "SELECT blocker, blocked FROM blocks WHERE (blocker = %s AND blocked = %s) "
+            "OR (blocker = %s AND blocked = %s)", (a, b, b, a)).fetchall()))
 
     # -- the outbox
 

@@ -33,6 +33,7 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
+from hpchat.storage.blocklist import IBlockStore
 from hpchat.storage.conversations import (
     ROW_COLUMNS,
     ConversationPage,
@@ -65,7 +66,7 @@ CREATE TABLE IF NOT EXISTS fences (
 );
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # What each version adds to the one before; the first entry is version 1.
 _MIGRATIONS = [
     """
@@ -94,6 +95,14 @@ _MIGRATIONS = [
     CREATE INDEX IF NOT EXISTS conversations_by_activity
         ON conversations (usr, updated DESC, stream DESC);
     CREATE INDEX IF NOT EXISTS conversations_by_stream ON conversations (stream);
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS blocks (
+        blocker TEXT NOT NULL,
+        blocked TEXT NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (blocker, blocked)
+    ) WITHOUT ROWID;
     """,
 ]
 
@@ -179,7 +188,7 @@ def _migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-@implementer(IEventStore, IConversationStore)
+@implementer(IEventStore, IConversationStore, IBlockStore)
 class SQLiteStore:
     """
     L{IEventStore} on one SQLite file.
@@ -425,6 +434,41 @@ class SQLiteStore:
             (user,)).fetchone()
         items = [(rowFrom(r[:8]), _row(r[8:]) if r[8] is not None else None) for r in rows]
         return ConversationPage(items=items, unread_total=total)
+
+    # -- blocks
+
+    def setBlock(self, blocker: str, blocked: str, on: bool, group: int, token: int,
+                 ts: float):
+        return self._write(self._setBlock, blocker, blocked, on, group, token, ts)
+
+    def _setBlock(self, blocker: str, blocked: str, on: bool, group: int, token: int,
+                  ts: float) -> None:
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rejected = self._raiseFences(db, {group: token})
+            if rejected:
+                raise FenceRejected(rejected)
+            if on:
+                db.execute("INSERT OR IGNORE INTO blocks (blocker, blocked, created) "
+                           "VALUES (?, ?, ?)", (blocker, blocked, ts))
+            else:
+                db.execute("DELETE FROM blocks WHERE blocker = ? AND blocked = ?",
+                           (blocker, blocked))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def blocksOf(self, blocker: str):
+        return self._read(lambda: [b for (b,) in self._reader.execute(
+            "SELECT blocked FROM blocks WHERE blocker = ? ORDER BY blocked",
+            (blocker,)).fetchall()])
+
+    def blocksBetween(self, a: str, b: str):
+        return self._read(lambda: set(self._reader.execute(
+            "SELECT blocker, blocked FROM blocks WHERE (blocker = ? AND blocked = ?) "
+            "OR (blocker = ? AND blocked = ?)", (a, b, b, a)).fetchall()))
 
     # -- the outbox
 

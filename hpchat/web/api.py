@@ -25,7 +25,7 @@ from werkzeug.routing import RequestRedirect
 from hpchat import metrics, strictjson
 from hpchat.groups import Local, Redirect, resolveRoute
 from hpchat.limits import UserLimits, retryAfter
-from hpchat.notify import BadNotification, deliverToInbox, parseNotification
+from hpchat.notify import BadNotification, Dropped, deliverToInbox, parseNotification
 from hpchat.persister import Overloaded, PersisterStopped, StoreUnavailable
 from hpchat.storage.base import Event, StoreError
 from hpchat.streamids import BadConversation, inboxStream, isUserId, parseConversation
@@ -100,7 +100,8 @@ class ChatAPI:
     log = Logger()
 
     def __init__(self, streams, ownership, authenticator, store, chat, persister=None,
-                 internalAuth=None, devLogin: bool = False, limits: UserLimits | None = None):
+                 internalAuth=None, devLogin: bool = False, limits: UserLimits | None = None,
+                 blocks=None, presence=None):
         self._streams = streams
         self._limits = limits
         self._devLogin = devLogin
@@ -111,7 +112,7 @@ class ChatAPI:
         self._persister = persister
         self._chat = chat
         self.draining = False
-        self._social = SocialRoutes(self, streams, store)
+        self._social = SocialRoutes(self, streams, store, ownership, blocks, presence)
 
     def resource(self):
         return self.app.resource()
@@ -346,7 +347,8 @@ class ChatAPI:
         # refused, it stores nothing and its retry within the budget gets the original (200).
         if self._limits is not None:
             self._charge(self._limits.sends.take(user), "sends", "messages")
-        return self._streams.send(cid, user, text, clientId)
+        return self._social.unlessBlocked(
+            cid, "send", lambda: self._streams.send(cid, user, text, clientId))
 
     @staticmethod
     def _charge(wait: float, limit: str, what: str) -> None:
@@ -380,7 +382,8 @@ class ChatAPI:
     def _setTyping(self, cid: str, user: str, typing: bool) -> defer.Deferred:
         if self._limits is not None:
             self._charge(self._limits.typing.take(user), "typing", "typing marks")
-        return self._streams.setTyping(cid, user, typing)
+        return self._social.unlessBlocked(
+            cid, "typing", lambda: self._streams.setTyping(cid, user, typing))
 
     @staticmethod
     def _noContent(_, request) -> bytes:
@@ -474,6 +477,14 @@ class ChatAPI:
     def conversations(self, request):
         return self._social.conversations(request)
 
+    @app.route("/v1/blocks/<user>", methods=["PUT", "DELETE"])
+    def block(self, request, user):
+        return self._social.block(request, user)
+
+    @app.route("/v1/blocks", methods=["GET"])
+    def blocksList(self, request):
+        return self._social.blocksList(request)
+
     # -- inbox
 
     @app.route("/v1/inbox/events", methods=["GET"])
@@ -558,18 +569,23 @@ class ChatAPI:
         stream = inboxStream(notification.user)
         try:
             return self._onStream(request, stream,
-                                  lambda: deliverToInbox(self._streams, notification))
+                                  lambda: deliverToInbox(self._streams, notification,
+                                                         self._social.blocks))
         except ApiError:
             return defer.fail()
 
     @staticmethod
     def _delivered(result, request) -> bytes:
+        if isinstance(result, Dropped):
+            return _json(request, 200, {"dropped": result.reason, "created": False})
         event, created = result
         return _json(request, 201 if created else 200,
                      {"event": inboxEventJSON(event), "created": created})
 
     @staticmethod
     def _batchResult(result) -> dict:
+        if isinstance(result, Dropped):
+            return {"status": 200, "dropped": result.reason, "created": False}
         event, created = result
         return {"status": 201 if created else 200, "event": inboxEventJSON(event),
                 "created": created}

@@ -1,12 +1,15 @@
 # -*- test-case-name: tests.web.test_social -*-
 """
-The social routes of API v1: read receipts and the conversation list (DESIGN §8).
+The social routes of API v1: read receipts, the conversation list and blocks (DESIGN §8).
 
 C{POST /v1/conversations/{cid}/read} is served by the conversation's owner, which keeps the
 read markers with the stream. C{GET /v1/conversations} is served by the owner of the user's
 inbox stream, which reads the user's conversation summaries from the shared store (written by
 the conversations' owners with each message and each read marker move). Both answer 307 to
-the owner elsewhere, like every stream route.
+the owner elsewhere, like every stream route. Blocks are written and listed by the owner of
+the blocker's inbox stream, durably under its group's fence; sends and typing in a
+conversation where either participant has blocked the other are refused 403 C{blocked} by
+the conversation's owner (see L{hpchat.blocks} for how soon a block is in force).
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from typing import Any
 
 from twisted.internet import defer
 
-from hpchat import strictjson
+from hpchat import metrics, strictjson
 from hpchat.storage.conversations import ConversationPage, IConversationStore
-from hpchat.streamids import BadConversation, inboxStream, parseConversation
+from hpchat.streamids import BadConversation, inboxStream, isUserId, parseConversation
+from hpchat.streams import StreamUnavailable
 
 DEFAULT_CONVERSATIONS = 50
 MAX_CONVERSATIONS = 200
@@ -64,10 +68,14 @@ class SocialRoutes:
     helpers (token, ids, body, ownership).
     """
 
-    def __init__(self, api, streams, store):
+    def __init__(self, api, streams, store, ownership, blocks=None, presence=None):
         self._api = api
         self._streams = streams
         self._store = store
+        self._ownership = ownership
+        #: The L{hpchat.blocks.BlockList}, or None when the store keeps no blocks.
+        self.blocks = blocks
+        self.presence = presence
 
     # -- read receipts
 
@@ -129,3 +137,59 @@ class SocialRoutes:
             after = encodeCursor(last.updated, last.stream)
         return api._json(request, 200, {"conversations": summaries,
                                         "unread_total": page.unread_total, "next": after})
+
+    # -- blocks
+
+    def unlessBlocked(self, cid: str, what: str, call) -> defer.Deferred:
+        """
+        C{call()}, unless either participant of C{cid} has blocked the other: then fail
+        with the 403 C{blocked} answer, having done nothing.
+        """
+        if self.blocks is None:
+            return call()
+        a, b = parseConversation(cid)
+
+        def checked(blocked: bool):
+            if blocked:
+                metrics.countSocial(f"{what}_blocked")
+                raise _api().ApiError(403, "blocked",
+                                      "a participant of this conversation has blocked the other")
+            return call()
+
+        return self.blocks.between(a, b).addCallback(checked)
+
+    def _blocker(self, request) -> str:
+        user = self._api._user(request)
+        if self.blocks is None:
+            raise _api().ApiError(501, "not_implemented", "this node's event store keeps no blocks")
+        return user
+
+    def block(self, request, other: str) -> defer.Deferred:
+        api = _api()
+        api._route(request, "block")
+        user = self._blocker(request)
+        if not isUserId(other):
+            raise api._badRequest("the user must match [A-Za-z0-9_-]{1,64}")
+        if other == user:
+            raise api._badRequest("users cannot block themselves")
+        on = request.method == b"PUT"
+        stream = inboxStream(user)
+
+        def write():
+            group = self._streams.groupOf(stream)
+            token = self._ownership.tokenFor(group)
+            if token is None:
+                raise StreamUnavailable(f"group {group} is not owned here")
+            return self.blocks.set(user, other, on, group, token)
+
+        done = self._api._onStream(request, stream, write)
+        return done.addCallback(self._api._noContent, request)
+
+    def blocksList(self, request) -> defer.Deferred:
+        api = _api()
+        api._route(request, "blocks")
+        user = self._blocker(request)
+        listed = self._api._onStream(request, inboxStream(user),
+                                     lambda: self.blocks.blocksOf(user))
+        return listed.addCallback(
+            lambda blocked: api._json(request, 200, {"blocked": list(blocked)}))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from zope.interface.verify import verifyObject
 
 from hpchat.storage.base import FenceRejected
+from hpchat.storage.blocklist import IBlockStore
 from hpchat.storage.conversations import ConversationRow, IConversationStore
 from tests.storage.contract import event
 from tests.support.trial import asyncTest
@@ -119,3 +120,30 @@ class ConversationStoreContract:
         again = await self.opened(self.reopenStore(store))
         snapshot = await again.claim(1, 5, S, 10)
         self.assertEqual(dict(snapshot.reads), {"alice": 1})
+
+    @asyncTest
+    async def test_blocks(self):
+        """
+        Blocks are set and removed idempotently, listed per blocker in byte order, looked up
+        in both directions, fenced, and durable.
+        """
+        store = await self.opened()
+        self.assertTrue(verifyObject(IBlockStore, store))
+        for _ in range(2):
+            await store.setBlock("alice", "bob", True, 3, 5, 1000.0)
+        await store.setBlock("alice", "Zed", True, 3, 5, 1001.0)
+        await store.setBlock("carol", "alice", True, 4, 1, 1002.0)
+        self.assertEqual(await store.blocksOf("alice"), ["Zed", "bob"])
+        self.assertEqual(await store.blocksOf("bob"), [])
+        self.assertEqual(await store.blocksBetween("bob", "alice"), {("alice", "bob")})
+        self.assertEqual(await store.blocksBetween("alice", "carol"), {("carol", "alice")})
+        self.assertEqual(await store.blocksBetween("bob", "carol"), set())
+        with self.assertRaises(FenceRejected):
+            await store.setBlock("alice", "bob", False, 3, 4, 1003.0)
+        for _ in range(2):
+            await store.setBlock("alice", "Zed", False, 3, 5, 1004.0)
+        await store.close()
+        again = await self.opened(self.reopenStore(store))
+        self.assertEqual(await again.blocksOf("alice"), ["bob"])
+        with self.assertRaises(FenceRejected):
+            await again.claim(3, 4, S, 1)

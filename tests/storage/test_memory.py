@@ -20,5 +20,5 @@ class MemoryContractTests(EventStoreContract, ConversationStoreContract,
     def reopenStore(self, store):
         again = MemoryEventStore(ready=False)
         again.fences, again.events, again.outbox = store.fences, store.events, store.outbox
-        again.conversations = store.conversations
+        again.conversations, again.blocks = store.conversations, store.blocks
         return again

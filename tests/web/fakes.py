@@ -19,6 +19,7 @@ from treq.testing import StubTreq
 from twisted.internet import defer, task
 from twisted.web.http_headers import Headers
 
+from hpchat.blocks import BlockList
 from hpchat.config import ChatConfig, LimitsConfig
 from hpchat.limits import UserLimits
 from hpchat.notify import InProcessNotifier
@@ -97,13 +98,15 @@ class Harness:
                                maxStreams=limits.max_streams)
         self.persister.onGroupsLost = lambda groups, error: self.streams.dropGroups(groups)
         self.ownership.subscribeLost(self.streams.dropGroups)
-        self.notifier = InProcessNotifier(self.streams)
+        self.blocks = BlockList(self.clock, self.store)
+        self.notifier = InProcessNotifier(self.streams, blocks=self.blocks)
         self.streams.onCommitted.append(self.notifier.messageCommitted)
         self.auth = Authenticator(SECRET, self.clock)
         self.internalAuth = InternalAuth(SECRET, self.clock)
         self.limits = UserLimits.fromConfig(self.clock, limits)
         self.api = ChatAPI(self.streams, self.ownership, self.auth, self.store, self.chat,
-                           self.persister, self.internalAuth, limits=self.limits)
+                           self.persister, self.internalAuth, limits=self.limits,
+                           blocks=self.blocks)
         self.stub = StubTreq(apiResource(self.api))
         self.persister.startService()
         self.streams.startService()

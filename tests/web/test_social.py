@@ -213,3 +213,109 @@ class ConversationListTests(_APITestMixin, SynchronousTestCase):
         answer = self.list(query="limit=5")
         self.assertEqual(answer.code, 307)
         self.assertEqual(answer.header("location"), OWNER.url + "/v1/conversations?limit=5")
+
+
+class BlockTests(_APITestMixin, SynchronousTestCase):
+    def block(self, other: str, user: str = "alice", method: str = "PUT"):
+        d = self.h.request(method, f"/v1/blocks/{other}", user=user)
+        self.h.settle()
+        return fired(d)
+
+    def blocked(self, user: str = "alice"):
+        return self.h.call("GET", "/v1/blocks", user=user)
+
+    def test_putDeleteList(self):
+        """
+        PUT and DELETE are 204 and idempotent; GET lists the user's blocks; they are durable
+        in the store.
+        """
+        for _ in range(2):
+            answer = self.block("bob")
+            self.assertEqual((answer.code, answer.body), (204, b""))
+        self.assertEqual(self.block("Zed").code, 204)
+        self.assertEqual(self.blocked().json, {"blocked": ["Zed", "bob"]})
+        self.assertEqual(set(self.h.store.blocks), {("alice", "bob"), ("alice", "Zed")})
+        for _ in range(2):
+            self.assertEqual(self.block("Zed", method="DELETE").code, 204)
+        self.assertEqual(self.blocked().json, {"blocked": ["bob"]})
+        self.assertEqual(self.blocked("bob").json, {"blocked": []})
+
+    def test_badUsers(self):
+        """
+        Blocking oneself or an invalid user id is 400; no token is 401; nothing is stored.
+        """
+        self.assertError(self.block("alice"), 400, "bad_request")
+        for bad in ("a%20b", "x" * 65, "%C3%A9"):
+            self.assertError(self.block(bad), 400, "bad_request")
+        self.assertError(self.block("bob", user=None), 401, "unauthorized")
+        self.assertError(self.h.call("POST", "/v1/blocks/bob"), 405)
+        self.assertEqual(self.h.store.blocks, {})
+
+    def test_servedByTheBlockersInboxOwner(self):
+        """
+        Another node's inbox group: 307 to its owner, for writes and the list.
+        """
+        self.h.ownership.set(self.h.streams.groupOf("inbox:alice"), OWNER)
+        answer = self.block("bob")
+        self.assertEqual(answer.code, 307)
+        self.assertEqual(answer.header("location"), OWNER.url + "/v1/blocks/bob")
+        self.assertEqual(self.blocked().code, 307)
+        self.assertEqual(self.h.store.blocks, {})
+
+    def test_sendsAndTypingRefusedBothWays(self):
+        """
+        While either has blocked the other, sends and typing are 403 blocked and store
+        nothing; history stays readable; unblocking lets them through again.
+        """
+        self.h.sent(CID, "alice", "before")
+        self.block("bob")
+        for sender in ("alice", "bob"):
+            self.assertError(self.h.sent(CID, sender, "no"), 403, "blocked")
+            typing = self.h.call("POST", path(CID, "typing"), user=sender,
+                                 body={"typing": True})
+            self.assertError(typing, 403, "blocked")
+        self.assertEqual([e.data["text"] for e in self.h.store.stored(CID)], ["before"])
+        self.assertEqual(self.h.streams._streams[CID].typing, {})
+        history = self.h.call("GET", path(CID, "messages"), user="bob")
+        self.assertEqual([m["text"] for m in history.json["messages"]], ["before"])
+        self.block("bob", method="DELETE")
+        self.assertEqual(self.h.sent(CID, "bob", "again").code, 201)
+
+    def test_blockFromAnotherNodeWithinASecond(self):
+        """
+        A block written by another node (straight to the store) is in force here within one
+        second, though this node had the pair cached as unblocked.
+        """
+        self.assertEqual(self.h.sent(CID, "bob", "one").code, 201)
+        self.h.store.blocks[("alice", "bob")] = 0.0
+        self.h.advance(1.0)
+        self.assertError(self.h.sent(CID, "bob", "two"), 403, "blocked")
+
+    def test_blockedSendersNotificationsDropped(self):
+        """
+        The blocker's inbox takes no notification from the blocked user (dropped, answered
+        200 so that its sender is done with it); others get through.
+        """
+        self.block("bob")
+        token = self.h.internalAuth.mint("node-b")
+        for n, sender in enumerate(["bob", "carol"]):
+            d = self.h.request("POST", "/internal/v1/notifications", token=token,
+                               body={"id": f"f{n}", "user": "alice", "type": "flirt",
+                                     "from": sender, "data": {}})
+            self.h.settle()
+            answer = fired(d)
+            self.assertIn(answer.code, (200, 201))
+        self.assertEqual(answer.json["created"], True)
+        self.assertEqual([e.sender for e in self.h.store.stored("inbox:alice")], ["carol"])
+        # Bob's own inbox is not filtered by alice's block.
+        d = self.h.request("POST", "/internal/v1/notifications", token=token,
+                           body={"notifications": [{"id": "g", "user": "bob", "type": "flirt",
+                                                    "from": "alice", "data": {}},
+                                                   {"id": "h", "user": "alice",
+                                                    "type": "visit", "from": "bob",
+                                                    "data": {}}]})
+        self.h.settle()
+        results = fired(d).json["results"]
+        self.assertEqual([r["status"] for r in results], [201, 200])
+        self.assertEqual(results[1]["dropped"], "blocked")
+        self.assertEqual([e.sender for e in self.h.store.stored("inbox:bob")], ["alice"])
