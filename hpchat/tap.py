@@ -74,7 +74,9 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
     from hpchat.notify import InboxRouter, outboxEntry, parseNotification
     from hpchat.outbox import OutboxPublisher
     from hpchat.persister import BatchPersister
+    from hpchat.presence import Presence
     from hpchat.storage.blocklist import IBlockStore
+    from hpchat.storage.presence import IPresenceStore
     from hpchat.storage.select import makeStore
     from hpchat.storage.service import StoreService
     from hpchat.streams import Streams
@@ -133,11 +135,22 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
     internalAuth = InternalAuth(config.auth.secret, reactor)
     internalClient = InternalClient(internalAuth, config.node.id, reactor)
     router = InboxRouter(streams, ownership, internalClient.deliver, blocks)
+    presence = None
+    if IPresenceStore.providedBy(store):
+        def report(url, node, reports):
+            return defer.ensureDeferred(internalClient.postJSON(
+                url, "/internal/v1/presence/report",
+                {"node": node, "users": {u: list(r) for u, r in reports.items()}}))
+
+        presence = Presence(reactor, store, ownership, config.chat.groups, report,
+                            grace=config.chat.presence_grace)
+        ownership.subscribeLost(presence.home.dropGroups)
     streams.onCommitted.append(outbox.committed)
 
     api = ChatAPI(streams, ownership, Authenticator(config.auth.secret, reactor), store,
                   config.chat, persister, internalAuth, devLogin=config.auth.dev_login,
-                  limits=UserLimits.fromConfig(reactor, config.limits), blocks=blocks)
+                  limits=UserLimits.fromConfig(reactor, config.limits), blocks=blocks,
+                  presence=presence, internalClient=internalClient)
     web = WebService(api, config.node.listen, reactor, corsOrigins=config.http.cors_origins)
 
     node = HPChatNode(reactor, configPath, config.node.listen)
@@ -145,7 +158,8 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
                             internalClient=internalClient, store=storeService,
                             ownership=ownership if config.cluster is not None else None,
                             consumers=bus.consumers if bus is not None else (),
-                            producer=bus.producer if bus is not None else None):
+                            producer=bus.producer if bus is not None else None,
+                            presence=presence):
         node.addStage(stage)
     node.addStage(serviceStage("ready line", 1.0, ReadyAnnouncer(
         config, lambda: store.ready and ownership.ready(), reactor)), before="accepting")
@@ -153,7 +167,7 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
 
 
 def nodeStages(web, streams, persister, internalClient, store, ownership=None, consumers=(),
-               producer=None, outbox=None) -> list[Stage]:
+               producer=None, outbox=None, presence=None) -> list[Stage]:
     """
     The stages of a node in stop order (they start in the reverse order):
 
@@ -162,6 +176,7 @@ def nodeStages(web, streams, persister, internalClient, store, ownership=None, c
          clients poll again (elsewhere);
       3. C{nsq consumers}: no more notifications taken; those in flight finish or go back;
       4. C{streams}: what is left in memory is dropped;
+         C{presence}: the last poll changes are reported, last-seen times written;
       5. C{persister}: every queued event is written (or fails after its C{stopTimeout});
       6. C{outbox}: what the last batches published is marked done (what is not stays
          pending in the store, for the group's next owner to publish);
@@ -177,6 +192,8 @@ def nodeStages(web, streams, persister, internalClient, store, ownership=None, c
         stages.append(serviceStage("nsq consumers",
                                    max(c.closeTimeout for c in consumers) + 2.0, *consumers))
     stages.append(serviceStage("streams", 2.0, streams))
+    if presence is not None:
+        stages.append(serviceStage("presence", 5.0, presence))
     stages.append(serviceStage("persister", persister.stopTimeout + 2.0, persister))
     if outbox is not None:
         stages.append(serviceStage("outbox", outbox.stopTimeout + 2.0, outbox))

@@ -26,6 +26,7 @@ from hpchat.storage.base import (
 )
 from hpchat.storage.blocklist import IBlockStore
 from hpchat.storage.conversations import ConversationPage, IConversationStore, latestRows
+from hpchat.storage.presence import IPresenceStore
 
 NOW = 1_700_000_000.0
 BASE = "http://node-a.test:8080"
@@ -70,7 +71,7 @@ class _HeldAppend:
     conversations: list = None
 
 
-@implementer(IEventStore, IConversationStore, IBlockStore)
+@implementer(IEventStore, IConversationStore, IBlockStore, IPresenceStore)
 class MemoryEventStore:
     """
     L{IEventStore} in memory, following the interface's docstrings: per-group fence tokens
@@ -99,6 +100,8 @@ class MemoryEventStore:
         #: Blocks: (blocker, blocked) -> when.
         self.blocks: dict[tuple[str, str], float] = {}
         self.blockReads = 0
+        #: Last-seen times by user.
+        self.presence: dict[str, float] = {}
         self._failNext = 0
         self._failWith: Exception | None = None
         self._holding = False
@@ -292,6 +295,21 @@ class MemoryEventStore:
     def blocksBetween(self, a, b):
         self.blockReads += 1
         return defer.succeed({p for p in ((a, b), (b, a)) if p in self.blocks})
+
+    def blockersAmong(self, blocked, users):
+        return defer.succeed({u for u in users if (u, blocked) in self.blocks})
+
+    def writeLastSeen(self, entries, fences):
+        rejected = self._rejected(dict(fences))
+        if rejected:
+            return defer.fail(FenceRejected(rejected))
+        self._raise(dict(fences))
+        for user, ts in entries.items():
+            self.presence[user] = max(ts, self.presence.get(user, ts))
+        return defer.succeed(None)
+
+    def lastSeen(self, users):
+        return defer.succeed({u: self.presence[u] for u in users if u in self.presence})
 
     def pendingOutbox(self, groups, limit):
         groups = set(groups)

@@ -35,3 +35,8 @@ class IBlockStore(Interface):
         """
         Fire with the set of (blocker, blocked) pairs stored among (a, b) and (b, a).
         """
+
+    def blockersAmong(blocked, users):
+        """
+        Fire with the set of those of C{users} who have blocked C{blocked}.
+        """

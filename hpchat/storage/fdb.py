@@ -105,6 +105,7 @@ from hpchat.storage.base import (
 from hpchat.storage.blocklist import IBlockStore
 from hpchat.storage.conversations import IConversationStore
 from hpchat.storage.fdb_conversations import FDBConversations, rowsByPart
+from hpchat.storage.presence import IPresenceStore
 
 #: The FoundationDB API version hpchat selects, and the client series it belongs to.
 API_VERSION = 730
@@ -362,7 +363,7 @@ class _Done:
     attempts: int
 
 
-@implementer(IEventStore, IConversationStore, IBlockStore)
+@implementer(IEventStore, IConversationStore, IBlockStore, IPresenceStore)
 class FoundationDBStore(FDBConversations):
     """
     L{IEventStore} on FoundationDB.

@@ -11,6 +11,7 @@ Keys (tuple layer, C{P} the store's prefix)::
                                                      range read is the list, newest first
     (P, "r", stream, user)            -> (read_seq,) the read markers, read on claim
     (P, "b", blocker, blocked)        -> (created,)  a block (L{hpchat.storage.blocklist})
+    (P, "p", user)                    -> (last_seen,) when the user was last online
 
 A row is written in the transaction of the part of its batch that holds its message (rows
 without one: the last part), so it commits with its event; writing a row clears the activity
@@ -198,5 +199,45 @@ class FDBConversations:
         def body(tr, attempt):
             found = [((a, b), tr.get(keys.block(a, b))), ((b, a), tr.get(keys.block(b, a)))]
             return {pair for pair, value in found if value.present()}
+
+        return self._read(body)
+
+    def blockersAmong(self, blocked: str, users):
+        keys = self.conversationKeys
+        users = sorted(set(users))
+
+        def body(tr, attempt):
+            found = [(u, tr.get(keys.block(u, blocked))) for u in users]
+            return {u for u, value in found if value.present()}
+
+        return self._read(body)
+
+    # -- last seen
+
+    def writeLastSeen(self, entries, fences):
+        if not entries:
+            return defer.succeed(None)
+        layout = self.layout
+        entries = dict(entries)
+
+        def body(tr, attempt):
+            stored = [(u, tr.get(layout.pack("p", u))) for u in entries]
+            rejected = self._raiseFences(tr, dict(fences))
+            if rejected:
+                raise FenceRejected(rejected)
+            for user, value in stored:
+                old = layout._t.unpack(bytes(value))[0] if value.present() else None
+                if old is None or old < entries[user]:
+                    tr.set(layout.pack("p", user), layout._t.pack((float(entries[user]),)))
+
+        return self._defer(self._transact, body).addCallback(lambda _: None)
+
+    def lastSeen(self, users):
+        layout = self.layout
+        users = sorted(set(users))
+
+        def body(tr, attempt):
+            found = [(u, tr.get(layout.pack("p", u))) for u in users]
+            return {u: layout._t.unpack(bytes(v))[0] for u, v in found if v.present()}
 
         return self._read(body)

@@ -45,9 +45,10 @@ from hpchat.storage.conversations import (
     rowColumns,
     rowFrom,
 )
+from hpchat.storage.presence import IPresenceStore
 from hpchat.storage.worker import ThreadWorker
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Each step takes the schema from version i to i + 1; all run in one transaction.
 _MIGRATIONS = [
@@ -106,6 +107,12 @@ _MIGRATIONS = [
         PRIMARY KEY (blocker, blocked)
     );
     """,
+    """
+    CREATE TABLE presence (
+        usr       TEXT             PRIMARY KEY,
+        last_seen DOUBLE PRECISION NOT NULL
+    );
+    """,
 ]
 
 _INSERT_CONVERSATIONS = (
@@ -158,7 +165,7 @@ class SchemaTooNew(StoreError):
     """
 
 
-@implementer(IEventStore, IConversationStore, IBlockStore)
+@implementer(IEventStore, IConversationStore, IBlockStore, IPresenceStore)
 class PostgreSQLStore:
     """
     L{IEventStore} on one PostgreSQL database given by a libpq C{dsn}.
@@ -499,6 +506,36 @@ class PostgreSQLStore:
         return self._read(lambda: set(self._readerConnection().execute(
             "SELECT blocker, blocked FROM blocks WHERE (blocker = %s AND blocked = %s) "
             "OR (blocker = %s AND blocked = %s)", (a, b, b, a)).fetchall()))
+
+    def blockersAmong(self, blocked: str, users):
+        users = sorted(set(users))
+        return self._read(lambda: {b for (b,) in self._readerConnection().execute(
+            "SELECT blocker FROM blocks WHERE blocked = %s AND blocker = ANY(%s)",
+            (blocked, users)).fetchall()})
+
+    # -- last seen
+
+    def writeLastSeen(self, entries, fences):
+        if not entries:
+            return defer.succeed(None)
+        users = sorted(entries)
+        return self._write(self._writeLastSeen, users, [float(entries[u]) for u in users],
+                           dict(fences))
+
+    def _writeLastSeen(self, users: list[str], times: list[float],
+                       fences: dict[int, int]) -> None:
+        db = self._writerConnection()
+        with db.transaction():
+            self._raiseFences(db, fences)
+            db.execute(
+                "INSERT INTO presence (usr, last_seen) SELECT * FROM unnest(%s::text[], "
+                "%s::double precision[]) ON CONFLICT (usr) DO UPDATE SET "
+                "last_seen = GREATEST(presence.last_seen, excluded.last_seen)", (users, times))
+
+    def lastSeen(self, users):
+        users = sorted(set(users))
+        return self._read(lambda: dict(self._readerConnection().execute(
+            "SELECT usr, last_seen FROM presence WHERE usr = ANY(%s)", (users,)).fetchall()))
 
     # -- the outbox
 

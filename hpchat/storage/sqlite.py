@@ -42,6 +42,7 @@ from hpchat.storage.conversations import (
     rowColumns,
     rowFrom,
 )
+from hpchat.storage.presence import IPresenceStore
 from hpchat.storage.worker import ThreadWorker
 
 _SCHEMA = """
@@ -66,7 +67,7 @@ CREATE TABLE IF NOT EXISTS fences (
 );
 """
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # What each version adds to the one before; the first entry is version 1.
 _MIGRATIONS = [
     """
@@ -102,6 +103,12 @@ _MIGRATIONS = [
         blocked TEXT NOT NULL,
         created REAL NOT NULL,
         PRIMARY KEY (blocker, blocked)
+    ) WITHOUT ROWID;
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS presence (
+        usr       TEXT PRIMARY KEY,
+        last_seen REAL NOT NULL
     ) WITHOUT ROWID;
     """,
 ]
@@ -188,7 +195,7 @@ def _migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-@implementer(IEventStore, IConversationStore, IBlockStore)
+@implementer(IEventStore, IConversationStore, IBlockStore, IPresenceStore)
 class SQLiteStore:
     """
     L{IEventStore} on one SQLite file.
@@ -469,6 +476,42 @@ class SQLiteStore:
         return self._read(lambda: set(self._reader.execute(
             "SELECT blocker, blocked FROM blocks WHERE (blocker = ? AND blocked = ?) "
             "OR (blocker = ? AND blocked = ?)", (a, b, b, a)).fetchall()))
+
+    def blockersAmong(self, blocked: str, users):
+        users = strictjson.dumps(sorted(set(users)))
+        return self._read(lambda: {b for (b,) in self._reader.execute(
+            "SELECT blocker FROM blocks WHERE blocked = ? AND blocker IN "
+            "(SELECT value FROM json_each(?))", (blocked, users)).fetchall()})
+
+    # -- last seen
+
+    def writeLastSeen(self, entries, fences):
+        if not entries:
+            return defer.succeed(None)
+        return self._write(self._writeLastSeen, strictjson.dumps(sorted(entries.items())),
+                           dict(fences))
+
+    def _writeLastSeen(self, entries: str, fences: dict[int, int]) -> None:
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rejected = self._raiseFences(db, fences)
+            if rejected:
+                raise FenceRejected(rejected)
+            db.execute(
+                "INSERT INTO presence (usr, last_seen) SELECT json_extract(value, '$[0]'), "
+                "json_extract(value, '$[1]') FROM json_each(?) WHERE 1 ON CONFLICT (usr) DO "
+                "UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)", (entries,))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def lastSeen(self, users):
+        users = strictjson.dumps(sorted(set(users)))
+        return self._read(lambda: dict(self._reader.execute(
+            "SELECT usr, last_seen FROM presence WHERE usr IN (SELECT value FROM json_each(?))",
+            (users,)).fetchall()))
 
     # -- the outbox
 

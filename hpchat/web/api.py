@@ -32,7 +32,7 @@ from hpchat.streamids import BadConversation, inboxStream, isUserId, parseConver
 from hpchat.streams import CursorAhead, StreamUnavailable
 from hpchat.web.auth import Unauthorized
 from hpchat.web.internal import InternalUnauthorized
-from hpchat.web.social import SocialRoutes
+from hpchat.web.social import SocialRoutes, addSocialRoutes
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 DEV_TOKEN_TTL = 24 * 3600
@@ -101,7 +101,7 @@ class ChatAPI:
 
     def __init__(self, streams, ownership, authenticator, store, chat, persister=None,
                  internalAuth=None, devLogin: bool = False, limits: UserLimits | None = None,
-                 blocks=None, presence=None):
+                 blocks=None, presence=None, internalClient=None):
         self._streams = streams
         self._limits = limits
         self._devLogin = devLogin
@@ -112,7 +112,8 @@ class ChatAPI:
         self._persister = persister
         self._chat = chat
         self.draining = False
-        self._social = SocialRoutes(self, streams, store, ownership, blocks, presence)
+        self._social = SocialRoutes(self, streams, store, ownership, blocks, presence,
+                                    internalClient)
 
     def resource(self):
         return self.app.resource()
@@ -407,6 +408,24 @@ class ChatAPI:
     def _poll(self, user: str, stream: str, after: int | None, typingVersion: int | None,
               timeout: float, readVersion: int | None = None) -> defer.Deferred:
         """
+        L{_pollLimited}, while which C{user} counts as online (L{hpchat.presence}).
+        """
+        presence = self._social.presence
+        if presence is None:
+            return self._pollLimited(user, stream, after, typingVersion, timeout, readVersion)
+        tracker = presence.tracker
+        tracker.started(user)
+        try:
+            polled = self._pollLimited(user, stream, after, typingVersion, timeout, readVersion)
+        except BaseException:
+            tracker.ended(user)
+            raise
+        return polled.addBoth(tracker.endedWith, user)
+
+    def _pollLimited(self, user: str, stream: str, after: int | None,
+                     typingVersion: int | None, timeout: float,
+                     readVersion: int | None = None) -> defer.Deferred:
+        """
         C{Streams.poll}, counted among C{user}'s polls on this node (conversations and inbox
         together) while it waits: from when it is not answered at once until it is answered,
         times out, fails or is cancelled by a disconnect. A poll answered at once is never
@@ -466,24 +485,6 @@ class ChatAPI:
         events, hasMore = result
         return _json(request, 200, {"messages": [messageJSON(e) for e in events],
                                     "has_more": hasMore})
-
-    # -- the social features (hpchat.web.social)
-
-    @app.route("/v1/conversations/<cid>/read", methods=["POST"])
-    def markRead(self, request, cid):
-        return self._social.markRead(request, cid)
-
-    @app.route("/v1/conversations", methods=["GET"])
-    def conversations(self, request):
-        return self._social.conversations(request)
-
-    @app.route("/v1/blocks/<user>", methods=["PUT", "DELETE"])
-    def block(self, request, user):
-        return self._social.block(request, user)
-
-    @app.route("/v1/blocks", methods=["GET"])
-    def blocksList(self, request):
-        return self._social.blocksList(request)
 
     # -- inbox
 
@@ -636,3 +637,7 @@ class ChatAPI:
         _route(request, "metrics")
         request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
         return metrics.render()
+
+
+# The social routes (read receipts, conversation list, blocks, presence) live in their module.
+addSocialRoutes(ChatAPI.app)

@@ -10,6 +10,7 @@ from zope.interface.verify import verifyObject
 from hpchat.storage.base import FenceRejected
 from hpchat.storage.blocklist import IBlockStore
 from hpchat.storage.conversations import ConversationRow, IConversationStore
+from hpchat.storage.presence import IPresenceStore
 from tests.storage.contract import event
 from tests.support.trial import asyncTest
 
@@ -147,3 +148,33 @@ class ConversationStoreContract:
         self.assertEqual(await again.blocksOf("alice"), ["bob"])
         with self.assertRaises(FenceRejected):
             await again.claim(3, 4, S, 1)
+
+    @asyncTest
+    async def test_blockersAmong(self):
+        """
+        blockersAmong names those of the users given who have blocked the user.
+        """
+        store = await self.opened()
+        await store.setBlock("alice", "bob", True, 3, 5, 1000.0)
+        await store.setBlock("carol", "bob", True, 4, 5, 1000.0)
+        await store.setBlock("bob", "dave", True, 4, 5, 1000.0)
+        self.assertEqual(await store.blockersAmong("bob", ["alice", "dave", "carol", "alice"]),
+                         {"alice", "carol"})
+        self.assertEqual(await store.blockersAmong("dave", ["alice"]), set())
+
+    @asyncTest
+    async def test_lastSeen(self):
+        """
+        Last-seen times only move forward, are fenced, and are durable.
+        """
+        store = await self.opened()
+        self.assertTrue(verifyObject(IPresenceStore, store))
+        await store.writeLastSeen({"alice": 100.5, "bob": 200.0}, {1: 5, 2: 5})
+        await store.writeLastSeen({"alice": 50.0, "bob": 300.25}, {1: 5, 2: 5})
+        with self.assertRaises(FenceRejected):
+            await store.writeLastSeen({"alice": 900.0}, {1: 4})
+        self.assertEqual(await store.lastSeen(["alice", "bob", "carol"]),
+                         {"alice": 100.5, "bob": 300.25})
+        await store.close()
+        again = await self.opened(self.reopenStore(store))
+        self.assertEqual(await again.lastSeen(["bob"]), {"bob": 300.25})

@@ -21,4 +21,5 @@ class MemoryContractTests(EventStoreContract, ConversationStoreContract,
         again = MemoryEventStore(ready=False)
         again.fences, again.events, again.outbox = store.fences, store.events, store.outbox
         again.conversations, again.blocks = store.conversations, store.blocks
+        again.presence = store.presence
         return again

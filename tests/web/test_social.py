@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hpchat.groups import Redirect
 from hpchat.web.social import decodeCursor, encodeCursor
-from tests.web.fakes import fired
+from tests.web.fakes import NOW, fired
 from tests.web.test_api import CID, _APITestMixin, path
 
 OWNER = Redirect("node-b", "http://node-b.test:8080")
@@ -319,3 +319,117 @@ class BlockTests(_APITestMixin, SynchronousTestCase):
         self.assertEqual([r["status"] for r in results], [201, 200])
         self.assertEqual(results[1]["dropped"], "blocked")
         self.assertEqual([e.sender for e in self.h.store.stored("inbox:bob")], ["alice"])
+
+
+class PresenceTests(_APITestMixin, SynchronousTestCase):
+    harnessArgs = {"presence_grace": 30.0}
+
+    def presence(self, users: str, viewer: str = "dave"):
+        return self.h.call("GET", f"/v1/presence?users={users}", user=viewer)
+
+    def test_onlineWhilePollingThenLastSeen(self):
+        """
+        A user is online while a long-poll waits and for presence_grace after it ended;
+        then offline, last seen when it ended, durably.
+        """
+        self.assertEqual(self.presence("alice,bob").json, {"presence": {
+            "alice": {"online": False, "last_seen": None},
+            "bob": {"online": False, "last_seen": None}}})
+        poll = self.h.events(CID, "alice", timeout=20)
+        self.h.advance(1)
+        body = self.presence("alice").json
+        self.assertEqual(body["presence"]["alice"]["online"], True)
+        self.assertEqual(body["presence"]["alice"]["last_seen"], self.h.clock.seconds())
+        self.h.advance(19)
+        fired(poll)
+        ended = self.h.clock.seconds()
+        self.h.advance(29)
+        self.assertEqual(self.presence("alice").json["presence"]["alice"],
+                         {"online": True, "last_seen": ended})
+        self.h.advance(2)
+        self.assertEqual(self.presence("alice").json["presence"]["alice"],
+                         {"online": False, "last_seen": ended})
+        self.assertEqual(self.h.store.presence, {"alice": ended})
+
+    def test_inboxPollCounts(self):
+        """
+        An inbox long-poll counts as well.
+        """
+        poll = self.h.request("GET", "/v1/inbox/events?timeout=5", user="bob")
+        self.h.advance(1)
+        self.assertTrue(self.presence("bob").json["presence"]["bob"]["online"])
+        self.h.advance(5)
+        fired(poll)
+
+    def test_remoteHomesAskedOncePerNode(self):
+        """
+        Users whose presence home is another node are asked for in one call per node.
+        """
+        for user in ("carol", "erin"):
+            self.h.ownership.set(self.h.streams.groupOf(f"inbox:{user}"), OWNER)
+        self.h.remotePresence[OWNER.url] = {"carol": {"online": True, "last_seen": 5.0}}
+        body = self.presence("carol,alice,erin,carol").json
+        self.assertEqual(body["presence"], {
+            "carol": {"online": True, "last_seen": 5.0},
+            "alice": {"online": False, "last_seen": None},
+            "erin": {"online": False, "last_seen": None}})
+        self.assertEqual(self.h.internalClient.calls,
+                         [(OWNER.url, "/internal/v1/presence", {"users": ["carol", "erin"]})])
+
+    def test_remoteHomeDown(self):
+        """
+        A home node that does not answer makes the query 503, retry later.
+        """
+        self.h.ownership.set(self.h.streams.groupOf("inbox:carol"), OWNER)
+        self.assertError(self.presence("carol"), 503, "unavailable")
+
+    def test_blockerLooksOfflineToTheBlocked(self):
+        """
+        A user who blocked the asker is shown offline and never seen; to others as usual.
+        """
+        poll = self.h.events(CID, "alice", timeout=20)
+        self.h.advance(1)
+        d = self.h.request("PUT", "/v1/blocks/dave", user="alice")
+        self.h.settle()
+        self.assertEqual(fired(d).code, 204)
+        self.assertEqual(self.presence("alice", viewer="dave").json["presence"]["alice"],
+                         {"online": False, "last_seen": None})
+        self.assertTrue(self.presence("alice", viewer="erin").json["presence"]["alice"]
+                        ["online"])
+        self.h.advance(20)
+        fired(poll)
+
+    def test_badQueries(self):
+        """
+        users must name 1 to 100 valid ids, given once; a token is needed.
+        """
+        many = ",".join(f"u{i}" for i in range(101))
+        for query in ("", "?users=", "?users=a,,b", "?users=a%20b", f"?users={many}",
+                      "?users=a&users=b", "?users=%C3%A9"):
+            self.assertError(self.h.call("GET", "/v1/presence" + query, user="dave"),
+                             400, "bad_request")
+        self.assertEqual(self.presence(",".join(f"u{i}" for i in range(100))).code, 200)
+        self.assertError(self.h.call("GET", "/v1/presence?users=a", user=None), 401,
+                         "unauthorized")
+
+    def test_internalRoutes(self):
+        """
+        The node-to-node presence routes need the internal token and valid bodies.
+        """
+        token = self.h.internalAuth.mint("node-b")
+        report = self.h.call("POST", "/internal/v1/presence/report", token=token,
+                             body={"node": "node-b", "users": {"alice": [True, NOW]}})
+        self.assertEqual(report.code, 200)
+        looked = self.h.call("POST", "/internal/v1/presence", token=token,
+                             body={"users": ["alice", "bob"]})
+        self.assertEqual(looked.json["presence"]["alice"]["online"], True)
+        self.assertEqual(looked.json["presence"]["bob"], {"online": False, "last_seen": None})
+        self.assertError(self.h.call("POST", "/internal/v1/presence", user="alice",
+                                     body={"users": ["a"]}), 401, "unauthorized")
+        for bad in ({"users": []}, {"users": ["a b"]}, {"users": "a"}):
+            self.assertError(self.h.call("POST", "/internal/v1/presence", token=token,
+                                         body=bad), 400, "bad_request")
+        for bad in ({"node": "n", "users": {"a": [1, 2]}}, {"node": "", "users": {}},
+                    {"node": "n", "users": {"a": [True, "x"]}}):
+            self.assertError(self.h.call("POST", "/internal/v1/presence/report", token=token,
+                                         body=bad), 400, "bad_request")
