@@ -145,6 +145,10 @@ class BrowserTests(unittest.TestCase):
             waitForText(bob, "Hi bob! Are we still on for Friday?")
             expect(bob.locator("#typing")).to_have_text("", timeout=WAIT)
             waitForText(alice, "Hi bob! Are we still on for Friday?")
+            # Bob has it on screen, so it is read: alice sees "Seen" under it.
+            expect(alice.locator("#message-list .seen")).to_have_count(1, timeout=WAIT)
+            expect(alice.locator("#message-list .msg-row", has_text="Friday?")
+                   .locator(".seen")).to_have_text("Seen")
 
             reply = bob.get_by_label("Message to alice")
             reply.fill("Yes! <b>7pm</b> at the usual place & bring the map")
