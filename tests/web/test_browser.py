@@ -117,6 +117,10 @@ class BrowserTests(unittest.TestCase):
             from playwright.sync_api import expect
 
             alice = pages["alice"]
+            # The server's list of alice's conversations: carol's is there with one unread
+            # message (her last one; alice's own sends moved alice's read marker).
+            expect(alice.locator('.contact[data-name="carol"] .unread')).to_have_text(
+                "1", timeout=WAIT)
             openChat(alice, "carol")
             waitForText(alice, f"old message {HISTORY}")
             expect(alice.locator("#message-list .bubble")).to_have_count(30)

@@ -518,6 +518,32 @@
     renderContacts();
   }
 
+  /** The server's list of our conversations: contacts, previews and unread counts. */
+  async function loadConversationList(signal) {
+    const route = routeFor("inbox:" + session.user);
+    for (let round = 0; !signal.aborted && round < 5; round++) {
+      try {
+        const res = await call(route, "GET", "/v1/conversations?limit=100", { signal });
+        if (res.moved) continue;
+        if (res.status !== 200) return;
+        for (const s of res.data.conversations) {
+          if (!USER_RE.test(s.with) || s.with === session.user) continue;
+          const m = s.last_message;
+          const preview = m ? (m.sender === session.user ? "You: " : "") + m.text.slice(0, 80) : undefined;
+          touchContact(s.with, preview, s.updated);
+          const c = contacts.find((x) => x.name === s.with);
+          const viewing = current && current.peer === s.with && isViewing(current);
+          if (c && !viewing) c.unread = s.unread;
+        }
+        renderContacts();
+        return;
+      } catch (e) {
+        if (e instanceof Aborted || signal.aborted) return;
+        await sleep(1000, signal).catch(() => {});
+      }
+    }
+  }
+
   function renderContacts() {
     const list = $("contacts");
     const focused = document.activeElement && document.activeElement.classList.contains("contact")
@@ -1148,6 +1174,7 @@
     $("layout").dataset.view = "list";
     net.refresh();
     runInbox(sessionCtl.signal);
+    loadConversationList(sessionCtl.signal);
     const peer = params.get("with");
     if (peer && USER_RE.test(peer) && peer !== session.user) openConversation(peer);
     else $("newchat-user").focus();
