@@ -48,6 +48,8 @@ class ChatConfig:
     max_poll_timeout: float
     history_in_memory: int
     idle_evict: float
+    #: Seconds a user stays online after their last long-poll ended.
+    presence_grace: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -359,6 +361,7 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
         max_poll_timeout=s.number("max_poll_timeout", 60, 0, 3600),
         history_in_memory=s.integer("history_in_memory", 200, 1, 100000),
         idle_evict=s.number("idle_evict", 300, 1, 86400),
+        presence_grace=s.number("presence_grace", 30, 0, 3600),
     )
     s.checkNoUnknownKeys()
 

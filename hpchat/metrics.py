@@ -80,5 +80,9 @@ limited = Counter("hpchat_limited", "Requests or connections refused by a [limit
                   "body_timeout, connections, sends, typing, polls_per_user, ...)", ["limit"],
                   registry=REGISTRY)
 countLimited = _counting(limited)
+social = Counter("hpchat_social", "Social feature events, by event (send_blocked, typing_blocked, "
+                 "notification_blocked, block_lookups, presence_queries, ...)", ["event"],
+                 registry=REGISTRY)
+countSocial = _counting(social)
 loopFailures = Counter("hpchat_loop_failures", "Exceptions caught in a periodic loop's body, by "
                        "loop (the loop goes on)", ["loop"], registry=REGISTRY)

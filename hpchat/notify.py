@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from hpchat import strictjson
+from hpchat import metrics, strictjson
 from hpchat.groups import Local, Redirect, resolveRoute
 from hpchat.storage.base import Event, OutboxEntry
 from hpchat.streamids import inboxStream, isUserId, parseConversation
@@ -98,13 +98,40 @@ def outboxEntry(event: Event) -> OutboxEntry | None:
                        created=event.ts)
 
 
-def deliverToInbox(streams, notification: Notification) -> defer.Deferred:
+class Dropped:
     """
-    Append C{notification} to its user's inbox on this node (which must own it).
+    What a delivery fires with when the inbox did not take the notification: its user has
+    blocked its sender. It is done with (FINed, answered 200), and counted.
     """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def deliverToInbox(streams, notification: Notification, blocks=None) -> defer.Deferred:
+    """
+    Append C{notification} to its user's inbox on this node (which must own it), unless the
+    user has blocked its sender (C{blocks}, a L{hpchat.blocks.BlockList}): then fire with a
+    L{Dropped}.
+    """
+    if blocks is None or notification.sender is None:
+        return _append(streams, notification)
+    checked = blocks.hasBlocked(notification.user, notification.sender)
+    return checked.addCallback(
+        lambda blocked: _dropped(notification) if blocked else _append(streams, notification))
+
+
+def _append(streams, notification: Notification) -> defer.Deferred:
     return streams.appendNotification(notification.user, inboxStream(notification.user),
                                       notification.id, notification.type, notification.sender,
                                       notification.data)
+
+
+def _dropped(notification: Notification) -> Dropped:
+    metrics.countSocial("notification_blocked")
+    return Dropped("blocked")
 
 
 class InProcessNotifier:
@@ -116,8 +143,9 @@ class InProcessNotifier:
 
     log = Logger()
 
-    def __init__(self, streams, deliver: Callable[[Notification], defer.Deferred] | None = None):
-        self._deliver = deliver or (lambda n: deliverToInbox(streams, n))
+    def __init__(self, streams, deliver: Callable[[Notification], defer.Deferred] | None = None,
+                 blocks=None):
+        self._deliver = deliver or (lambda n: deliverToInbox(streams, n, blocks))
 
     def messageCommitted(self, event: Event) -> None:
         notification = messageNotification(event)
@@ -142,16 +170,18 @@ class InboxRouter:
     the notification is durable in the inbox (or was already there).
     """
 
-    def __init__(self, streams, ownership, forward: Callable[[str, Notification], Any]):
+    def __init__(self, streams, ownership, forward: Callable[[str, Notification], Any],
+                 blocks=None):
         self._streams = streams
         self._ownership = ownership
         self._forward = forward
+        self._blocks = blocks
 
     async def deliver(self, notification: Notification):
         group = self._streams.groupOf(inboxStream(notification.user))
         route = await resolveRoute(self._ownership, group)
         if isinstance(route, Local):
-            return await deliverToInbox(self._streams, notification)
+            return await deliverToInbox(self._streams, notification, self._blocks)
         if isinstance(route, Redirect) and route.node != self._ownership.nodeId():
             return await self._forward(route.url, notification)
         raise NotDeliverable(f"the owner of inbox group {group} is not settled")

@@ -11,6 +11,10 @@ a duplicate that slipped past the streams' dedupe) fails the queued events of th
 streams only, whose writer has misjudged them and reloads them; the other events of the batch
 are written at once without them.
 
+An entry may also carry conversation summary rows (L{ConversationRow}: read markers, the
+conversation list), written in the same batch as its event; an entry of rows alone (a read
+marker moved) has no event. Rows go to stores that keep them (L{IConversationStore}) only.
+
 An event may come with an outbox entry (C{outboxFor(event)}, e.g. the C{message} notification
 of a conversation message): it is written in the same batch as its event, or not at all.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -28,6 +32,7 @@ from twisted.logger import Logger
 from hpchat import metrics
 from hpchat.loops import guarded, startLoop
 from hpchat.storage.base import Event, FenceRejected, OutboxEntry, StoreError, StreamConflict
+from hpchat.storage.conversations import ConversationRow, IConversationStore
 
 
 class Overloaded(Exception):
@@ -51,9 +56,12 @@ class PersisterStopped(Exception):
 
 @dataclass(slots=True)
 class _Pending:
-    event: Event
+    event: Event | None
     token: int
+    group: int
+    stream: str
     outbox: OutboxEntry | None = None
+    rows: Sequence[ConversationRow] = ()
     deferred: defer.Deferred = field(default_factory=defer.Deferred)
 
 
@@ -165,14 +173,37 @@ class BatchPersister(Service):
 
     def pendingFor(self, groups: Iterable[int]) -> int:
         groups = set(groups)
-        return sum(1 for p in self._queue if p.event.group in groups)
+        return sum(1 for p in self._queue if p.group in groups)
 
-    def enqueue(self, event: Event, token: int) -> defer.Deferred:
+    def enqueue(self, event: Event, token: int,
+                rows: Sequence[ConversationRow] = ()) -> defer.Deferred:
         """
-        Queue C{event}, written under fence C{token}; the result fires with the event once it
-        is durable. Raises L{Overloaded} when C{maxPending} events are waiting, and
-        L{StoreUnavailable} while the store fails the batch at the head of the queue.
+        Queue C{event} (with conversation summary C{rows}), written under fence C{token}; the
+        result fires with the event once it is durable. Raises L{Overloaded} when
+        C{maxPending} events are waiting, and L{StoreUnavailable} while the store fails the
+        batch at the head of the queue.
         """
+        self._check()
+        pending = _Pending(event, token, event.group, event.stream, self.outboxFor(event),
+                           self._rowsFor(rows))
+        return self._queued(pending)
+
+    def enqueueRows(self, group: int, stream: str, rows: Sequence[ConversationRow],
+                    token: int) -> defer.Deferred:
+        """
+        Queue conversation summary rows of C{stream} without an event; fires with None once
+        durable. Refuses as L{enqueue} does.
+        """
+        self._check()
+        rows = self._rowsFor(rows)
+        if not rows:
+            return defer.succeed(None)
+        return self._queued(_Pending(None, token, group, stream, None, rows))
+
+    def _rowsFor(self, rows: Sequence[ConversationRow]) -> Sequence[ConversationRow]:
+        return tuple(rows) if rows and IConversationStore.providedBy(self._store) else ()
+
+    def _check(self) -> None:
         if not self._accepting:
             raise PersisterStopped("the node is shutting down")
         if self._backoff:
@@ -180,7 +211,8 @@ class BatchPersister(Service):
         if len(self._queue) >= self.maxPending:
             metrics.overloaded.inc()
             raise Overloaded(f"{len(self._queue)} events are waiting to be written")
-        pending = _Pending(event, token, self.outboxFor(event))
+
+    def _queued(self, pending: _Pending) -> defer.Deferred:
         self._queue.append(pending)
         if (len(self._queue) >= self.batchSize and self._flushing is None
                 and self._kick is None and self._clock.seconds() >= self._retryAt):
@@ -196,7 +228,7 @@ class BatchPersister(Service):
         kept = deque(list(self._queue)[:inFlight])
         failed = []
         for pending in list(self._queue)[inFlight:]:
-            (failed if pending.event.group in groups else kept).append(pending)
+            (failed if pending.group in groups else kept).append(pending)
         self._queue = kept
         for pending in failed:
             pending.deferred.errback(error)
@@ -228,13 +260,18 @@ class BatchPersister(Service):
         if not batch:
             return defer.succeed(None)
         self._inFlight = len(batch)
-        fences = {p.event.group: p.token for p in batch}
+        fences = {p.group: p.token for p in batch}
         started = self._clock.seconds()
         outbox = [p.outbox for p in batch if p.outbox is not None]
-        if outbox:
-            d = defer.maybeDeferred(self._store.append, [p.event for p in batch], fences, outbox)
+        events = [p.event for p in batch if p.event is not None]
+        rows = [row for p in batch for row in p.rows]
+        if rows:
+            d = defer.maybeDeferred(self._store.append, events, fences, outbox,
+                                    conversations=rows)
+        elif outbox:
+            d = defer.maybeDeferred(self._store.append, events, fences, outbox)
         else:
-            d = defer.maybeDeferred(self._store.append, [p.event for p in batch], fences)
+            d = defer.maybeDeferred(self._store.append, events, fences)
         d.addCallbacks(self._written, self._failed, callbackArgs=(batch, started),
                        errbackArgs=(batch,))
         d.addErrback(lambda f: self.log.failure("persister bug", f))
@@ -258,12 +295,12 @@ class BatchPersister(Service):
         return d
 
     def _failLapsed(self) -> None:
-        lapsed = {p.event.group for p in self._queue if not self.tokenValid(p.event.group, p.token)}
+        lapsed = {p.group for p in self._queue if not self.tokenValid(p.group, p.token)}
         if lapsed:
             error = FenceRejected(sorted(lapsed))
             self.log.warn("not writing events of groups {groups}: no longer owned here",
                           groups=sorted(lapsed))
-            self._failWhere(lambda p: p.event.group in lapsed, error)
+            self._failWhere(lambda p: p.group in lapsed, error)
             self.onGroupsLost(error.groups, error)
 
     def _takeBatch(self) -> list[_Pending]:
@@ -276,7 +313,7 @@ class BatchPersister(Service):
         for pending in self._queue:
             if len(batch) >= self.batchSize:
                 break
-            known = tokens.setdefault(pending.event.group, pending.token)
+            known = tokens.setdefault(pending.group, pending.token)
             if known != pending.token:
                 break
             batch.append(pending)
@@ -318,16 +355,16 @@ class BatchPersister(Service):
             self.log.warn("batch refused for streams {streams}: {error}; their queued events "
                           "fail, the other {count} go again", streams=sorted(streams),
                           error=str(error),
-                          count=sum(1 for p in batch if p.event.stream not in streams))
+                          count=sum(1 for p in batch if p.stream not in streams))
             # Every queued event of those streams: a later seq alone would leave a gap.
-            self._failWhere(lambda p: p.event.stream in streams, error)
+            self._failWhere(lambda p: p.stream in streams, error)
             return
         if isinstance(error, (FenceRejected, StreamConflict)):
             kind = "fenced" if isinstance(error, FenceRejected) else "conflict"
             metrics.storeErrors.labels(kind).inc()
             self.log.warn("batch refused for groups {groups}: {error}", groups=list(error.groups),
                           error=str(error))
-            self._failWhere(lambda p: p.event.group in error.groups, error)
+            self._failWhere(lambda p: p.group in error.groups, error)
             self.onGroupsLost(error.groups, error)
             return
         if isinstance(error, StoreError):
@@ -341,8 +378,8 @@ class BatchPersister(Service):
         # let their owner reload them from the store (later events would leave a seq gap).
         metrics.storeErrors.labels("unexpected").inc()
         self.log.failure("unexpected error writing a batch; dropping its groups", failure)
-        groups = {p.event.group for p in batch}
-        self._failWhere(lambda p: p.event.group in groups,
+        groups = {p.group for p in batch}
+        self._failWhere(lambda p: p.group in groups,
                         StoreError(f"unexpected store error: {error!r}"))
         self.onGroupsLost(sorted(groups), error)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
@@ -31,6 +31,8 @@ from twisted.logger import Logger
 from hpchat import metrics
 from hpchat.deferreds import shield
 from hpchat.loops import startLoop
+from hpchat.readmarkers import CursorAhead, ReadMarkers, StreamUnavailable, participants
+from hpchat.readmarkers import readVersion as readVersion_
 from hpchat.storage.base import Event, StreamSnapshot
 from hpchat.streamids import groupOf
 
@@ -39,36 +41,24 @@ MAX_EVENTS_PER_POLL = 100
 TRIM_BATCH = 1024
 
 
-class StreamUnavailable(Exception):
-    """
-    This node does not (or no longer) serve the stream's group; ask the ownership where to go.
-    """
-
-
-class CursorAhead(Exception):
-    """
-    The client's cursor is beyond the stream's last seq.
-    """
-
-    def __init__(self, lastSeq: int):
-        self.lastSeq = lastSeq
-        super().__init__(f"cursor is ahead of last_seq {lastSeq}")
-
-
 @dataclass(frozen=True, slots=True)
 class PollResult:
     events: list[Event]
     last_seq: int
     typing: list[str]
     typing_version: int
+    #: Conversations: each participant's durable read marker, and their version.
+    read: dict[str, int] = field(default_factory=dict)
+    read_version: int = 0
 
 
 class _Waiter:
-    __slots__ = ("after", "typingVersion", "deferred", "timer")
+    __slots__ = ("after", "typingVersion", "readVersion", "deferred", "timer")
 
-    def __init__(self, after: int, typingVersion: int | None):
+    def __init__(self, after: int, typingVersion: int | None, readVersion: int | None = None):
         self.after = after
         self.typingVersion = typingVersion
+        self.readVersion = readVersion
         self.deferred: defer.Deferred | None = None
         self.timer = None
 
@@ -79,7 +69,8 @@ class Stream:
     """
 
     __slots__ = ("name", "group", "token", "lastSeq", "nextSeq", "recent", "complete",
-                 "waiters", "typing", "typingVersion", "inFlight", "lastUsed", "keys")
+                 "waiters", "typing", "typingVersion", "inFlight", "lastUsed", "keys",
+                 "users", "reads", "readsQueued", "readsInFlight", "updated")
 
     def __init__(self, name: str, group: int, token: int, snapshot: StreamSnapshot,
                  historyInMemory: int, now: float):
@@ -106,6 +97,13 @@ class Stream:
         # with the Deferreds of repeated requests waiting for the first one's outcome.
         self.inFlight: dict[tuple, list[defer.Deferred]] = {}
         self.lastUsed = now
+        # Conversations: the participants, their durable and queued read markers, the
+        # number of marker writes in flight, and when the last message was sent.
+        self.users = participants(name)
+        self.reads: dict[str, int] = dict(snapshot.reads)
+        self.readsQueued: dict[str, int] = dict(snapshot.reads)
+        self.readsInFlight = 0
+        self.updated = self.recent[-1].ts if self.recent else 0.0
 
     def eventsAfter(self, after: int) -> list[Event] | None:
         """
@@ -149,7 +147,7 @@ def _dedupeKey(event: Event) -> tuple | None:
     return ("c", event.sender, event.client_id)
 
 
-class Streams(Service):
+class Streams(ReadMarkers, Service):
     """
     All streams this node serves.
 
@@ -300,7 +298,7 @@ class Streams(Service):
         without a dedupe key), no typing marks.
         """
         return (not stream.waiters and not stream.inFlight and not stream.typing
-                and stream.nextSeq == stream.lastSeq + 1)
+                and stream.nextSeq == stream.lastSeq + 1 and not stream.readsInFlight)
 
     def _evictIdle(self):
         # Run by a guarded loop: an exception is logged and counted, and the loop goes on.
@@ -421,7 +419,7 @@ class Streams(Service):
         event = Event(stream=stream.name, seq=stream.nextSeq, id=eventId or uuid.uuid4().hex,
                       group=stream.group, type=type, sender=sender, ts=self._clock.seconds(),
                       client_id=clientId, data=data)
-        durable = self._persister.enqueue(event, stream.token)
+        durable = self._enqueueEvent(stream, event)
         stream.nextSeq += 1
         stream.lastUsed = event.ts
         followers: list[defer.Deferred] = []
@@ -488,6 +486,9 @@ class Streams(Service):
         if stream.complete and stream.recent[0].seq != 1:
             stream.complete = False
         metrics.countCommitted(stream.name.partition(":")[0])
+        if stream.users is not None and event.sender in stream.users \
+                and stream.reads.get(event.sender, 0) < event.seq:
+            stream.reads[event.sender] = event.seq
         typingChanged = event.sender is not None and event.sender in stream.typing
         if typingChanged:
             timer = stream.typing.pop(event.sender)
@@ -529,24 +530,26 @@ class Streams(Service):
     # -- reading
 
     def poll(self, name: str, after: int | None, typingVersion: int | None,
-             timeout: float) -> defer.Deferred:
+             timeout: float, readVersion: int | None = None) -> defer.Deferred:
         """
         Fire with a L{PollResult} as soon as there are events after C{after}, or the typing
-        version differs from C{typingVersion} (when given), or C{timeout} seconds have passed.
-        Cancelling the Deferred forgets the waiter.
+        version differs from C{typingVersion} (when given), or the read version from
+        C{readVersion} (when given), or C{timeout} seconds have passed. Cancelling the
+        Deferred forgets the waiter.
         """
         stream = self._current(name)
         if stream is None:
-            return self.get(name).addCallback(self._poll, after, typingVersion, timeout)
+            return self.get(name).addCallback(self._poll, after, typingVersion, timeout,
+                                              readVersion)
         # Loaded (nearly always): no Deferred for the stream itself.
         try:
-            result = self._poll(stream, after, typingVersion, timeout)
+            result = self._poll(stream, after, typingVersion, timeout, readVersion)
         except Exception:
             return defer.fail()
         return result if isinstance(result, defer.Deferred) else defer.succeed(result)
 
     def _poll(self, stream: Stream, after: int | None, typingVersion: int | None,
-              timeout: float):
+              timeout: float, readVersion: int | None = None):
         if after is None:
             after = stream.lastSeq
         if after > stream.lastSeq:
@@ -559,12 +562,15 @@ class Streams(Service):
             return self._result(stream, events)
         if typingVersion is not None and typingVersion != stream.typingVersion:
             return self._result(stream, [])
+        if readVersion is not None and readVersion != readVersion_(stream.reads):
+            return self._result(stream, [])
         if timeout <= 0:
             return self._result(stream, [])
-        return self._wait(stream, after, typingVersion, timeout)
+        return self._wait(stream, after, typingVersion, timeout, readVersion)
 
-    def _wait(self, stream: Stream, after: int, typingVersion: int | None, timeout: float):
-        waiter = _Waiter(after, typingVersion)
+    def _wait(self, stream: Stream, after: int, typingVersion: int | None, timeout: float,
+              readVersion: int | None = None):
+        waiter = _Waiter(after, typingVersion, readVersion)
 
         def cancel(d):
             # The HTTP layer cancels the handler's Deferred when the client goes away.
@@ -598,20 +604,30 @@ class Streams(Service):
         d, waiter.deferred = waiter.deferred, None
         return d
 
-    def _wake(self, stream: Stream, typingChanged: bool) -> None:
+    def _wake(self, stream: Stream, typingChanged: bool, readChanged: bool = False) -> None:
+        version = readVersion_(stream.reads) if readChanged else None
         for waiter in list(stream.waiters):
             if stream.lastSeq > waiter.after:
                 events = stream.eventsAfter(waiter.after) or []
             elif typingChanged and waiter.typingVersion is not None \
                     and waiter.typingVersion != stream.typingVersion:
                 events = []
+            elif readChanged and waiter.readVersion is not None \
+                    and waiter.readVersion != version:
+                events = []
             else:
                 continue
             self._finishWaiter(stream, waiter).callback(self._result(stream, events))
 
     def _result(self, stream: Stream, events: list[Event]) -> PollResult:
+        if stream.users is None:
+            return PollResult(events=events, last_seq=stream.lastSeq,
+                              typing=sorted(stream.typing), typing_version=stream.typingVersion)
+        reads = stream.reads
         return PollResult(events=events, last_seq=stream.lastSeq, typing=sorted(stream.typing),
-                          typing_version=stream.typingVersion)
+                          typing_version=stream.typingVersion,
+                          read={user: reads.get(user, 0) for user in stream.users},
+                          read_version=readVersion_(reads))
 
     def history(self, name: str, before: int | None, limit: int) -> defer.Deferred:
         """

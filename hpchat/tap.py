@@ -68,11 +68,15 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
     """
     from twisted.internet import defer
 
+    from hpchat.blocks import BlockList
     from hpchat.groups import SingleNodeOwnership
     from hpchat.limits import UserLimits
     from hpchat.notify import InboxRouter, outboxEntry, parseNotification
     from hpchat.outbox import OutboxPublisher
     from hpchat.persister import BatchPersister
+    from hpchat.presence import Presence
+    from hpchat.storage.blocklist import IBlockStore
+    from hpchat.storage.presence import IPresenceStore
     from hpchat.storage.select import makeStore
     from hpchat.storage.service import StoreService
     from hpchat.streams import Streams
@@ -90,6 +94,7 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
 
     store = makeStore(config, reactor)
     storeService = StoreService(store, fatal, reactor)
+    blocks = BlockList(reactor, store) if IBlockStore.providedBy(store) else None
 
     if config.cluster is None:
         ownership = SingleNodeOwnership(config.node.id, config.node.advertise_url,
@@ -129,12 +134,23 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
 
     internalAuth = InternalAuth(config.auth.secret, reactor)
     internalClient = InternalClient(internalAuth, config.node.id, reactor)
-    router = InboxRouter(streams, ownership, internalClient.deliver)
+    router = InboxRouter(streams, ownership, internalClient.deliver, blocks)
+    presence = None
+    if IPresenceStore.providedBy(store):
+        def report(url, node, reports):
+            return defer.ensureDeferred(internalClient.postJSON(
+                url, "/internal/v1/presence/report",
+                {"node": node, "users": {u: list(r) for u, r in reports.items()}}))
+
+        presence = Presence(reactor, store, ownership, config.chat.groups, report,
+                            grace=config.chat.presence_grace)
+        ownership.subscribeLost(presence.home.dropGroups)
     streams.onCommitted.append(outbox.committed)
 
     api = ChatAPI(streams, ownership, Authenticator(config.auth.secret, reactor), store,
                   config.chat, persister, internalAuth, devLogin=config.auth.dev_login,
-                  limits=UserLimits.fromConfig(reactor, config.limits))
+                  limits=UserLimits.fromConfig(reactor, config.limits), blocks=blocks,
+                  presence=presence, internalClient=internalClient)
     web = WebService(api, config.node.listen, reactor, corsOrigins=config.http.cors_origins,
                      limits=config.limits)
 
@@ -143,7 +159,8 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
                             internalClient=internalClient, store=storeService,
                             ownership=ownership if config.cluster is not None else None,
                             consumers=bus.consumers if bus is not None else (),
-                            producer=bus.producer if bus is not None else None):
+                            producer=bus.producer if bus is not None else None,
+                            presence=presence):
         node.addStage(stage)
     node.addStage(serviceStage("ready line", 1.0, ReadyAnnouncer(
         config, lambda: store.ready and ownership.ready(), reactor)), before="accepting")
@@ -151,7 +168,7 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
 
 
 def nodeStages(web, streams, persister, internalClient, store, ownership=None, consumers=(),
-               producer=None, outbox=None) -> list[Stage]:
+               producer=None, outbox=None, presence=None) -> list[Stage]:
     """
     The stages of a node in stop order (they start in the reverse order):
 
@@ -160,6 +177,7 @@ def nodeStages(web, streams, persister, internalClient, store, ownership=None, c
          clients poll again (elsewhere);
       3. C{nsq consumers}: no more notifications taken; those in flight finish or go back;
       4. C{streams}: what is left in memory is dropped;
+         C{presence}: the last poll changes are reported, last-seen times written;
       5. C{persister}: every queued event is written (or fails after its C{stopTimeout});
       6. C{outbox}: what the last batches published is marked done (what is not stays
          pending in the store, for the group's next owner to publish);
@@ -175,6 +193,8 @@ def nodeStages(web, streams, persister, internalClient, store, ownership=None, c
         stages.append(serviceStage("nsq consumers",
                                    max(c.closeTimeout for c in consumers) + 2.0, *consumers))
     stages.append(serviceStage("streams", 2.0, streams))
+    if presence is not None:
+        stages.append(serviceStage("presence", 5.0, presence))
     stages.append(serviceStage("persister", persister.stopTimeout + 2.0, persister))
     if outbox is not None:
         stages.append(serviceStage("outbox", outbox.stopTimeout + 2.0, outbox))

@@ -24,6 +24,9 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
+from hpchat.storage.blocklist import IBlockStore
+from hpchat.storage.conversations import ConversationPage, IConversationStore, latestRows
+from hpchat.storage.presence import IPresenceStore
 
 NOW = 1_700_000_000.0
 BASE = "http://node-a.test:8080"
@@ -65,9 +68,10 @@ class _HeldAppend:
     fences: dict[int, int]
     deferred: defer.Deferred
     outbox: list[OutboxEntry]
+    conversations: list = None
 
 
-@implementer(IEventStore)
+@implementer(IEventStore, IConversationStore, IBlockStore, IPresenceStore)
 class MemoryEventStore:
     """
     L{IEventStore} in memory, following the interface's docstrings: per-group fence tokens
@@ -86,9 +90,18 @@ class MemoryEventStore:
         self.fences: dict[int, int] = {}
         self.events: dict[str, dict[int, Event]] = {}
         self.batches: list[tuple[list[Event], dict[int, int]]] = []
+        #: Every successfully written batch, as C{(events, conversation rows)}.
+        self.rowBatches: list[tuple[list[Event], list]] = []
         self.appendCalls = 0
         self.claims: list[tuple[int, int, str]] = []
         self.outbox: dict[str, OutboxEntry] = {}
+        #: Conversation summaries by (user, stream).
+        self.conversations: dict[tuple[str, str], Any] = {}
+        #: Blocks: (blocker, blocked) -> when.
+        self.blocks: dict[tuple[str, str], float] = {}
+        self.blockReads = 0
+        #: Last-seen times by user.
+        self.presence: dict[str, float] = {}
         self._failNext = 0
         self._failWith: Exception | None = None
         self._holding = False
@@ -118,7 +131,7 @@ class MemoryEventStore:
         held, self.held = self.held, []
         for h in held:
             try:
-                self._write(h.events, h.fences, h.outbox)
+                self._write(h.events, h.fences, h.outbox, h.conversations or [])
             except Exception as e:
                 h.deferred.errback(e)
             else:
@@ -170,15 +183,19 @@ class MemoryEventStore:
         self._raise({group: token})
         events = self.stored(stream)
         tail = events[-recent:] if recent > 0 else []
+        reads = {user: row.read_seq for (user, s), row in self.conversations.items()
+                 if s == stream}
         return defer.succeed(StreamSnapshot(last_seq=self.lastSeq(stream),
-                                            recent=[_copy(e) for e in tail]))
+                                            recent=[_copy(e) for e in tail], reads=reads))
 
-    def append(self, events, fences, outbox=()):
+    def append(self, events, fences, outbox=(), conversations=()):
         self.appendCalls += 1
         events = list(events)
         fences = dict(fences)
         outbox = list(outbox)
-        missing = ({e.group for e in events} | {o.group for o in outbox}) - set(fences)
+        conversations = list(conversations)
+        missing = ({e.group for e in events} | {o.group for o in outbox}
+                   | {c.group for c in conversations}) - set(fences)
         if missing:
             return defer.fail(ValueError(f"no fence token for groups {sorted(missing)}"))
         if self._failNext:
@@ -186,16 +203,16 @@ class MemoryEventStore:
             return defer.fail(self._failWith or StoreError("the disk is on fire"))
         if self._holding:
             d: defer.Deferred = defer.Deferred()
-            self.held.append(_HeldAppend(events, fences, d, outbox))
+            self.held.append(_HeldAppend(events, fences, d, outbox, conversations))
             return d
         try:
-            self._write(events, fences, outbox)
+            self._write(events, fences, outbox, conversations)
         except Exception as e:
             return defer.fail(e)
         return defer.succeed(None)
 
     def _write(self, events: list[Event], fences: dict[int, int],
-               outbox: list[OutboxEntry] = ()) -> None:
+               outbox: list[OutboxEntry] = (), conversations: list = ()) -> None:
         rejected = self._rejected(fences)
         if rejected:
             raise FenceRejected(rejected)
@@ -224,7 +241,10 @@ class MemoryEventStore:
             self.events.setdefault(e.stream, {})[e.seq] = _copy(e)
         for entry in outbox:
             self.outbox.setdefault(entry.id, entry)
+        for row in latestRows(conversations):
+            self.conversations[(row.user, row.stream)] = row
         self.batches.append(([_copy(e) for e in events], fences))
+        self.rowBatches.append(([_copy(e) for e in events], list(conversations)))
 
     def readAfter(self, stream, after, limit):
         return defer.succeed([_copy(e) for e in self.stored(stream) if e.seq > after][:limit])
@@ -244,6 +264,52 @@ class MemoryEventStore:
             if e.id == id:
                 return defer.succeed(_copy(e))
         return defer.succeed(None)
+
+    def listConversations(self, user, limit, before):
+        rows = sorted((r for (u, _), r in self.conversations.items() if u == user),
+                      key=lambda r: (r.updated, r.stream), reverse=True)
+        total = sum(r.last_seq - r.read_seq for r in rows)
+        if before is not None:
+            rows = [r for r in rows if (r.updated, r.stream) < tuple(before)]
+        items = []
+        for row in rows[:max(0, limit)]:
+            last = self.events.get(row.stream, {}).get(row.last_seq)
+            items.append((row, _copy(last) if last is not None else None))
+        return defer.succeed(ConversationPage(items=items, unread_total=total))
+
+    def setBlock(self, blocker, blocked, on, group, token, ts):
+        rejected = self._rejected({group: token})
+        if rejected:
+            return defer.fail(FenceRejected(rejected))
+        self._raise({group: token})
+        if on:
+            self.blocks.setdefault((blocker, blocked), ts)
+        else:
+            self.blocks.pop((blocker, blocked), None)
+        return defer.succeed(None)
+
+    def blocksOf(self, blocker):
+        return defer.succeed(sorted((b for a, b in self.blocks if a == blocker),
+                                    key=str.encode))
+
+    def blocksBetween(self, a, b):
+        self.blockReads += 1
+        return defer.succeed({p for p in ((a, b), (b, a)) if p in self.blocks})
+
+    def blockersAmong(self, blocked, users):
+        return defer.succeed({u for u in users if (u, blocked) in self.blocks})
+
+    def writeLastSeen(self, entries, fences):
+        rejected = self._rejected(dict(fences))
+        if rejected:
+            return defer.fail(FenceRejected(rejected))
+        self._raise(dict(fences))
+        for user, ts in entries.items():
+            self.presence[user] = max(ts, self.presence.get(user, ts))
+        return defer.succeed(None)
+
+    def lastSeen(self, users):
+        return defer.succeed({u: self.presence[u] for u in users if u in self.presence})
 
     def pendingOutbox(self, groups, limit):
         groups = set(groups)

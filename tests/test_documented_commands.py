@@ -100,12 +100,12 @@ class WalkThroughTests(unittest.TestCase):
         self.assertEqual(code, 0, err)
         shown = [o.replace(README_URL, node.url).replace(README_CONFIG, node.configPath)
                  for o in expectedOutputs(script)]
-        self.assertEqual(len(shown), 4, shown)
+        self.assertEqual(len(shown), 7, shown)
         for output in shown:
             self.assertRegex(out, outputPattern(output), output)
-        # Bob's long-poll (in the background) got the message, and his inbox both
-        # notifications.
-        self.assertEqual(out.count('"text":"hi bob"'), 3, out)
+        # Bob's long-poll (in the background) got the message (as did the send, the history
+        # and the conversation list), and his inbox both notifications.
+        self.assertEqual(out.count('"text":"hi bob"'), 4, out)
         self.assertRegex(out, r'"events":\[\{"seq":1,[^]]*"type":"message".*?'
                               r'\{"seq":2,[^]]*"type":"flirt","from":"alice"')
         self.assertIn('{"status":"ok","node":"node-1"}', out)

@@ -9,9 +9,11 @@ import json
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
+from hpchat.blocks import BlockList
 from hpchat.groups import Redirect, Unsettled
 from hpchat.notify import (
     BadNotification,
+    Dropped,
     InboxRouter,
     Notification,
     NotDeliverable,
@@ -125,3 +127,18 @@ class RouterTests(StreamsTestCase):
         group = self.streams.groupOf(inboxStream("bob"))
         self.ownership.routes[group] = Unsettled(1)
         self.failureResultOf(self.deliver(), NotDeliverable)
+
+    def test_blockedSenderDropped(self):
+        """
+        With blocks, a notification from a user its recipient has blocked is dropped (done
+        with, nothing appended); from others it is appended.
+        """
+        blocks = BlockList(self.clock, self.store)
+        self.successResultOf(blocks.set("bob", "alice", True, 1, 1))
+        self.router = InboxRouter(self.streams, self.ownership, None, blocks)
+        result = self.successResultOf(self.deliver())
+        self.assertIsInstance(result, Dropped)
+        self.assertEqual(self.store.stored(inboxStream("bob")), [])
+        self.n = Notification("v2", "bob", "visit", "carol", {})
+        event, created = self.successResultOf(self.deliver())
+        self.assertEqual((event.sender, created), ("carol", True))

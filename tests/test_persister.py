@@ -4,11 +4,12 @@ The batch persister, on a Clock with an in-memory store.
 
 from __future__ import annotations
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
 from hpchat.persister import BatchPersister, Overloaded, PersisterStopped
 from hpchat.storage.base import Event, FenceRejected, OutboxEntry, StoreError, StreamConflict
+from hpchat.storage.conversations import ConversationRow
 from tests.fakes import MemoryEventStore
 
 
@@ -338,3 +339,64 @@ class PersisterTests(SynchronousTestCase):
         later = self.persister.enqueue(ev(2), 1)
         self.clock.advance(0.01)
         self.successResultOf(later)
+
+
+class ConversationRowTests(SynchronousTestCase):
+    """
+    Conversation summary rows go in the batch of their event, or alone, fenced like events.
+    """
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.store = MemoryEventStore()
+        self.persister = BatchPersister(self.clock, self.store, batchSize=10,
+                                        flushInterval=0.01)
+        self.persister.startService()
+
+    def row(self, user, read, group=0):
+        return ConversationRow(user=user, stream="dm:a:b", group=group,
+                               partner="b" if user == "a" else "a", last_seq=1, read_seq=read,
+                               partner_read_seq=0, updated=1.0)
+
+    def test_rowsWithTheirEvent(self):
+        """
+        Rows given with an event are written in its batch; rows alone fire with None.
+        """
+        sent = self.persister.enqueue(ev(1), 3, rows=[self.row("a", 1)])
+        alone = self.persister.enqueueRows(0, "dm:a:b", [self.row("b", 1)], 3)
+        self.clock.advance(0.01)
+        self.assertEqual(self.successResultOf(sent).seq, 1)
+        self.assertIsNone(self.successResultOf(alone))
+        self.assertEqual(self.store.rowBatches,
+                         [([ev(1)], [self.row("a", 1), self.row("b", 1)])])
+        self.assertEqual(self.store.batches[0][1], {0: 3})
+
+    def test_rowsAloneAreFenced(self):
+        """
+        Rows under a lapsed token fail like events, and write nothing.
+        """
+        self.store.fences[0] = 9
+        alone = self.persister.enqueueRows(0, "dm:a:b", [self.row("b", 1)], 3)
+        self.clock.advance(0.01)
+        self.failureResultOf(alone, FenceRejected)
+        self.assertEqual(self.store.conversations, {})
+
+    def test_storeWithoutRows(self):
+        """
+        A store that keeps no conversation rows gets the events without them.
+        """
+        calls = []
+
+        class Plain:
+            def append(self, events, fences, outbox=()):
+                calls.append(list(events))
+                return defer.succeed(None)
+
+        persister = BatchPersister(self.clock, Plain(), flushInterval=0.01)
+        persister.startService()
+        sent = persister.enqueue(ev(1), 1, rows=[self.row("a", 1)])
+        alone = persister.enqueueRows(0, "dm:a:b", [self.row("b", 1)], 1)
+        self.clock.advance(0.01)
+        self.successResultOf(sent)
+        self.successResultOf(alone)
+        self.assertEqual(calls, [[ev(1)]])  # the rows alone wrote nothing

@@ -22,6 +22,7 @@ from hpchat import tap
 from hpchat.node import NodeService
 from hpchat.outbox import OutboxPublisher
 from hpchat.persister import BatchPersister
+from hpchat.presence import Presence
 from hpchat.ready import ReadyAnnouncer
 from hpchat.storage.service import StoreService
 from hpchat.streams import Streams
@@ -92,11 +93,11 @@ class OptionsTests(unittest.SynchronousTestCase):
         self.assertIsInstance(service, NodeService)
         self.assertTrue(IServiceCollection.providedBy(service))
         self.assertEqual([stage.name for stage in service.stages],
-                         ["ready line", "accepting", "polls", "streams", "persister", "outbox",
-                          "internal client", "store"])
+                         ["ready line", "accepting", "polls", "streams", "presence",
+                          "persister", "outbox", "internal client", "store"])
         self.assertEqual([type(s) for s in service.startOrder()],
-                         [StoreService, OutboxPublisher, BatchPersister, Streams, WebService,
-                          ReadyAnnouncer])
+                         [StoreService, OutboxPublisher, BatchPersister, Presence, Streams,
+                          WebService, ReadyAnnouncer])
         for child in service:
             self.assertTrue(IService.providedBy(child))
         self.assertTrue(os.path.isdir(os.path.join(folder, "data")))

@@ -68,6 +68,8 @@ class StreamSnapshot:
 
     last_seq: int
     recent: Sequence[Event]
+    #: The read markers of the stream's participants (conversations): user -> read seq.
+    reads: Mapping[str, int] = field(default_factory=dict)
 
 
 class StoreError(Exception):

@@ -24,6 +24,8 @@ several deployments (or test runs) can share a cluster. C{P} below is that prefi
                                                          for events with a sender and client_id
     (P, "o", group, id)                   -> (stream, seq, body, created)   a pending outbox
                                                          entry, cleared once published
+    (P, "s" | "a" | "r", ...)             conversation summaries, see
+                                          L{hpchat.storage.fdb_conversations}
 
 The outbox keys came after the first release without changing the layout version: a store
 without them simply has no pending entries.
@@ -100,6 +102,10 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
+from hpchat.storage.blocklist import IBlockStore
+from hpchat.storage.conversations import IConversationStore
+from hpchat.storage.fdb_conversations import FDBConversations, rowsByPart
+from hpchat.storage.presence import IPresenceStore
 
 #: The FoundationDB API version hpchat selects, and the client series it belongs to.
 API_VERSION = 730
@@ -357,8 +363,8 @@ class _Done:
     attempts: int
 
 
-@implementer(IEventStore)
-class FoundationDBStore:
+@implementer(IEventStore, IConversationStore, IBlockStore, IPresenceStore)
+class FoundationDBStore(FDBConversations):
     """
     L{IEventStore} on FoundationDB.
 
@@ -531,7 +537,8 @@ class FoundationDBStore:
         lastSeq = layout.decodeEvent(rows[0][0], rows[0][1]).seq if rows else 0
         newest = rows[:recent] if recent > 0 else []
         return StreamSnapshot(last_seq=lastSeq,
-                              recent=[layout.decodeEvent(k, v) for k, v in reversed(newest)])
+                              recent=[layout.decodeEvent(k, v) for k, v in reversed(newest)],
+                              reads=self._readMarkers(tr)(stream))
 
     def _raiseFences(self, tr, fences: dict[int, int]) -> list[int]:
         """
@@ -556,8 +563,9 @@ class FoundationDBStore:
         return []
 
     def append(self, events: Sequence[Event], fences: dict[int, int],
-               outbox: Sequence[OutboxEntry] = ()):
-        missing = ({e.group for e in events} | {o.group for o in outbox}) - set(fences)
+               outbox: Sequence[OutboxEntry] = (), conversations: Sequence = ()):
+        missing = ({e.group for e in events} | {o.group for o in outbox}
+                   | {c.group for c in conversations}) - set(fences)
         if missing:
             raise ValueError(f"no fence token for groups {sorted(missing)}")
         layout = self.layout
@@ -571,21 +579,24 @@ class FoundationDBStore:
         for entry in outbox:
             entries[partOf.get((entry.stream, entry.seq), 0)].append(
                 (layout.outbox(entry.group, entry.id), layout.encodeOutbox(entry)))
-        d = self._defer(self._appendParts, parts, dict(fences), clashes, entries)
+        rows = rowsByPart(conversations, parts)
+        d = self._defer(self._appendParts, parts, dict(fences), clashes, entries, rows)
         d.addCallback(self._appended, len(events))
         return d
 
-    def _appendParts(self, parts, fences, clashes, entries) -> list[_Done]:
+    def _appendParts(self, parts, fences, clashes, entries, rows) -> list[_Done]:
         done = []
         for index, part in enumerate(parts):
             # Clashes inside the batch are found by the first part, after its fence check
             # and before anything is written.
             done.append(self._transact(self._appendBody, part, fences,
-                                       clashes if index == 0 else [], entries[index]))
+                                       clashes if index == 0 else [], entries[index],
+                                       rows[index]))
         return done
 
     def _appendBody(self, tr, attempt, part: list[EncodedEvent], fences: dict[int, int],
-                    clashes: list[Event], entries: list[tuple[bytes, bytes]] = ()) -> int:
+                    clashes: list[Event], entries: list[tuple[bytes, bytes]] = (),
+                    rows: Sequence = ()) -> int:
         """
         One part of a batch; returns how many of its events were already stored identically
         (written by an earlier attempt whose commit result was unknown).
@@ -627,6 +638,8 @@ class FoundationDBStore:
             # An id already pending keeps its entry.
             if not stored.present():
                 tr.set(key, value)
+        if rows:
+            self._writeRows(tr, rows)
         return len(already)
 
     def _appended(self, done: list[_Done], count: int) -> None:

@@ -36,12 +36,22 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
+from hpchat.storage.blocklist import IBlockStore
+from hpchat.storage.conversations import (
+    ROW_COLUMNS,
+    ConversationPage,
+    IConversationStore,
+    latestRows,
+    rowColumns,
+    rowFrom,
+)
+from hpchat.storage.presence import IPresenceStore
 from hpchat.storage.sqlshared import COLUMNS as _COLUMNS
 from hpchat.storage.sqlshared import OUTBOX_COLUMNS as _OUTBOX_COLUMNS
 from hpchat.storage.sqlshared import SQLReads
 from hpchat.storage.worker import ThreadWorker
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
 
 # Each step takes the schema from version i to i + 1; all run in one transaction.
 _MIGRATIONS = [
@@ -77,7 +87,51 @@ _MIGRATIONS = [
     );
     CREATE INDEX outbox_by_group ON outbox (grp, created, id);
     """,
+    """
+    CREATE TABLE conversations (
+        usr              TEXT             NOT NULL,
+        stream           TEXT             NOT NULL,
+        grp              INTEGER          NOT NULL,
+        partner          TEXT             NOT NULL,
+        last_seq         BIGINT           NOT NULL,
+        read_seq         BIGINT           NOT NULL,
+        partner_read_seq BIGINT           NOT NULL,
+        updated          DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (usr, stream)
+    );
+    CREATE INDEX conversations_by_activity ON conversations (usr, updated DESC, stream DESC);
+    CREATE INDEX conversations_by_stream ON conversations (stream);
+    """,
+    """
+    CREATE TABLE blocks (
+        blocker TEXT             NOT NULL,
+        blocked TEXT             NOT NULL,
+        created DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (blocker, blocked)
+    );
+    """,
+    """
+    CREATE TABLE presence (
+        usr       TEXT             PRIMARY KEY,
+        last_seen DOUBLE PRECISION NOT NULL
+    );
+    """,
 ]
+
+_INSERT_CONVERSATIONS = (
+    f"INSERT INTO conversations ({ROW_COLUMNS}) SELECT * FROM unnest(%s::text[], %s::text[], "
+    "%s::integer[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], "
+    "%s::double precision[]) ON CONFLICT (usr, stream) DO UPDATE SET grp = excluded.grp, "
+    "partner = excluded.partner, last_seq = excluded.last_seq, read_seq = excluded.read_seq, "
+    "partner_read_seq = excluded.partner_read_seq, updated = excluded.updated"
+)
+_LIST_COLUMNS = ", ".join(f"c.{c.strip()}" for c in ROW_COLUMNS.split(",")) + ", " + ", ".join(
+    f"e.{c.strip()}" for c in _COLUMNS.split(","))
+_LIST = (
+    f"SELECT {_LIST_COLUMNS} FROM conversations AS c LEFT JOIN events AS e "
+    "ON e.stream = c.stream AND e.seq = c.last_seq WHERE c.usr = %s {where}"
+    "ORDER BY c.updated DESC, c.stream DESC LIMIT %s"
+)
 
 # An id already pending stays as it is (a notification republished before it was marked done).
 _INSERT_OUTBOX = (
@@ -112,7 +166,7 @@ class SchemaTooNew(StoreError):
     """
 
 
-@implementer(IEventStore)
+@implementer(IEventStore, IConversationStore, IBlockStore, IPresenceStore)
 class PostgreSQLStore(SQLReads):
     """
     L{IEventStore} on one PostgreSQL database given by a libpq C{dsn}.
@@ -291,8 +345,12 @@ class PostgreSQLStore(SQLReads):
             rows = db.execute(
                 f"SELECT {_COLUMNS} FROM events WHERE stream = %s ORDER BY seq DESC LIMIT %s",
                 (stream, recent)).fetchall()
+            reads = dict(db.execute(
+                "SELECT usr, read_seq FROM conversations WHERE stream = %s",
+                (stream,)).fetchall())
         lastSeq = rows[0][1] if rows else 0
-        return StreamSnapshot(last_seq=lastSeq, recent=[_row(r) for r in reversed(rows)])
+        return StreamSnapshot(last_seq=lastSeq, recent=[_row(r) for r in reversed(rows)],
+                              reads=reads)
 
     @staticmethod
     def _raiseFences(db, fences: dict[int, int]) -> None:
@@ -307,8 +365,9 @@ class PostgreSQLStore(SQLReads):
             raise FenceRejected(rejected)
 
     def append(self, events: Sequence[Event], fences: dict[int, int],
-               outbox: Sequence[OutboxEntry] = ()):
-        missing = ({e.group for e in events} | {o.group for o in outbox}) - set(fences)
+               outbox: Sequence[OutboxEntry] = (), conversations: Sequence = ()):
+        missing = ({e.group for e in events} | {o.group for o in outbox}
+                   | {c.group for c in conversations}) - set(fences)
         if missing:
             raise ValueError(f"no fence token for groups {sorted(missing)}")
         columns: list[list] = [[] for _ in range(9)]
@@ -324,25 +383,109 @@ class PostgreSQLStore(SQLReads):
                 for column, value in zip(entries, (o.id, o.group, o.stream, o.seq, o.body,
                                                    o.created)):
                     column.append(value)
-        return self._write(self._appendTxn, columns, dict(fences), entries)
+        rows: list[list] | None = None
+        if conversations:
+            rows = [list(column) for column in
+                    zip(*(rowColumns(c) for c in latestRows(conversations)))]
+        return self._write(self._appendTxn, columns, dict(fences), entries, rows)
 
     def _appendTxn(self, columns: list[list], fences: dict[int, int],
-                   entries: list[list] | None) -> None:
+                   entries: list[list] | None, rows: list[list] | None = None) -> None:
         import psycopg
 
         db = self._writerConnection()
         try:
             with db.transaction():
                 self._raiseFences(db, fences)
-                db.execute(_INSERT_BATCH, columns)
+                if columns[0]:
+                    db.execute(_INSERT_BATCH, columns)
                 if entries is not None:
                     db.execute(_INSERT_OUTBOX, entries)
+                if rows is not None:
+                    db.execute(_INSERT_CONVERSATIONS, rows)
         except psycopg.errors.UniqueViolation as e:
             groups, streams = self._conflicting(db.execute, zip(*columns))
             raise StreamConflict(groups, _firstLine(e), streams=streams) from None
 
     # -- reads (reader thread): readAfter, readBefore, findClientId and findEventId are
     # SQLReads'
+
+    # -- conversation summaries
+
+    def listConversations(self, user: str, limit: int, before: tuple[float, str] | None):
+        return self._read(self._listConversations, user, limit, before)
+
+    def _listConversations(self, user: str, limit: int,
+                           before: tuple[float, str] | None) -> ConversationPage:
+        db = self._readerConnection()
+        if before is None:
+            rows = db.execute(_LIST.format(where=""), (user, limit)).fetchall()
+        else:
+            rows = db.execute(_LIST.format(where="AND (c.updated, c.stream) < (%s, %s) "),
+                              (user, before[0], before[1], limit)).fetchall()
+        (total,) = db.execute(
+            "SELECT COALESCE(SUM(last_seq - read_seq), 0) FROM conversations WHERE usr = %s",
+            (user,)).fetchone()
+        items = [(rowFrom(r[:8]), _row(r[8:]) if r[8] is not None else None) for r in rows]
+        return ConversationPage(items=items, unread_total=int(total))
+
+    # -- blocks
+
+    def setBlock(self, blocker: str, blocked: str, on: bool, group: int, token: int,
+                 ts: float):
+        return self._write(self._setBlock, blocker, blocked, on, group, token, ts)
+
+    def _setBlock(self, blocker: str, blocked: str, on: bool, group: int, token: int,
+                  ts: float) -> None:
+        db = self._writerConnection()
+        with db.transaction():
+            self._raiseFences(db, {group: token})
+            if on:
+                db.execute("INSERT INTO blocks (blocker, blocked, created) VALUES (%s, %s, %s) "
+                           "ON CONFLICT DO NOTHING", (blocker, blocked, ts))
+            else:
+                db.execute("DELETE FROM blocks WHERE blocker = %s AND blocked = %s",
+                           (blocker, blocked))
+
+    def blocksOf(self, blocker: str):
+        return self._read(lambda: [b for (b,) in self._readerConnection().execute(
+            "SELECT blocked FROM blocks WHERE blocker = %s ORDER BY blocked COLLATE \"C\"",
+            (blocker,)).fetchall()])
+
+    def blocksBetween(self, a: str, b: str):
+        return self._read(lambda: set(self._readerConnection().execute(
+            "SELECT blocker, blocked FROM blocks WHERE (blocker = %s AND blocked = %s) "
+            "OR (blocker = %s AND blocked = %s)", (a, b, b, a)).fetchall()))
+
+    def blockersAmong(self, blocked: str, users):
+        users = sorted(set(users))
+        return self._read(lambda: {b for (b,) in self._readerConnection().execute(
+            "SELECT blocker FROM blocks WHERE blocked = %s AND blocker = ANY(%s)",
+            (blocked, users)).fetchall()})
+
+    # -- last seen
+
+    def writeLastSeen(self, entries, fences):
+        if not entries:
+            return defer.succeed(None)
+        users = sorted(entries)
+        return self._write(self._writeLastSeen, users, [float(entries[u]) for u in users],
+                           dict(fences))
+
+    def _writeLastSeen(self, users: list[str], times: list[float],
+                       fences: dict[int, int]) -> None:
+        db = self._writerConnection()
+        with db.transaction():
+            self._raiseFences(db, fences)
+            db.execute(
+                "INSERT INTO presence (usr, last_seen) SELECT * FROM unnest(%s::text[], "
+                "%s::double precision[]) ON CONFLICT (usr) DO UPDATE SET "
+                "last_seen = GREATEST(presence.last_seen, excluded.last_seen)", (users, times))
+
+    def lastSeen(self, users):
+        users = sorted(set(users))
+        return self._read(lambda: dict(self._readerConnection().execute(
+            "SELECT usr, last_seen FROM presence WHERE usr = ANY(%s)", (users,)).fetchall()))
 
     # -- the outbox
 

@@ -33,6 +33,16 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
+from hpchat.storage.blocklist import IBlockStore
+from hpchat.storage.conversations import (
+    ROW_COLUMNS,
+    ConversationPage,
+    IConversationStore,
+    latestRows,
+    rowColumns,
+    rowFrom,
+)
+from hpchat.storage.presence import IPresenceStore
 from hpchat.storage.sqlshared import COLUMNS as _COLUMNS
 from hpchat.storage.sqlshared import OUTBOX_COLUMNS as _OUTBOX_COLUMNS
 from hpchat.storage.sqlshared import SQLReads
@@ -60,7 +70,7 @@ CREATE TABLE IF NOT EXISTS fences (
 );
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 4
 # What each version adds to the one before; the first entry is version 1.
 _MIGRATIONS = [
     """
@@ -74,7 +84,54 @@ _MIGRATIONS = [
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS outbox_by_group ON outbox (grp, created, id);
     """,
+    """
+    CREATE TABLE IF NOT EXISTS conversations (
+        usr              TEXT    NOT NULL,
+        stream           TEXT    NOT NULL,
+        grp              INTEGER NOT NULL,
+        partner          TEXT    NOT NULL,
+        last_seq         INTEGER NOT NULL,
+        read_seq         INTEGER NOT NULL,
+        partner_read_seq INTEGER NOT NULL,
+        updated          REAL    NOT NULL,
+        PRIMARY KEY (usr, stream)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS conversations_by_activity
+        ON conversations (usr, updated DESC, stream DESC);
+    CREATE INDEX IF NOT EXISTS conversations_by_stream ON conversations (stream);
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS blocks (
+        blocker TEXT NOT NULL,
+        blocked TEXT NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (blocker, blocked)
+    ) WITHOUT ROWID;
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS presence (
+        usr       TEXT PRIMARY KEY,
+        last_seen REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
+
+_INSERT_CONVERSATIONS = (
+    f"INSERT INTO conversations ({ROW_COLUMNS}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(8))
+    + " FROM json_each(?) WHERE 1 ON CONFLICT (usr, stream) DO UPDATE SET "
+    "grp = excluded.grp, partner = excluded.partner, last_seq = excluded.last_seq, "
+    "read_seq = excluded.read_seq, partner_read_seq = excluded.partner_read_seq, "
+    "updated = excluded.updated"
+)
+_LIST_COLUMNS = ", ".join(f"c.{c.strip()}" for c in ROW_COLUMNS.split(",")) + ", " + ", ".join(
+    f"e.{c.strip()}" for c in _COLUMNS.split(","))
+_LIST = (
+    f"SELECT {_LIST_COLUMNS} FROM conversations AS c LEFT JOIN events AS e "
+    "ON e.stream = c.stream AND e.seq = c.last_seq "
+    "WHERE c.usr = ? AND (c.updated, c.stream) < (?, ?) "
+    "ORDER BY c.updated DESC, c.stream DESC LIMIT ?"
+)
 
 _INSERT_OUTBOX = (
     f"INSERT OR IGNORE INTO outbox ({_OUTBOX_COLUMNS}) SELECT "
@@ -139,7 +196,7 @@ def _migrate(db: sqlite3.Connection) -> None:
             raise
 
 
-@implementer(IEventStore)
+@implementer(IEventStore, IConversationStore, IBlockStore, IPresenceStore)
 class SQLiteStore(SQLReads):
     """
     L{IEventStore} on one SQLite file.
@@ -248,11 +305,14 @@ class SQLiteStore(SQLReads):
                 lastSeq = rows[0][1]
             else:
                 lastSeq = 0
+            reads = dict(db.execute("SELECT usr, read_seq FROM conversations WHERE stream = ?",
+                                    (stream,)).fetchall())
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return StreamSnapshot(last_seq=lastSeq, recent=[_row(r) for r in reversed(rows)])
+        return StreamSnapshot(last_seq=lastSeq, recent=[_row(r) for r in reversed(rows)],
+                              reads=reads)
 
     @staticmethod
     def _raiseFences(db: sqlite3.Connection, fences: dict[int, int]) -> list[int]:
@@ -270,8 +330,9 @@ class SQLiteStore(SQLReads):
         return sorted(rejected)
 
     def append(self, events: Sequence[Event], fences: dict[int, int],
-               outbox: Sequence[OutboxEntry] = ()):
-        missing = ({e.group for e in events} | {o.group for o in outbox}) - set(fences)
+               outbox: Sequence[OutboxEntry] = (), conversations: Sequence = ()):
+        missing = ({e.group for e in events} | {o.group for o in outbox}
+                   | {c.group for c in conversations}) - set(fences)
         if missing:
             raise ValueError(f"no fence token for groups {sorted(missing)}")
         # The whole batch as one JSON document, inserted by one statement: executemany would
@@ -282,9 +343,12 @@ class SQLiteStore(SQLReads):
         entries = strictjson.dumps(
             [[o.id, o.group, o.stream, o.seq, o.body, o.created] for o in outbox]) \
             if outbox else None
-        return self._write(self._appendTxn, batch, dict(fences), entries)
+        rows = strictjson.dumps([rowColumns(c) for c in latestRows(conversations)]) \
+            if conversations else None
+        return self._write(self._appendTxn, batch, dict(fences), entries, rows)
 
-    def _appendTxn(self, batch: str, fences: dict[int, int], entries: str | None) -> None:
+    def _appendTxn(self, batch: str, fences: dict[int, int], entries: str | None,
+                   rows: str | None = None) -> None:
         db = self._writer
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -294,6 +358,8 @@ class SQLiteStore(SQLReads):
             db.execute(_INSERT_BATCH, (batch,))
             if entries is not None:
                 db.execute(_INSERT_OUTBOX, (entries,))
+            if rows is not None:
+                db.execute(_INSERT_CONVERSATIONS, (rows,))
         except sqlite3.IntegrityError as e:
             db.execute("ROLLBACK")
             groups, streams = self._conflicting(db.execute, strictjson.loads(batch))
@@ -305,6 +371,96 @@ class SQLiteStore(SQLReads):
 
     # -- reads (reader thread): readAfter, readBefore, findClientId and findEventId are
     # SQLReads'
+
+    # -- conversation summaries
+
+    def listConversations(self, user: str, limit: int, before: tuple[float, str] | None):
+        return self._read(self._listConversations, user, limit, before)
+
+    def _listConversations(self, user: str, limit: int,
+                           before: tuple[float, str] | None) -> ConversationPage:
+        updated, stream = before if before is not None else (float("inf"), "")
+        if before is None:
+            rows = self._reader.execute(_LIST.replace("(c.updated, c.stream) < (?, ?)", "1"),
+                                        (user, limit)).fetchall()
+        else:
+            rows = self._reader.execute(_LIST, (user, updated, stream, limit)).fetchall()
+        (total,) = self._reader.execute(
+            "SELECT COALESCE(SUM(last_seq - read_seq), 0) FROM conversations WHERE usr = ?",
+            (user,)).fetchone()
+        items = [(rowFrom(r[:8]), _row(r[8:]) if r[8] is not None else None) for r in rows]
+        return ConversationPage(items=items, unread_total=total)
+
+    # -- blocks
+
+    def setBlock(self, blocker: str, blocked: str, on: bool, group: int, token: int,
+                 ts: float):
+        return self._write(self._setBlock, blocker, blocked, on, group, token, ts)
+
+    def _setBlock(self, blocker: str, blocked: str, on: bool, group: int, token: int,
+                  ts: float) -> None:
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rejected = self._raiseFences(db, {group: token})
+            if rejected:
+                raise FenceRejected(rejected)
+            if on:
+                db.execute("INSERT OR IGNORE INTO blocks (blocker, blocked, created) "
+                           "VALUES (?, ?, ?)", (blocker, blocked, ts))
+            else:
+                db.execute("DELETE FROM blocks WHERE blocker = ? AND blocked = ?",
+                           (blocker, blocked))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def blocksOf(self, blocker: str):
+        return self._read(lambda: [b for (b,) in self._reader.execute(
+            "SELECT blocked FROM blocks WHERE blocker = ? ORDER BY blocked",
+            (blocker,)).fetchall()])
+
+    def blocksBetween(self, a: str, b: str):
+        return self._read(lambda: set(self._reader.execute(
+            "SELECT blocker, blocked FROM blocks WHERE (blocker = ? AND blocked = ?) "
+            "OR (blocker = ? AND blocked = ?)", (a, b, b, a)).fetchall()))
+
+    def blockersAmong(self, blocked: str, users):
+        users = strictjson.dumps(sorted(set(users)))
+        return self._read(lambda: {b for (b,) in self._reader.execute(
+            "SELECT blocker FROM blocks WHERE blocked = ? AND blocker IN "
+            "(SELECT value FROM json_each(?))", (blocked, users)).fetchall()})
+
+    # -- last seen
+
+    def writeLastSeen(self, entries, fences):
+        if not entries:
+            return defer.succeed(None)
+        return self._write(self._writeLastSeen, strictjson.dumps(sorted(entries.items())),
+                           dict(fences))
+
+    def _writeLastSeen(self, entries: str, fences: dict[int, int]) -> None:
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rejected = self._raiseFences(db, fences)
+            if rejected:
+                raise FenceRejected(rejected)
+            db.execute(
+                "INSERT INTO presence (usr, last_seen) SELECT json_extract(value, '$[0]'), "
+                "json_extract(value, '$[1]') FROM json_each(?) WHERE 1 ON CONFLICT (usr) DO "
+                "UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)", (entries,))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def lastSeen(self, users):
+        users = strictjson.dumps(sorted(set(users)))
+        return self._read(lambda: dict(self._reader.execute(
+            "SELECT usr, last_seen FROM presence WHERE usr IN (SELECT value FROM json_each(?))",
+            (users,)).fetchall()))
 
     # -- the outbox
 

@@ -24,13 +24,14 @@ from werkzeug.routing import RequestRedirect
 from hpchat import metrics, strictjson
 from hpchat.groups import Local, Redirect, resolveRoute
 from hpchat.limits import UserLimits, retryAfter
-from hpchat.notify import BadNotification, deliverToInbox, parseNotification
+from hpchat.notify import BadNotification, Dropped, deliverToInbox, parseNotification
 from hpchat.persister import Overloaded, PersisterStopped, StoreUnavailable
 from hpchat.storage.base import Event, StoreError
 from hpchat.streamids import BadConversation, inboxStream, isUserId, parseConversation
 from hpchat.streams import CursorAhead, StreamUnavailable
 from hpchat.web.auth import Unauthorized
 from hpchat.web.internal import InternalUnauthorized
+from hpchat.web.social import SocialRoutes, addSocialRoutes
 from hpchat.web.static import StaticFiles
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -99,7 +100,8 @@ class ChatAPI:
     log = Logger()
 
     def __init__(self, streams, ownership, authenticator, store, chat, persister=None,
-                 internalAuth=None, devLogin: bool = False, limits: UserLimits | None = None):
+                 internalAuth=None, devLogin: bool = False, limits: UserLimits | None = None,
+                 blocks=None, presence=None, internalClient=None):
         self._streams = streams
         self._limits = limits
         self._devLogin = devLogin
@@ -110,6 +112,8 @@ class ChatAPI:
         self._persister = persister
         self._chat = chat
         self.draining = False
+        self._social = SocialRoutes(self, streams, store, ownership, blocks, presence,
+                                    internalClient)
 
     def resource(self):
         return self.app.resource()
@@ -344,7 +348,8 @@ class ChatAPI:
         # refused, it stores nothing and its retry within the budget gets the original (200).
         if self._limits is not None:
             self._charge(self._limits.sends.take(user), "sends", "messages")
-        return self._streams.send(cid, user, text, clientId)
+        return self._social.unlessBlocked(
+            cid, "send", lambda: self._streams.send(cid, user, text, clientId))
 
     @staticmethod
     def _charge(wait: float, limit: str, what: str) -> None:
@@ -378,7 +383,8 @@ class ChatAPI:
     def _setTyping(self, cid: str, user: str, typing: bool) -> defer.Deferred:
         if self._limits is not None:
             self._charge(self._limits.typing.take(user), "typing", "typing marks")
-        return self._streams.setTyping(cid, user, typing)
+        return self._social.unlessBlocked(
+            cid, "typing", lambda: self._streams.setTyping(cid, user, typing))
 
     @staticmethod
     def _noContent(_, request) -> bytes:
@@ -392,13 +398,33 @@ class ChatAPI:
         cid = self._conversation(cid, user)
         after = self._intArg(request, "after", low=0)
         typingVersion = self._intArg(request, "typing_version", low=0)
+        readVersion = self._intArg(request, "read_version", low=0)
         timeout = self._timeout(request)
         polled = self._onStream(
-            request, cid, lambda: self._poll(user, cid, after, typingVersion, timeout))
+            request, cid, lambda: self._poll(user, cid, after, typingVersion, timeout,
+                                             readVersion))
         return polled.addCallback(self._polled, request)
 
     def _poll(self, user: str, stream: str, after: int | None, typingVersion: int | None,
-              timeout: float) -> defer.Deferred:
+              timeout: float, readVersion: int | None = None) -> defer.Deferred:
+        """
+        L{_pollLimited}, while which C{user} counts as online (L{hpchat.presence}).
+        """
+        presence = self._social.presence
+        if presence is None:
+            return self._pollLimited(user, stream, after, typingVersion, timeout, readVersion)
+        tracker = presence.tracker
+        tracker.started(user)
+        try:
+            polled = self._pollLimited(user, stream, after, typingVersion, timeout, readVersion)
+        except BaseException:
+            tracker.ended(user)
+            raise
+        return polled.addBoth(tracker.endedWith, user)
+
+    def _pollLimited(self, user: str, stream: str, after: int | None,
+                     typingVersion: int | None, timeout: float,
+                     readVersion: int | None = None) -> defer.Deferred:
         """
         C{Streams.poll}, counted among C{user}'s polls on this node (conversations and inbox
         together) while it waits: from when it is not answered at once until it is answered,
@@ -407,13 +433,13 @@ class ChatAPI:
         left waiting) and answered 429.
         """
         if self._limits is None:
-            return self._streams.poll(stream, after, typingVersion, timeout)
+            return self._streams.poll(stream, after, typingVersion, timeout, readVersion)
         polls = self._limits.polls
         # Counted first and released when answered: one answered at once is counted back
         # before the check, so only a poll left waiting can be over the cap.
         polls.add(user)
         try:
-            polled = self._streams.poll(stream, after, typingVersion, timeout)
+            polled = self._streams.poll(stream, after, typingVersion, timeout, readVersion)
         except BaseException:
             polls.release(user)
             raise
@@ -439,7 +465,8 @@ class ChatAPI:
     def _polled(result, request) -> bytes:
         return _json(request, 200, {"events": [messageJSON(e) for e in result.events],
                                     "last_seq": result.last_seq, "typing": result.typing,
-                                    "typing_version": result.typing_version})
+                                    "typing_version": result.typing_version,
+                                    "read": result.read, "read_version": result.read_version})
 
     @app.route("/v1/conversations/<cid>/messages", methods=["GET"])
     def history(self, request, cid):
@@ -543,18 +570,23 @@ class ChatAPI:
         stream = inboxStream(notification.user)
         try:
             return self._onStream(request, stream,
-                                  lambda: deliverToInbox(self._streams, notification))
+                                  lambda: deliverToInbox(self._streams, notification,
+                                                         self._social.blocks))
         except ApiError:
             return defer.fail()
 
     @staticmethod
     def _delivered(result, request) -> bytes:
+        if isinstance(result, Dropped):
+            return _json(request, 200, {"dropped": result.reason, "created": False})
         event, created = result
         return _json(request, 201 if created else 200,
                      {"event": inboxEventJSON(event), "created": created})
 
     @staticmethod
     def _batchResult(result) -> dict:
+        if isinstance(result, Dropped):
+            return {"status": 200, "dropped": result.reason, "created": False}
         event, created = result
         return {"status": 201 if created else 200, "event": inboxEventJSON(event),
                 "created": created}
@@ -605,3 +637,7 @@ class ChatAPI:
         _route(request, "metrics")
         request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
         return metrics.render()
+
+
+# The social routes (read receipts, conversation list, blocks, presence) live in their module.
+addSocialRoutes(ChatAPI.app)

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import math
 from collections import deque
+from typing import Any
 
 import jwt
 import treq
@@ -237,6 +238,17 @@ class InternalClient:
                 return 307, location
         raise DeliveryFailed(f"{target} answered {response.code}: {raw[:200]!r}",
                              status=response.code)
+
+    async def postJSON(self, url: str, path: str, body: Any) -> Any:
+        """
+        POST the JSON C{body} to C{path} of the node at C{url} (one try, no redirects);
+        fires with its JSON answer (a 200 or 201), else fails with L{DeliveryFailed}.
+        """
+        code, answer = await self._post(url.rstrip("/") + path,
+                                        strictjson.dumps(body).encode("utf-8"))
+        if code == 307:
+            raise DeliveryFailed(f"{url}{path} redirected to {answer}", status=307)
+        return answer
 
     async def _deliverOne(self, target: str, notification) -> dict:
         for _ in range(self.maxRedirects + 1):

@@ -23,7 +23,8 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from hpchat.storage.base import FenceRejected, StoreError, StreamConflict
-from tests.storage.contract import S, EventStoreContract, asyncTest, event
+from tests.storage.contract import EventStoreContract, S, asyncTest, event
+from tests.storage.conversations_contract import ConversationStoreContract
 
 CLUSTER_ENV = "HPCHAT_TEST_FDB_CLUSTER_FILE"
 CLUSTER_FILE = os.environ.get(CLUSTER_ENV) or None
@@ -49,7 +50,8 @@ def fdbStore(*args, **kwargs):
     return FoundationDBStore(theReactor(), *args, **kwargs)
 
 
-class FoundationDBContractTests(EventStoreContract, unittest.TestCase):
+class FoundationDBContractTests(EventStoreContract, ConversationStoreContract,
+                                 unittest.TestCase):
     """
     The contract against a real FoundationDB cluster.
     """
@@ -106,7 +108,8 @@ class FoundationDBClusterTests(unittest.TestCase):
             (prefix, "i", S, f"{S}-1"), (prefix, "c", S, "alice", "k")]))
 
 
-class FakeFoundationDBContractTests(EventStoreContract, unittest.TestCase):
+class FakeFoundationDBContractTests(EventStoreContract, ConversationStoreContract,
+                                     unittest.TestCase):
     """
     The contract against the FoundationDB store over the in-memory binding.
     """

@@ -9,13 +9,17 @@ from twisted.trial import unittest
 
 from tests.fakes import MemoryEventStore
 from tests.storage.contract import EventStoreContract
+from tests.storage.conversations_contract import ConversationStoreContract
 
 
-class MemoryContractTests(EventStoreContract, unittest.TestCase):
+class MemoryContractTests(EventStoreContract, ConversationStoreContract,
+                          unittest.TestCase):
     def makeStore(self):
         return MemoryEventStore(ready=False)
 
     def reopenStore(self, store):
         again = MemoryEventStore(ready=False)
         again.fences, again.events, again.outbox = store.fences, store.events, store.outbox
+        again.conversations, again.blocks = store.conversations, store.blocks
+        again.presence = store.presence
         return again

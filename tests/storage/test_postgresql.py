@@ -11,6 +11,7 @@ from twisted.trial import unittest
 from hpchat.storage.base import FenceRejected, StoreError
 from hpchat.storage.postgresql import SCHEMA_VERSION, PostgreSQLStore, SchemaTooNew
 from tests.storage.contract import EventStoreContract, event
+from tests.storage.conversations_contract import ConversationStoreContract
 from tests.support.postgres import freshDatabase, startPostgres
 from tests.support.process import freePort
 from tests.support.trial import asyncTest
@@ -22,7 +23,8 @@ def _reactor():
     return reactor
 
 
-class PostgreSQLContractTests(EventStoreContract, unittest.TestCase):
+class PostgreSQLContractTests(EventStoreContract, ConversationStoreContract,
+                              unittest.TestCase):
     async def _setUp(self):
         self.dsn = await freshDatabase(self)
 

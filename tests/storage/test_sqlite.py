@@ -12,10 +12,12 @@ from twisted.trial import unittest
 from hpchat.storage.base import StoreBusy, StoreError
 from hpchat.storage.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.storage.contract import EventStoreContract, event, outboxEntry
+from tests.storage.conversations_contract import ConversationStoreContract
 from tests.support.trial import asyncTest
 
 
-class SQLiteContractTests(EventStoreContract, unittest.TestCase):
+class SQLiteContractTests(EventStoreContract, ConversationStoreContract,
+                          unittest.TestCase):
     def makeStore(self):
         from twisted.internet import reactor
 

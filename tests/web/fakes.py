@@ -19,10 +19,12 @@ from treq.testing import StubTreq
 from twisted.internet import defer, task
 from twisted.web.http_headers import Headers
 
+from hpchat.blocks import BlockList
 from hpchat.config import ChatConfig, LimitsConfig
 from hpchat.limits import UserLimits
 from hpchat.notify import InProcessNotifier
 from hpchat.persister import BatchPersister
+from hpchat.presence import Presence
 from hpchat.streams import Streams
 from hpchat.web.api import ChatAPI
 from hpchat.web.auth import Authenticator
@@ -42,6 +44,25 @@ FLUSH = 0.005
 #: Limits no test of other behaviour reaches (tests send many messages at one instant).
 GENEROUS = LimitsConfig(sends_per_second=1e6, sends_burst=1_000_000, typing_per_second=1e6,
                         typing_burst=1_000_000, max_polls_per_user=100_000)
+
+
+class _FakeInternalClient:
+    """
+    The other nodes of the harness' cluster as far as presence lookups go: each answers from
+    C{harness.remotePresence[url]} (user -> state), and C{calls} records every call.
+    """
+
+    def __init__(self, harness):
+        self._harness = harness
+        self.calls: list[tuple[str, str, Any]] = []
+
+    async def postJSON(self, url: str, path: str, body: Any) -> Any:
+        self.calls.append((url, path, body))
+        known = self._harness.remotePresence.get(url)
+        if known is None:
+            raise ConnectionError(f"{url} is down")
+        return {"presence": {u: known.get(u, {"online": False, "last_seen": None})
+                             for u in body["users"]}}
 
 
 # -- HTTP answers
@@ -97,16 +118,26 @@ class Harness:
                                maxStreams=limits.max_streams)
         self.persister.onGroupsLost = lambda groups, error: self.streams.dropGroups(groups)
         self.ownership.subscribeLost(self.streams.dropGroups)
-        self.notifier = InProcessNotifier(self.streams)
+        self.blocks = BlockList(self.clock, self.store)
+        self.notifier = InProcessNotifier(self.streams, blocks=self.blocks)
         self.streams.onCommitted.append(self.notifier.messageCommitted)
         self.auth = Authenticator(SECRET, self.clock)
         self.internalAuth = InternalAuth(SECRET, self.clock)
         self.limits = UserLimits.fromConfig(self.clock, limits)
+        self.presenceReports: list[tuple[str, str, dict]] = []
+        self.presence = Presence(self.clock, self.store, self.ownership, self.chat.groups,
+                                 self._report, grace=self.chat.presence_grace)
+        self.ownership.subscribeLost(self.presence.home.dropGroups)
+        self.remotePresence: dict[str, dict] = {}
+        self.internalClient = _FakeInternalClient(self)
         self.api = ChatAPI(self.streams, self.ownership, self.auth, self.store, self.chat,
-                           self.persister, self.internalAuth, limits=self.limits)
+                           self.persister, self.internalAuth, limits=self.limits,
+                           blocks=self.blocks, presence=self.presence,
+                           internalClient=self.internalClient)
         self.stub = StubTreq(apiResource(self.api))
         self.persister.startService()
         self.streams.startService()
+        self.presence.startService()
         self._tokens: dict[str, str] = {}
 
     # -- lifecycle
@@ -119,6 +150,7 @@ class Harness:
         if self.store.held:
             self.store.release()
         self.streams.stopService()
+        self.presence.stopService()
         self.flush()
         if len(self.limits.polls):
             raise AssertionError(f"polls still counted: {self.limits.polls._counts!r}")
@@ -132,6 +164,10 @@ class Harness:
         left = self.clock.getDelayedCalls()
         if left:
             raise AssertionError(f"calls left on the clock: {left!r}")
+
+    def _report(self, url: str, node: str, reports: dict) -> defer.Deferred:
+        self.presenceReports.append((url, node, dict(reports)))
+        return defer.succeed(None)
 
     # -- time
 

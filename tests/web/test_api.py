@@ -366,7 +366,8 @@ class EventsTests(_APITestMixin, SynchronousTestCase):
         self.assertEqual(answer.code, 200)
         self.assertEqual(answer.header("content-type"), JSON_TYPE)
         self.assertEqual(answer.json, {"events": [], "last_seq": 0, "typing": [],
-                                       "typing_version": 0})
+                                       "typing_version": 0,
+                                       "read": {"alice": 0, "bob": 0}, "read_version": 0})
 
     def test_immediateWhenBehind(self):
         """after < last_seq answers at once with the messages after it, ascending."""
@@ -411,7 +412,8 @@ class EventsTests(_APITestMixin, SynchronousTestCase):
         self.h.call("POST", path(CID, "typing"), user="bob", body={"typing": True})
         answer = fired(d)
         self.assertEqual(answer.json, {"events": [], "last_seq": 0, "typing": ["bob"],
-                                       "typing_version": 1})
+                                       "typing_version": 1,
+                                       "read": {"alice": 0, "bob": 0}, "read_version": 0})
 
     def test_typingVersionDiffers(self):
         """A typing_version other than the current one answers at once."""
@@ -438,7 +440,8 @@ class EventsTests(_APITestMixin, SynchronousTestCase):
         answer = fired(d)
         self.assertEqual(answer.code, 200)
         self.assertEqual(answer.json, {"events": [], "last_seq": 0, "typing": [],
-                                       "typing_version": 0})
+                                       "typing_version": 0,
+                                       "read": {"alice": 0, "bob": 0}, "read_version": 0})
         self.assertEqual(self.h.waiters(), 0)
 
     def test_defaultTimeout(self):
@@ -1245,7 +1248,7 @@ class RoutingTests(_APITestMixin, SynchronousTestCase):
 
     def test_notFound(self):
         """Unknown paths are 404 not_found in JSON."""
-        for p in ["/nope", "/v1/conversations", path(CID, "nope"), "/v1/inbox",
+        for p in ["/nope", "/v1/conversation", path(CID, "nope"), "/v1/inbox",
                   "/v2/cluster"]:
             self.assertError(self.h.call("GET", p), 404, "not_found")
 

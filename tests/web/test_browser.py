@@ -117,6 +117,10 @@ class BrowserTests(unittest.TestCase):
             from playwright.sync_api import expect
 
             alice = pages["alice"]
+            # The server's list of alice's conversations: carol's is there with one unread
+            # message (her last one; alice's own sends moved alice's read marker).
+            expect(alice.locator('.contact[data-name="carol"] .unread')).to_have_text(
+                "1", timeout=WAIT)
             openChat(alice, "carol")
             waitForText(alice, f"old message {HISTORY}")
             expect(alice.locator("#message-list .bubble")).to_have_count(30)
@@ -145,6 +149,10 @@ class BrowserTests(unittest.TestCase):
             waitForText(bob, "Hi bob! Are we still on for Friday?")
             expect(bob.locator("#typing")).to_have_text("", timeout=WAIT)
             waitForText(alice, "Hi bob! Are we still on for Friday?")
+            # Bob has it on screen, so it is read: alice sees "Seen" under it.
+            expect(alice.locator("#message-list .seen")).to_have_count(1, timeout=WAIT)
+            expect(alice.locator("#message-list .msg-row", has_text="Friday?")
+                   .locator(".seen")).to_have_text("Seen")
 
             reply = bob.get_by_label("Message to alice")
             reply.fill("Yes! <b>7pm</b> at the usual place & bring the map")

@@ -518,6 +518,32 @@
     renderContacts();
   }
 
+  /** The server's list of our conversations: contacts, previews and unread counts. */
+  async function loadConversationList(signal) {
+    const route = routeFor("inbox:" + session.user);
+    for (let round = 0; !signal.aborted && round < 5; round++) {
+      try {
+        const res = await call(route, "GET", "/v1/conversations?limit=100", { signal });
+        if (res.moved) continue;
+        if (res.status !== 200) return;
+        for (const s of res.data.conversations) {
+          if (!USER_RE.test(s.with) || s.with === session.user) continue;
+          const m = s.last_message;
+          const preview = m ? (m.sender === session.user ? "You: " : "") + m.text.slice(0, 80) : undefined;
+          touchContact(s.with, preview, s.updated);
+          const c = contacts.find((x) => x.name === s.with);
+          const viewing = current && current.peer === s.with && isViewing(current);
+          if (c && !viewing) c.unread = s.unread;
+        }
+        renderContacts();
+        return;
+      } catch (e) {
+        if (e instanceof Aborted || signal.aborted) return;
+        await sleep(1000, signal).catch(() => {});
+      }
+    }
+  }
+
   function renderContacts() {
     const list = $("contacts");
     const focused = document.activeElement && document.activeElement.classList.contains("contact")
@@ -564,6 +590,11 @@
       this.rows = new Map();         // key -> <li>
       this.after = null;             // last seq seen
       this.typingVersion = 0;        // always sent: a change of who types ends the poll
+      this.readVersion = 0;          // likewise for the read markers ("Seen")
+      this.partnerRead = 0;          // the peer's read marker
+      this.myRead = 0;               // ours, as the server has it
+      this.reading = false;          // a POST .../read in flight
+      this.seenRow = null;           // the row of ours that shows "Seen"
       this.typing = [];
       this.loaded = false;
       this.hasMore = false;
@@ -650,7 +681,8 @@
         // owner we learn it at once and move on.
         const wait = conv.route.base ? POLL_TIMEOUT : 0;
         const q = new URLSearchParams({
-          after: String(conv.after), typing_version: String(conv.typingVersion), timeout: String(wait),
+          after: String(conv.after), typing_version: String(conv.typingVersion),
+          read_version: String(conv.readVersion), timeout: String(wait),
         });
         const res = await call(conv.route, "GET", `/v1/conversations/${conv.cid}/events?${q}`, {
           signal, timeout: wait * 1000 + 10000, manual: wait > 0,
@@ -672,6 +704,13 @@
         else conv.after = Math.max(conv.after, body.last_seq);
         conv.typingVersion = body.typing_version;
         setTyping(conv, body.typing.filter((u) => u !== session.user));
+        if (body.read) {
+          conv.readVersion = body.read_version;
+          conv.partnerRead = body.read[conv.peer] || 0;
+          conv.myRead = Math.max(conv.myRead, body.read[session.user] || 0);
+        }
+        renderSeen(conv);
+        markRead(conv);
       } catch (e) {
         if (e instanceof Aborted || signal.aborted) return;
         await sleep(1000, signal).catch(() => {});
@@ -817,6 +856,34 @@
     const box = $("messages");
     box.scrollTop = box.scrollHeight;
     $("jump").hidden = true;
+  }
+
+  // ---- read receipts
+
+  /** Tell the server we have read up to the last message, while the conversation is in view. */
+  function markRead(conv) {
+    if (!isViewing(conv) || conv.reading || !(conv.after > conv.myRead)) return;
+    conv.reading = true;
+    const seq = conv.after;
+    call(conv.route, "POST", `/v1/conversations/${conv.cid}/read`, {
+      body: { seq }, signal: sessionCtl && sessionCtl.signal, deadline: 5000, timeout: 5000,
+    }).then((res) => {
+      if (res.status === 200) conv.myRead = Math.max(conv.myRead, res.data.read_seq);
+    }).catch(() => {}).finally(() => { conv.reading = false; });
+  }
+
+  /** "Seen" under our last message once the peer's read marker has reached it. */
+  function renderSeen(conv) {
+    let last = 0;
+    for (const [seq, m] of conv.messages) if (m.sender === session.user && seq > last) last = seq;
+    const row = last && conv.partnerRead >= last ? conv.rows.get("s" + last) : null;
+    if (row === conv.seenRow) return;
+    if (conv.seenRow) {
+      const old = conv.seenRow.querySelector(".seen");
+      if (old) old.remove();
+    }
+    conv.seenRow = row || null;
+    if (row) row.querySelector(".meta").append(h("span", { class: "seen", text: "Seen" }));
   }
 
   // ---- typing, theirs
@@ -1107,6 +1174,7 @@
     $("layout").dataset.view = "list";
     net.refresh();
     runInbox(sessionCtl.signal);
+    loadConversationList(sessionCtl.signal);
     const peer = params.get("with");
     if (peer && USER_RE.test(peer) && peer !== session.user) openConversation(peer);
     else $("newchat-user").focus();
@@ -1180,6 +1248,7 @@
     });
     document.addEventListener("visibilitychange", () => {
       if (current && isViewing(current)) {
+        markRead(current);
         const c = contacts.find((x) => x.name === current.peer);
         if (c && c.unread) {
           c.unread = 0;
