@@ -40,10 +40,11 @@ class PrometheusCounters(NSQCounters):
 def requeueDelay(attempts: int) -> int:
     """
     Milliseconds before a failed notification is tried again (here, while it is held in
-    flight): 0.5 s, 1 s, 2 s, ... 30 s. A failover takes a lease TTL, so the first retries
-    come soon.
+    flight): 0.5 s, 1 s, 2 s, 4 s, then every 5 s. A failover takes a lease TTL, so the first
+    retries come soon, and a held notification arrives within 5 s of its inbox's owner
+    being back.
     """
-    return min(30_000, 500 * 2 ** max(0, attempts - 1))
+    return min(5_000, 500 * 2 ** max(0, attempts - 1))
 
 
 class NoLongerHeld(Exception):
@@ -64,10 +65,13 @@ class NSQNotifier:
     # nsqd gives a message delivered to a consumer that died back only after this long, and
     # keeps it in memory meanwhile (lost if nsqd is killed then): short, since notifications
     # held here on purpose are TOUCHed.
-    msgTimeout = 10_000
+    msgTimeout = 3_000
 
     def __init__(self, reactor, config, deliver, nodeId: str):
         self.topic = config.topic
+        # Notifications taken from nsqd and not yet durable in their inbox.
+        self.holding = 0
+        metrics.notificationsHeld.set_function(lambda: self.holding)
         self._clock = reactor
         self._deliver = deliver
         # TOUCH three times per msg_timeout, so that one lost or late TOUCH does not matter.
@@ -117,6 +121,7 @@ class NSQNotifier:
         toucher.start(self.touchInterval, now=False).addErrback(
             lambda f: self.log.failure("touching {id} failed", f, id=notification.id))
         attempt = 0
+        self.holding += 1
         try:
             while True:
                 try:
@@ -134,6 +139,7 @@ class NSQNotifier:
                 if not self._keepTrying(message):
                     raise NoLongerHeld(f"{notification.id}: handed back to nsqd")
         finally:
+            self.holding -= 1
             if toucher.running:
                 toucher.stop()
 

@@ -90,19 +90,21 @@ class BusTests(SynchronousTestCase):
         self.outcome = [defer.fail(RuntimeError("owner unreachable"))] * 7
         message = self.message(body)
         d = self.bus.handle(message)
-        # Retries after 0.5, 1, 2, 4, 8, 16 and 30 s: the eighth attempt at 61.5 s succeeds.
-        self.clock.pump([0.5] * 122)
+        # Retries after 0.5, 1, 2, 4, 5, 5 and 5 s: the eighth attempt at 22.5 s succeeds.
+        self.clock.pump([0.5] * 44)
         self.assertEqual(len(self.delivered), 7)
+        self.assertEqual(self.bus.holding, 1)
         self.assertNoResult(d)
         self.clock.advance(0.5)
         self.assertEqual(len(self.delivered), 8)
         self.successResultOf(d)
-        # Three TOUCHes per msg_timeout (10 s), every 3.33 s (the pump's steps are 0.5 s).
-        self.assertEqual(len(message.touches), 18)
+        self.assertEqual(self.bus.holding, 0)
+        # Three TOUCHes per msg_timeout (3 s), every second.
+        self.assertEqual(len(message.touches), 22)
         self.assertTrue(all(0 < b - a < self.bus.msgTimeout / 1000 / 2 for a, b in
                             zip([0.0] + message.touches, message.touches)), message.touches)
         self.clock.advance(60)
-        self.assertEqual(len(message.touches), 18)
+        self.assertEqual(len(message.touches), 22)
         self.assertEqual([c.requeueDelay(5) for c in self.bus.consumers], [0, 0])
 
     def test_handedBackStopsRetrying(self):
@@ -151,6 +153,6 @@ class BusTests(SynchronousTestCase):
 
     def test_requeueDelayGrows(self):
         """
-        Requeue delays start at half a second and double up to 30 s.
+        Retry delays start at half a second and double up to 5 s.
         """
-        self.assertEqual([requeueDelay(a) for a in (1, 2, 3, 10)], [500, 1000, 2000, 30000])
+        self.assertEqual([requeueDelay(a) for a in (1, 2, 3, 10)], [500, 1000, 2000, 5000])

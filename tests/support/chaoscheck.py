@@ -46,9 +46,11 @@ async def observe(soak: "ChaosSoak") -> dict[str, Any]:
             state["ready"][node.nodeId] = status == 200
             _, _, metrics = await soak.http.request("GET", node.url + "/metrics", timeout=2)
             text = metrics.decode() if isinstance(metrics, bytes) else str(metrics)
+            # Events not yet durable, and notifications taken from nsqd not yet in their inbox.
             pending = [float(line.split()[-1]) for line in text.splitlines()
-                       if line.startswith("hpchat_persist_pending ")]
-            state["pending"][node.nodeId] = pending[0] if pending else None
+                       if line.startswith(("hpchat_persist_pending ",
+                                           "hpchat_notifications_held "))]
+            state["pending"][node.nodeId] = sum(pending) if pending else None
         except Exception as e:
             state["ready"][node.nodeId] = False
             state["pending"][node.nodeId] = repr(e)[:100]
