@@ -69,8 +69,10 @@ class NSQNotifier:
 
     def __init__(self, reactor, config, deliver, nodeId: str):
         self.topic = config.topic
-        # Notifications taken from nsqd and not yet durable in their inbox.
+        # Notifications taken from nsqd and not yet durable in their inbox: how many, and
+        # those whose nsqd connection broke (nsqd may have lost them: published again).
         self.holding = 0
+        self._orphans: dict[bytes, defer.Deferred] = {}
         metrics.notificationsHeld.set_function(lambda: self.holding)
         self._clock = reactor
         self._deliver = deliver
@@ -129,7 +131,10 @@ class NSQNotifier:
                 except Exception as e:
                     attempt += 1
                     error = str(e) or e.__class__.__name__
+                if not getattr(message, "connected", True):
+                    self._publishAgain(message, notification)
                 if not self._keepTrying(message):
+                    await self._handedBack(message, notification)
                     raise NoLongerHeld(f"{notification.id}: {error}")
                 delay = requeueDelay(attempt) / 1000
                 self.log.info("notification {id} for {user} not delivered (attempt {attempt}): "
@@ -137,11 +142,43 @@ class NSQNotifier:
                               user=notification.user, attempt=attempt, error=error, delay=delay)
                 await task.deferLater(self._clock, delay, lambda: None)
                 if not self._keepTrying(message):
+                    await self._handedBack(message, notification)
                     raise NoLongerHeld(f"{notification.id}: handed back to nsqd")
         finally:
+            self._orphans.pop(message.id, None)
             self.holding -= 1
             if toucher.running:
                 toucher.stop()
+
+    def _publishAgain(self, message, notification) -> None:
+        """
+        Publish a held notification again, once, when its nsqd connection broke: nsqd keeps
+        in-flight messages in memory only, so after a kill -9 of nsqd this node's copy may be
+        the last one. Published again it is on nsqd's disk queue; the inbox deduplicates the
+        copies.
+        """
+        if message.id in self._orphans:
+            return
+        d = self.producer.publish(self.topic, message.body)
+
+        def failed(failure):
+            self.log.warn("notification {id} not published again: {error}", id=notification.id,
+                          error=failure.getErrorMessage())
+            self._orphans.pop(message.id, None)
+
+        self._orphans[message.id] = d.addErrback(failed)
+
+    async def _handedBack(self, message, notification) -> None:
+        """
+        Before the holder lets a notification go at stop: one whose connection broke is
+        published again (and waited for, a little); one on a live connection was REQed by
+        the consumer.
+        """
+        if not getattr(message, "connected", True):
+            self._publishAgain(message, notification)
+        pending = self._orphans.get(message.id)
+        if pending is not None:
+            await pending.addTimeout(5.0, self._clock).addErrback(lambda f: None)
 
     def _keepTrying(self, message) -> bool:
         """

@@ -139,6 +139,15 @@ class NSQMessage:
         """
         return self._protocol.connected and self.id in self._protocol.inFlight
 
+    @property
+    def connected(self) -> bool:
+        """
+        Whether the connection this message came on is still open (a message no longer in
+        flight on an open connection was FINed or REQed; on a closed one, nsqd may have lost
+        it).
+        """
+        return bool(self._protocol.connected)
+
     def __repr__(self) -> str:
         return f"<NSQMessage {self.id!r} attempts={self.attempts} {len(self.body)} bytes>"
 

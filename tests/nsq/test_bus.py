@@ -22,6 +22,7 @@ class FakeMessage:
         self.body = body
         self.attempts = attempts
         self.inFlight = True
+        self.connected = True
         self.touches: list[float] = []
         self.clock = None
 
@@ -120,6 +121,8 @@ class BusTests(SynchronousTestCase):
         self.failureResultOf(d, NoLongerHeld)
         self.clock.advance(60)
         self.assertEqual((len(self.delivered), message.touches), (1, []))
+        # REQed on its own connection: back in nsqd, not published again.
+        self.assertEqual(self.published, [])
 
     def test_connectionLostKeepsDelivering(self):
         """
@@ -132,13 +135,29 @@ class BusTests(SynchronousTestCase):
         self.outcome = [defer.fail(RuntimeError("owner unreachable"))] * 2
         message = self.message(b'{"id": "f", "user": "bob", "type": "flirt"}')
         d = self.bus.handle(message)
-        message.inFlight = False
+        message.inFlight = message.connected = False
         self.clock.advance(0.5)
         self.assertNoResult(d)
         self.clock.advance(1.0)
         self.successResultOf(d)
         self.assertEqual(len(self.delivered), 3)
         self.assertEqual(message.touches, [])
+        # nsqd may have lost it with the connection: it was published again, once.
+        self.assertEqual(self.published, [("hpchat.notifications", message.body)])
+
+    def test_connectionLostAtStopPublishedAgain(self):
+        """
+        A held notification whose connection broke is published again before the node lets
+        it go at stop (it cannot be REQed on a closed connection).
+        """
+        self.outcome = [defer.fail(RuntimeError("owner unreachable"))] * 3
+        message = self.message(b'{"id": "f", "user": "bob", "type": "flirt"}')
+        d = self.bus.handle(message)
+        message.inFlight = message.connected = False
+        self.clock.advance(0.5)
+        self.failureResultOf(d, NoLongerHeld)
+        self.assertEqual(self.published, [("hpchat.notifications", message.body)])
+        self.assertEqual(self.bus.holding, 0)
 
     def test_malformedIsCountedAndFinished(self):
         """
