@@ -191,7 +191,7 @@ async def main(reactor, args):
             if binaries is None:
                 raise SystemExit("--postgresql: no PostgreSQL server installed "
                                  "(apt-get install postgresql)")
-            pgServer = PostgresProcess(binaries)
+            pgServer = PostgresProcess(binaries, cpus=args.pg_cpus)
             await pgServer.start()
             dsn = pgServer.dsn
 
@@ -255,6 +255,8 @@ def parse(argv=None):
     parser.add_argument("--fdb-cluster-file", help="also run against this FoundationDB cluster")
     parser.add_argument("--postgresql", action="store_true",
                         help="also run against a temporary PostgreSQL server started here")
+    parser.add_argument("--pg-cpus", help="CPUs (a taskset list) for the temporary PostgreSQL "
+                                          "server, e.g. 1 with the benchmark on 0")
     parser.add_argument("--pg-dsn", help="also run against this PostgreSQL database (its "
                                          "events and fences tables are emptied per cell)")
     args = parser.parse_args(argv)

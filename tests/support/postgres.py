@@ -64,8 +64,10 @@ class PostgresProcess:
     L{kill} brings the same data back, like a real server restarting.
     """
 
-    def __init__(self, binaries: str, startTimeout: float = 30.0):
+    def __init__(self, binaries: str, startTimeout: float = 30.0, cpus: str | None = None):
         self.binaries = binaries
+        # For benchmarks: the CPUs (a taskset list) the server and its backends run on.
+        self.cpus = cpus
         self.startTimeout = startTimeout
         self.port = freePort()
         self.baseDir = tempfile.mkdtemp(prefix="hpchat-pg-")
@@ -141,7 +143,8 @@ class PostgresProcess:
         log = open(self.logPath, "ab")
         try:
             self._process = subprocess.Popen(
-                [os.path.join(self.binaries, "postgres"), "-D", self.dataDir,
+                (["taskset", "-c", self.cpus] if self.cpus else [])
+                + [os.path.join(self.binaries, "postgres"), "-D", self.dataDir,
                  "-p", str(self.port), "-k", self.baseDir, "-c", "listen_addresses=127.0.0.1",
                  "-c", "fsync=on", "-c", "max_connections=100", "-c", "shared_buffers=32MB"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
