@@ -258,7 +258,8 @@ def _readSecret(section: _Section, baseDir: str) -> bytes:
             with open(fullPath, "rb") as f:
                 secretBytes = f.read().strip()
         except OSError as e:
-            raise section.error("secret_file", f"cannot be read: {e.strerror} ({fullPath})") from None
+            raise section.error("secret_file",
+                                f"cannot be read: {e.strerror} ({fullPath})") from None
     elif secret:
         secretBytes = secret.encode("utf-8")
     else:
@@ -330,8 +331,9 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
     except configparser.Error as e:
         line = getattr(e, "lineno", None)
         message = e.message.splitlines()[0] if hasattr(e, "message") else str(e)
+        where = f" (line {line})" if line else ""
         raise ConfigError(path, None, None,
-                          f"not a valid ini file{' (line %d)' % line if line else ''}: {message}") from None
+                          f"not a valid ini file{where}: {message}") from None
     baseDir = os.path.dirname(os.path.abspath(path)) if path != "<config>" else os.getcwd()
     for name in parser.sections():
         if name not in _KNOWN_SECTIONS:

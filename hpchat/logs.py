@@ -17,10 +17,8 @@ import re
 import sys
 from datetime import datetime, timezone
 
-from twisted.logger import formatEvent
+from twisted.logger import ILogObserver, formatEvent
 from zope.interface import implementer
-
-from twisted.logger import ILogObserver
 
 _SECRET_NAME = re.compile(r"token|authorization|secret|password|cookie", re.IGNORECASE)
 _TOKEN_IN_QUERY = re.compile(r"(access_token=)[^&\s\"']+")

@@ -7,8 +7,8 @@ are answered with, and one request's state on a connection.
 
 from __future__ import annotations
 
-import json
 import ipaddress
+import json
 import re
 from collections.abc import Mapping, Sequence
 from io import BytesIO
