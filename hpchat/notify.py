@@ -23,6 +23,9 @@ from hpchat.streamids import inboxStream, isUserId, parseConversation
 MAX_BODY = 8 * 1024
 PREVIEW_CHARS = 100
 _TYPE = re.compile(r"[a-z0-9_.-]{1,32}", re.ASCII)
+# A dedupe key of the site's services (uuids, "flirt:123:456"): no controls, spaces or NUL,
+# which some stores cannot hold.
+_ID = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 class BadNotification(ValueError):
@@ -53,13 +56,22 @@ def parseNotification(body: bytes) -> Notification:
     try:
         value = strictjson.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadNotification("body is not JSON (NaN and Infinity are not JSON)") from None
+        raise BadNotification("body is not strict JSON (UTF-8 text; no NaN, Infinity or lone "
+                              "surrogates)") from None
+    return notificationFrom(value)
+
+
+def notificationFrom(value: Any) -> Notification:
+    """
+    Validate a decoded notification body (one already within L{MAX_BODY} as it arrived: its
+    size is not checked again, re-encoding may change it).
+    """
     if not isinstance(value, dict):
         raise BadNotification("body is not a JSON object")
     nid, user, type = value.get("id"), value.get("user"), value.get("type")
     sender, data = value.get("from"), value.get("data", {})
-    if not isinstance(nid, str) or not 1 <= len(nid) <= 64:
-        raise BadNotification("id must be a string of 1 to 64 characters")
+    if not isinstance(nid, str) or not _ID.fullmatch(nid):
+        raise BadNotification("id must be 1 to 64 visible ASCII characters")
     if not isUserId(user):
         raise BadNotification("user must be a valid user id")
     if not isinstance(type, str) or not _TYPE.fullmatch(type):

@@ -32,6 +32,12 @@ def _float(text: str) -> float:
     return value
 
 
+class NotUnicode(ValueError):
+    """
+    JSON whose strings are not all Unicode text (an escaped lone surrogate).
+    """
+
+
 def loads(data: bytes | str) -> Any:
     """
     Decode JSON text; raise C{ValueError} (L{NotStrictJSON} for non-finite numbers) or
@@ -41,7 +47,15 @@ def loads(data: bytes | str) -> Any:
         # JSON between systems is UTF-8 (RFC 8259 §8.1): json.loads would guess UTF-16 or
         # UTF-32 from the first bytes and take such a body too.
         data = bytes(data).decode("utf-8")
-    return json.loads(data, parse_constant=_constant, parse_float=_float)
+    value = json.loads(data, parse_constant=_constant, parse_float=_float)
+    if "\\u" in data or not data.isascii():
+        # An escaped lone surrogate ("\ud800") decodes to a string that no UTF-8 encoder
+        # (the stores' drivers, the answers) can write.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise NotUnicode("a string holds a lone surrogate (not Unicode text)") from None
+    return value
 
 
 def _finiteOrNone(text: str) -> float | None:

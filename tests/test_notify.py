@@ -68,6 +68,29 @@ class FormatTests(SynchronousTestCase):
             body = json.dumps({"id": "x", "user": "bob", "type": type}).encode()
             self.assertRaises(BadNotification, parseNotification, body)
 
+    def test_idsStoresCanHold(self):
+        """
+        A notification id is 1 to 64 visible ASCII characters: NUL, controls, spaces and
+        non-ASCII (which some stores cannot hold in a key) are refused; uuids and keys like
+        flirt:123:456 are taken.
+        """
+        for nid in ["a\x00b", "a b", "a\tb", "\x7f", "é", "x" * 65, ""]:
+            body = json.dumps({"id": nid, "user": "bob", "type": "flirt"}).encode()
+            self.assertRaises(BadNotification, parseNotification, body)
+        for nid in ["3f2a6c1e-9b1d-4c55-8a53-1f0e2d3c4b5a", "flirt:123:456", "~!x" * 21]:
+            body = json.dumps({"id": nid, "user": "bob", "type": "flirt"}).encode()
+            self.assertEqual(parseNotification(body).id, nid)
+
+    def test_loneSurrogatesRefused(self):
+        """
+        A string holding a lone surrogate (escaped in the JSON) is not Unicode text that a
+        store or an answer could write: the body is refused; escaped pairs are fine.
+        """
+        body = b'{"id": "x", "user": "bob", "type": "flirt", "data": {"t": "\\udc00"}}'
+        self.assertRaises(BadNotification, parseNotification, body)
+        body = b'{"id": "x", "user": "bob", "type": "flirt", "data": {"t": "\\ud83d\\ude00"}}'
+        self.assertEqual(parseNotification(body).data, {"t": "\U0001f600"})
+
     def test_toJSONRefusesNonFinite(self):
         """
         A notification built in code with a non-finite number is not written as bad JSON.

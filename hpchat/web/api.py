@@ -24,7 +24,7 @@ from werkzeug.routing import RequestRedirect
 from hpchat import metrics, strictjson
 from hpchat.groups import Local, Redirect, resolveRoute
 from hpchat.limits import UserLimits, retryAfter
-from hpchat.notify import BadNotification, Dropped, deliverToInbox, parseNotification
+from hpchat.notify import BadNotification, Dropped, deliverToInbox, notificationFrom
 from hpchat.persister import Overloaded, PersisterStopped, StoreUnavailable
 from hpchat.storage.base import Event, StoreError
 from hpchat.streamids import BadConversation, inboxStream, isUserId, parseConversation
@@ -202,6 +202,8 @@ class ChatAPI:
             raise ApiError(413, "too_large", f"request bodies are at most {limit} bytes")
         try:
             body = strictjson.loads(raw)
+        except strictjson.NotUnicode as e:
+            raise _badRequest(str(e)) from None
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise _badRequest("the body must be JSON (NaN and Infinity are not JSON)",
                               "bad_json") from None
@@ -564,7 +566,7 @@ class ChatAPI:
 
     def _deliverNotification(self, request, raw) -> defer.Deferred:
         try:
-            notification = parseNotification(strictjson.dumps(raw).encode("utf-8"))
+            notification = notificationFrom(raw)
         except BadNotification as e:
             return defer.fail(_badRequest(str(e)))
         stream = inboxStream(notification.user)

@@ -103,7 +103,8 @@ class InternalEndpointTests(SynchronousTestCase):
 
     def post(self, body, token=None):
         token = token if token is not None else self.h.internalAuth.mint("n2")
-        d = self.h.request("POST", "/internal/v1/notifications", token=token, body=body)
+        raw = {"data": body} if isinstance(body, bytes) else {"body": body}
+        d = self.h.request("POST", "/internal/v1/notifications", token=token, **raw)
         self.h.settle()
         return self.h.answer(d)
 
@@ -130,6 +131,19 @@ class InternalEndpointTests(SynchronousTestCase):
         again = self.post(FLIRT)
         self.assertEqual((again.code, again.json["event"]["seq"]), (200, 1))
         self.assertEqual(len(self.h.store.stored(inboxStream("bob"))), 1)
+
+    def test_sizeCheckedAsItArrived(self):
+        """
+        A notification within 8 KiB as it arrived is taken though it would be longer written
+        out again (1e5 is 100000.0 once decoded): the owner does not check the size of its
+        own re-encoding, which would refuse it forever.
+        """
+        body = (b'{"id":"big-1","user":"bob","type":"flirt","from":"alice","data":{"n":['
+                + b",".join([b"1e5"] * 1800) + b"]}}")
+        self.assertLess(len(body), 8192)
+        self.assertGreater(len(json.dumps(json.loads(body))), 8192)
+        answer = self.post(body)
+        self.assertEqual(answer.code, 201, answer.json)
 
     def test_needsANodeToken(self):
         """
