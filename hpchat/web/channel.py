@@ -115,7 +115,7 @@ class HTTPConnection(Protocol):
             metrics.countLimited("connections")
             self._writeError(503, "overloaded", "too many connections; retry",
                              {b"retry-after": b"1"})
-            self._close()
+            self._closeAfterError()
             return
         self._updateDeadline()
 
@@ -286,7 +286,11 @@ class HTTPConnection(Protocol):
             if not target.startswith((b"http://", b"https://")):
                 return 400, "bad_request", "the request target must be an absolute path", None
             # The absolute form: its authority replaces Host (RFC 9112 3.2.2).
-            parts = urlsplit(target)
+            try:
+                parts = urlsplit(target)
+            except ValueError:
+                # e.g. an unclosed IPv6 literal: http://[::1/
+                return 400, "bad_request", "the request target is not a valid URL", None
             headers[b"host"] = parts.netloc
             exchange.raw = [(n, v) for n, v in exchange.raw if n.lower() != b"host"]
             exchange.raw.append((b"Host", parts.netloc))

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from hpchat import metrics, strictjson
 from hpchat.groups import Local, Redirect
@@ -60,7 +60,8 @@ def decodeCursor(text: str) -> tuple[float, str]:
         raise ValueError("not a cursor") from None
     if not (isinstance(value, list) and len(value) == 2
             and isinstance(value[0], (int, float)) and not isinstance(value[0], bool)
-            and math.isfinite(value[0]) and isinstance(value[1], str)):
+            and abs(value[0]) < 2**53 and isinstance(value[1], str)):
+        # (A huge integer would overflow the float comparisons below.)
         raise ValueError("not a cursor")
     try:
         parseConversation(value[1])
@@ -109,6 +110,8 @@ class SocialRoutes:
     The handlers behind L{hpchat.web.api.ChatAPI}'s social routes; C{api} lends its request
     helpers (token, ids, body, ownership).
     """
+
+    log = Logger()
 
     def __init__(self, api, streams, store, ownership, blocks=None, presence=None,
                  internalClient=None):
@@ -315,7 +318,11 @@ class SocialRoutes:
     @staticmethod
     def _presenceFailed(failure):
         api = _api()
-        failure.trap(defer.FirstError)
+        if failure.check(api.ApiError, defer.CancelledError):
+            return failure
+        if not failure.check(defer.FirstError):
+            SocialRoutes.log.warn("presence query failed: {error}",
+                                  error=failure.getErrorMessage())
         raise api.ApiError(503, "unavailable", "presence is not available right now; retry",
                            {b"retry-after": b"1"})
 
@@ -360,7 +367,7 @@ class SocialRoutes:
             if not (isUserId(user) and isinstance(report, list) and len(report) == 2
                     and isinstance(report[0], bool)
                     and isinstance(report[1], (int, float)) and not isinstance(report[1], bool)
-                    and math.isfinite(report[1])):
+                    and abs(report[1]) < 2**53):
                 raise api._badRequest(f"bad report for {user[:64]!r}")
             reports[user] = (report[0], float(report[1]))
         self.presence.home.report(node, reports)

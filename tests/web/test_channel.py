@@ -393,6 +393,8 @@ class SmugglingTests(ConnectionTestsBase):
             b"GET /healthz HTTP/1.1\r\nHost: user@n\r\n\r\n",
             b"GET /healthz HTTP/1.1\r\nHost: " + b"a" * 64 + b".example\r\n\r\n",
             b"GET http://a:b:c/healthz HTTP/1.1\r\nHost: n\r\n\r\n",
+            b"GET http://[::1/healthz HTTP/1.1\r\nHost: n\r\n\r\n",
+            b"GET http://[zz]/healthz HTTP/1.1\r\nHost: n\r\n\r\n",
             b"GET /healthz HTTP/1.1\r\nHost: n\r\nAuthorization: Bearer a\r\n"
             b"Authorization: Bearer b\r\n\r\n",
             b"GET /healthz HTTP/1.1\r\nHost: n\r\nOrigin: http://a\r\nOrigin: http://b\r\n\r\n",

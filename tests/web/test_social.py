@@ -196,8 +196,11 @@ class ConversationListTests(_APITestMixin, SynchronousTestCase):
         """
         limit must be 1..200; before must be a cursor of an earlier answer.
         """
+        import base64
+
+        huge = base64.urlsafe_b64encode(b'[' + b"9" * 400 + b', "dm:a:b"]').decode()
         for query in ("limit=0", "limit=201", "limit=x", "before=nope", "before=" +
-                      encodeCursor(1.0, "dm:b:a"), "before=WzEsMl0"):
+                      encodeCursor(1.0, "dm:b:a"), "before=WzEsMl0", "before=" + huge):
             self.assertError(self.list(query=query), 400, "bad_request")
         self.assertEqual(self.list(query="limit=200").code, 200)
         self.assertError(self.list(user=None), 401, "unauthorized")
