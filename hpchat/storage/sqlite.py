@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -174,26 +175,37 @@ def _connect(path: str) -> sqlite3.Connection:
     return connection
 
 
+@contextmanager
+def _writing(db: sqlite3.Connection) -> Iterator[None]:
+    """
+    One write transaction: committed when the block ends, rolled back on any error, a
+    failed COMMIT (busy, I/O, full) included, so the connection never stays inside a
+    transaction that every later BEGIN would trip over.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
 def _migrate(db: sqlite3.Connection) -> None:
     """
     Bring the schema from its stored version up to L{SCHEMA_VERSION}, one step per write
     transaction (another process may be opening the same file).
     """
     while True:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _writing(db):
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version >= SCHEMA_VERSION:
-                db.execute("COMMIT")
                 return
             for statement in _MIGRATIONS[version].split(";"):
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {version + 1}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
 
 @implementer(IEventStore, IConversationStore, IBlockStore, IPresenceStore)
@@ -292,8 +304,7 @@ class SQLiteStore(SQLReads):
 
     def _claimTxn(self, group: int, token: int, stream: str, recent: int) -> StreamSnapshot:
         db = self._writer
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _writing(db):
             rejected = self._raiseFences(db, {group: token})
             if rejected:
                 raise FenceRejected(rejected)
@@ -301,16 +312,9 @@ class SQLiteStore(SQLReads):
                 f"SELECT {_COLUMNS} FROM events WHERE stream = ? ORDER BY seq DESC LIMIT ?",
                 (stream, recent),
             ).fetchall()
-            if rows:
-                lastSeq = rows[0][1]
-            else:
-                lastSeq = 0
+            lastSeq = rows[0][1] if rows else 0
             reads = dict(db.execute("SELECT usr, read_seq FROM conversations WHERE stream = ?",
                                     (stream,)).fetchall())
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return StreamSnapshot(last_seq=lastSeq, recent=[_row(r) for r in reversed(rows)],
                               reads=reads)
 
@@ -350,24 +354,19 @@ class SQLiteStore(SQLReads):
     def _appendTxn(self, batch: str, fences: dict[int, int], entries: str | None,
                    rows: str | None = None) -> None:
         db = self._writer
-        db.execute("BEGIN IMMEDIATE")
         try:
-            rejected = self._raiseFences(db, fences)
-            if rejected:
-                raise FenceRejected(rejected)
-            db.execute(_INSERT_BATCH, (batch,))
-            if entries is not None:
-                db.execute(_INSERT_OUTBOX, (entries,))
-            if rows is not None:
-                db.execute(_INSERT_CONVERSATIONS, (rows,))
+            with _writing(db):
+                rejected = self._raiseFences(db, fences)
+                if rejected:
+                    raise FenceRejected(rejected)
+                db.execute(_INSERT_BATCH, (batch,))
+                if entries is not None:
+                    db.execute(_INSERT_OUTBOX, (entries,))
+                if rows is not None:
+                    db.execute(_INSERT_CONVERSATIONS, (rows,))
         except sqlite3.IntegrityError as e:
-            db.execute("ROLLBACK")
             groups, streams = self._conflicting(db.execute, strictjson.loads(batch))
             raise StreamConflict(groups, str(e), streams=streams) from None
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     # -- reads (reader thread): readAfter, readBefore, findClientId and findEventId are
     # SQLReads'
@@ -400,8 +399,7 @@ class SQLiteStore(SQLReads):
     def _setBlock(self, blocker: str, blocked: str, on: bool, group: int, token: int,
                   ts: float) -> None:
         db = self._writer
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _writing(db):
             rejected = self._raiseFences(db, {group: token})
             if rejected:
                 raise FenceRejected(rejected)
@@ -411,10 +409,6 @@ class SQLiteStore(SQLReads):
             else:
                 db.execute("DELETE FROM blocks WHERE blocker = ? AND blocked = ?",
                            (blocker, blocked))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def blocksOf(self, blocker: str):
         return self._read(lambda: [b for (b,) in self._reader.execute(
@@ -442,8 +436,7 @@ class SQLiteStore(SQLReads):
 
     def _writeLastSeen(self, entries: str, fences: dict[int, int]) -> None:
         db = self._writer
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _writing(db):
             rejected = self._raiseFences(db, fences)
             if rejected:
                 raise FenceRejected(rejected)
@@ -451,10 +444,6 @@ class SQLiteStore(SQLReads):
                 "INSERT INTO presence (usr, last_seen) SELECT json_extract(value, '$[0]'), "
                 "json_extract(value, '$[1]') FROM json_each(?) WHERE 1 ON CONFLICT (usr) DO "
                 "UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)", (entries,))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def lastSeen(self, users):
         users = strictjson.dumps(sorted(set(users)))
@@ -485,13 +474,8 @@ class SQLiteStore(SQLReads):
 
     def _markOutboxDone(self, ids: str) -> None:
         db = self._writer
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _writing(db):
             db.execute("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (ids,))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def _select(self, sql: str, params: tuple, reverse: bool) -> list[Event]:
         rows = self._reader.execute(sql, params).fetchall()

@@ -145,3 +145,34 @@ class SQLiteSpecificTests(unittest.TestCase):
         await store.open()
         self.addCleanup(store.close)
         self.assertTrue(store.ready)
+
+
+class WriteTransactionTests(unittest.SynchronousTestCase):
+    def test_failedCommitRolledBack(self):
+        """
+        A COMMIT that fails (busy, I/O error, disk full) is rolled back, so the writer's
+        connection is not left inside a transaction that every later BEGIN would refuse.
+        """
+        from hpchat.storage.sqlite import _writing
+
+        class Connection:
+            in_transaction = False
+
+            def __init__(self):
+                self.statements = []
+
+            def execute(self, sql, *args):
+                self.statements.append(sql)
+                if sql == "BEGIN IMMEDIATE":
+                    self.in_transaction = True
+                elif sql == "COMMIT":
+                    raise sqlite3.OperationalError("disk I/O error")
+                elif sql == "ROLLBACK":
+                    self.in_transaction = False
+
+        db = Connection()
+        with self.assertRaises(sqlite3.OperationalError):
+            with _writing(db):
+                db.execute("INSERT")
+        self.assertEqual(db.statements, ["BEGIN IMMEDIATE", "INSERT", "COMMIT", "ROLLBACK"])
+        self.assertFalse(db.in_transaction)
