@@ -44,6 +44,8 @@ class OutboxPublisher(Service):
 
     log = Logger()
     sweepLimit = 500
+    # Entries of other nodes' groups looked at per sweep, to find groups nobody owns.
+    probeLimit = 50
     idleInterval = 10.0
     #: Acknowledged entries are marked done together, one store write per this many seconds.
     markDelay = 0.5
@@ -216,17 +218,26 @@ class OutboxPublisher(Service):
         """
         if not getattr(self._store, "ready", True):
             return True
-        entries = await self._store.pendingOutbox(range(self.groups), self.sweepLimit)
+        owned = [g for g in range(self.groups) if self._ownership.tokenFor(g) is not None]
+        others = sorted(set(range(self.groups)) - set(owned))
         pending = False
-        for entry in entries:
-            if entry.id in self._busy:
-                pending = True
-                continue
-            if self._owned(entry.group):
-                self.log.info("outbox: publishing pending notification {id} of {stream} "
-                              "seq {seq}", id=entry.id, stream=entry.stream, seq=entry.seq)
-                self._send(entry, again=True)
+        # This node's own entries first: those of other groups (whose owner is away) must
+        # not crowd them out of the sweep.
+        for entry in await self._store.pendingOutbox(owned, self.sweepLimit) if owned else []:
             pending = True
+            if entry.id in self._busy:
+                continue
+            self.log.info("outbox: publishing pending notification {id} of {stream} "
+                          "seq {seq}", id=entry.id, stream=entry.stream, seq=entry.seq)
+            self._send(entry, again=True)
+        # Entries of groups owned elsewhere or by nobody: asking about an unowned group
+        # claims it for the node placement prefers, whose own sweeps then publish them.
+        probe = await self._store.pendingOutbox(others, self.probeLimit) if others else []
+        for group in sorted({entry.group for entry in probe}):
+            pending = True
+            # Claims an unowned group; if it comes here, the next sweep (soon: entries are
+            # pending) sends its entries.
+            self._owned(group)
         return pending
 
     def _owned(self, group: int) -> bool:

@@ -183,6 +183,26 @@ class OutboxTests(SynchronousTestCase):
         self.clock.advance(self.node.outbox.idleInterval)
         self.assertEqual([nid for nid, _ in self.published], [entry.id])
 
+    def test_ownEntriesNotCrowdedOut(self):
+        """
+        Many older entries of groups owned elsewhere do not keep this node's own pending
+        entry out of its sweeps.
+        """
+        from hpchat.storage.base import OutboxEntry
+
+        group = self.node.streams.groupOf(CID)
+        other = (group + 1) % GROUPS
+        self.node.ownership.set(other, Redirect("node-b", "http://node-b.test:8080"))
+        self.clock.advance(0)
+        for i in range(self.node.outbox.sweepLimit + 10):
+            entry = OutboxEntry(f"m.other-{i}", other, "dm:x:y", i + 1, "{}", float(i))
+            self.store.outbox[entry.id] = entry
+        mine = outboxEntry(Event(CID, 1, "e1", group, "message", "alice", 10_000.0, None,
+                                 {"text": "x"}))
+        self.store.outbox[mine.id] = mine
+        self.clock.advance(self.node.outbox.idleInterval)
+        self.assertEqual([nid for nid, _ in self.published], [mine.id])
+
     def test_storeAwayDuringASweep(self):
         """
         A sweep that finds the store away (a StoreError) logs one line, no traceback, and
