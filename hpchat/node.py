@@ -22,6 +22,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 
+# Seconds of the stop budget kept for each stage still to come.
+RESERVE = 2.0
+
+
 @dataclass(frozen=True)
 class Stage:
     """
@@ -145,9 +149,13 @@ class NodeService(MultiService):
     async def _stop(self) -> None:
         start = self._clock.seconds()
         deadline = start + self.stopTimeout
-        for stage in self._stages:
+        stages = list(self._stages)
+        for index, stage in enumerate(stages):
             began = self._clock.seconds()
-            bound = max(0.0, min(stage.timeout, deadline - began))
+            # Every later stage keeps a little of the budget (up to RESERVE seconds each): a
+            # slow persister must not leave nothing for the lease revoke and the store.
+            reserved = sum(min(later.timeout, RESERVE) for later in stages[index + 1:])
+            bound = max(0.0, min(stage.timeout, deadline - began - reserved))
             try:
                 await self._bounded(stage, bound)
             except defer.TimeoutError:

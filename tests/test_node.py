@@ -120,21 +120,25 @@ class NodeServiceTests(SynchronousTestCase):
 
     def test_wholeStopIsBounded(self):
         """
-        The stop takes at most stopTimeout however long the stages' own timeouts are; the
-        stages after the bound are still called, with no time to wait.
+        The stop takes at most stopTimeout however long the stages' own timeouts are, and
+        each stage still to come keeps up to RESERVE seconds of it: a stage that overruns
+        cannot leave nothing for the ones after it (the lease revoke, the store).
         """
+        from hpchat.node import RESERVE
+
         node = self.node(Stage("a", defer.Deferred, 30), Stage("b", defer.Deferred, 30),
                          Stage("c", lambda: self.log.append("c"), 30), stopTimeout=40)
         node.startService()
         stopped = node.stopService()
         self.clock.advance(30)
         self.assertNoResult(stopped)
-        self.clock.advance(9.9)
+        # b gets what is left but c's reserve: 40 - 30 - RESERVE.
+        self.clock.advance(40 - 30 - RESERVE - 0.1)
         self.assertEqual(self.log, [])
         self.clock.advance(0.1)
         self.assertEqual(self.log, ["c"])
         self.successResultOf(stopped)
-        self.assertEqual(self.clock.seconds(), 40)
+        self.assertEqual(self.clock.seconds(), 40 - RESERVE)
 
     def test_failingStageIsLoggedAndTheNextGoesOn(self):
         """
