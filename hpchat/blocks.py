@@ -63,7 +63,8 @@ class BlockList:
         self._reading[key] = [follower]
         metrics.countSocial("block_lookups")
         d = defer.maybeDeferred(self._store.blocksBetween, key[0], key[1])
-        d.addCallbacks(self._read, self._failed, callbackArgs=(key, now), errbackArgs=(key,))
+        # The errback after the callback: an error in _read reaches the followers too.
+        d.addCallback(self._read, key, now).addErrback(self._failed, key)
         return follower
 
     def _read(self, found, key: tuple[str, str], when: float) -> None:

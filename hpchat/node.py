@@ -21,7 +21,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-
 # Seconds of the stop budget kept for each stage still to come.
 RESERVE = 2.0
 

@@ -219,20 +219,6 @@ class BatchPersister(Service):
             self._kick = self._clock.callLater(0, self._kicked)
         return pending.deferred
 
-    def failGroups(self, groups: Iterable[int], error: Exception) -> None:
-        """
-        Fail every queued event of C{groups} that is not already being written.
-        """
-        groups = set(groups)
-        inFlight = self._inFlight if self._flushing is not None else 0
-        kept = deque(list(self._queue)[:inFlight])
-        failed = []
-        for pending in list(self._queue)[inFlight:]:
-            (failed if pending.group in groups else kept).append(pending)
-        self._queue = kept
-        for pending in failed:
-            pending.deferred.errback(error)
-
     # -- the loop
 
     def _batchDone(self) -> defer.Deferred:

@@ -150,7 +150,9 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
     api = ChatAPI(streams, ownership, Authenticator(config.auth.secret, reactor), store,
                   config.chat, persister, internalAuth, devLogin=config.auth.dev_login,
                   limits=UserLimits.fromConfig(reactor, config.limits), blocks=blocks,
-                  presence=presence, internalClient=internalClient)
+                  presence=presence, internalClient=internalClient,
+                  maxBody=config.limits.max_body_bytes,
+                  maxInternalBody=config.limits.max_internal_body_bytes)
     web = WebService(api, config.node.listen, reactor, corsOrigins=config.http.cors_origins,
                      limits=config.limits)
 

@@ -101,7 +101,12 @@ class ChatAPI:
 
     def __init__(self, streams, ownership, authenticator, store, chat, persister=None,
                  internalAuth=None, devLogin: bool = False, limits: UserLimits | None = None,
-                 blocks=None, presence=None, internalClient=None):
+                 blocks=None, presence=None, internalClient=None,
+                 maxBody: int = MAX_BODY, maxInternalBody: int = MAX_INTERNAL_BODY):
+        # Request bodies: [limits] max_body_bytes and max_internal_body_bytes (the HTTP edge
+        # refuses longer ones from their Content-Length before reading them).
+        self.maxBody = maxBody
+        self.maxInternalBody = maxInternalBody
         self._streams = streams
         self._limits = limits
         self._devLogin = devLogin
@@ -192,8 +197,8 @@ class ChatAPI:
             raise ApiError(403, "forbidden", "only its two participants may use a conversation")
         return cid
 
-    @staticmethod
-    def _body(request, limit: int = MAX_BODY) -> dict:
+    def _body(self, request, internal: bool = False) -> dict:
+        limit = self.maxInternalBody if internal else self.maxBody
         length = request.getHeader(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise ApiError(413, "too_large", f"request bodies are at most {limit} bytes")
@@ -553,7 +558,7 @@ class ChatAPI:
             self._internalAuth.verify(request.getHeader(b"authorization"))
         except InternalUnauthorized as e:
             raise ApiError(401, "unauthorized", str(e)) from None
-        raw = self._body(request, MAX_INTERNAL_BODY)
+        raw = self._body(request, internal=True)
         batch = raw.get("notifications")
         if batch is None:
             return self._deliverNotification(request, raw).addCallback(self._delivered, request)

@@ -334,7 +334,7 @@ class SocialRoutes:
             self._api._internalAuth.verify(request.getHeader(b"authorization"))
         except api.InternalUnauthorized as e:
             raise api.ApiError(401, "unauthorized", str(e)) from None
-        return self._api._body(request, api.MAX_INTERNAL_BODY)
+        return self._api._body(request, internal=True)
 
     def internalPresence(self, request) -> defer.Deferred:
         """
