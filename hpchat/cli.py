@@ -280,7 +280,7 @@ def parser() -> argparse.ArgumentParser:
     notify.add_argument("--from", dest="sender", default=None, help="the user it is from")
     notify.add_argument("--data", default="{}", help="a JSON object (default: {})")
     notify.add_argument("--id", default=None,
-                        help="its id, 1-64 characters, the same id is stored once "
+                        help="its id, 1-64 visible ASCII characters, the same id is stored once "
                              "(default: a new unique id)")
     notify.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for the node (default: %(default)s)")

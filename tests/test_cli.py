@@ -176,7 +176,8 @@ class StatusAndNotifySingleNodeTests(unittest.TestCase):
             (["bob", "flirt", "--data", '{"x": Infinity}'], "--data is not valid JSON"),
             (["bob", "flirt", "--data", "[1]"], "--data must be a JSON object"),
             (["bob", "flirt", "--data", "{"], "--data is not valid JSON"),
-            (["bob", "flirt", "--id", "x" * 65], "id must be a string of 1 to 64"),
+            (["bob", "flirt", "--id", "x" * 65], "id must be 1 to 64 visible ASCII"),
+            (["bob", "flirt", "--id", "a b"], "id must be 1 to 64 visible ASCII"),
             (["bob", "flirt", "--data", json.dumps({"x": "y" * 9000})], "over 8192"),
         ]
         for args, message in cases:
