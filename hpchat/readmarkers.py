@@ -106,8 +106,14 @@ class ReadMarkers:
         if seq > stream.lastSeq:
             raise CursorAhead(stream.lastSeq)
         current = stream.readsQueued.get(user, 0)
-        if stream.users is None or user not in stream.users or seq <= current:
+        if stream.users is None or user not in stream.users:
             return current
+        if seq <= current:
+            if stream.reads.get(user, 0) >= current:
+                return current
+            # The marker is already further but not durable yet (a send moved it): written
+            # again behind that write, so the answer comes once it is durable.
+            seq = current
         queued = dict(stream.readsQueued)
         queued[user] = seq
         rows = conversationRows(stream.name, stream.group, stream.users, stream.nextSeq - 1,

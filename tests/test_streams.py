@@ -82,6 +82,23 @@ class SendTests(StreamsTestCase):
         self.assertEqual(self.successResultOf(poll).events, [event])
         self.assertEqual(self.committed, [event])
 
+    def test_readMarkerAnsweredOnceDurable(self):
+        """
+        A read at or below a marker that a send moved but that is not durable yet is
+        answered only once that marker is durable, with it.
+        """
+        self.sent("first")
+        self.store.hold()
+        self.streams.send(CID, "alice", "second", None)
+        self.clock.advance(0.005)
+        read = self.streams.markRead(CID, "alice", 1)
+        self.clock.advance(0.005)
+        self.assertNoResult(read)
+        self.store.release()
+        self.clock.advance(0.005)
+        self.clock.advance(0.005)
+        self.assertEqual(self.successResultOf(read), 2)
+
     def test_repeatedClientIdReturnsOriginal(self):
         """
         A repeated client_id from the same sender returns the original, not a new message;
