@@ -168,8 +168,14 @@ class PresenceHome:
 
     def _prune(self, now: float) -> None:
         horizon = self.grace + self.expiry
-        for user in [u for u, nodes in self._seen.items() if u not in self._dirty and all(
-                not s.online and now - s.at > horizon for s in nodes.values())]:
+        def gone(s) -> bool:
+            # Offline for long, or reported online by a node that stopped reporting (it
+            # died): either way the user counts as having left long ago.
+            ended = s.reportedAt if s.online else s.at
+            return now - ended > horizon
+
+        for user in [u for u, nodes in self._seen.items()
+                     if u not in self._dirty and all(gone(s) for s in nodes.values())]:
             del self._seen[user]
 
 

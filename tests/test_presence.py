@@ -66,6 +66,19 @@ class HomeTests(SynchronousTestCase):
         self.clock.advance(30 + 30)
         self.assertEqual(self.lookup("alice"), {"alice": (False, 1000.0)})
 
+    def test_deadReporterForgotten(self):
+        """
+        A user last reported online by a node that then died is forgotten from memory once
+        that report is older than grace + expiry and the last-seen time is written, so the
+        home's memory does not grow with every user of every node that ever died.
+        """
+        self.home.report("n1", {"alice": (True, 1000.0)})
+        self.clock.advance(61)
+        self.successResultOf(defer.maybeDeferred(self.home.persist))
+        self.home._prune(self.clock.seconds())
+        self.assertNotIn("alice", self.home._seen)
+        self.assertEqual(self.lookup("alice")["alice"][0], False)
+
     def test_storedLastSeen(self):
         """
         Users not in memory (a restart, a new home) have their stored last-seen time.
