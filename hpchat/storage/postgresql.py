@@ -47,8 +47,10 @@ from hpchat.storage.conversations import (
 )
 from hpchat.storage.presence import IPresenceStore
 from hpchat.storage.sqlshared import COLUMNS as _COLUMNS
+from hpchat.storage.sqlshared import LIST_COLUMNS as _LIST_COLUMNS
 from hpchat.storage.sqlshared import OUTBOX_COLUMNS as _OUTBOX_COLUMNS
 from hpchat.storage.sqlshared import SQLReads
+from hpchat.storage.sqlshared import row as _row
 from hpchat.storage.worker import ThreadWorker
 
 SCHEMA_VERSION = 5
@@ -125,8 +127,6 @@ _INSERT_CONVERSATIONS = (
     "partner = excluded.partner, last_seq = excluded.last_seq, read_seq = excluded.read_seq, "
     "partner_read_seq = excluded.partner_read_seq, updated = excluded.updated"
 )
-_LIST_COLUMNS = ", ".join(f"c.{c.strip()}" for c in ROW_COLUMNS.split(",")) + ", " + ", ".join(
-    f"e.{c.strip()}" for c in _COLUMNS.split(","))
 _LIST = (
     f"SELECT {_LIST_COLUMNS} FROM conversations AS c LEFT JOIN events AS e "
     "ON e.stream = c.stream AND e.seq = c.last_seq WHERE c.usr = %s {where}"
@@ -152,12 +152,6 @@ _INSERT_BATCH = (
     "%s::text[], %s::integer[], %s::text[], %s::text[], %s::double precision[], %s::text[], "
     "%s::text[])"
 )
-
-
-def _row(row: tuple) -> Event:
-    stream, seq, id, grp, type, sender, ts, client_id, data = row
-    return Event(stream=stream, seq=seq, id=id, group=grp, type=type, sender=sender, ts=ts,
-                 client_id=client_id, data=strictjson.loadsStored(data))
 
 
 class SchemaTooNew(StoreError):

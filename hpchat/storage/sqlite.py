@@ -45,8 +45,10 @@ from hpchat.storage.conversations import (
 )
 from hpchat.storage.presence import IPresenceStore
 from hpchat.storage.sqlshared import COLUMNS as _COLUMNS
+from hpchat.storage.sqlshared import LIST_COLUMNS as _LIST_COLUMNS
 from hpchat.storage.sqlshared import OUTBOX_COLUMNS as _OUTBOX_COLUMNS
 from hpchat.storage.sqlshared import SQLReads
+from hpchat.storage.sqlshared import row as _row
 from hpchat.storage.worker import ThreadWorker
 
 _SCHEMA = """
@@ -125,8 +127,6 @@ _INSERT_CONVERSATIONS = (
     "read_seq = excluded.read_seq, partner_read_seq = excluded.partner_read_seq, "
     "updated = excluded.updated"
 )
-_LIST_COLUMNS = ", ".join(f"c.{c.strip()}" for c in ROW_COLUMNS.split(",")) + ", " + ", ".join(
-    f"e.{c.strip()}" for c in _COLUMNS.split(","))
 _LIST = (
     f"SELECT {_LIST_COLUMNS} FROM conversations AS c LEFT JOIN events AS e "
     "ON e.stream = c.stream AND e.seq = c.last_seq "
@@ -157,12 +157,6 @@ _RAISE_FENCES = (
     "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) WHERE 1 "
     "ON CONFLICT (grp) DO UPDATE SET token = excluded.token WHERE excluded.token > fences.token"
 )
-
-
-def _row(row: tuple) -> Event:
-    stream, seq, id, grp, type, sender, ts, client_id, data = row
-    return Event(stream=stream, seq=seq, id=id, group=grp, type=type, sender=sender, ts=ts,
-                 client_id=client_id, data=strictjson.loadsStored(data))
 
 
 def _connect(path: str) -> sqlite3.Connection:

@@ -13,8 +13,24 @@ from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet import defer
 
+from hpchat import strictjson
+from hpchat.storage.base import Event
+from hpchat.storage.conversations import ROW_COLUMNS
+
 COLUMNS = "stream, seq, id, grp, type, sender, ts, client_id, data"
 OUTBOX_COLUMNS = "id, grp, stream, seq, body, created"
+# A conversation row (c) with its last message (e), for the conversation list.
+LIST_COLUMNS = (", ".join(f"c.{c.strip()}" for c in ROW_COLUMNS.split(",")) + ", "
+                + ", ".join(f"e.{c.strip()}" for c in COLUMNS.split(",")))
+
+
+def row(values: Sequence) -> Event:
+    """
+    The L{Event} of a row in L{COLUMNS} order.
+    """
+    stream, seq, id, grp, type, sender, ts, client_id, data = values
+    return Event(stream=stream, seq=seq, id=id, group=grp, type=type, sender=sender, ts=ts,
+                 client_id=client_id, data=strictjson.loadsStored(data))
 # Whether an event of a batch collides with a stored one: its seq, its id, or its sender's
 # client_id. (The sender comparison is NULL-safe in both dialects: `IS` and
 # `IS NOT DISTINCT FROM`.)
