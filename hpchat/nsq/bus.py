@@ -37,7 +37,7 @@ class PrometheusCounters(NSQCounters):
         metrics.nsqEvents.labels(name).inc(n)
 
 
-def requeueDelay(attempts: int) -> int:
+def retryDelay(attempts: int) -> int:
     """
     Milliseconds before a failed notification is tried again (here, while it is held in
     flight): 0.5 s, 1 s, 2 s, 4 s, then every 5 s. A failover takes a lease TTL, so the first
@@ -136,7 +136,7 @@ class NSQNotifier:
                 if not self._keepTrying(message):
                     await self._handedBack(message, notification)
                     raise NoLongerHeld(f"{notification.id}: {error}")
-                delay = requeueDelay(attempt) / 1000
+                delay = retryDelay(attempt) / 1000
                 self.log.info("notification {id} for {user} not delivered (attempt {attempt}): "
                               "{error}; held, trying again in {delay}s", id=notification.id,
                               user=notification.user, attempt=attempt, error=error, delay=delay)

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from hpchat import metrics
 from hpchat.config import NSQConfig
 from hpchat.notify import outboxEntry
-from hpchat.nsq.bus import NoLongerHeld, NSQNotifier, requeueDelay
+from hpchat.nsq.bus import NoLongerHeld, NSQNotifier, retryDelay
 from hpchat.storage.base import Event
 
 
@@ -170,8 +170,8 @@ class BusTests(SynchronousTestCase):
         self.assertEqual(metrics.malformedNotifications._value.get(), before + 2)
         self.assertEqual(self.delivered, [])
 
-    def test_requeueDelayGrows(self):
+    def test_retryDelayGrows(self):
         """
         Retry delays start at half a second and double up to 5 s.
         """
-        self.assertEqual([requeueDelay(a) for a in (1, 2, 3, 10)], [500, 1000, 2000, 5000])
+        self.assertEqual([retryDelay(a) for a in (1, 2, 3, 10)], [500, 1000, 2000, 5000])
