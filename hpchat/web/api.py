@@ -80,7 +80,8 @@ def _json(request, status: int, body: Any) -> bytes:
 @functools.cache
 def _page() -> bytes:
     """
-    The chat page, read from disk once (not on the reactor thread for every visit).
+    The chat page, read from disk once: when the API is built, before the reactor runs
+    (L{ChatAPI.__init__}), not on the reactor thread at a visit.
     """
     with open(os.path.join(STATIC, "index.html"), "rb") as f:
         return f.read()
@@ -107,6 +108,7 @@ class ChatAPI:
         # refuses longer ones from their Content-Length before reading them).
         self.maxBody = maxBody
         self.maxInternalBody = maxInternalBody
+        _page()
         self._streams = streams
         self._limits = limits
         self._devLogin = devLogin
