@@ -251,26 +251,7 @@ class PostgreSQLStore(SQLReads):
     def close(self):
         self.ready = False
         self.notReadyReason = None
-
-        def closeWriter():
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
-
-        def closeReader():
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-
-        def stopThreads(result):
-            stopped = defer.gatherResults([self._writerThread.stop(),
-                                           self._readerThread.stop()])
-            return stopped.addCallback(lambda _: result)
-
-        d = self._write(closeWriter)
-        d.addBoth(lambda _: self._read(closeReader))
-        d.addBoth(stopThreads)
-        return d
+        return self._closeConnections()
 
     # -- thread plumbing
 

@@ -255,26 +255,7 @@ class SQLiteStore(SQLReads):
 
     def close(self):
         self.ready = False
-
-        def closeWriter():
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
-
-        def closeReader():
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-
-        def stopPools(result):
-            stopped = defer.gatherResults([self._writerThread.stop(),
-                                           self._readerThread.stop()])
-            return stopped.addCallback(lambda _: result)
-
-        d = self._write(closeWriter)
-        d.addCallback(lambda _: self._read(closeReader))
-        d.addBoth(stopPools)
-        return d
+        return self._closeConnections()
 
     # -- thread plumbing
 

@@ -75,6 +75,33 @@ class SQLReads:
     def _select(self, sql: str, params: tuple, reverse: bool) -> list:
         raise NotImplementedError
 
+    def _closeConnections(self) -> defer.Deferred:
+        """
+        Close the writer's and the reader's connection, each on its thread, then end both
+        threads; fires once they have ended (whatever closing a connection did).
+        """
+        store: Any = self
+
+        def closeWriter() -> None:
+            if store._writer is not None:
+                store._writer.close()
+                store._writer = None
+
+        def closeReader() -> None:
+            if store._reader is not None:
+                store._reader.close()
+                store._reader = None
+
+        def stopThreads(result: Any) -> defer.Deferred:
+            stopped = defer.gatherResults([store._writerThread.stop(),
+                                           store._readerThread.stop()])
+            return stopped.addCallback(lambda _: result)
+
+        d = store._write(closeWriter)
+        d.addBoth(lambda _: store._read(closeReader))
+        d.addBoth(stopThreads)
+        return d
+
     def _conflicting(self, execute: Callable[[str, tuple], Any],
                      rows: Iterable[Sequence]) -> tuple[list[int], list[str]]:
         """
