@@ -1,6 +1,7 @@
 """
 What the two SQL event stores (SQLite and PostgreSQL) share: their reads, which differ only
-in the parameter marker, and how a refused batch's colliding streams are found.
+in the parameter marker, how a refused batch's colliding streams are found, the event row,
+and closing their two connections.
 
 A store mixes in L{SQLReads} and gives C{marker}, C{_read(f, *args)} (run on its reader
 thread) and C{_select(sql, params, reverse)} (the events of a query); every query here writes
