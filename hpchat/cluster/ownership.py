@@ -234,7 +234,7 @@ class EtcdOwnership(Service):
             metrics.claims.inc()
             self.log.info("claimed group {group} for {node}, token {token}", group=group,
                           node=preferred, token=result.revision)
-            self._learn(group, Owner(preferred, result.revision, lease))
+            self._learn(group, Owner(preferred, result.revision, lease), announce=False)
         else:
             kvs = result.responses[0].kvs if result.responses else []
             if kvs:
@@ -251,11 +251,20 @@ class EtcdOwnership(Service):
         del self._claims[group]
         return result
 
-    def _learn(self, group: int, owner: Owner) -> None:
+    def _learn(self, group: int, owner: Owner, announce: bool = True) -> None:
         known = self._owners.get(group)
         if known is None or owner.token >= known.token:
             self._owners[group] = owner
+            if announce:
+                self._announce(group, known, owner)
         self._settle()
+
+    def _announce(self, group: int, known: Owner | None, owner: Owner) -> None:
+        """
+        One log line per ownership change on every node (the claimer logs its claim).
+        """
+        if known is None or known.token != owner.token:
+            self.log.info("group {group} now owned by {node}", group=group, node=owner.node)
 
     # -- the mirror of etcd
 
@@ -279,10 +288,14 @@ class EtcdOwnership(Service):
                 if event.type == "DELETE":
                     if known is not None and known.token < event.kv.modRevision:
                         del self._owners[group]
+                        self.log.info("group {group} released by {node}", group=group,
+                                      node=known.node)
                 elif event.kv.value and (known is None
                                          or event.kv.createRevision >= known.token):
-                    self._owners[group] = Owner(event.kv.value.decode("utf-8", "replace"),
-                                                event.kv.createRevision, event.kv.lease)
+                    owner = Owner(event.kv.value.decode("utf-8", "replace"),
+                                  event.kv.createRevision, event.kv.lease)
+                    self._owners[group] = owner
+                    self._announce(group, known, owner)
                 continue
             if self.keys.parseNode(key) is not None:
                 nodesChanged = True

@@ -25,9 +25,10 @@ from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 
 from hpchat import strictjson
+from hpchat.httpclient import quietPool
 
 AUDIENCE = "hpchat-internal"
 TOKEN_TTL = 60
@@ -121,7 +122,7 @@ class InternalClient:
         self._nodeId = nodeId
         self._pool = None
         if httpClient is None:
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool = quietPool(reactor)
             self._pool.maxPersistentPerHost = 16
             httpClient = HTTPClient(Agent(reactor, pool=self._pool))
         self._http = httpClient

@@ -82,6 +82,9 @@ class HPChatSite(server.Site):
     L{LimitsConfig}); C{openConnections} counts them.
     """
 
+    # The ready line says where the node listens; factory start and stop lines are noise.
+    noisy = False
+
     requestFactory = HPChatRequest
     protocol = HTTPConnection
 

@@ -137,6 +137,16 @@ class RedirectTests(unittest.TestCase):
         counts = [list(views[0]["groups"].values()).count(n.nodeId) for n in cluster.nodes]
         cap = math.ceil(cluster.groups / 3) + 1
         self.assertTrue(all(0 < c <= cap for c in counts), counts)
+        # Every ownership change is a log line on every node: "claimed ... for" on the node
+        # that claimed it (for itself or the node placement chose), "now owned by" on the
+        # others; no factory start and stop lines.
+        group = str(cluster.group(CID))
+        ownerId = views[0]["groups"][group]
+        lines = (f"claimed group {group} for {ownerId}", f"group {group} now owned by {ownerId}")
+        for node in cluster.nodes:
+            await waitFor(lambda: any(line in node.log() for line in lines), 5,
+                          f"{node.nodeId}'s log line for group {group}")
+            self.assertNotIn("Starting factory", node.log())
 
 
 class FailoverTests(unittest.TestCase):

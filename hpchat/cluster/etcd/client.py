@@ -43,6 +43,7 @@ from hpchat.cluster.etcd.wire import (
     int64,
     parsing,
 )
+from hpchat.httpclient import quietPool
 
 __all__ = ["EtcdClient"]
 
@@ -75,7 +76,7 @@ class EtcdClient:
         self.timeout = timeout
         self._pool: HTTPConnectionPool | None = None
         if httpClient is None:
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool = quietPool(reactor)
             # Keep enough idle connections for bursts (claims of many groups).
             self._pool.maxPersistentPerHost = 8
             agent = Agent(reactor, pool=self._pool, connectTimeout=timeout)
