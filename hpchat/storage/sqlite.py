@@ -263,6 +263,9 @@ class SQLiteStore(SQLReads):
         return self._writerThread.submit(self._guard, f, *args)
 
     def _read(self, f: Callable[..., Any], *args):
+        if self._reader is None:
+            # Not open yet (a request that came before the store opened), or closed.
+            return defer.fail(StoreError("sqlite: the store is not open"))
         return self._readerThread.submit(self._guard, f, *args)
 
     @staticmethod

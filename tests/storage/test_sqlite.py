@@ -176,3 +176,19 @@ class WriteTransactionTests(unittest.SynchronousTestCase):
                 db.execute("INSERT")
         self.assertEqual(db.statements, ["BEGIN IMMEDIATE", "INSERT", "COMMIT", "ROLLBACK"])
         self.assertFalse(db.in_transaction)
+
+
+class NotOpenTests(unittest.TestCase):
+    @asyncTest
+    async def test_readBeforeOpenIsAStoreError(self):
+        """
+        A read that comes before the store is open (a request racing the node's start) fails
+        with StoreError, which the API answers 503, not with an AttributeError (a 500).
+        """
+        from twisted.internet import reactor
+
+        store = SQLiteStore(reactor, os.path.join(os.path.abspath(self.mktemp()), "e.db"))
+        with self.assertRaises(StoreError):
+            await store.readAfter("dm:alice:bob", 0, 10)
+        with self.assertRaises(StoreError):
+            await store.findEventId("inbox:bob", "x")
