@@ -99,7 +99,7 @@ class SQLReads:
             return stopped.addCallback(lambda _: result)
 
         d = store._write(closeWriter)
-        d.addBoth(lambda _: store._read(closeReader))
+        d.addBoth(lambda _: store._readerThread.submit(closeReader))
         d.addBoth(stopThreads)
         return d
 
