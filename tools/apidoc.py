@@ -98,7 +98,8 @@ def render(doc: dict) -> str:
                 security = op.get("security", doc.get("security", []))
                 schemes = [name for req in security for name in req]
                 out += ["", "Auth: " + (", or ".join(f"`{s}`" for s in schemes) or "none") + "."]
-                params = [_resolve(doc, p) for p in item.get("parameters", []) + op.get("parameters", [])]
+                params = [_resolve(doc, p)
+                          for p in item.get("parameters", []) + op.get("parameters", [])]
                 if params:
                     out += ["", "| parameter | in | type | |", "|---|---|---|---|"]
                     for p in params:
