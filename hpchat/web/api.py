@@ -87,6 +87,15 @@ def _page() -> bytes:
         return f.read()
 
 
+@functools.cache
+def _openapi() -> bytes:
+    """
+    The OpenAPI document of this API, read from disk once when the API is built.
+    """
+    with open(os.path.join(os.path.dirname(STATIC), "openapi.json"), "rb") as f:
+        return f.read()
+
+
 def _route(request, name: str) -> None:
     request.hpchatRoute = name
 
@@ -109,6 +118,7 @@ class ChatAPI:
         self.maxBody = maxBody
         self.maxInternalBody = maxInternalBody
         _page()
+        _openapi()
         self._streams = streams
         self._limits = limits
         self._devLogin = devLogin
@@ -621,6 +631,13 @@ class ChatAPI:
         nodes, groups = self._ownership.cluster()
         return _json(request, 200, {"node": self._ownership.nodeId(), "nodes": nodes,
                                     "groups": {str(g): n for g, n in sorted(groups.items())}})
+
+    @app.route("/v1/openapi.json", methods=["GET"])
+    def openapi(self, request):
+        _route(request, "openapi")
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-cache")
+        return _openapi()
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request):
