@@ -102,7 +102,7 @@ class EdgeNodeTests(unittest.TestCase):
 
     async def startTLS(self, node: Node) -> None:
         """
-        Start C{node} and wait until it answers /healthz over TLS.
+        Start C{node} and wait until it answers /readyz over TLS (ready: its store open).
         """
         with open(node.logPath, "ab") as log:  # noqa: ASYNC230 (opening a local file)
             node.process = subprocess.Popen(  # noqa: ASYNC220 (as Node.start does)
@@ -114,7 +114,7 @@ class EdgeNodeTests(unittest.TestCase):
             if node.process.poll() is not None:
                 raise RuntimeError(f"the node exited:\n{node.log()[-3000:]}")
             try:
-                data = await self.exchange(b"GET /healthz HTTP/1.1\r\nHost: n\r\n"
+                data = await self.exchange(b"GET /readyz HTTP/1.1\r\nHost: n\r\n"
                                            b"Connection: close\r\n\r\n", timeout=2)
             except (OSError, ConnectError, SSL.Error):
                 return False
