@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from hpchat import metrics
-from hpchat.cluster.etcd import Compare, LeaseNotFound, Op, WatchKeeper
+from hpchat.cluster.etcd import Compare, LeaseNotFound, Op, WatchKeeper, retryPolicy
 from hpchat.cluster.placement import RendezvousPlacement, fairShare
 from hpchat.groups import IOwnership, Local, Redirect, Unsettled
 from hpchat.loops import startLoop
@@ -334,7 +334,8 @@ class EtcdOwnership(Service):
                 self.log.failure("registration loop failed", f))
 
     async def _registerLoop(self):
-        delay = self._minDelay
+        policy = retryPolicy(self._minDelay, self._maxDelay, spread=lambda: 1.0)
+        attempt = 0
         while self.running:
             try:
                 await self._registerOnce()
@@ -342,12 +343,13 @@ class EtcdOwnership(Service):
             except defer.CancelledError:
                 raise
             except Exception as e:
+                delay = policy(attempt)
+                attempt += 1
                 self.log.error(
                     "cannot register node {node} with etcd at {etcd}: {error}; "
                     "retrying in {delay:.1f}s", node=self._nodeId, etcd=self._client.url,
                     error=str(e) or type(e).__name__, delay=delay)
                 await task.deferLater(self._clock, delay, lambda: None)
-                delay = min(self._maxDelay, delay * 2)
 
     async def _registerOnce(self):
         sent = self._clock.seconds()
