@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -96,6 +97,7 @@ class BatchPersister(Service):
         self._kick = None
         self._loop: task.LoopingCall | None = None
         self._backoff = 0.0
+        self._storeFailures = 0
         self._retryAt = 0.0
         self._accepting = False
         self._inFlight = 0
@@ -320,6 +322,7 @@ class BatchPersister(Service):
         for _ in batch:
             self._queue.popleft()
         self._backoff = 0.0
+        self._storeFailures = 0
         self._retryAt = 0.0
         metrics.persistBatchSize.observe(len(batch))
         metrics.persistLatency.observe(self._clock.seconds() - started)
@@ -355,7 +358,9 @@ class BatchPersister(Service):
             return
         if isinstance(error, StoreError):
             metrics.storeErrors.labels("retry").inc()
-            self._backoff = min(self.maxBackoff, max(self.minBackoff, self._backoff * 2))
+            self._backoff = backoffPolicy(self.minBackoff, self.maxBackoff, factor=2.0,
+                                          jitter=lambda: 0.0)(self._storeFailures)
+            self._storeFailures += 1
             self._retryAt = self._clock.seconds() + self._backoff
             self.log.warn("store error, retrying {count} events in {backoff}s: {error}",
                           count=len(batch), backoff=self._backoff, error=str(error))
