@@ -405,18 +405,50 @@
       if (!res) {
         error.textContent = `Cannot reach the chat server at ${API}.`;
       } else if (res.status === 404) {
-        error.textContent = "Sign-in without password is not enabled on this server.";
+        error.textContent = "Sign-in without password is off on this server. It is enabled by " +
+          "the setting [auth] dev_login = true in the nodes' configuration. You can also paste " +
+          "an access token below.";
+        $("token-box").hidden = false;
       } else if (res.status !== 200 || !res.data || !res.data.token) {
         error.textContent = errorText(res, `Sign-in failed (HTTP ${res.status}).`);
       } else {
-        session = { user: res.data.user, token: res.data.token, expires: Date.now() + res.data.expires_in * 1000 };
-        sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
-        start();
+        useSession({ user: res.data.user, token: res.data.token, expires: Date.now() + res.data.expires_in * 1000 });
       }
     } finally {
       button.disabled = false;
       button.textContent = "Sign in";
     }
+  }
+
+  function useSession(s) {
+    session = s;
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+    start();
+  }
+
+  /** The user and expiry a pasted token names (its signature is the server's to check). */
+  function tokenSession(token) {
+    try {
+      const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const claims = JSON.parse(atob(part + "=".repeat((4 - part.length % 4) % 4)));
+      if (!USER_RE.test(claims.sub)) return null;
+      const expires = Number(claims.exp) ? claims.exp * 1000 : Date.now() + 3600 * 1000;
+      return expires > Date.now() + 60000 ? { user: claims.sub, token, expires } : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function signInWithToken() {
+    const s = tokenSession($("signin-token").value.trim());
+    if (!s) {
+      $("token-error").textContent = "That is not a valid, unexpired access token.";
+      $("signin-token").focus();
+      return;
+    }
+    $("token-error").textContent = "";
+    $("signin-token").value = "";
+    useSession(s);
   }
 
   function signOut(message) {
@@ -434,6 +466,9 @@
     notifications.length = 0;
     notifSeen.clear();
     unseen = 0;
+    blocked.clear();
+    presence.clear();
+    clearInterval(presenceTimer);
     $("app").hidden = true;
     $("signin").hidden = false;
     $("toasts").replaceChildren();
@@ -469,9 +504,91 @@
     }
     pill.dataset.state = state;
     if ($("conn-text").textContent !== text) $("conn-text").textContent = text;
-    const served = current && current.route.base ? `via node ${net.nameOf(current.route.base)}` : "";
-    $("served-by").textContent = served;
-    $("served-by").title = served ? `This conversation is served by ${current.route.base}` : "";
+  }
+
+  // ------------------------------------------------------------------ presence and blocks
+
+  const presence = new Map();   // user -> {online, last_seen}
+  const blocked = new Set();    // users we have blocked
+  let presenceTimer = null;
+
+  async function refreshPresence() {
+    if (!session || !current) return;
+    const peer = current.peer;
+    try {
+      const res = await call(routeFor("presence"), "GET", `/v1/presence?users=${encodeURIComponent(peer)}`, {
+        signal: sessionCtl && sessionCtl.signal, deadline: 5000, timeout: 5000,
+      });
+      if (res.status === 200 && res.data && res.data.presence && res.data.presence[peer]) {
+        presence.set(peer, res.data.presence[peer]);
+        renderPresence();
+      }
+    } catch (e) {
+      // shown again at the next refresh
+    }
+  }
+
+  function renderPresence() {
+    if (!current) return;
+    const p = presence.get(current.peer);
+    const node = $("presence");
+    const online = !!(p && p.online);
+    node.dataset.online = String(online);
+    node.hidden = !p;
+    $("presence-text").textContent = !p ? "" : online ? "Online"
+      : p.last_seen ? `Last seen ${ago(p.last_seen)}` : "Offline";
+  }
+
+  async function loadBlocks(signal) {
+    try {
+      const res = await call(routeFor("inbox:" + session.user), "GET", "/v1/blocks", { signal, deadline: 10000 });
+      if (res.status === 200 && res.data && Array.isArray(res.data.blocked)) {
+        for (const u of res.data.blocked) blocked.add(u);
+        renderBlocked();
+      }
+    } catch (e) {
+      // the block button still works; the list comes with the next sign-in
+    }
+  }
+
+  async function toggleBlock() {
+    if (!current) return;
+    const peer = current.peer;
+    const on = !blocked.has(peer);
+    const button = $("block");
+    button.disabled = true;
+    try {
+      const res = await call(routeFor("inbox:" + session.user), on ? "PUT" : "DELETE",
+        `/v1/blocks/${encodeURIComponent(peer)}`, { signal: sessionCtl.signal, deadline: 10000 });
+      if (res.status === 204 || res.status === 200) {
+        if (on) blocked.add(peer);
+        else blocked.delete(peer);
+      } else {
+        toast({ type: "other", text: [errorText(res, `Could not ${on ? "block" : "unblock"} ${peer} (HTTP ${res.status}).`)] });
+      }
+    } catch (e) {
+      if (e instanceof ApiError) toast({ type: "other", text: [`Could not ${on ? "block" : "unblock"} ${peer}. Try again.`] });
+    } finally {
+      button.disabled = false;
+      renderBlocked();
+      refreshPresence();
+    }
+  }
+
+  function renderBlocked() {
+    if (!current) return;
+    const peer = current.peer;
+    const isBlocked = blocked.has(peer);
+    const button = $("block");
+    button.textContent = isBlocked ? "Unblock" : "Block";
+    button.setAttribute("aria-label", `${isBlocked ? "Unblock" : "Block"} ${peer}`);
+    const note = $("blocked-note");
+    note.hidden = !isBlocked;
+    note.textContent = isBlocked ? `You blocked ${peer}. Messages cannot be sent in this conversation until you unblock them.` : "";
+    $("composer-text").disabled = isBlocked;
+    $("send").disabled = isBlocked;
+    $("composer-text").placeholder = isBlocked ? "Blocked" : "Write a message…";
+    if (isBlocked) stopTyping(current);
   }
 
   // ------------------------------------------------------------------ contacts
@@ -653,6 +770,9 @@
       autoGrow();
     }
     renderStatus();
+    renderBlocked();
+    renderPresence();
+    refreshPresence();
     if (!conv.poller) {
       const poller = childController(sessionCtl.signal);
       conv.poller = poller;
@@ -974,7 +1094,9 @@
           addMessage(conv, res.data.message, true);
         } else {
           p.state = "failed";
-          p.error = errorText(res, `HTTP ${res.status}`);
+          p.error = res.status === 403 && res.data && res.data.error && res.data.error.code === "blocked"
+            ? "this conversation is blocked"
+            : errorText(res, `HTTP ${res.status}`);
           renderPending(conv, p);
         }
       } catch (e) {
@@ -1086,17 +1208,40 @@
     renderNotifications();
   }
 
+  /** One entry per conversation for messages (newest first, with a count); others one each. */
+  function groupNotifications() {
+    const entries = [];
+    const byPeer = new Map();
+    for (const n of notifications) {
+      if (n.type === "message" && n.from) {
+        const g = byPeer.get(n.from);
+        if (g) {
+          g.count += 1;
+          g.unseen = g.unseen || n.unseen;
+          continue;
+        }
+        const entry = { ...n, count: 1 };
+        byPeer.set(n.from, entry);
+        entries.push(entry);
+      } else {
+        entries.push({ ...n, count: 1 });
+      }
+    }
+    return entries;
+  }
+
   function renderNotifications() {
     const list = $("notif-list");
     $("notif-empty").hidden = notifications.length > 0;
-    list.replaceChildren(...notifications.map((n) => {
+    list.replaceChildren(...groupNotifications().map((n) => {
       const d = describe(n);
+      if (n.count > 1) d.text = [h("b", { text: n.from }), ` sent you ${n.count} messages`];
       const body = h("span", { class: "notif-body" },
         h("span", { class: "notif-text" }, d.text),
         d.preview ? h("span", { class: "notif-preview", text: d.preview }) : null,
         h("span", { class: "notif-time", text: ago(n.ts) }));
       const canOpen = n.from && USER_RE.test(n.from) && n.from !== session.user;
-      return h("li", { class: "notif" + (n.unseen ? " unseen" : ""), dataset: { type: n.type } },
+      return h("li", { class: "notif" + (n.unseen ? " unseen" : ""), dataset: { type: n.type, count: String(n.count) } },
         icon(n.type),
         canOpen ? h("button", { class: "notif-open", type: "button", onclick: () => { closePanel(); openConversation(n.from); } }, body) : body);
     }));
@@ -1147,7 +1292,7 @@
   function submitComposer() {
     const t = $("composer-text");
     const text = t.value.replace(/\s+$/, "");
-    if (!current || !text.trim()) return;
+    if (!current || !text.trim() || blocked.has(current.peer)) return;
     stopTyping(current);
     send(current, text);
     t.value = "";
@@ -1175,6 +1320,9 @@
     net.refresh();
     runInbox(sessionCtl.signal);
     loadConversationList(sessionCtl.signal);
+    loadBlocks(sessionCtl.signal);
+    clearInterval(presenceTimer);
+    presenceTimer = setInterval(refreshPresence, 20000);
     const peer = params.get("with");
     if (peer && USER_RE.test(peer) && peer !== session.user) openConversation(peer);
     else $("newchat-user").focus();
@@ -1187,6 +1335,8 @@
       signIn($("signin-user").value.trim());
     });
     $("signout").addEventListener("click", () => signOut(""));
+    $("token-submit").addEventListener("click", signInWithToken);
+    $("block").addEventListener("click", toggleBlock);
 
     $("newchat").addEventListener("submit", (e) => {
       e.preventDefault();
