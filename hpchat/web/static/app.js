@@ -1,38 +1,18 @@
 /*
- * hpchat chat page: plain JavaScript, no build step, no dependencies.
+ * hpchat chat page: plain JavaScript, no build step, no dependencies. An ES module: the API is
+ * spoken by HpchatClient (hpchat-client.js), which routes each stream to the node that serves
+ * it, follows redirects, fails over between nodes and retries 503/429; see its header.
  *
- * Talking to a cluster
- * --------------------
  * The API base is the page's origin, or ?api=http://host:port when the page is served from
- * elsewhere. Every call carries the token as ?access_token= (browsers drop the Authorization
- * header when they follow a redirect to another origin) and is a CORS "simple request" (the
- * JSON body goes as text/plain, which the server accepts), so no preflight precedes it.
- *
- * Each stream (a conversation, the inbox) has a Route: the node that last answered for it.
- * A call goes there and follows a 307 to the owner (redirect: "follow"); the node that finally
- * answered (response.url) is remembered for the next call. When a call fails at the network
- * level (node dead, connection reset, timeout, or a redirect the browser refused to follow)
- * the next known node is tried: the API base and every node listed by GET /v1/cluster. After a
- * full round of failures it waits with exponential backoff and refreshes the node list. A 503
- * (ownership unsettled) is retried after its Retry-After, on another node every other time.
- *
- * Why a redirect may fail: after a redirect to another origin, the browser sends the request
- * with "Origin: null", which a node whose cors_origins lists only the site's origins refuses;
- * the fetch then fails like a dead node, and trying the next node finds the owner. Polls are
- * arranged so that such a failure is always quick: a long-poll to a node not yet confirmed for
- * its stream is made with timeout=0 first (a probe); a long-poll to the confirmed owner does not
- * follow redirects (redirect: "manual"), so if the stream has moved meanwhile the poll ends at
- * once and the next one probes again. Neither ever waits on a node that the browser will not
- * let the page read.
- *
- * Cursors (after, typing_version) live in the conversation and survive failover; messages are
- * kept by seq, so one that arrives twice (the send's answer and the poll) is shown once. A
- * message is sent with a client_id and re-sent with the same id until a node answers: the
- * server answers a repeat with the original message.
- *
- * All user text goes into the page through textContent, never as HTML.
+ * elsewhere; the other nodes are learnt from GET /v1/cluster. Messages are kept by seq, so one
+ * that arrives twice (the send's answer and the poll) is shown once, and a send is repeated
+ * with its client_id until a node answers. All user text goes into the page through
+ * textContent, never as HTML.
  */
-"use strict";
+import {
+  Aborted, ApiError, HpchatClient, USER_RE, normalizeBase as clientBase, randomId, sleep,
+} from "./hpchat-client.js";
+
 
 (function () {
   // ------------------------------------------------------------------ settings
@@ -45,7 +25,6 @@
   const TYPING_IDLE = 4000;       // ms without a key press before "typing: false"
   const HISTORY_PAGE = 30;
   const INBOX_BACKLOG = 20;       // earlier notifications listed at sign-in
-  const USER_RE = /^[A-Za-z0-9_-]{1,64}$/;
   const SESSION_KEY = "hpchat.session:" + API;
   const NARROW = window.matchMedia("(max-width: 720px)");
 
@@ -53,8 +32,7 @@
 
   function normalizeBase(url) {
     try {
-      const u = new URL(url, location.href);
-      return (u.origin + u.pathname).replace(/\/+$/, "");
+      return clientBase(url);
     } catch (e) {
       return location.origin;
     }
@@ -114,41 +92,12 @@
     node.style.setProperty("--hue", String(hue(name)));
   }
 
-  class Aborted extends Error {}
-
-  function sleep(ms, signal) {
-    return new Promise((resolve, reject) => {
-      if (signal && signal.aborted) return reject(new Aborted());
-      const timer = setTimeout(done, ms);
-      function done() {
-        if (signal) signal.removeEventListener("abort", stop);
-        resolve();
-      }
-      function stop() {
-        clearTimeout(timer);
-        reject(new Aborted());
-      }
-      if (signal) signal.addEventListener("abort", stop, { once: true });
-    });
-  }
-
   /** An AbortController that also aborts when `parent` does. */
   function childController(parent) {
     const ctl = new AbortController();
     if (parent.aborted) ctl.abort();
     else parent.addEventListener("abort", () => ctl.abort(), { once: true });
     return ctl;
-  }
-
-  function randomId() {
-    const bytes = new Uint8Array(12);
-    crypto.getRandomValues(bytes);
-    return "c" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-  }
-
-  function conversationId(a, b) {
-    // User ids are ASCII, so UTF-16 order is byte order.
-    return a < b ? `dm:${a}:${b}` : `dm:${b}:${a}`;
   }
 
   const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
@@ -177,187 +126,12 @@
 
   // ------------------------------------------------------------------ the network
 
-  class ApiError extends Error {
-    constructor(status, code, message) {
-      super(message);
-      this.status = status;
-      this.code = code;
-    }
-  }
-
-  /** The nodes this page knows: the API base first, then those named by /v1/cluster. */
-  const net = {
-    bases: [API],
-    names: new Map(),
-    viewing: null,
-
-    learn(view) {
-      for (const [id, url] of Object.entries((view && view.nodes) || {})) {
-        const base = normalizeBase(url);
-        this.names.set(base, id);
-        if (!this.bases.includes(base)) this.bases.push(base);
-      }
-    },
-
-    nameOf(base) {
-      if (!base) return "";
-      if (this.names.has(base)) return this.names.get(base);
-      try {
-        return new URL(base).host;
-      } catch (e) {
-        return base;
-      }
-    },
-
-    after(base) {
-      const i = this.bases.indexOf(base);
-      return this.bases[(i + 1) % this.bases.length];
-    },
-
-    /** Ask any answering node for the cluster view (once at a time). */
-    refresh() {
-      if (this.viewing) return this.viewing;
-      this.viewing = (async () => {
-        for (const base of this.bases.slice()) {
-          try {
-            const res = await fetchOnce(base, "GET", "/v1/cluster", { timeout: 3000, anonymous: true });
-            if (res.status === 200) {
-              this.learn(res.data);
-              return;
-            }
-          } catch (e) {
-            // next one
-          }
-        }
-      })().finally(() => {
-        this.viewing = null;
-      });
-      return this.viewing;
-    },
-  };
-
-  /** Where a stream was last served. */
-  class Route {
-    constructor(stream) {
-      this.stream = stream;
-      this.base = null;      // the node that last answered for this stream (confirmed)
-      this.next = API;       // where to try when none is confirmed
-      this.failing = false;
-    }
-  }
-
-  const routes = new Map();
-  function routeFor(stream) {
-    if (!routes.has(stream)) routes.set(stream, new Route(stream));
-    return routes.get(stream);
-  }
-
-  /** One HTTP exchange; rejects on network errors, timeouts and aborts. */
-  async function fetchOnce(base, method, path, opts) {
-    let url = base + path;
-    if (!opts.anonymous) {
-      url += (path.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(session.token);
-    }
-    const ctl = new AbortController();
-    const stop = () => ctl.abort();
-    if (opts.signal) {
-      if (opts.signal.aborted) throw new Aborted();
-      opts.signal.addEventListener("abort", stop, { once: true });
-    }
-    const timer = setTimeout(stop, opts.timeout || CALL_TIMEOUT);
-    try {
-      const response = await fetch(url, {
-        method,
-        body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
-        redirect: opts.manual ? "manual" : "follow",
-        credentials: "omit",
-        cache: "no-store",
-        signal: ctl.signal,
-      });
-      if (response.type === "opaqueredirect") return { status: 307, moved: true, data: null, headers: response.headers, base };
-      const text = await response.text();
-      let data = null;
-      try {
-        data = text ? JSON.parse(text) : null;
-      } catch (e) {
-        data = null;
-      }
-      const at = response.url.indexOf("/v1/");
-      const servedBy = at > 0 ? response.url.slice(0, at) : base;
-      return { status: response.status, data, headers: response.headers, base: servedBy };
-    } catch (e) {
-      if (opts.signal && opts.signal.aborted) throw new Aborted();
-      throw e;
-    } finally {
-      clearTimeout(timer);
-      if (opts.signal) opts.signal.removeEventListener("abort", stop);
-    }
-  }
-
-  /** Pause after the `round`th full round of failed nodes: 125-250 ms, doubling to 0.75-1.5 s. */
-  function backoff(round) {
-    const ms = Math.min(1500, 250 * 2 ** round);
-    return ms / 2 + Math.random() * ms / 2;
-  }
-
-  /**
-   * Call the API for `route`'s stream until some node answers it: follows redirects, moves to
-   * the next node on network errors, waits out 503s. Resolves with {status, data, base} for
-   * any other answer; rejects only when aborted, on 401, or after `opts.deadline` ms.
-   */
-  async function call(route, method, path, opts = {}) {
-    const started = Date.now();
-    let failures = 0;
-    for (;;) {
-      const base = route.base || route.next;
-      let res;
-      try {
-        res = await fetchOnce(base, method, path, opts);
-      } catch (e) {
-        if (e instanceof Aborted) throw e;
-        // Refused or reset (a dead node), timed out, or a redirect the browser would not
-        // follow: try the next node we know of.
-        failures += 1;
-        route.base = null;
-        route.next = net.after(base);
-        setFailing(route, true, opts);
-        if (Date.now() - started > (opts.deadline || Infinity)) throw new ApiError(0, "unreachable", "no node answered");
-        if (failures % net.bases.length === 0) {
-          net.refresh();
-          await sleep(backoff(failures / net.bases.length - 1), opts.signal);
-        }
-        continue;
-      }
-      if (res.status === 503) {
-        // Ownership is being settled (or the node is shutting down): wait, then retry, on
-        // another node every other time.
-        failures += 1;
-        setFailing(route, true, opts);
-        if (Date.now() - started > (opts.deadline || Infinity)) throw new ApiError(503, "unavailable", "the service is unavailable");
-        const retry = Number(res.headers.get("retry-after")) || 1;
-        route.base = null;
-        route.next = failures % 2 === 0 ? net.after(base) : base;
-        await sleep(Math.min(3000, Math.max(250, retry * 1000 * (0.5 + Math.random() * 0.5))), opts.signal);
-        continue;
-      }
-      if (res.moved) {
-        // A long-poll's stream moved to another node (see above): the caller probes again.
-        route.base = null;
-        route.next = base;
-        return res;
-      }
-      if (res.status === 401) {
-        signOut("Your session has expired. Please sign in again.");
-        throw new Aborted();
-      }
-      const changed = route.base !== res.base;
-      route.base = res.base;
-      route.next = res.base;
-      setFailing(route, false, opts);
-      if (changed) renderStatus();
-      return res;
-    }
-  }
+  const client = new HpchatClient({
+    nodes: [API], pollTimeout: POLL_TIMEOUT, callTimeout: CALL_TIMEOUT,
+    onStatus: () => renderStatus(),
+    onUnauthorized: () => signOut("Your session has expired. Please sign in again."),
+  });
+  const routeFor = (stream) => client.route(stream);
 
   function errorText(res, fallback) {
     return (res && res.data && res.data.error && res.data.error.message) || fallback;
@@ -390,18 +164,7 @@
     button.disabled = true;
     button.textContent = "Signing in…";
     try {
-      let res = null;
-      for (let attempt = 0; attempt < 4 && !res; attempt++) {
-        for (const base of net.bases.slice()) {
-          try {
-            res = await fetchOnce(base, "POST", "/v1/dev/login", { body: { user }, anonymous: true, timeout: 5000 });
-            break;
-          } catch (e) {
-            // try the next node
-          }
-        }
-        if (!res) await sleep(backoff(attempt));
-      }
+      const res = await client.devLogin(user);
       if (!res) {
         error.textContent = `Cannot reach the chat server at ${API}.`;
       } else if (res.status === 404) {
@@ -461,7 +224,7 @@
     session = null;
     sessionStorage.removeItem(SESSION_KEY);
     conversations.clear();
-    routes.clear();
+    client.reset();
     current = null;
     notifications.length = 0;
     notifSeen.clear();
@@ -478,13 +241,6 @@
   }
 
   // ------------------------------------------------------------------ connection status
-
-  function setFailing(route, failing, opts) {
-    if (failing && opts && opts.onTrouble) opts.onTrouble();
-    if (route.failing === failing) return;
-    route.failing = failing;
-    renderStatus();
-  }
 
   function renderStatus() {
     if (!session) return;
@@ -516,11 +272,9 @@
     if (!session || !current) return;
     const peer = current.peer;
     try {
-      const res = await call(routeFor("presence"), "GET", `/v1/presence?users=${encodeURIComponent(peer)}`, {
-        signal: sessionCtl && sessionCtl.signal, deadline: 5000, timeout: 5000,
-      });
-      if (res.status === 200 && res.data && res.data.presence && res.data.presence[peer]) {
-        presence.set(peer, res.data.presence[peer]);
+      const states = await client.presence([peer], { signal: sessionCtl && sessionCtl.signal });
+      if (states && states[peer]) {
+        presence.set(peer, states[peer]);
         renderPresence();
       }
     } catch (e) {
@@ -541,9 +295,9 @@
 
   async function loadBlocks(signal) {
     try {
-      const res = await call(routeFor("inbox:" + session.user), "GET", "/v1/blocks", { signal, deadline: 10000 });
-      if (res.status === 200 && res.data && Array.isArray(res.data.blocked)) {
-        for (const u of res.data.blocked) blocked.add(u);
+      const users = await client.blocks({ signal });
+      if (users) {
+        for (const u of users) blocked.add(u);
         renderBlocked();
       }
     } catch (e) {
@@ -558,8 +312,8 @@
     const button = $("block");
     button.disabled = true;
     try {
-      const res = await call(routeFor("inbox:" + session.user), on ? "PUT" : "DELETE",
-        `/v1/blocks/${encodeURIComponent(peer)}`, { signal: sessionCtl.signal, deadline: 10000 });
+      const res = await (on ? client.block(peer, { signal: sessionCtl.signal })
+        : client.unblock(peer, { signal: sessionCtl.signal }));
       if (res.status === 204 || res.status === 200) {
         if (on) blocked.add(peer);
         else blocked.delete(peer);
@@ -637,10 +391,9 @@
 
   /** The server's list of our conversations: contacts, previews and unread counts. */
   async function loadConversationList(signal) {
-    const route = routeFor("inbox:" + session.user);
     for (let round = 0; !signal.aborted && round < 5; round++) {
       try {
-        const res = await call(route, "GET", "/v1/conversations?limit=100", { signal });
+        const res = await client.conversations({ limit: 100, signal });
         if (res.moved) continue;
         if (res.status !== 200) return;
         for (const s of res.data.conversations) {
@@ -700,14 +453,14 @@
   class Conversation {
     constructor(peer) {
       this.peer = peer;
-      this.cid = conversationId(session.user, peer);
+      this.cid = client.conversationId(peer, session.user);
       this.route = routeFor(this.cid);
       this.messages = new Map();     // seq -> message
       this.pending = new Map();      // client_id -> {clientId, text, ts, state, error, order}
       this.rows = new Map();         // key -> <li>
-      this.after = null;             // last seq seen
-      this.typingVersion = 0;        // always sent: a change of who types ends the poll
-      this.readVersion = 0;          // likewise for the read markers ("Seen")
+      // The long-poll's cursors: the last seq seen, and the versions of who types and of the
+      // read markers (always sent: a change ends the poll).
+      this.cursor = { after: null, typingVersion: 0, readVersion: 0 };
       this.partnerRead = 0;          // the peer's read marker
       this.myRead = 0;               // ours, as the server has it
       this.reading = false;          // a POST .../read in flight
@@ -718,6 +471,14 @@
       this.poller = null;
       this.sending = Promise.resolve();
       this.typingChain = Promise.resolve();
+    }
+
+    get after() {
+      return this.cursor.after;
+    }
+
+    set after(seq) {
+      this.cursor.after = seq;
     }
 
     get oldest() {
@@ -797,40 +558,26 @@
           await loadLatest(conv, signal);
           continue;
         }
-        // A node not yet confirmed for this stream is asked without waiting: if it is not the
-        // owner we learn it at once and move on.
-        const wait = conv.route.base ? POLL_TIMEOUT : 0;
-        const q = new URLSearchParams({
-          after: String(conv.after), typing_version: String(conv.typingVersion),
-          read_version: String(conv.readVersion), timeout: String(wait),
-        });
-        const res = await call(conv.route, "GET", `/v1/conversations/${conv.cid}/events?${q}`, {
-          signal, timeout: wait * 1000 + 10000, manual: wait > 0,
+        const end = await client.watchConversation(conv.cid, conv.cursor, {
           onTrouble: () => setTyping(conv, []),
-        });
-        if (res.moved) continue;
-        if (res.status === 409) {
+          onEvents: (body) => {
+            for (const m of body.events) addMessage(conv, m, true);
+            setTyping(conv, body.typing.filter((u) => u !== session.user));
+            if (body.read) {
+              conv.partnerRead = body.read[conv.peer] || 0;
+              conv.myRead = Math.max(conv.myRead, body.read[session.user] || 0);
+            }
+            renderSeen(conv);
+            markRead(conv);
+          },
+        }, signal);
+        if (end === "reset") {
           // Our cursor is beyond the stream's last message: start again from its history.
           conv.loaded = false;
           continue;
         }
-        if (res.status !== 200) {
-          showChatError(conv, errorText(res, `The conversation cannot be read (HTTP ${res.status}).`));
-          return;
-        }
-        const body = res.data;
-        for (const m of body.events) addMessage(conv, m, true);
-        if (body.events.length) conv.after = Math.max(conv.after, body.events[body.events.length - 1].seq);
-        else conv.after = Math.max(conv.after, body.last_seq);
-        conv.typingVersion = body.typing_version;
-        setTyping(conv, body.typing.filter((u) => u !== session.user));
-        if (body.read) {
-          conv.readVersion = body.read_version;
-          conv.partnerRead = body.read[conv.peer] || 0;
-          conv.myRead = Math.max(conv.myRead, body.read[session.user] || 0);
-        }
-        renderSeen(conv);
-        markRead(conv);
+        if (end) showChatError(conv, errorText(end, `The conversation cannot be read (HTTP ${end.status}).`));
+        return;
       } catch (e) {
         if (e instanceof Aborted || signal.aborted) return;
         await sleep(1000, signal).catch(() => {});
@@ -839,8 +586,7 @@
   }
 
   async function loadLatest(conv, signal) {
-    const res = await call(conv.route, "GET",
-      `/v1/conversations/${conv.cid}/messages?limit=${HISTORY_PAGE}`, { signal });
+    const res = await client.history(conv.cid, { limit: HISTORY_PAGE, signal });
     if (res.status !== 200) {
       showChatError(conv, errorText(res, `The conversation cannot be read (HTTP ${res.status}).`));
       throw new Aborted();
@@ -865,9 +611,9 @@
     const box = $("messages");
     const fromBottom = box.scrollHeight - box.scrollTop;
     try {
-      const res = await call(conv.route, "GET",
-        `/v1/conversations/${conv.cid}/messages?before=${conv.oldest}&limit=${HISTORY_PAGE}`,
-        { signal: sessionCtl.signal, deadline: 20000 });
+      const res = await client.history(conv.cid, {
+        before: conv.oldest, limit: HISTORY_PAGE, signal: sessionCtl.signal, deadline: 20000,
+      });
       if (res.status === 200) {
         for (const m of res.data.messages) addMessage(conv, m, false);
         conv.hasMore = res.data.has_more;
@@ -985,9 +731,7 @@
     if (!isViewing(conv) || conv.reading || !(conv.after > conv.myRead)) return;
     conv.reading = true;
     const seq = conv.after;
-    call(conv.route, "POST", `/v1/conversations/${conv.cid}/read`, {
-      body: { seq }, signal: sessionCtl && sessionCtl.signal, deadline: 5000, timeout: 5000,
-    }).then((res) => {
+    client.read(conv.cid, seq, { signal: sessionCtl && sessionCtl.signal }).then((res) => {
       if (res.status === 200) conv.myRead = Math.max(conv.myRead, res.data.read_seq);
     }).catch(() => {}).finally(() => { conv.reading = false; });
   }
@@ -1034,9 +778,7 @@
 
   function postTyping(conv, on) {
     conv.typingChain = conv.typingChain.then(() =>
-      call(conv.route, "POST", `/v1/conversations/${conv.cid}/typing`, {
-        body: { typing: on }, signal: sessionCtl && sessionCtl.signal, deadline: 2500, timeout: 3000,
-      })).catch(() => {});
+      client.typing(conv.cid, on, { signal: sessionCtl && sessionCtl.signal })).catch(() => {});
   }
 
   function userTyped() {
@@ -1081,8 +823,8 @@
     conv.sending = conv.sending.then(async () => {
       if (!conv.pending.has(p.clientId)) return;
       try {
-        const res = await call(conv.route, "POST", `/v1/conversations/${conv.cid}/messages`, {
-          body: { text: p.text, client_id: p.clientId }, signal: sessionCtl.signal, timeout: 15000,
+        const res = await client.send(conv.cid, p.text, {
+          clientId: p.clientId, signal: sessionCtl.signal,
           onTrouble: () => {
             if (p.state !== "retrying") {
               p.state = "retrying";
@@ -1130,41 +872,12 @@
   const notifSeen = new Set();   // seqs
   let unseen = 0;
 
-  async function runInbox(signal) {
-    const route = routeFor("inbox:" + session.user);
-    let after = null;
-    let initial = 0;
-    while (!signal.aborted) {
-      try {
-        const wait = after !== null && route.base ? POLL_TIMEOUT : 0;
-        const q = new URLSearchParams({ timeout: String(wait) });
-        if (after !== null) q.set("after", String(after));
-        const res = await call(route, "GET", `/v1/inbox/events?${q}`, {
-          signal, timeout: wait * 1000 + 10000, manual: wait > 0,
-        });
-        if (res.moved) continue;
-        if (res.status === 409) {
-          after = null;
-          continue;
-        }
-        if (res.status !== 200) {
-          await sleep(5000, signal);
-          continue;
-        }
-        const body = res.data;
-        if (after === null) {
-          // First answer: where the inbox is now. The next poll returns the last few at once.
-          initial = body.last_seq;
-          after = Math.max(0, body.last_seq - INBOX_BACKLOG);
-          continue;
-        }
-        for (const e of body.events) addNotification(e, e.seq > initial);
-        after = body.events.length ? body.events[body.events.length - 1].seq : Math.max(after, body.last_seq);
-      } catch (e) {
-        if (e instanceof Aborted || signal.aborted) return;
-        await sleep(1000, signal).catch(() => {});
-      }
-    }
+  function runInbox(signal) {
+    return client.watchInbox({ after: null }, {
+      onEvents: (events, { live }) => {
+        for (const e of events) addNotification(e, live);
+      },
+    }, signal, { backlog: INBOX_BACKLOG });
   }
 
   function describe(e) {
@@ -1305,6 +1018,8 @@
 
   function start() {
     sessionCtl = new AbortController();
+    client.user = session.user;
+    client.token = session.token;
     $("signin").hidden = true;
     $("app").hidden = false;
     $("me-name").textContent = session.user;
@@ -1317,7 +1032,7 @@
     $("chat-empty").hidden = false;
     $("chat-pane").hidden = true;
     $("layout").dataset.view = "list";
-    net.refresh();
+    client.refresh();
     runInbox(sessionCtl.signal);
     loadConversationList(sessionCtl.signal);
     loadBlocks(sessionCtl.signal);
