@@ -168,9 +168,9 @@ import {
       if (!res) {
         error.textContent = `Cannot reach the chat server at ${API}.`;
       } else if (res.status === 404) {
-        error.textContent = "Sign-in without password is off on this server. It is enabled by " +
-          "the setting [auth] dev_login = true in the nodes' configuration. You can also paste " +
-          "an access token below.";
+        error.replaceChildren("Sign-in without password is off on this server. It is enabled by ",
+          h("code", { text: "[auth] dev_login = true" }),
+          " in the nodes' configuration. You can also paste an access token below.");
         $("token-box").hidden = false;
       } else if (res.status !== 200 || !res.data || !res.data.token) {
         error.textContent = errorText(res, `Sign-in failed (HTTP ${res.status}).`);
@@ -837,7 +837,7 @@ import {
         } else {
           p.state = "failed";
           p.error = res.status === 403 && res.data && res.data.error && res.data.error.code === "blocked"
-            ? "this conversation is blocked"
+            ? (refreshPresence(), "this conversation is blocked")
             : errorText(res, `HTTP ${res.status}`);
           renderPending(conv, p);
         }
