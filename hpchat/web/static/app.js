@@ -562,6 +562,11 @@ import {
           onTrouble: () => setTyping(conv, []),
           onEvents: (body) => {
             for (const m of body.events) addMessage(conv, m, true);
+            // The partner just wrote: ask again if the page still shows them away.
+            const p = presence.get(conv.peer);
+            if (conv === current && (!p || !p.online) && body.events.some((m) => m.sender === conv.peer)) {
+              refreshPresence();
+            }
             setTyping(conv, body.typing.filter((u) => u !== session.user));
             if (body.read) {
               conv.partnerRead = body.read[conv.peer] || 0;
