@@ -16,7 +16,7 @@ import re
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
-ALLOWED_METHODS = b"GET, POST, OPTIONS"
+ALLOWED_METHODS = b"GET, POST, PUT, DELETE, OPTIONS"
 ALLOWED_HEADERS = b"Authorization, Content-Type"
 EXPOSED_HEADERS = b"Location, X-HPChat-Owner, Retry-After"
 MAX_AGE = b"600"

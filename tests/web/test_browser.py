@@ -16,7 +16,7 @@ import time
 from twisted.trial import unittest
 
 from tests.support.browser import Browser, requireBrowser, serveStatic
-from tests.support.cluster import TOPIC, Cluster
+from tests.support.cluster import TOPIC, Cluster, token
 from tests.support.process import waitFor
 from tests.support.trial import asyncTest
 
@@ -40,8 +40,16 @@ def openChat(page, peer: str) -> None:
     page.locator("#chat-title").filter(has_text=peer).wait_for()
 
 
+def internalDetails(cluster: Cluster) -> re.Pattern:
+    """
+    What the page must never show its users: node ids and "via node".
+    """
+    ids = "|".join(re.escape(n.nodeId) for n in cluster.nodes)
+    return re.compile(rf"via node|\b({ids})\b")
+
+
 def bubbles(page, text: str):
-    return page.locator("#message-list .msg:not(.pending) .bubble",
+    return page.locator("#message-list .msg:not(.pending):not(.failed) .bubble",
                         has_text=re.compile("^" + re.escape(text) + "$"))
 
 
@@ -229,8 +237,9 @@ class BrowserTests(unittest.TestCase):
             waitForText(alice, "Nope, still here. Failover works")
             waitForText(alice, "Did the server just die?")
             expect(alice.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT)
-            expect(alice.locator("#served-by")).to_have_text(f"via node {survivor.nodeId}",
-                                                              timeout=WAIT)
+            # Which node serves the conversation is no business of the user's.
+            for page in (alice, bob):
+                expect(page.locator("body")).not_to_contain_text(internalDetails(cluster))
             # Nothing was shown twice, on either side.
             for page in (alice, bob):
                 for text in ("Hi bob! Are we still on for Friday?", "See you there",
@@ -287,7 +296,7 @@ class BrowserTests(unittest.TestCase):
             waitForText(alice, "And back again")
             waitForText(bob, "And back again")
             for page in (alice, bob):
-                expect(page.locator("#served-by")).to_have_text(f"via node {owner.nodeId}")
+                expect(page.locator("body")).not_to_contain_text(internalDetails(cluster))
             return list(browser.log)
 
         log = await browser.run(chat)
@@ -295,3 +304,182 @@ class BrowserTests(unittest.TestCase):
         self.assertTrue([line for line in log if " 307 " in line and "/conversations/" in line],
                         "no redirect was followed")
         self.assertEqual([line for line in log if " failed: " in line], [])
+        # Both pages ended up talking to the owner: their last polls were answered by it.
+        for who in ("alice", "bob"):
+            polls = [line for line in log if line.split()[1:2] == [who] and "/events" in line
+                     and "/conversations/" in line and " 200 " in line]
+            self.assertTrue(polls, f"{who}'s page got no conversation poll answered")
+            self.assertIn(owner.url + "/v1/", polls[-1])
+
+
+NARROW = {"viewport": {"width": 390, "height": 780}, "device_scale_factor": 2, "is_mobile": True,
+          "has_touch": True}
+
+
+def retryUntilSent(page, text: str, attempts: int = 10) -> None:
+    """
+    Press "Retry" on the refused message C{text} until it is delivered.
+    """
+    from playwright.sync_api import expect
+
+    failed = page.locator("#message-list .msg.failed", has_text=text)
+    for _ in range(attempts):
+        expect(bubbles(page, text).or_(failed)).to_have_count(1, timeout=WAIT)
+        if not failed.count():
+            waitForText(page, text)
+            return
+        failed.get_by_role("button", name="Retry").click()
+    raise AssertionError(f"{text!r} was still refused after {attempts} attempts")
+
+
+class SocialTests(unittest.TestCase):
+    timeout = 150
+
+    def setUp(self):
+        requireBrowser()
+
+    @asyncTest
+    async def test_unreadPresenceBlocksAndGroupedNotifications(self):
+        """
+        Alice (desktop, on one node) and bob (390 px wide, on the other): bob's two messages
+        make one notification entry with a count and an unread badge that survives a reload;
+        alice sees bob online while his page polls, and "Seen" under hers once he reads it;
+        when alice blocks bob his send is refused and says so, and after she unblocks him
+        messages flow again. No node ids are shown anywhere.
+        """
+        origin = serveStatic(self)
+        cluster = await Cluster(self, size=2, nsq=True, sections={
+            "auth": {"dev_login": "true"},
+            "http": {"cors_origins": origin},
+        }).start()
+        first, second = cluster.nodes
+        browser = await Browser(self, os.path.abspath(self.mktemp())).start()
+        pages = {}
+
+        def unread():
+            from playwright.sync_api import expect
+
+            alice = pages["alice"] = browser.newPage("alice", **DESKTOP)
+            bob = pages["bob"] = browser.newPage("bob", **NARROW)
+            signIn(alice, origin, first.url, "alice")
+            signIn(bob, origin, second.url, "bob")
+            openChat(bob, "alice")
+            for text in ("Are you there?", "Hello?"):
+                bob.get_by_label("Message to alice").fill(text)
+                bob.get_by_label("Message to alice").press("Enter")
+                waitForText(bob, text)
+            badge = alice.locator('.contact[data-name="bob"] .unread')
+            expect(badge).to_have_text("2", timeout=WAIT)
+            alice.reload()
+            alice.locator("#app").wait_for(state="visible")
+            expect(badge).to_have_text("2", timeout=WAIT)
+            # Two messages of one conversation: one entry, with the count.
+            alice.locator("#notif-button").click()
+            entries = alice.locator("#notif-list .notif")
+            expect(entries).to_have_count(1, timeout=WAIT)
+            expect(entries.first).to_contain_text("bob sent you 2 messages")
+            expect(entries.first).to_have_attribute("data-count", "2")
+            browser.shot(alice, "01-desktop-grouped-notifications")
+            alice.keyboard.press("Escape")
+
+        await browser.run(unread)
+
+        def seenAndOnline():
+            from playwright.sync_api import expect
+
+            alice, bob = pages["alice"], pages["bob"]
+            openChat(alice, "bob")
+            waitForText(alice, "Hello?")
+            expect(alice.locator('.contact[data-name="bob"] .unread')).to_have_count(0)
+            # Bob's page is polling the conversation: he is online.
+            expect(alice.locator('#presence[data-online="true"]')).to_have_text(
+                "Online", timeout=WAIT)
+            bob.locator("#message-list .msg-row", has_text="Hello?").locator(".seen").wait_for(
+                timeout=WAIT)
+            alice.get_by_label("Message to bob").fill("Yes, sorry")
+            alice.get_by_label("Message to bob").press("Enter")
+            waitForText(bob, "Yes, sorry")
+            expect(alice.locator("#message-list .msg-row", has_text="Yes, sorry")
+                   .locator(".seen")).to_have_text("Seen", timeout=WAIT)
+            expect(bob.locator('#presence[data-online="true"]')).to_have_text(
+                "Online", timeout=WAIT)
+            browser.shot(alice, "02-desktop-online-and-seen")
+            browser.shot(bob, "03-narrow-online-and-seen")
+
+        await browser.run(seenAndOnline)
+
+        def block():
+            from playwright.sync_api import expect
+
+            alice, bob = pages["alice"], pages["bob"]
+            alice.get_by_role("button", name="Block bob").click()
+            expect(alice.get_by_role("button", name="Unblock bob")).to_be_visible(timeout=WAIT)
+            expect(alice.locator("#blocked-note")).to_contain_text("You blocked bob")
+            expect(alice.get_by_label("Message to bob")).to_be_disabled()
+            expect(alice.locator("#send")).to_be_disabled()
+            browser.shot(alice, "04-desktop-blocked")
+            reply = bob.get_by_label("Message to alice")
+            reply.fill("Why?")
+            reply.press("Enter")
+            refused = bob.locator("#message-list .msg.failed", has_text="Why?")
+            expect(refused).to_contain_text("Not sent: this conversation is blocked",
+                                            timeout=WAIT)
+            browser.shot(bob, "05-narrow-send-refused")
+            expect(bubbles(alice, "Why?")).to_have_count(0)
+
+            alice.get_by_role("button", name="Unblock bob").click()
+            expect(alice.get_by_role("button", name="Block bob")).to_be_visible(timeout=WAIT)
+            expect(alice.locator("#blocked-note")).to_be_hidden()
+            expect(alice.get_by_label("Message to bob")).to_be_enabled()
+            # The unblock is effective cluster-wide within a second; the refused one is sent
+            # again (until the node that serves the conversation has heard of it).
+            retryUntilSent(bob, "Why?")
+            waitForText(alice, "Why?")
+            alice.get_by_label("Message to bob").fill("Unblocked")
+            alice.get_by_label("Message to bob").press("Enter")
+            retryUntilSent(alice, "Unblocked")
+            waitForText(bob, "Unblocked")
+            for page in (alice, bob):
+                expect(page.locator("body")).not_to_contain_text(internalDetails(cluster))
+            browser.shot(alice, "06-desktop-unblocked")
+            browser.shot(bob, "07-narrow-unblocked")
+
+        await browser.run(block)
+        self.assertEqual(browser.errors, [])
+        print(f"\nscreenshots: {browser.screenshots}")
+
+    @asyncTest
+    async def test_devLoginOffOffersATokenField(self):
+        """
+        Where dev login is off, the sign-in form names the setting that enables it and takes
+        a pasted token instead.
+        """
+        origin = serveStatic(self)
+        cluster = await Cluster(self, size=1, sections={
+            "http": {"cors_origins": origin},
+        }).start()
+        node = cluster.nodes[0]
+        browser = await Browser(self, os.path.abspath(self.mktemp())).start()
+
+        def signInWithToken():
+            from playwright.sync_api import expect
+
+            page = browser.newPage("carol", **NARROW)
+            page.goto(f"{origin}/?api={node.url}")
+            page.get_by_label("User name").fill("carol")
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.locator("#signin-error")).to_contain_text("[auth] dev_login = true")
+            field = page.get_by_label("Or paste an access token")
+            expect(field).to_be_visible()
+            browser.shot(page, "01-narrow-dev-login-off")
+            field.fill("not a token")
+            page.get_by_role("button", name="Use this token").click()
+            expect(page.locator("#token-error")).to_contain_text("not a valid")
+            field.fill(token("carol"))
+            page.get_by_role("button", name="Use this token").click()
+            page.locator("#app").wait_for(state="visible")
+            expect(page.locator("#me-name")).to_have_text("carol")
+            page.locator('#conn[data-state="live"]').wait_for(timeout=WAIT)
+
+        await browser.run(signInWithToken)
+        self.assertEqual(browser.errors, [])

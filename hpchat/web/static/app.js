@@ -1,38 +1,18 @@
 /*
- * hpchat chat page: plain JavaScript, no build step, no dependencies.
+ * hpchat chat page: plain JavaScript, no build step, no dependencies. An ES module: the API is
+ * spoken by HpchatClient (hpchat-client.js), which routes each stream to the node that serves
+ * it, follows redirects, fails over between nodes and retries 503/429; see its header.
  *
- * Talking to a cluster
- * --------------------
  * The API base is the page's origin, or ?api=http://host:port when the page is served from
- * elsewhere. Every call carries the token as ?access_token= (browsers drop the Authorization
- * header when they follow a redirect to another origin) and is a CORS "simple request" (the
- * JSON body goes as text/plain, which the server accepts), so no preflight precedes it.
- *
- * Each stream (a conversation, the inbox) has a Route: the node that last answered for it.
- * A call goes there and follows a 307 to the owner (redirect: "follow"); the node that finally
- * answered (response.url) is remembered for the next call. When a call fails at the network
- * level (node dead, connection reset, timeout, or a redirect the browser refused to follow)
- * the next known node is tried: the API base and every node listed by GET /v1/cluster. After a
- * full round of failures it waits with exponential backoff and refreshes the node list. A 503
- * (ownership unsettled) is retried after its Retry-After, on another node every other time.
- *
- * Why a redirect may fail: after a redirect to another origin, the browser sends the request
- * with "Origin: null", which a node whose cors_origins lists only the site's origins refuses;
- * the fetch then fails like a dead node, and trying the next node finds the owner. Polls are
- * arranged so that such a failure is always quick: a long-poll to a node not yet confirmed for
- * its stream is made with timeout=0 first (a probe); a long-poll to the confirmed owner does not
- * follow redirects (redirect: "manual"), so if the stream has moved meanwhile the poll ends at
- * once and the next one probes again. Neither ever waits on a node that the browser will not
- * let the page read.
- *
- * Cursors (after, typing_version) live in the conversation and survive failover; messages are
- * kept by seq, so one that arrives twice (the send's answer and the poll) is shown once. A
- * message is sent with a client_id and re-sent with the same id until a node answers: the
- * server answers a repeat with the original message.
- *
- * All user text goes into the page through textContent, never as HTML.
+ * elsewhere; the other nodes are learnt from GET /v1/cluster. Messages are kept by seq, so one
+ * that arrives twice (the send's answer and the poll) is shown once, and a send is repeated
+ * with its client_id until a node answers. All user text goes into the page through
+ * textContent, never as HTML.
  */
-"use strict";
+import {
+  Aborted, ApiError, HpchatClient, USER_RE, normalizeBase as clientBase, randomId, sleep,
+} from "./hpchat-client.js";
+
 
 (function () {
   // ------------------------------------------------------------------ settings
@@ -45,7 +25,6 @@
   const TYPING_IDLE = 4000;       // ms without a key press before "typing: false"
   const HISTORY_PAGE = 30;
   const INBOX_BACKLOG = 20;       // earlier notifications listed at sign-in
-  const USER_RE = /^[A-Za-z0-9_-]{1,64}$/;
   const SESSION_KEY = "hpchat.session:" + API;
   const NARROW = window.matchMedia("(max-width: 720px)");
 
@@ -53,8 +32,7 @@
 
   function normalizeBase(url) {
     try {
-      const u = new URL(url, location.href);
-      return (u.origin + u.pathname).replace(/\/+$/, "");
+      return clientBase(url);
     } catch (e) {
       return location.origin;
     }
@@ -114,41 +92,12 @@
     node.style.setProperty("--hue", String(hue(name)));
   }
 
-  class Aborted extends Error {}
-
-  function sleep(ms, signal) {
-    return new Promise((resolve, reject) => {
-      if (signal && signal.aborted) return reject(new Aborted());
-      const timer = setTimeout(done, ms);
-      function done() {
-        if (signal) signal.removeEventListener("abort", stop);
-        resolve();
-      }
-      function stop() {
-        clearTimeout(timer);
-        reject(new Aborted());
-      }
-      if (signal) signal.addEventListener("abort", stop, { once: true });
-    });
-  }
-
   /** An AbortController that also aborts when `parent` does. */
   function childController(parent) {
     const ctl = new AbortController();
     if (parent.aborted) ctl.abort();
     else parent.addEventListener("abort", () => ctl.abort(), { once: true });
     return ctl;
-  }
-
-  function randomId() {
-    const bytes = new Uint8Array(12);
-    crypto.getRandomValues(bytes);
-    return "c" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-  }
-
-  function conversationId(a, b) {
-    // User ids are ASCII, so UTF-16 order is byte order.
-    return a < b ? `dm:${a}:${b}` : `dm:${b}:${a}`;
   }
 
   const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
@@ -177,187 +126,12 @@
 
   // ------------------------------------------------------------------ the network
 
-  class ApiError extends Error {
-    constructor(status, code, message) {
-      super(message);
-      this.status = status;
-      this.code = code;
-    }
-  }
-
-  /** The nodes this page knows: the API base first, then those named by /v1/cluster. */
-  const net = {
-    bases: [API],
-    names: new Map(),
-    viewing: null,
-
-    learn(view) {
-      for (const [id, url] of Object.entries((view && view.nodes) || {})) {
-        const base = normalizeBase(url);
-        this.names.set(base, id);
-        if (!this.bases.includes(base)) this.bases.push(base);
-      }
-    },
-
-    nameOf(base) {
-      if (!base) return "";
-      if (this.names.has(base)) return this.names.get(base);
-      try {
-        return new URL(base).host;
-      } catch (e) {
-        return base;
-      }
-    },
-
-    after(base) {
-      const i = this.bases.indexOf(base);
-      return this.bases[(i + 1) % this.bases.length];
-    },
-
-    /** Ask any answering node for the cluster view (once at a time). */
-    refresh() {
-      if (this.viewing) return this.viewing;
-      this.viewing = (async () => {
-        for (const base of this.bases.slice()) {
-          try {
-            const res = await fetchOnce(base, "GET", "/v1/cluster", { timeout: 3000, anonymous: true });
-            if (res.status === 200) {
-              this.learn(res.data);
-              return;
-            }
-          } catch (e) {
-            // next one
-          }
-        }
-      })().finally(() => {
-        this.viewing = null;
-      });
-      return this.viewing;
-    },
-  };
-
-  /** Where a stream was last served. */
-  class Route {
-    constructor(stream) {
-      this.stream = stream;
-      this.base = null;      // the node that last answered for this stream (confirmed)
-      this.next = API;       // where to try when none is confirmed
-      this.failing = false;
-    }
-  }
-
-  const routes = new Map();
-  function routeFor(stream) {
-    if (!routes.has(stream)) routes.set(stream, new Route(stream));
-    return routes.get(stream);
-  }
-
-  /** One HTTP exchange; rejects on network errors, timeouts and aborts. */
-  async function fetchOnce(base, method, path, opts) {
-    let url = base + path;
-    if (!opts.anonymous) {
-      url += (path.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(session.token);
-    }
-    const ctl = new AbortController();
-    const stop = () => ctl.abort();
-    if (opts.signal) {
-      if (opts.signal.aborted) throw new Aborted();
-      opts.signal.addEventListener("abort", stop, { once: true });
-    }
-    const timer = setTimeout(stop, opts.timeout || CALL_TIMEOUT);
-    try {
-      const response = await fetch(url, {
-        method,
-        body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
-        redirect: opts.manual ? "manual" : "follow",
-        credentials: "omit",
-        cache: "no-store",
-        signal: ctl.signal,
-      });
-      if (response.type === "opaqueredirect") return { status: 307, moved: true, data: null, headers: response.headers, base };
-      const text = await response.text();
-      let data = null;
-      try {
-        data = text ? JSON.parse(text) : null;
-      } catch (e) {
-        data = null;
-      }
-      const at = response.url.indexOf("/v1/");
-      const servedBy = at > 0 ? response.url.slice(0, at) : base;
-      return { status: response.status, data, headers: response.headers, base: servedBy };
-    } catch (e) {
-      if (opts.signal && opts.signal.aborted) throw new Aborted();
-      throw e;
-    } finally {
-      clearTimeout(timer);
-      if (opts.signal) opts.signal.removeEventListener("abort", stop);
-    }
-  }
-
-  /** Pause after the `round`th full round of failed nodes: 125-250 ms, doubling to 0.75-1.5 s. */
-  function backoff(round) {
-    const ms = Math.min(1500, 250 * 2 ** round);
-    return ms / 2 + Math.random() * ms / 2;
-  }
-
-  /**
-   * Call the API for `route`'s stream until some node answers it: follows redirects, moves to
-   * the next node on network errors, waits out 503s. Resolves with {status, data, base} for
-   * any other answer; rejects only when aborted, on 401, or after `opts.deadline` ms.
-   */
-  async function call(route, method, path, opts = {}) {
-    const started = Date.now();
-    let failures = 0;
-    for (;;) {
-      const base = route.base || route.next;
-      let res;
-      try {
-        res = await fetchOnce(base, method, path, opts);
-      } catch (e) {
-        if (e instanceof Aborted) throw e;
-        // Refused or reset (a dead node), timed out, or a redirect the browser would not
-        // follow: try the next node we know of.
-        failures += 1;
-        route.base = null;
-        route.next = net.after(base);
-        setFailing(route, true, opts);
-        if (Date.now() - started > (opts.deadline || Infinity)) throw new ApiError(0, "unreachable", "no node answered");
-        if (failures % net.bases.length === 0) {
-          net.refresh();
-          await sleep(backoff(failures / net.bases.length - 1), opts.signal);
-        }
-        continue;
-      }
-      if (res.status === 503) {
-        // Ownership is being settled (or the node is shutting down): wait, then retry, on
-        // another node every other time.
-        failures += 1;
-        setFailing(route, true, opts);
-        if (Date.now() - started > (opts.deadline || Infinity)) throw new ApiError(503, "unavailable", "the service is unavailable");
-        const retry = Number(res.headers.get("retry-after")) || 1;
-        route.base = null;
-        route.next = failures % 2 === 0 ? net.after(base) : base;
-        await sleep(Math.min(3000, Math.max(250, retry * 1000 * (0.5 + Math.random() * 0.5))), opts.signal);
-        continue;
-      }
-      if (res.moved) {
-        // A long-poll's stream moved to another node (see above): the caller probes again.
-        route.base = null;
-        route.next = base;
-        return res;
-      }
-      if (res.status === 401) {
-        signOut("Your session has expired. Please sign in again.");
-        throw new Aborted();
-      }
-      const changed = route.base !== res.base;
-      route.base = res.base;
-      route.next = res.base;
-      setFailing(route, false, opts);
-      if (changed) renderStatus();
-      return res;
-    }
-  }
+  const client = new HpchatClient({
+    nodes: [API], pollTimeout: POLL_TIMEOUT, callTimeout: CALL_TIMEOUT,
+    onStatus: () => renderStatus(),
+    onUnauthorized: () => signOut("Your session has expired. Please sign in again."),
+  });
+  const routeFor = (stream) => client.route(stream);
 
   function errorText(res, fallback) {
     return (res && res.data && res.data.error && res.data.error.message) || fallback;
@@ -390,33 +164,54 @@
     button.disabled = true;
     button.textContent = "Signing in…";
     try {
-      let res = null;
-      for (let attempt = 0; attempt < 4 && !res; attempt++) {
-        for (const base of net.bases.slice()) {
-          try {
-            res = await fetchOnce(base, "POST", "/v1/dev/login", { body: { user }, anonymous: true, timeout: 5000 });
-            break;
-          } catch (e) {
-            // try the next node
-          }
-        }
-        if (!res) await sleep(backoff(attempt));
-      }
+      const res = await client.devLogin(user);
       if (!res) {
         error.textContent = `Cannot reach the chat server at ${API}.`;
       } else if (res.status === 404) {
-        error.textContent = "Sign-in without password is not enabled on this server.";
+        error.replaceChildren("Sign-in without password is off on this server. It is enabled by ",
+          h("code", { text: "[auth] dev_login = true" }),
+          " in the nodes' configuration. You can also paste an access token below.");
+        $("token-box").hidden = false;
       } else if (res.status !== 200 || !res.data || !res.data.token) {
         error.textContent = errorText(res, `Sign-in failed (HTTP ${res.status}).`);
       } else {
-        session = { user: res.data.user, token: res.data.token, expires: Date.now() + res.data.expires_in * 1000 };
-        sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
-        start();
+        useSession({ user: res.data.user, token: res.data.token, expires: Date.now() + res.data.expires_in * 1000 });
       }
     } finally {
       button.disabled = false;
       button.textContent = "Sign in";
     }
+  }
+
+  function useSession(s) {
+    session = s;
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+    start();
+  }
+
+  /** The user and expiry a pasted token names (its signature is the server's to check). */
+  function tokenSession(token) {
+    try {
+      const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const claims = JSON.parse(atob(part + "=".repeat((4 - part.length % 4) % 4)));
+      if (!USER_RE.test(claims.sub)) return null;
+      const expires = Number(claims.exp) ? claims.exp * 1000 : Date.now() + 3600 * 1000;
+      return expires > Date.now() + 60000 ? { user: claims.sub, token, expires } : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function signInWithToken() {
+    const s = tokenSession($("signin-token").value.trim());
+    if (!s) {
+      $("token-error").textContent = "That is not a valid, unexpired access token.";
+      $("signin-token").focus();
+      return;
+    }
+    $("token-error").textContent = "";
+    $("signin-token").value = "";
+    useSession(s);
   }
 
   function signOut(message) {
@@ -429,11 +224,14 @@
     session = null;
     sessionStorage.removeItem(SESSION_KEY);
     conversations.clear();
-    routes.clear();
+    client.reset();
     current = null;
     notifications.length = 0;
     notifSeen.clear();
     unseen = 0;
+    blocked.clear();
+    presence.clear();
+    clearInterval(presenceTimer);
     $("app").hidden = true;
     $("signin").hidden = false;
     $("toasts").replaceChildren();
@@ -443,13 +241,6 @@
   }
 
   // ------------------------------------------------------------------ connection status
-
-  function setFailing(route, failing, opts) {
-    if (failing && opts && opts.onTrouble) opts.onTrouble();
-    if (route.failing === failing) return;
-    route.failing = failing;
-    renderStatus();
-  }
 
   function renderStatus() {
     if (!session) return;
@@ -469,9 +260,89 @@
     }
     pill.dataset.state = state;
     if ($("conn-text").textContent !== text) $("conn-text").textContent = text;
-    const served = current && current.route.base ? `via node ${net.nameOf(current.route.base)}` : "";
-    $("served-by").textContent = served;
-    $("served-by").title = served ? `This conversation is served by ${current.route.base}` : "";
+  }
+
+  // ------------------------------------------------------------------ presence and blocks
+
+  const presence = new Map();   // user -> {online, last_seen}
+  const blocked = new Set();    // users we have blocked
+  let presenceTimer = null;
+
+  async function refreshPresence() {
+    if (!session || !current) return;
+    const peer = current.peer;
+    try {
+      const states = await client.presence([peer], { signal: sessionCtl && sessionCtl.signal });
+      if (states && states[peer]) {
+        presence.set(peer, states[peer]);
+        renderPresence();
+      }
+    } catch (e) {
+      // shown again at the next refresh
+    }
+  }
+
+  function renderPresence() {
+    if (!current) return;
+    const p = presence.get(current.peer);
+    const node = $("presence");
+    const online = !!(p && p.online);
+    node.dataset.online = String(online);
+    node.hidden = !p;
+    $("presence-text").textContent = !p ? "" : online ? "Online"
+      : p.last_seen ? `Last seen ${ago(p.last_seen)}` : "Offline";
+  }
+
+  async function loadBlocks(signal) {
+    try {
+      const users = await client.blocks({ signal });
+      if (users) {
+        for (const u of users) blocked.add(u);
+        renderBlocked();
+      }
+    } catch (e) {
+      // the block button still works; the list comes with the next sign-in
+    }
+  }
+
+  async function toggleBlock() {
+    if (!current) return;
+    const peer = current.peer;
+    const on = !blocked.has(peer);
+    const button = $("block");
+    button.disabled = true;
+    try {
+      const res = await (on ? client.block(peer, { signal: sessionCtl.signal })
+        : client.unblock(peer, { signal: sessionCtl.signal }));
+      if (res.status === 204 || res.status === 200) {
+        if (on) blocked.add(peer);
+        else blocked.delete(peer);
+      } else {
+        toast({ type: "other", text: [errorText(res, `Could not ${on ? "block" : "unblock"} ${peer} (HTTP ${res.status}).`)] });
+      }
+    } catch (e) {
+      if (e instanceof ApiError) toast({ type: "other", text: [`Could not ${on ? "block" : "unblock"} ${peer}. Try again.`] });
+    } finally {
+      button.disabled = false;
+      renderBlocked();
+      refreshPresence();
+    }
+  }
+
+  function renderBlocked() {
+    if (!current) return;
+    const peer = current.peer;
+    const isBlocked = blocked.has(peer);
+    const button = $("block");
+    button.textContent = isBlocked ? "Unblock" : "Block";
+    button.setAttribute("aria-label", `${isBlocked ? "Unblock" : "Block"} ${peer}`);
+    const note = $("blocked-note");
+    note.hidden = !isBlocked;
+    note.textContent = isBlocked ? `You blocked ${peer}. Messages cannot be sent in this conversation until you unblock them.` : "";
+    $("composer-text").disabled = isBlocked;
+    $("send").disabled = isBlocked;
+    $("composer-text").placeholder = isBlocked ? "Blocked" : "Write a message…";
+    if (isBlocked) stopTyping(current);
   }
 
   // ------------------------------------------------------------------ contacts
@@ -520,10 +391,9 @@
 
   /** The server's list of our conversations: contacts, previews and unread counts. */
   async function loadConversationList(signal) {
-    const route = routeFor("inbox:" + session.user);
     for (let round = 0; !signal.aborted && round < 5; round++) {
       try {
-        const res = await call(route, "GET", "/v1/conversations?limit=100", { signal });
+        const res = await client.conversations({ limit: 100, signal });
         if (res.moved) continue;
         if (res.status !== 200) return;
         for (const s of res.data.conversations) {
@@ -583,14 +453,14 @@
   class Conversation {
     constructor(peer) {
       this.peer = peer;
-      this.cid = conversationId(session.user, peer);
+      this.cid = client.conversationId(peer, session.user);
       this.route = routeFor(this.cid);
       this.messages = new Map();     // seq -> message
       this.pending = new Map();      // client_id -> {clientId, text, ts, state, error, order}
       this.rows = new Map();         // key -> <li>
-      this.after = null;             // last seq seen
-      this.typingVersion = 0;        // always sent: a change of who types ends the poll
-      this.readVersion = 0;          // likewise for the read markers ("Seen")
+      // The long-poll's cursors: the last seq seen, and the versions of who types and of the
+      // read markers (always sent: a change ends the poll).
+      this.cursor = { after: null, typingVersion: 0, readVersion: 0 };
       this.partnerRead = 0;          // the peer's read marker
       this.myRead = 0;               // ours, as the server has it
       this.reading = false;          // a POST .../read in flight
@@ -601,6 +471,14 @@
       this.poller = null;
       this.sending = Promise.resolve();
       this.typingChain = Promise.resolve();
+    }
+
+    get after() {
+      return this.cursor.after;
+    }
+
+    set after(seq) {
+      this.cursor.after = seq;
     }
 
     get oldest() {
@@ -653,6 +531,9 @@
       autoGrow();
     }
     renderStatus();
+    renderBlocked();
+    renderPresence();
+    refreshPresence();
     if (!conv.poller) {
       const poller = childController(sessionCtl.signal);
       conv.poller = poller;
@@ -677,40 +558,31 @@
           await loadLatest(conv, signal);
           continue;
         }
-        // A node not yet confirmed for this stream is asked without waiting: if it is not the
-        // owner we learn it at once and move on.
-        const wait = conv.route.base ? POLL_TIMEOUT : 0;
-        const q = new URLSearchParams({
-          after: String(conv.after), typing_version: String(conv.typingVersion),
-          read_version: String(conv.readVersion), timeout: String(wait),
-        });
-        const res = await call(conv.route, "GET", `/v1/conversations/${conv.cid}/events?${q}`, {
-          signal, timeout: wait * 1000 + 10000, manual: wait > 0,
+        const end = await client.watchConversation(conv.cid, conv.cursor, {
           onTrouble: () => setTyping(conv, []),
-        });
-        if (res.moved) continue;
-        if (res.status === 409) {
+          onEvents: (body) => {
+            for (const m of body.events) addMessage(conv, m, true);
+            // The partner just wrote: ask again if the page still shows them away.
+            const p = presence.get(conv.peer);
+            if (conv === current && (!p || !p.online) && body.events.some((m) => m.sender === conv.peer)) {
+              refreshPresence();
+            }
+            setTyping(conv, body.typing.filter((u) => u !== session.user));
+            if (body.read) {
+              conv.partnerRead = body.read[conv.peer] || 0;
+              conv.myRead = Math.max(conv.myRead, body.read[session.user] || 0);
+            }
+            renderSeen(conv);
+            markRead(conv);
+          },
+        }, signal);
+        if (end === "reset") {
           // Our cursor is beyond the stream's last message: start again from its history.
           conv.loaded = false;
           continue;
         }
-        if (res.status !== 200) {
-          showChatError(conv, errorText(res, `The conversation cannot be read (HTTP ${res.status}).`));
-          return;
-        }
-        const body = res.data;
-        for (const m of body.events) addMessage(conv, m, true);
-        if (body.events.length) conv.after = Math.max(conv.after, body.events[body.events.length - 1].seq);
-        else conv.after = Math.max(conv.after, body.last_seq);
-        conv.typingVersion = body.typing_version;
-        setTyping(conv, body.typing.filter((u) => u !== session.user));
-        if (body.read) {
-          conv.readVersion = body.read_version;
-          conv.partnerRead = body.read[conv.peer] || 0;
-          conv.myRead = Math.max(conv.myRead, body.read[session.user] || 0);
-        }
-        renderSeen(conv);
-        markRead(conv);
+        if (end) showChatError(conv, errorText(end, `The conversation cannot be read (HTTP ${end.status}).`));
+        return;
       } catch (e) {
         if (e instanceof Aborted || signal.aborted) return;
         await sleep(1000, signal).catch(() => {});
@@ -719,8 +591,7 @@
   }
 
   async function loadLatest(conv, signal) {
-    const res = await call(conv.route, "GET",
-      `/v1/conversations/${conv.cid}/messages?limit=${HISTORY_PAGE}`, { signal });
+    const res = await client.history(conv.cid, { limit: HISTORY_PAGE, signal });
     if (res.status !== 200) {
       showChatError(conv, errorText(res, `The conversation cannot be read (HTTP ${res.status}).`));
       throw new Aborted();
@@ -745,9 +616,9 @@
     const box = $("messages");
     const fromBottom = box.scrollHeight - box.scrollTop;
     try {
-      const res = await call(conv.route, "GET",
-        `/v1/conversations/${conv.cid}/messages?before=${conv.oldest}&limit=${HISTORY_PAGE}`,
-        { signal: sessionCtl.signal, deadline: 20000 });
+      const res = await client.history(conv.cid, {
+        before: conv.oldest, limit: HISTORY_PAGE, signal: sessionCtl.signal, deadline: 20000,
+      });
       if (res.status === 200) {
         for (const m of res.data.messages) addMessage(conv, m, false);
         conv.hasMore = res.data.has_more;
@@ -865,9 +736,7 @@
     if (!isViewing(conv) || conv.reading || !(conv.after > conv.myRead)) return;
     conv.reading = true;
     const seq = conv.after;
-    call(conv.route, "POST", `/v1/conversations/${conv.cid}/read`, {
-      body: { seq }, signal: sessionCtl && sessionCtl.signal, deadline: 5000, timeout: 5000,
-    }).then((res) => {
+    client.read(conv.cid, seq, { signal: sessionCtl && sessionCtl.signal }).then((res) => {
       if (res.status === 200) conv.myRead = Math.max(conv.myRead, res.data.read_seq);
     }).catch(() => {}).finally(() => { conv.reading = false; });
   }
@@ -914,9 +783,7 @@
 
   function postTyping(conv, on) {
     conv.typingChain = conv.typingChain.then(() =>
-      call(conv.route, "POST", `/v1/conversations/${conv.cid}/typing`, {
-        body: { typing: on }, signal: sessionCtl && sessionCtl.signal, deadline: 2500, timeout: 3000,
-      })).catch(() => {});
+      client.typing(conv.cid, on, { signal: sessionCtl && sessionCtl.signal })).catch(() => {});
   }
 
   function userTyped() {
@@ -961,8 +828,8 @@
     conv.sending = conv.sending.then(async () => {
       if (!conv.pending.has(p.clientId)) return;
       try {
-        const res = await call(conv.route, "POST", `/v1/conversations/${conv.cid}/messages`, {
-          body: { text: p.text, client_id: p.clientId }, signal: sessionCtl.signal, timeout: 15000,
+        const res = await client.send(conv.cid, p.text, {
+          clientId: p.clientId, signal: sessionCtl.signal,
           onTrouble: () => {
             if (p.state !== "retrying") {
               p.state = "retrying";
@@ -974,7 +841,9 @@
           addMessage(conv, res.data.message, true);
         } else {
           p.state = "failed";
-          p.error = errorText(res, `HTTP ${res.status}`);
+          p.error = res.status === 403 && res.data && res.data.error && res.data.error.code === "blocked"
+            ? (refreshPresence(), "this conversation is blocked")
+            : errorText(res, `HTTP ${res.status}`);
           renderPending(conv, p);
         }
       } catch (e) {
@@ -1008,41 +877,12 @@
   const notifSeen = new Set();   // seqs
   let unseen = 0;
 
-  async function runInbox(signal) {
-    const route = routeFor("inbox:" + session.user);
-    let after = null;
-    let initial = 0;
-    while (!signal.aborted) {
-      try {
-        const wait = after !== null && route.base ? POLL_TIMEOUT : 0;
-        const q = new URLSearchParams({ timeout: String(wait) });
-        if (after !== null) q.set("after", String(after));
-        const res = await call(route, "GET", `/v1/inbox/events?${q}`, {
-          signal, timeout: wait * 1000 + 10000, manual: wait > 0,
-        });
-        if (res.moved) continue;
-        if (res.status === 409) {
-          after = null;
-          continue;
-        }
-        if (res.status !== 200) {
-          await sleep(5000, signal);
-          continue;
-        }
-        const body = res.data;
-        if (after === null) {
-          // First answer: where the inbox is now. The next poll returns the last few at once.
-          initial = body.last_seq;
-          after = Math.max(0, body.last_seq - INBOX_BACKLOG);
-          continue;
-        }
-        for (const e of body.events) addNotification(e, e.seq > initial);
-        after = body.events.length ? body.events[body.events.length - 1].seq : Math.max(after, body.last_seq);
-      } catch (e) {
-        if (e instanceof Aborted || signal.aborted) return;
-        await sleep(1000, signal).catch(() => {});
-      }
-    }
+  function runInbox(signal) {
+    return client.watchInbox({ after: null }, {
+      onEvents: (events, { live }) => {
+        for (const e of events) addNotification(e, live);
+      },
+    }, signal, { backlog: INBOX_BACKLOG });
   }
 
   function describe(e) {
@@ -1086,17 +926,40 @@
     renderNotifications();
   }
 
+  /** One entry per conversation for messages (newest first, with a count); others one each. */
+  function groupNotifications() {
+    const entries = [];
+    const byPeer = new Map();
+    for (const n of notifications) {
+      if (n.type === "message" && n.from) {
+        const g = byPeer.get(n.from);
+        if (g) {
+          g.count += 1;
+          g.unseen = g.unseen || n.unseen;
+          continue;
+        }
+        const entry = { ...n, count: 1 };
+        byPeer.set(n.from, entry);
+        entries.push(entry);
+      } else {
+        entries.push({ ...n, count: 1 });
+      }
+    }
+    return entries;
+  }
+
   function renderNotifications() {
     const list = $("notif-list");
     $("notif-empty").hidden = notifications.length > 0;
-    list.replaceChildren(...notifications.map((n) => {
+    list.replaceChildren(...groupNotifications().map((n) => {
       const d = describe(n);
+      if (n.count > 1) d.text = [h("b", { text: n.from }), ` sent you ${n.count} messages`];
       const body = h("span", { class: "notif-body" },
         h("span", { class: "notif-text" }, d.text),
         d.preview ? h("span", { class: "notif-preview", text: d.preview }) : null,
         h("span", { class: "notif-time", text: ago(n.ts) }));
       const canOpen = n.from && USER_RE.test(n.from) && n.from !== session.user;
-      return h("li", { class: "notif" + (n.unseen ? " unseen" : ""), dataset: { type: n.type } },
+      return h("li", { class: "notif" + (n.unseen ? " unseen" : ""), dataset: { type: n.type, count: String(n.count) } },
         icon(n.type),
         canOpen ? h("button", { class: "notif-open", type: "button", onclick: () => { closePanel(); openConversation(n.from); } }, body) : body);
     }));
@@ -1147,7 +1010,7 @@
   function submitComposer() {
     const t = $("composer-text");
     const text = t.value.replace(/\s+$/, "");
-    if (!current || !text.trim()) return;
+    if (!current || !text.trim() || blocked.has(current.peer)) return;
     stopTyping(current);
     send(current, text);
     t.value = "";
@@ -1160,6 +1023,8 @@
 
   function start() {
     sessionCtl = new AbortController();
+    client.user = session.user;
+    client.token = session.token;
     $("signin").hidden = true;
     $("app").hidden = false;
     $("me-name").textContent = session.user;
@@ -1172,9 +1037,12 @@
     $("chat-empty").hidden = false;
     $("chat-pane").hidden = true;
     $("layout").dataset.view = "list";
-    net.refresh();
+    client.refresh();
     runInbox(sessionCtl.signal);
     loadConversationList(sessionCtl.signal);
+    loadBlocks(sessionCtl.signal);
+    clearInterval(presenceTimer);
+    presenceTimer = setInterval(refreshPresence, 20000);
     const peer = params.get("with");
     if (peer && USER_RE.test(peer) && peer !== session.user) openConversation(peer);
     else $("newchat-user").focus();
@@ -1187,6 +1055,8 @@
       signIn($("signin-user").value.trim());
     });
     $("signout").addEventListener("click", () => signOut(""));
+    $("token-submit").addEventListener("click", signInWithToken);
+    $("block").addEventListener("click", toggleBlock);
 
     $("newchat").addEventListener("submit", (e) => {
       e.preventDefault();
