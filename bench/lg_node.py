@@ -203,13 +203,32 @@ def main(argv=None) -> int:
         binaries = findBinaries()
         if binaries is None:
             raise SystemExit("lg_node: --postgresql needs PostgreSQL (apt-get install postgresql)")
-        server = PostgresProcess(binaries).startBlocking()
+        server = startPostgresBlocking(PostgresProcess(binaries))
         try:
             return run(args.node_setting + ["storage.backend=postgresql",
                                             f"storage.dsn={server.dsn}"], args, rest)
         finally:
             server.stopNow()
     return run(args.node_setting, args, rest)
+
+
+def startPostgresBlocking(server):
+    """
+    Start the tests' temporary PostgreSQL server from this program, which runs no reactor.
+    """
+    from tests.support.postgres import PostgresStartError
+
+    server._initdb()
+    server._spawn()
+    deadline = time.monotonic() + server.startTimeout
+    while not server._probe():
+        if not server.running() or time.monotonic() > deadline:
+            server.kill()
+            raise PostgresStartError(f"postgres did not start; log:\n{server.logTail()}")
+        time.sleep(0.1)
+    server._createDatabase()
+    server._initialised = True
+    return server
 
 
 def run(settings: list[str], args, rest: list[str]) -> int:

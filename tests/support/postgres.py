@@ -119,26 +119,6 @@ class PostgresProcess:
             self._initialised = True
         return self
 
-    def startBlocking(self) -> "PostgresProcess":
-        """
-        L{start} for programs without a running reactor (the benchmarks).
-        """
-        import time
-
-        if not self._initialised:
-            self._initdb()
-        self._spawn()
-        deadline = time.monotonic() + self.startTimeout
-        while not self._probe():
-            if not self.running() or time.monotonic() > deadline:
-                self.kill()
-                raise PostgresStartError(f"postgres did not start; log:\n{self.logTail()}")
-            time.sleep(0.1)
-        if not self._initialised:
-            self._createDatabase()
-            self._initialised = True
-        return self
-
     def _spawn(self) -> None:
         log = open(self.logPath, "ab")
         try:
