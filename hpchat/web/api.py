@@ -78,22 +78,18 @@ def _json(request, status: int, body: Any) -> bytes:
 
 
 @functools.cache
-def _page() -> bytes:
+def _packaged(*path: str) -> bytes:
     """
-    The chat page, read from disk once: when the API is built, before the reactor runs
-    (L{ChatAPI.__init__}), not on the reactor thread at a visit.
+    A file shipped with the package (the chat page, the OpenAPI document), read from disk
+    once: when the API is built, before the reactor runs (L{ChatAPI.__init__}), not on the
+    reactor thread at a request.
     """
-    with open(os.path.join(STATIC, "index.html"), "rb") as f:
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), *path), "rb") as f:
         return f.read()
 
 
-@functools.cache
-def _openapi() -> bytes:
-    """
-    The OpenAPI document of this API, read from disk once when the API is built.
-    """
-    with open(os.path.join(os.path.dirname(STATIC), "openapi.json"), "rb") as f:
-        return f.read()
+PAGE = ("static", "index.html")
+OPENAPI = ("openapi.json",)
 
 
 def _route(request, name: str) -> None:
@@ -117,8 +113,8 @@ class ChatAPI:
         # refuses longer ones from their Content-Length before reading them).
         self.maxBody = maxBody
         self.maxInternalBody = maxInternalBody
-        _page()
-        _openapi()
+        _packaged(*PAGE)
+        _packaged(*OPENAPI)
         self._streams = streams
         self._limits = limits
         self._devLogin = devLogin
@@ -530,7 +526,7 @@ class ChatAPI:
         _route(request, "page")
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
-        return _page()
+        return _packaged(*PAGE)
 
     @app.route("/static/", branch=True, methods=["GET"])
     def static(self, request):
@@ -637,7 +633,7 @@ class ChatAPI:
         _route(request, "openapi")
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-cache")
-        return _openapi()
+        return _packaged(*OPENAPI)
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request):
