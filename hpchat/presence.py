@@ -67,6 +67,7 @@ class PresenceHome:
         self._dirty: dict[str, float] = {}
         self._lastOnlineWrite = clock.seconds()
         self._writing = False
+        self._written: defer.Deferred | None = None
 
     def _group(self, user: str) -> int:
         return groupOf(inboxStream(user), self._groups)
@@ -164,7 +165,20 @@ class PresenceHome:
             self._writing = False
 
         d = defer.maybeDeferred(self._store.writeLastSeen, entries, fences)
-        return d.addCallbacks(lambda _: None, failed).addBoth(done)
+        d.addCallbacks(lambda _: None, failed).addBoth(done)
+        self._written = d
+        return d
+
+    def persistLast(self) -> defer.Deferred:
+        """
+        For the stop: once a write in flight is done, write what changed meanwhile too.
+        """
+        inFlight = self._written if self._writing else None
+        if inFlight is None:
+            return defer.maybeDeferred(self.persist)
+        after: defer.Deferred = defer.Deferred()
+        inFlight.addBoth(lambda result: (after.callback(None), result)[1])
+        return after.addCallback(lambda _: self.persist())
 
     def _prune(self, now: float) -> None:
         horizon = self.grace + self.expiry
@@ -300,5 +314,5 @@ class Presence(Service):
         self._loops = []
         # What is known now goes out once more (polls were answered before this stage).
         flushed = self.tracker.flush()
-        d = defer.maybeDeferred(lambda: flushed).addBoth(lambda _: self.home.persist())
+        d = defer.maybeDeferred(lambda: flushed).addBoth(lambda _: self.home.persistLast())
         return d.addBoth(lambda _: None)

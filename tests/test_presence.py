@@ -103,6 +103,25 @@ class HomeTests(SynchronousTestCase):
         self.successResultOf(defer.maybeDeferred(self.home.persist))
         self.assertEqual(self.store.presence, {"alice": 990.0, "bob": 1060.0})
 
+    def test_persistLastWaitsForTheWriteInFlight(self):
+        """
+        At stop, a last-seen write in flight is waited for, and what ended meanwhile is
+        written after it (a plain persist would skip it while the first write runs).
+        """
+        held: defer.Deferred = defer.Deferred()
+        real = self.store.writeLastSeen
+        self.store.writeLastSeen = lambda entries, fences: held.addCallback(
+            lambda _: real(entries, fences))
+        self.home.report("n1", {"alice": (False, 990.0)})
+        self.home.persist()
+        self.home.report("n1", {"bob": (False, 995.0)})
+        last = self.home.persistLast()
+        self.assertNoResult(last)
+        self.store.writeLastSeen = real
+        held.callback(None)
+        self.successResultOf(last)
+        self.assertEqual(self.store.presence, {"alice": 990.0, "bob": 995.0})
+
     def test_persistFailureRetried(self):
         """
         A failed write is tried again at the next persist.
