@@ -97,6 +97,12 @@ class SingleNodeOwnership:
     def tokenFor(self, group: int) -> int:
         return SINGLE_NODE_TOKEN
 
+    def mayWrite(self, group: int, token: int | None) -> int | None:
+        """
+        The persister's write fence: the one token is always valid.
+        """
+        return SINGLE_NODE_TOKEN if token in (None, SINGLE_NODE_TOKEN) else None
+
     def route(self, group: int) -> Route:
         return self._local
 

@@ -3,12 +3,15 @@
 Periodic loops that never die: a LoopingCall whose body's exceptions (raised, or failed
 Deferreds) are logged with the loop's name, counted in C{hpchat_loop_failures_total{loop}},
 and swallowed, so that the next tick runs as usual.
+
+And the delays of every retry: L{retryDelays}, Twisted's C{backoffPolicy}.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -54,3 +57,18 @@ def startLoop(clock: IReactorTime, name: str, body: Callable[[], Any], interval:
     loop.start(interval, now=now).addErrback(
         lambda f: log.failure("loop {loop} stopped", f, loop=name))
     return loop
+
+
+def noJitter() -> float:
+    return 0.0
+
+
+def retryDelays(initialDelay: float, maxDelay: float, factor: float = 2.0,
+                jitter: Callable[[], float] = noJitter) -> Callable[[int], float]:
+    """
+    The delay before retry C{n} (from 0): Twisted's C{backoffPolicy},
+    C{min(initialDelay * factor ** n, maxDelay) + jitter()}; without C{jitter} the delays
+    are exact (tests, and delays another party counts on, like NSQ's requeue).
+    """
+    return backoffPolicy(initialDelay=initialDelay, maxDelay=maxDelay, factor=factor,
+                         jitter=jitter)

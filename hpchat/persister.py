@@ -17,23 +17,55 @@ marker moved) has no event. Rows go to stores that keep them (L{IConversationSto
 
 An event may come with an outbox entry (C{outboxFor(event)}, e.g. the C{message} notification
 of a conversation message): it is written in the same batch as its event, or not at all.
+
+Before each batch the persister asks its L{WriteFence} (the node's ownership), once per group of
+the batch, whether the batch's token still lets this node write that group; events of a group
+whose token lapsed (lease lost, self-fenced) fail with L{FenceRejected} instead. Every queued
+event is counted in a L{GroupBacklog}, which says when a group's writes are all durable
+(L{BatchPersister.drained}).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
-from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from hpchat import metrics
-from hpchat.loops import guarded, startLoop
+from hpchat.backlog import GroupBacklog
+from hpchat.deferreds import fireAll, observer
+from hpchat.loops import guarded, retryDelays, startLoop
 from hpchat.storage.base import Event, FenceRejected, OutboxEntry, StoreError, StreamConflict
 from hpchat.storage.conversations import ConversationRow, IConversationStore
+
+
+class WriteFence(Protocol):
+    """
+    Whether this node may still write a group under a fencing token.
+    """
+
+    def mayWrite(self, group: int, token: int | None) -> int | None:
+        """
+        The token under which this node may write C{group} now (only if it is C{token}, when
+        given), else None.
+        """
+
+
+class Unfenced:
+    """
+    The fence of a persister used alone (tests, benchmarks): every token is valid; the
+    store's own fence still applies.
+    """
+
+    def mayWrite(self, group: int, token: int | None) -> int | None:
+        return token if token is not None else 0
+
+
+LostCallback = Callable[[list[int]], Any]
 
 
 class Overloaded(Exception):
@@ -68,13 +100,11 @@ class _Pending:
 
 class BatchPersister(Service):
     """
-    @ivar onGroupsLost: called with the groups of a L{FenceRejected} or L{StreamConflict}
-        after their queued events have been failed, so the owner can drop its state.
-    @ivar tokenValid: C{tokenValid(group, token)} says whether this node may still write
-        C{group} under C{token}; events whose token has lapsed (lease lost, self-fenced) are
-        failed with L{FenceRejected} instead of written.
-    @ivar outboxFor: C{outboxFor(event)} gives the L{OutboxEntry} to write with C{event}, or
-        None.
+    @param fence: the L{WriteFence} asked before each batch (default: L{Unfenced}).
+    @param outboxFor: C{outboxFor(event)} gives the L{OutboxEntry} to write with C{event}, or
+        None (the default: no outbox).
+    @param backlog: the L{GroupBacklog} that counts the queued events (default: a new one);
+        shared with whoever waits for groups to drain (the ownership's hand-offs).
     """
 
     log = Logger()
@@ -82,19 +112,24 @@ class BatchPersister(Service):
     maxBackoff = 5.0
     stopTimeout = 30.0
 
-    def __init__(self, clock, store, batchSize: int = 100, flushInterval: float = 0.005,
-                 maxPending: int = 10000):
+    def __init__(self, clock: Any, store: Any, batchSize: int = 100,
+                 flushInterval: float = 0.005, maxPending: int = 10000,
+                 fence: WriteFence | None = None,
+                 outboxFor: Callable[[Event], OutboxEntry | None] | None = None,
+                 backlog: GroupBacklog | None = None):
         self._clock = clock
         self._store = store
         self.batchSize = batchSize
         self.flushInterval = flushInterval
         self.maxPending = maxPending
-        self.onGroupsLost: Callable[[Iterable[int], Exception], None] = lambda groups, e: None
-        self.tokenValid: Callable[[int, int], bool] = lambda group, token: True
-        self.outboxFor: Callable[[Event], OutboxEntry | None] = lambda event: None
+        self._fence: WriteFence = fence if fence is not None else Unfenced()
+        self._outboxFor = outboxFor if outboxFor is not None else (lambda event: None)
+        self._backlog = backlog if backlog is not None else GroupBacklog()
+        self._lostCallbacks: list[LostCallback] = []
+        self._retryDelay = retryDelays(self.minBackoff, self.maxBackoff)
         self._queue: deque[_Pending] = deque()
         self._flushing: defer.Deferred | None = None
-        self._kick = None
+        self._kick: Any = None
         self._loop: task.LoopingCall | None = None
         self._backoff = 0.0
         self._storeFailures = 0
@@ -102,6 +137,22 @@ class BatchPersister(Service):
         self._accepting = False
         self._inFlight = 0
         self._doneWaiters: list[defer.Deferred] = []
+
+    def subscribeLost(self, callback: LostCallback) -> None:
+        """
+        Call C{callback(groups)} with the groups of a L{FenceRejected}, a L{StreamConflict}
+        without streams, an unexpected store error or a lapsed token, once their queued events
+        have failed, so that their owner drops its state of them.
+        """
+        self._lostCallbacks.append(callback)
+
+    def _lost(self, groups: Iterable[int]) -> None:
+        lost = sorted(set(groups))
+        for callback in self._lostCallbacks:
+            try:
+                callback(lost)
+            except Exception:
+                self.log.failure("a lost-groups subscriber failed")
 
     # -- service
 
@@ -174,8 +225,17 @@ class BatchPersister(Service):
         return len(self._queue)
 
     def pendingFor(self, groups: Iterable[int]) -> int:
-        groups = set(groups)
-        return sum(1 for p in self._queue if p.group in groups)
+        """
+        The number of events of C{groups} queued or being written.
+        """
+        return self._backlog.count(groups)
+
+    def drained(self, groups: Iterable[int]) -> defer.Deferred[None]:
+        """
+        Fires once no event of C{groups} is queued or being written (at once if none is); the
+        persister's flush completion fires it. Cancel it to stop waiting.
+        """
+        return self._backlog.drained(groups)
 
     def enqueue(self, event: Event, token: int,
                 rows: Sequence[ConversationRow] = ()) -> defer.Deferred:
@@ -186,7 +246,7 @@ class BatchPersister(Service):
         batch at the head of the queue.
         """
         self._check()
-        pending = _Pending(event, token, event.group, event.stream, self.outboxFor(event),
+        pending = _Pending(event, token, event.group, event.stream, self._outboxFor(event),
                            self._rowsFor(rows))
         return self._queued(pending)
 
@@ -216,6 +276,7 @@ class BatchPersister(Service):
 
     def _queued(self, pending: _Pending) -> defer.Deferred:
         self._queue.append(pending)
+        self._backlog.add(pending.group)
         if (len(self._queue) >= self.batchSize and self._flushing is None
                 and self._kick is None and self._clock.seconds() >= self._retryAt):
             self._kick = self._clock.callLater(0, self._kicked)
@@ -228,11 +289,9 @@ class BatchPersister(Service):
         Fires once the batch being written is done with, even when called from one of its own
         callbacks (when the batch's Deferred has fired but is still running them).
         """
-        waiter: defer.Deferred = defer.Deferred()
-        self._doneWaiters.append(waiter)
-        return waiter
+        return observer(self._doneWaiters)
 
-    def _kicked(self):
+    def _kicked(self) -> None:
         self._kick = None
         guarded("persister", self._flush)()
 
@@ -243,12 +302,14 @@ class BatchPersister(Service):
     def _flush(self) -> defer.Deferred:
         if self._flushing is not None:
             return self._flushing
-        self._failLapsed()
         batch = self._takeBatch()
+        fences = {p.group: p.token for p in batch}
+        while batch and self._failLapsed(fences):
+            batch = self._takeBatch()
+            fences = {p.group: p.token for p in batch}
         if not batch:
             return defer.succeed(None)
         self._inFlight = len(batch)
-        fences = {p.group: p.token for p in batch}
         started = self._clock.seconds()
         outbox = [p.outbox for p in batch if p.outbox is not None]
         events = [p.event for p in batch if p.event is not None]
@@ -273,23 +334,28 @@ class BatchPersister(Service):
             if (self._queue and self._kick is None and self._flushing is None
                     and self._accepting and self._clock.seconds() >= self._retryAt):
                 self._kick = self._clock.callLater(0, self._kicked)
-            waiters, self._doneWaiters = self._doneWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            fireAll(self._doneWaiters)
             return result
 
         d.addBoth(done)
         # The loop waits for the batch but must never see its errors.
         return d
 
-    def _failLapsed(self) -> None:
-        lapsed = {p.group for p in self._queue if not self.tokenValid(p.group, p.token)}
-        if lapsed:
-            error = FenceRejected(sorted(lapsed))
-            self.log.warn("not writing events of groups {groups}: no longer owned here",
-                          groups=sorted(lapsed))
-            self._failWhere(lambda p: p.group in lapsed, error)
-            self.onGroupsLost(error.groups, error)
+    def _failLapsed(self, fences: dict[int, int]) -> bool:
+        """
+        Ask the fence about each group of the next batch (one token per group, see
+        L{_takeBatch}); fail the queued events of those whose token lapsed. True if any did.
+        """
+        lapsed = {(group, token) for group, token in fences.items()
+                  if self._fence.mayWrite(group, token) is None}
+        if not lapsed:
+            return False
+        groups = sorted(group for group, _ in lapsed)
+        self.log.warn("not writing events of groups {groups}: no longer owned here",
+                      groups=groups)
+        self._failWhere(lambda p: (p.group, p.token) in lapsed, FenceRejected(groups))
+        self._lost(groups)
+        return True
 
     def _takeBatch(self) -> list[_Pending]:
         """
@@ -321,6 +387,7 @@ class BatchPersister(Service):
             return
         for _ in batch:
             self._queue.popleft()
+        self._backlog.remove(p.group for p in batch)
         self._backoff = 0.0
         self._storeFailures = 0
         self._retryAt = 0.0
@@ -354,12 +421,11 @@ class BatchPersister(Service):
             self.log.warn("batch refused for groups {groups}: {error}", groups=list(error.groups),
                           error=str(error))
             self._failWhere(lambda p: p.group in error.groups, error)
-            self.onGroupsLost(error.groups, error)
+            self._lost(error.groups)
             return
         if isinstance(error, StoreError):
             metrics.storeErrors.labels("retry").inc()
-            self._backoff = backoffPolicy(self.minBackoff, self.maxBackoff, factor=2.0,
-                                          jitter=lambda: 0.0)(self._storeFailures)
+            self._backoff = self._retryDelay(self._storeFailures)
             self._storeFailures += 1
             self._retryAt = self._clock.seconds() + self._backoff
             self.log.warn("store error, retrying {count} events in {backoff}s: {error}",
@@ -372,10 +438,13 @@ class BatchPersister(Service):
         groups = {p.group for p in batch}
         self._failWhere(lambda p: p.group in groups,
                         StoreError(f"unexpected store error: {error!r}"))
-        self.onGroupsLost(sorted(groups), error)
+        self._lost(groups)
 
-    def _failWhere(self, predicate, error: Exception) -> None:
+    def _failWhere(self, predicate: Callable[[_Pending], bool], error: Exception) -> None:
         failed = [p for p in self._queue if predicate(p)]
+        if not failed:
+            return
         self._queue = deque(p for p in self._queue if not predicate(p))
+        self._backlog.remove(p.group for p in failed)
         for pending in failed:
             pending.deferred.errback(error)

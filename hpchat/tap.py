@@ -6,6 +6,7 @@ C{twistd hpchat --config FILE}: command-line options and the wiring of one node'
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
@@ -15,6 +16,9 @@ from hpchat.config import ConfigError, loadConfig
 from hpchat.node import NodeService, Stage, serviceStage
 from hpchat.ready import ReadyAnnouncer
 from hpchat.storage.select import checkStorage
+
+if TYPE_CHECKING:
+    from hpchat.cluster.ownership import Drains, EtcdOwnership
 
 
 class Options(usage.Options):
@@ -68,6 +72,7 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
     """
     from twisted.internet import defer
 
+    from hpchat.backlog import GroupBacklog
     from hpchat.blocks import BlockList
     from hpchat.groups import SingleNodeOwnership
     from hpchat.limits import UserLimits
@@ -96,45 +101,47 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
     storeService = StoreService(store, fatal, reactor)
     blocks = BlockList(reactor, store) if IBlockStore.providedBy(store) else None
 
+    # The persister counts its queued writes in the backlog; a hand-off waits on it.
+    backlog = GroupBacklog()
+    ownership: SingleNodeOwnership | EtcdOwnership
     if config.cluster is None:
         ownership = SingleNodeOwnership(config.node.id, config.node.advertise_url,
                                         config.chat.groups)
     else:
-        ownership = clusterOwnership(config, reactor)
-
-    bus = None
-    if config.nsq is not None:
-        from hpchat.nsq.bus import NSQNotifier
-
-        bus = NSQNotifier(reactor, config.nsq,
-                          lambda n: defer.ensureDeferred(router.deliver(n)), config.node.id)
-        publish = bus.publishEntry
-    else:
-        # Without NSQ the outbox is done once the inbox append is durable.
-        def publish(entry):
-            notification = parseNotification(entry.body.encode("utf-8"))
-            return defer.ensureDeferred(router.deliver(notification))
-
-    outbox = OutboxPublisher(reactor, store, publish, outboxEntry, ownership, config.chat.groups)
-
+        ownership = clusterOwnership(config, reactor, backlog)
     persister = BatchPersister(reactor, store, batchSize=config.storage.batch_size,
                                flushInterval=config.storage.flush_interval,
-                               maxPending=config.storage.max_pending)
-    persister.outboxFor = outboxEntry
-    if config.cluster is not None:
-        ownership.pendingWrites = persister.pendingFor
-        persister.tokenValid = lambda group, token: ownership.mayWrite(group, token) is not None
+                               maxPending=config.storage.max_pending, fence=ownership,
+                               outboxFor=outboxEntry, backlog=backlog)
 
     streams = Streams(reactor, store, persister, ownership, groups=config.chat.groups,
                       historyInMemory=config.chat.history_in_memory,
                       typingTtl=config.chat.typing_ttl, idleEvict=config.chat.idle_evict,
                       maxStreams=config.limits.max_streams)
-    persister.onGroupsLost = lambda groups, error: streams.dropGroups(groups)
+    persister.subscribeLost(streams.dropGroups)
     ownership.subscribeLost(streams.dropGroups)
 
     internalAuth = InternalAuth(config.auth.secret, reactor)
     internalClient = InternalClient(internalAuth, config.node.id, reactor)
     router = InboxRouter(streams, ownership, internalClient.deliver, blocks)
+
+    def deliver(notification):
+        return defer.ensureDeferred(router.deliver(notification))
+
+    bus = None
+    if config.nsq is not None:
+        from hpchat.nsq.bus import NSQNotifier
+
+        bus = NSQNotifier(reactor, config.nsq, deliver, config.node.id)
+        publish = bus.publishEntry
+    else:
+        # Without NSQ the outbox is done once the inbox append is durable.
+        def publish(entry):
+            return deliver(parseNotification(entry.body.encode("utf-8")))
+
+    outbox = OutboxPublisher(reactor, store, publish, outboxEntry, ownership, config.chat.groups)
+    streams.onCommitted.append(outbox.committed)
+
     presence = None
     if IPresenceStore.providedBy(store):
         def report(url, node, reports):
@@ -145,7 +152,6 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
         presence = Presence(reactor, store, ownership, config.chat.groups, report,
                             grace=config.chat.presence_grace)
         ownership.subscribeLost(presence.home.dropGroups)
-    streams.onCommitted.append(outbox.committed)
 
     api = ChatAPI(streams, ownership, Authenticator(config.auth.secret, reactor), store,
                   config.chat, persister, internalAuth, devLogin=config.auth.dev_login,
@@ -209,7 +215,7 @@ def nodeStages(web, streams, persister, internalClient, store, ownership=None, c
     return stages
 
 
-def clusterOwnership(config, reactor):
+def clusterOwnership(config, reactor, drains: Drains) -> EtcdOwnership:
     from hpchat.cluster.etcd import EtcdClient
     from hpchat.cluster.ownership import EtcdOwnership
 
@@ -217,4 +223,5 @@ def clusterOwnership(config, reactor):
     client = EtcdClient(reactor, cluster.etcd, timeout=max(1.0, cluster.lease_ttl / 3))
     return EtcdOwnership(reactor, client, config.node.id, config.node.advertise_url,
                          config.chat.groups, prefix=cluster.prefix, leaseTtl=cluster.lease_ttl,
-                         fenceMargin=cluster.fence_margin, slack=cluster.rebalance_slack)
+                         fenceMargin=cluster.fence_margin, slack=cluster.rebalance_slack,
+                         drains=drains)

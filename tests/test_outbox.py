@@ -29,8 +29,8 @@ class Node:
 
     def __init__(self, clock, store, publish):
         self.ownership = FakeOwnership(token=7, groups=GROUPS)
-        self.persister = BatchPersister(clock, store, batchSize=100, flushInterval=0.005)
-        self.persister.outboxFor = outboxEntry
+        self.persister = BatchPersister(clock, store, batchSize=100, flushInterval=0.005,
+                                        outboxFor=outboxEntry)
         self.streams = Streams(clock, store, self.persister, self.ownership, groups=GROUPS)
         self.outbox = OutboxPublisher(clock, store, publish, outboxEntry, self.ownership, GROUPS,
                                       policy=backoffPolicy(0.5, 30.0, jitter=lambda: 0))

@@ -7,7 +7,8 @@ from __future__ import annotations
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
-from hpchat.persister import BatchPersister, Overloaded, PersisterStopped
+from hpchat.groups import SingleNodeOwnership
+from hpchat.persister import BatchPersister, Overloaded, PersisterStopped, Unfenced
 from hpchat.storage.base import Event, FenceRejected, OutboxEntry, StoreError, StreamConflict
 from hpchat.storage.conversations import ConversationRow
 from tests.fakes import MemoryEventStore
@@ -18,15 +19,39 @@ def ev(seq, stream="dm:a:b", group=0):
                  sender="a", ts=0.0, data={"text": "x"})
 
 
+class FakeFence:
+    """
+    A write fence whose answer C{valid(group, token)} a test sets; it records every question.
+    """
+
+    def __init__(self):
+        self.valid = lambda group, token: True
+        self.asked: list[tuple[int, int | None]] = []
+
+    def mayWrite(self, group: int, token: int | None) -> int | None:
+        self.asked.append((group, token))
+        return token if self.valid(group, token) else None
+
+
 class PersisterTests(SynchronousTestCase):
     def setUp(self):
         self.clock = task.Clock()
         self.store = MemoryEventStore()
-        self.persister = BatchPersister(self.clock, self.store, batchSize=3, flushInterval=0.01,
-                                        maxPending=10)
+        self.fence = FakeFence()
+        self.persister = None
+        self.build()
+
+    def build(self, **kwargs):
+        """
+        A started persister (in place of the current one) whose lost groups go to C{lost}.
+        """
+        if self.persister is not None:
+            self.successResultOf(self.persister.stopService())
+        kwargs = {"batchSize": 3, "flushInterval": 0.01, "maxPending": 10, **kwargs}
+        self.persister = BatchPersister(self.clock, self.store, fence=self.fence, **kwargs)
         self.persister.startService()
         self.lost = []
-        self.persister.onGroupsLost = lambda groups, error: self.lost.append((groups, error))
+        self.persister.subscribeLost(self.lost.append)
 
     def appends(self):
         return [events for events, _ in self.store.batches]
@@ -134,7 +159,7 @@ class PersisterTests(SynchronousTestCase):
         for d in lostEvents:
             self.failureResultOf(d, FenceRejected)
         self.successResultOf(kept)
-        self.assertEqual([groups for groups, _ in self.lost], [(5,)])
+        self.assertEqual(self.lost, [[5]])
 
     def test_duplicateFailsOnlyItsStream(self):
         """
@@ -166,9 +191,9 @@ class PersisterTests(SynchronousTestCase):
         """
         The outbox entry of an event goes into the same store batch as the event.
         """
-        self.persister.outboxFor = lambda e: OutboxEntry(
+        self.build(outboxFor=lambda e: OutboxEntry(
             id=f"m.{e.id}", group=e.group, stream=e.stream, seq=e.seq, body="{}",
-            created=0.0) if e.stream.startswith("dm:") else None
+            created=0.0) if e.stream.startswith("dm:") else None)
         d = self.persister.enqueue(ev(1), 1)
         self.persister.enqueue(ev(1, "inbox:a"), 1)
         self.clock.advance(0.01)
@@ -180,8 +205,9 @@ class PersisterTests(SynchronousTestCase):
         """
         A batch that is refused writes neither its events nor their outbox entries.
         """
-        self.persister.outboxFor = lambda e: OutboxEntry(
-            id=f"m.{e.id}", group=e.group, stream=e.stream, seq=e.seq, body="{}", created=0.0)
+        self.build(outboxFor=lambda e: OutboxEntry(
+            id=f"m.{e.id}", group=e.group, stream=e.stream, seq=e.seq, body="{}",
+            created=0.0))
         self.store.fences[0] = 99
         d = self.persister.enqueue(ev(1), 1)
         self.clock.advance(0.01)
@@ -236,7 +262,7 @@ class PersisterTests(SynchronousTestCase):
         d = self.persister.enqueue(ev(1, group=3), 1)
         self.clock.advance(0.01)
         self.failureResultOf(d, StoreError)
-        self.assertEqual([groups for groups, _ in self.lost], [[3]])
+        self.assertEqual(self.lost, [[3]])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertTrue(self.persister._loop.running)
 
@@ -244,14 +270,14 @@ class PersisterTests(SynchronousTestCase):
         """
         Events whose token is no longer valid (self-fenced) fail instead of being written.
         """
-        self.persister.tokenValid = lambda group, token: group != 2
+        self.fence.valid = lambda group, token: group != 2
         gone = self.persister.enqueue(ev(1, "dm:a:b", 2), 1)
         kept = self.persister.enqueue(ev(1, "dm:c:d", 3), 1)
         self.clock.advance(0.01)
         self.failureResultOf(gone, FenceRejected)
         self.successResultOf(kept)
         self.assertEqual([e.group for b in self.appends() for e in b], [3])
-        self.assertEqual([groups for groups, _ in self.lost], [(2,)])
+        self.assertEqual(self.lost, [[2]])
 
     def test_stopFromAnAcknowledgement(self):
         """
@@ -327,7 +353,7 @@ class PersisterTests(SynchronousTestCase):
                 raise RuntimeError("injected")
             return True
 
-        self.persister.tokenValid = tokenValid
+        self.fence.valid = tokenValid
         first = self.persister.enqueue(ev(1), 1)
         self.clock.advance(0.01)
         self.assertNoResult(first)
@@ -339,6 +365,128 @@ class PersisterTests(SynchronousTestCase):
         later = self.persister.enqueue(ev(2), 1)
         self.clock.advance(0.01)
         self.successResultOf(later)
+
+    def test_fenceAskedOncePerGroupOfTheBatch(self):
+        """
+        Before a batch the fence is asked once per group of the batch (with the batch's
+        token), not once per queued event; events beyond the batch are not asked about yet.
+        """
+        self.build(batchSize=100)
+        for seq in range(1, 6):
+            self.persister.enqueue(ev(seq, "dm:a:b", 1), 7)
+        for seq in range(1, 4):
+            self.persister.enqueue(ev(seq, "dm:c:d", 2), 8)
+        self.clock.advance(0.01)
+        self.assertEqual(sorted(self.fence.asked), [(1, 7), (2, 8)])
+        self.assertEqual(self.persister.pending, 0)
+
+    def test_lapsedTokenFailsOnlyThatToken(self):
+        """
+        A lapsed token fails the queued events of its group under that token; events of the
+        group under a newer token (the group claimed again) are kept and written next.
+        """
+        self.fence.valid = lambda group, token: token != 1
+        old = [self.persister.enqueue(ev(1), 1), self.persister.enqueue(ev(2), 1)]
+        new = self.persister.enqueue(ev(1, "dm:c:d"), 2)
+        self.clock.advance(0.01)
+        for d in old:
+            self.failureResultOf(d, FenceRejected)
+        self.assertEqual(self.successResultOf(new).stream, "dm:c:d")
+        self.assertEqual(self.lost, [[0]])
+
+    def test_storeRetryDelaysGrow(self):
+        """
+        The delays between retries of a failing store are Twisted's backoffPolicy from
+        minBackoff, doubling, capped at maxBackoff.
+        """
+        self.store.failNext(100)
+        self.persister.enqueue(ev(1), 1)
+        delays = []
+        self.clock.advance(0.01)
+        for _ in range(10):
+            delays.append(round(self.persister._backoff, 4))
+            self.clock.advance(self.persister._backoff)
+        self.assertEqual(delays, [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0])
+
+
+class DrainedTests(SynchronousTestCase):
+    """
+    C{drained(groups)}: fires when no event of the groups is queued or being written.
+    """
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.store = MemoryEventStore()
+        self.persister = BatchPersister(self.clock, self.store, batchSize=2,
+                                        flushInterval=0.01)
+        self.persister.startService()
+
+    def test_nothingQueuedFiresAtOnce(self):
+        self.persister.enqueue(ev(1, group=3), 1)
+        self.assertIsNone(self.successResultOf(self.persister.drained([1, 2])))
+
+    def test_firesWhenTheLastEventIsDurable(self):
+        """
+        With the store holding the batches, the Deferred waits until the batch with the last
+        event of the groups is written, and fires before time passes.
+        """
+        self.store.hold()
+        first = self.persister.enqueue(ev(1, group=1), 1)
+        self.persister.enqueue(ev(2, group=1), 1)
+        last = self.persister.enqueue(ev(1, "dm:c:d", 2), 1)
+        other = self.persister.enqueue(ev(1, "dm:e:f", 5), 1)
+        drained = self.persister.drained([1, 2])
+        self.assertEqual(self.persister.pendingFor([1, 2]), 3)
+        self.clock.advance(0.01)
+        self.store.release(keepHolding=True)  # the first batch: group 1 only
+        self.successResultOf(first)
+        self.assertNoResult(drained)
+        self.assertNoResult(last)
+        self.store.release()  # the batch with group 2's event (and group 5's)
+        self.successResultOf(last)
+        self.successResultOf(other)
+        self.assertIsNone(self.successResultOf(drained))
+        self.assertEqual(self.persister.pendingFor([1, 2, 5]), 0)
+
+    def test_failedEventsDrainToo(self):
+        """
+        Events that fail (fence rejection) leave the queue: their group is drained.
+        """
+        self.store.fences[1] = 99
+        d = self.persister.enqueue(ev(1, group=1), 1)
+        drained = self.persister.drained([1])
+        self.clock.advance(0.01)
+        self.failureResultOf(d, FenceRejected)
+        self.successResultOf(drained)
+
+    def test_cancelledWaitIsForgotten(self):
+        """
+        Cancelling the Deferred (a hand-off's timeout) stops the waiting only.
+        """
+        d = self.persister.enqueue(ev(1, group=1), 1)
+        drained = self.persister.drained([1])
+        drained.cancel()
+        self.failureResultOf(drained, defer.CancelledError)
+        self.clock.advance(0.01)
+        self.successResultOf(d)
+        self.assertEqual(self.persister._backlog._waiting, [])
+
+    def test_fencedByTheSingleNodeOwnership(self):
+        """
+        The single-node ownership is a write fence that lets its one token write.
+        """
+        ownership = SingleNodeOwnership("n1", "http://n1", 4)
+        persister = BatchPersister(self.clock, self.store, flushInterval=0.01,
+                                   fence=ownership)
+        persister.startService()
+        good = persister.enqueue(ev(1, group=1), ownership.tokenFor(1))
+        bad = persister.enqueue(ev(1, "dm:c:d", 2), 99)
+        self.clock.advance(0.01)
+        self.successResultOf(good)
+        self.failureResultOf(bad, FenceRejected)
+
+    def test_unfencedLetsEveryTokenWrite(self):
+        self.assertEqual(Unfenced().mayWrite(3, 17), 17)
 
 
 class ConversationRowTests(SynchronousTestCase):

@@ -32,7 +32,7 @@ class StreamsTestCase(SynchronousTestCase):
         self.streams = Streams(self.clock, self.store, self.persister, self.ownership,
                                groups=16, historyInMemory=self.history, typingTtl=5,
                                idleEvict=60, maxStreams=self.maxStreams)
-        self.persister.onGroupsLost = lambda groups, e: self.streams.dropGroups(groups)
+        self.persister.subscribeLost(self.streams.dropGroups)
         self.ownership.subscribeLost(self.streams.dropGroups)
         self.persister.startService()
         self.streams.startService()

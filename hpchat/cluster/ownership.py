@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
@@ -30,10 +30,30 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from hpchat import metrics
-from hpchat.cluster.etcd import Compare, LeaseNotFound, Op, WatchKeeper, retryPolicy
+from hpchat.cluster.etcd import Compare, LeaseNotFound, Op, WatchKeeper
 from hpchat.cluster.placement import RendezvousPlacement, fairShare
 from hpchat.groups import IOwnership, Local, Redirect, Unsettled
-from hpchat.loops import startLoop
+from hpchat.loops import retryDelays, startLoop
+
+
+class Drains(Protocol):
+    """
+    Tells when the queued writes of some groups are all durable (the persister).
+    """
+
+    def drained(self, groups: Iterable[int]) -> defer.Deferred[None]:
+        """
+        Fires once no write of C{groups} is queued or in progress; cancelled on a timeout.
+        """
+
+
+class NothingQueued:
+    """
+    The L{Drains} of an ownership without a persister: every group is drained.
+    """
+
+    def drained(self, groups: Iterable[int]) -> defer.Deferred[None]:
+        return defer.succeed(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,18 +120,23 @@ def readCluster(keys: ClusterKeys, kvs: Iterable) -> tuple[dict[str, NodeInfo], 
 @implementer(IOwnership)
 class EtcdOwnership(Service):
     """
-    This node's membership of the cluster, and its view of who owns which group.
+    This node's membership of the cluster, and its view of who owns which group. It is the
+    persister's write fence (L{mayWrite}).
 
-    @ivar pendingWrites: C{pendingWrites(groups)}, the number of events of C{groups} not yet
-        durable; a group is released in a hand-off only once it is 0.
+    @param drains: what says when a group's queued writes are durable (the persister's
+        L{GroupBacklog}); a group is released in a hand-off only once they are, or after
+        C{handoffTimeout}.
     """
 
     log = Logger()
     handoffTimeout = 10.0
 
-    def __init__(self, clock, client, nodeId: str, url: str, groups: int, prefix: str = "/hpchat/",
-                 leaseTtl: int = 5, fenceMargin: float = 1.0, slack: int = 1, placement=None,
-                 retryDelays: tuple[float, float] = (0.2, 5.0), keeperFactory=WatchKeeper):
+    def __init__(self, clock: Any, client: Any, nodeId: str, url: str, groups: int,
+                 prefix: str = "/hpchat/", leaseTtl: int = 5, fenceMargin: float = 1.0,
+                 slack: int = 1, placement: Any = None,
+                 retryDelays: tuple[float, float] = (0.2, 5.0),
+                 keeperFactory: Callable[..., Any] = WatchKeeper,
+                 drains: Drains | None = None):
         self._clock = clock
         self._client = client
         self._nodeId = nodeId
@@ -123,7 +148,7 @@ class EtcdOwnership(Service):
         self.slack = slack
         self.placement = placement or RendezvousPlacement()
         self._minDelay, self._maxDelay = retryDelays
-        self.pendingWrites: Callable[[Iterable[int]], int] = lambda groups: 0
+        self._drains: Drains = drains if drains is not None else NothingQueued()
         self._lease = None
         self._validUntil = 0.0
         self._fenceTimer = None
@@ -334,7 +359,7 @@ class EtcdOwnership(Service):
                 self.log.failure("registration loop failed", f))
 
     async def _registerLoop(self):
-        policy = retryPolicy(self._minDelay, self._maxDelay, spread=lambda: 1.0)
+        policy = retryDelays(self._minDelay, self._maxDelay)
         attempt = 0
         while self.running:
             try:
@@ -469,9 +494,12 @@ class EtcdOwnership(Service):
         """
         owner = self._owners.get(group)
         try:
-            deadline = self._clock.seconds() + self.handoffTimeout
-            while self.pendingWrites([group]) and self._clock.seconds() < deadline:
-                await task.deferLater(self._clock, 0.01, lambda: None)
+            try:
+                await self._drains.drained([group]).addTimeout(self.handoffTimeout, self._clock)
+            except defer.TimeoutError:
+                self.log.warn("hand-off of group {group}: writes still queued after "
+                              "{timeout}s; releasing it anyway", group=group,
+                              timeout=self.handoffTimeout)
             if owner is not None and self.mayWrite(group, owner.token) is not None:
                 await self._release(group, owner.token)
                 self.log.info("handed off group {group}", group=group)

@@ -10,6 +10,7 @@ import json
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
+from hpchat.backlog import GroupBacklog
 from hpchat.cluster.etcd import (
     EtcdTimeout,
     KeyValue,
@@ -120,9 +121,10 @@ class OwnershipTests(SynchronousTestCase):
         self.clock = task.Clock()
         self.clock.advance(1000)
         self.etcd = ScriptedEtcd()
+        self.backlog = GroupBacklog()
         self.ownership = EtcdOwnership(self.clock, self.etcd, "me", "http://me", groups=8,
                                        leaseTtl=self.ttl, fenceMargin=self.margin, slack=0,
-                                       keeperFactory=HandFedKeeper)
+                                       keeperFactory=HandFedKeeper, drains=self.backlog)
         self.keeper = self.ownership._keeper
         self.lost: list[list[int]] = []
         self.ownership.subscribeLost(self.lost.append)
@@ -133,6 +135,17 @@ class OwnershipTests(SynchronousTestCase):
     def tearDown(self):
         if self.ownership.running:
             self.successResultOf(self.ownership.stopService())
+
+    def advanceAlive(self, seconds: float) -> None:
+        """
+        Let C{seconds} pass with every keepalive acknowledged.
+        """
+        end = self.clock.seconds() + seconds
+        while self.clock.seconds() < end:
+            self.clock.advance(min(0.5, end - self.clock.seconds()))
+            for d in self.etcd.keepalives:
+                if not d.called:
+                    d.callback(self.ttl)
 
     def own(self, group, token=20):
         self.keeper.events([WatchEvent("PUT", groupKv(group, "me", token, self.lease))], token)
@@ -281,18 +294,19 @@ class OwnershipTests(SynchronousTestCase):
         """
         for g in range(8):
             self.own(g, 20 + g)
-        pending = {"n": 3}
-        self.ownership.pendingWrites = lambda groups: pending["n"]
+            self.backlog.add(g)
+            self.backlog.add(g)
         self.keeper.events([WatchEvent("PUT", nodeKv("other", 0x999, "http://other"))], 40)
         self.clock.advance(1.0)
         handing = sorted(self.ownership._handingOff)
         self.assertEqual(len(handing), 4)
         self.assertEqual(self.lost, [handing])
         self.assertIsNotNone(self.ownership.mayWrite(handing[0], 20 + handing[0]))
-        self.clock.advance(0.05)
+        self.advanceAlive(5.0)
+        self.backlog.remove(range(8))
         self.assertFalse([c for c in self.etcd.calls if c[0] == "txn"])
-        pending["n"] = 0
-        self.clock.advance(0.02)
+        # Nothing polls: the last write's completion releases the groups, with no time passing.
+        self.backlog.remove(range(8))
         releases = [c for c in self.etcd.calls if c[0] == "txn"]
         self.assertEqual(len(releases), 4)
         self.assertEqual(releases[0][1][0].json["target"], "CREATE")
@@ -300,6 +314,35 @@ class OwnershipTests(SynchronousTestCase):
                          str(20 + handing[0]))
         self.assertEqual(sorted(g for g in range(8) if self.ownership.tokenFor(g)),
                          sorted(set(range(8)) - set(handing)))
+
+    def test_handOffWithNothingQueuedReleasesAtOnce(self):
+        """
+        When none of the groups handed off has a queued write, they are released at once.
+        """
+        for g in range(8):
+            self.own(g, 20 + g)
+        self.keeper.events([WatchEvent("PUT", nodeKv("other", 0x999, "http://other"))], 40)
+        self.clock.advance(1.0)
+        self.assertEqual(len([c for c in self.etcd.calls if c[0] == "txn"]), 4)
+        self.assertEqual(self.ownership._handingOff, set())
+
+    def test_handOffGivesUpWaitingAtItsDeadline(self):
+        """
+        Writes that never become durable hold a hand-off for C{handoffTimeout} seconds only:
+        the group is released then (the store's fence refuses what is left).
+        """
+        for g in range(8):
+            self.own(g, 20 + g)
+            self.backlog.add(g)
+        self.keeper.events([WatchEvent("PUT", nodeKv("other", 0x999, "http://other"))], 40)
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.ownership._handingOff), 4)
+        self.advanceAlive(self.ownership.handoffTimeout - 0.01)
+        self.assertFalse([c for c in self.etcd.calls if c[0] == "txn"])
+        self.clock.advance(0.01)
+        self.assertEqual(len([c for c in self.etcd.calls if c[0] == "txn"]), 4)
+        self.assertEqual(self.ownership._handingOff, set())
+        self.assertEqual(self.backlog._waiting, [])
 
     def test_stopRevokesTheLease(self):
         """

@@ -116,7 +116,7 @@ class Harness:
                                historyInMemory=self.chat.history_in_memory,
                                typingTtl=self.chat.typing_ttl, idleEvict=self.chat.idle_evict,
                                maxStreams=limits.max_streams)
-        self.persister.onGroupsLost = lambda groups, error: self.streams.dropGroups(groups)
+        self.persister.subscribeLost(self.streams.dropGroups)
         self.ownership.subscribeLost(self.streams.dropGroups)
         self.blocks = BlockList(self.clock, self.store)
         self.notifier = InProcessNotifier(self.streams, blocks=self.blocks)
