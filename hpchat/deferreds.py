@@ -91,22 +91,22 @@ class ObservableDeferred(Generic[T]):
         return d
 
 
-def observer(waiting: list[defer.Deferred]) -> defer.Deferred:
+def observer(waiting: list[defer.Deferred[T]]) -> defer.Deferred[T]:
     """
     A Deferred added to C{waiting} that removes itself from it when cancelled; for an event
     that has no Deferred of its own (a connection becoming ready, a queue becoming empty),
     fired by L{fireAll}.
     """
-    def cancelled(d: defer.Deferred) -> None:
+    def cancelled(d: defer.Deferred[T]) -> None:
         if d in waiting:
             waiting.remove(d)
 
-    d: defer.Deferred = defer.Deferred(cancelled)
+    d: defer.Deferred[T] = defer.Deferred(cancelled)
     waiting.append(d)
     return d
 
 
-def fireAll(waiting: list[defer.Deferred], result: Any = None) -> None:
+def fireAll(waiting: list[defer.Deferred[T]], result: Any = None) -> None:
     """
     Fire every Deferred of C{waiting} (taken from L{observer}) with C{result}, and empty it;
     one that was already called (cancelled) is skipped.

@@ -19,14 +19,17 @@ crash, not yet marked done), and the inbox deduplicates it by id.
 
 from __future__ import annotations
 
+import random
 from typing import Any, Callable
 
-from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from hpchat.deferreds import fireAll, observer
 from hpchat.groups import Local
+from hpchat.loops import retryDelays
 from hpchat.storage.base import Event, OutboxEntry, StoreError
 
 
@@ -39,7 +42,8 @@ class OutboxPublisher(Service):
         published by this node.
     @param groups: the number of chat groups.
     @param policy: seconds before the next sweep, given how many sweeps in a row found
-        entries pending.
+        entries pending (default: Twisted's backoffPolicy from 0.5 s, 1.5 times per sweep,
+        up to 30 s, plus up to 1 s of jitter).
     """
 
     log = Logger()
@@ -52,8 +56,8 @@ class OutboxPublisher(Service):
     # Longest wait at stop for the last entries to be marked done.
     stopTimeout = 10.0
 
-    def __init__(self, clock, store, publish: Callable[[OutboxEntry], defer.Deferred],
-                 entryFor: Callable[[Event], OutboxEntry | None], ownership, groups: int,
+    def __init__(self, clock: Any, store: Any, publish: Callable[[OutboxEntry], defer.Deferred],
+                 entryFor: Callable[[Event], OutboxEntry | None], ownership: Any, groups: int,
                  policy: Callable[[int], float] | None = None):
         self._clock = clock
         self._store = store
@@ -61,12 +65,12 @@ class OutboxPublisher(Service):
         self._entryFor = entryFor
         self._ownership = ownership
         self.groups = groups
-        self._policy = policy or backoffPolicy(initialDelay=0.5, maxDelay=30.0)
+        self._policy = policy or retryDelays(0.5, 30.0, factor=1.5, jitter=random.random)
         # Ids being published or marked done: not published again meanwhile.
         self._busy: set[str] = set()
         self._toMark: list[OutboxEntry] = []
         self._marking: defer.Deferred | None = None
-        self._markWaiters: list[defer.Deferred] = []
+        self._markWaiters: list[defer.Deferred[None]] = []
         self._markTimer: Any = None
         self._timer: Any = None
         self._sweeping = False
@@ -93,9 +97,7 @@ class OutboxPublisher(Service):
         self._markNow()
         if self._marking is None and not self._toMark:
             return defer.succeed(None)
-        waiter: defer.Deferred = defer.Deferred()
-        self._markWaiters.append(waiter)
-        return waiter.addTimeout(self.stopTimeout, self._clock).addErrback(
+        return observer(self._markWaiters).addTimeout(self.stopTimeout, self._clock).addErrback(
             lambda f: self.log.warn("outbox: entries not marked done before stop: {error}",
                                     error=f.getErrorMessage()))
 
@@ -141,7 +143,7 @@ class OutboxPublisher(Service):
             self._markTimer = None
         self._markDone()
 
-    def _notSent(self, failure, entry: OutboxEntry) -> None:
+    def _notSent(self, failure: Failure, entry: OutboxEntry) -> None:
         self._busy.discard(entry.id)
         self.log.warn("outbox: notification {id} not published ({error}); a sweep tries again",
                       id=entry.id, error=failure.getErrorMessage() or failure.type.__name__)
@@ -150,17 +152,17 @@ class OutboxPublisher(Service):
     def _markDone(self) -> None:
         if self._marking is not None or not self._toMark:
             if self._marking is None:
-                self._wakeMarkWaiters()
+                fireAll(self._markWaiters)
             return
         batch, self._toMark = self._toMark, []
         d = defer.maybeDeferred(self._store.markOutboxDone, batch)
 
-        def failed(failure):
+        def failed(failure: Failure) -> None:
             # Still pending in the store: a later sweep publishes them again (deduplicated).
             self.log.warn("outbox: {count} entries not marked done: {error}",
                           count=len(batch), error=failure.getErrorMessage())
 
-        def finished(_):
+        def finished(_: object) -> None:
             self._marking = None
             for entry in batch:
                 self._busy.discard(entry.id)
@@ -169,11 +171,6 @@ class OutboxPublisher(Service):
         self._marking = d
         d.addCallbacks(lambda _: None, failed)
         d.addBoth(finished)
-
-    def _wakeMarkWaiters(self) -> None:
-        waiters, self._markWaiters = self._markWaiters, []
-        for waiter in waiters:
-            waiter.callback(None)
 
     # -- sweeps
 
@@ -194,7 +191,7 @@ class OutboxPublisher(Service):
         self._sweeping = True
         d = defer.ensureDeferred(self._sweepOnce())
 
-        def done(result):
+        def done(result: bool | Failure) -> None:
             self._sweeping = False
             if not isinstance(result, bool):
                 if result.check(StoreError):

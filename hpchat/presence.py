@@ -30,6 +30,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from hpchat.deferreds import ObservableDeferred
 from hpchat.groups import Local, Redirect
 from hpchat.loops import startLoop
 from hpchat.streamids import groupOf, inboxStream
@@ -67,7 +68,7 @@ class PresenceHome:
         self._dirty: dict[str, float] = {}
         self._lastOnlineWrite = clock.seconds()
         self._writing = False
-        self._written: defer.Deferred | None = None
+        self._written: ObservableDeferred[None] | None = None
 
     def _group(self, user: str) -> int:
         return groupOf(inboxStream(user), self._groups)
@@ -166,19 +167,16 @@ class PresenceHome:
 
         d = defer.maybeDeferred(self._store.writeLastSeen, entries, fences)
         d.addCallbacks(lambda _: None, failed).addBoth(done)
-        self._written = d
-        return d
+        self._written = ObservableDeferred(d, "a last-seen write")
+        return self._written.observe()
 
     def persistLast(self) -> defer.Deferred:
         """
         For the stop: once a write in flight is done, write what changed meanwhile too.
         """
-        inFlight = self._written if self._writing else None
-        if inFlight is None:
+        if not self._writing or self._written is None:
             return defer.maybeDeferred(self.persist)
-        after: defer.Deferred = defer.Deferred()
-        inFlight.addBoth(lambda result: (after.callback(None), result)[1])
-        return after.addCallback(lambda _: self.persist())
+        return self._written.observe().addCallback(lambda _: self.persist())
 
     def _prune(self, now: float) -> None:
         horizon = self.grace + self.expiry

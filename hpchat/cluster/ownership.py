@@ -33,7 +33,8 @@ from hpchat import metrics
 from hpchat.cluster.etcd import Compare, LeaseNotFound, Op, WatchKeeper
 from hpchat.cluster.placement import RendezvousPlacement, fairShare
 from hpchat.groups import IOwnership, Local, Redirect, Unsettled
-from hpchat.loops import retryDelays, startLoop
+from hpchat.loops import retryDelays as backoffDelays
+from hpchat.loops import startLoop
 
 
 class Drains(Protocol):
@@ -359,7 +360,7 @@ class EtcdOwnership(Service):
                 self.log.failure("registration loop failed", f))
 
     async def _registerLoop(self):
-        policy = retryDelays(self._minDelay, self._maxDelay)
+        policy = backoffDelays(self._minDelay, self._maxDelay)
         attempt = 0
         while self.running:
             try:

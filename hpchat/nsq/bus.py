@@ -21,6 +21,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from hpchat import metrics
+from hpchat.loops import retryDelays
 from hpchat.notify import BadNotification, parseNotification
 from hpchat.nsq.client import NSQConsumer, NSQProducer
 from hpchat.nsq.commands import IdentifyOptions
@@ -37,14 +38,17 @@ class PrometheusCounters(NSQCounters):
         metrics.nsqEvents.labels(name).inc(n)
 
 
+_heldRetryDelays = retryDelays(0.5, 5.0)
+
+
 def retryDelay(attempts: int) -> int:
     """
     Milliseconds before a failed notification is tried again (here, while it is held in
-    flight): 0.5 s, 1 s, 2 s, 4 s, then every 5 s. A failover takes a lease TTL, so the first
-    retries come soon, and a held notification arrives within 5 s of its inbox's owner
-    being back.
+    flight) after C{attempts} failures: 0.5 s, 1 s, 2 s, 4 s, then every 5 s (Twisted's
+    backoffPolicy, without jitter). A failover takes a lease TTL, so the first retries come
+    soon, and a held notification arrives within 5 s of its inbox's owner being back.
     """
-    return min(5_000, 500 * 2 ** max(0, attempts - 1))
+    return int(1000 * _heldRetryDelays(max(0, attempts - 1)))
 
 
 class NoLongerHeld(Exception):

@@ -18,11 +18,12 @@ back to nsqd (L{NSQProtocol.close}). Then the connection is closed.
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -31,6 +32,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hpchat.deferreds import fireAll, observer
+from hpchat.loops import retryDelays
 from hpchat.nsq import commands
 from hpchat.nsq.commands import IdentifyOptions
 from hpchat.nsq.framing import DEFAULT_MAX_FRAME_SIZE
@@ -60,7 +63,7 @@ def defaultRetryPolicy() -> Callable[[int], float]:
     """
     Reconnect after 0.5 s, growing 1.5 times per failed attempt up to 15 s, plus up to 1 s jitter.
     """
-    return backoffPolicy(initialDelay=0.5, maxDelay=15.0)
+    return retryDelays(0.5, 15.0, factor=1.5, jitter=random.random)
 
 
 def endpointFromAddress(reactor: Any, address: str, timeout: float = 10.0
@@ -134,9 +137,7 @@ class _NSQService(Service):
         """
         if self._protocol is not None:
             return defer.succeed(self._protocol)
-        d: defer.Deferred[NSQProtocol] = defer.Deferred(self._waiters.remove)
-        self._waiters.append(d)
-        return d
+        return observer(self._waiters)
 
     def _protocolArguments(self) -> dict[str, Any]:
         return {}
@@ -165,9 +166,7 @@ class _NSQService(Service):
             return
         self.log.info("NSQ connection to {address} ready", address=self.address)
         self._protocol = p
-        waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            w.callback(p)
+        fireAll(self._waiters, p)
         self._connectionReady(p)
 
     def _connectionReady(self, p: NSQProtocol) -> None:
@@ -185,9 +184,7 @@ class _NSQService(Service):
         self._clientService.startService()
 
     def _cancelWaiters(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            w.errback(defer.CancelledError("NSQ service stopped"))
+        fireAll(self._waiters, Failure(defer.CancelledError("NSQ service stopped")))
 
     def _stopClient(self, _: object = None) -> defer.Deferred[None]:
         self._cancelWaiters()

@@ -33,6 +33,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hpchat.loops import retryDelays
 from hpchat.nsq import commands
 from hpchat.nsq.commands import CLOSE_WAIT, HEARTBEAT, OK, IdentifyOptions, NSQError
 from hpchat.nsq.framing import (
@@ -104,12 +105,16 @@ class NSQCounters:
         return {name: getattr(self, name) for name in self.names}
 
 
+_requeueDelays = retryDelays(1.0, 60.0)
+
+
 def defaultRequeueDelay(attempts: int) -> int:
     """
-    Milliseconds to wait before redelivering a message whose handler failed on delivery number
-    C{attempts}: 1 s, 2 s, 4 s ... capped at 60 s.
+    The delay of the C{REQ} of a message whose handler failed on delivery number C{attempts}
+    (NSQ counts them from 1): the milliseconds nsqd waits before it delivers the message
+    again, 1 s, 2 s, 4 s ... capped at 60 s (Twisted's backoffPolicy, without jitter).
     """
-    return min(1000 * 2 ** min(max(attempts - 1, 0), 16), 60000)
+    return int(1000 * _requeueDelays(max(attempts - 1, 0)))
 
 
 class NSQMessage:

@@ -54,18 +54,28 @@ class StoreServiceTests(SynchronousTestCase):
 
     def test_busyIsTriedAgain(self):
         """
-        A store busy with another process is opened again a little later, up to ten times.
+        A store busy with another process is opened again a little later, with growing delays,
+        up to ten times.
         """
         clock = task.Clock()
         store = BusyStore(busyTimes=3)
         failures = []
         StoreService(store, failures.append, clock).startService()
         self.assertEqual((store.attempts, store.ready), (1, False))
-        clock.pump([StoreService.retryDelay] * 3)
+        clock.advance(0.2)
+        self.assertEqual(store.attempts, 2)
+        clock.advance(0.39)
+        self.assertEqual(store.attempts, 2)
+        clock.advance(0.01)
+        self.assertEqual(store.attempts, 3)
+        clock.advance(0.8)
         self.assertEqual((store.attempts, store.ready, failures), (4, True, []))
 
         store = BusyStore(busyTimes=100)
         StoreService(store, failures.append, clock).startService()
-        clock.pump([StoreService.retryDelay] * 20)
+        # 0.2, 0.4, 0.8, 1.6, then 2 s (Twisted's backoffPolicy).
+        clock.pump([0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0, 2.0, 1.99])
+        self.assertEqual(store.attempts, StoreService.openAttempts - 1)
+        clock.advance(0.01)
         self.assertEqual(store.attempts, StoreService.openAttempts)
         self.assertEqual([f.type for f in failures], [StoreBusy])

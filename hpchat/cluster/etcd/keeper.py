@@ -18,6 +18,7 @@ from hpchat.cluster.etcd.backoff import retryPolicy
 from hpchat.cluster.etcd.errors import Compacted, EtcdBadResponse, EtcdError, WatchCanceled
 from hpchat.cluster.etcd.watch import EventsCallback, Watch
 from hpchat.cluster.etcd.wire import KeyLike, KeyValue, RangeResult, WatchEvent, toBytes
+from hpchat.deferreds import fireAll, observer
 
 if TYPE_CHECKING:
     from hpchat.cluster.etcd.client import EtcdClient
@@ -105,9 +106,7 @@ class WatchKeeper:
         """
         if self._ready:
             return succeed(self)
-        d: Deferred[WatchKeeper] = Deferred()
-        self._readyWaiters.append(d)
-        return d
+        return observer(self._readyWaiters)
 
     def restart(self) -> None:
         """
@@ -131,9 +130,7 @@ class WatchKeeper:
         if self._delayed is not None and self._delayed.active():
             self._delayed.cancel()
         self._delayed = None
-        waiters, self._readyWaiters = self._readyWaiters, []
-        for d in waiters:
-            d.errback(CancelledError("WatchKeeper stopped"))
+        fireAll(self._readyWaiters, Failure(CancelledError("WatchKeeper stopped")))
         waits: list[Deferred[EtcdError]] = []
         if self._inflight is not None:
             self._inflight.cancel()
@@ -173,9 +170,7 @@ class WatchKeeper:
             self._call(self.onResync, dict(self.kvs), self.revision)
         if not self._ready:
             self._ready = True
-            waiters, self._readyWaiters = self._readyWaiters, []
-            for d in waiters:
-                d.callback(self)
+            fireAll(self._readyWaiters, self)
         self._startWatch()
 
     def _resyncFailed(self, failure: Failure) -> None:

@@ -43,6 +43,7 @@ from hpchat.cluster.etcd.wire import (
     keyRange,
     toBytes,
 )
+from hpchat.deferreds import fireAll, observer
 
 if TYPE_CHECKING:
     from hpchat.cluster.etcd.client import EtcdClient
@@ -149,9 +150,7 @@ class Watch:
             return succeed(self.createdRevision)
         if self.reason is not None:
             return fail(self.reason)
-        d: Deferred[int] = Deferred()
-        self._createdWaiters.append(d)
-        return d
+        return observer(self._createdWaiters)
 
     def whenDone(self) -> Deferred[EtcdError]:
         """
@@ -161,9 +160,7 @@ class Watch:
         """
         if self.reason is not None:
             return succeed(self.reason)
-        d: Deferred[EtcdError] = Deferred()
-        self._doneWaiters.append(d)
-        return d
+        return observer(self._doneWaiters)
 
     def cancel(self) -> Deferred[EtcdError]:
         """
@@ -226,12 +223,8 @@ class Watch:
         if self._createTimeout is not None and self._createTimeout.active():
             self._createTimeout.cancel()
         self._createTimeout = None
-        created, self._createdWaiters = self._createdWaiters, []
-        for d in created:
-            d.errback(reason)
-        done, self._doneWaiters = self._doneWaiters, []
-        for waiter in done:
-            waiter.callback(reason)
+        fireAll(self._createdWaiters, Failure(reason))
+        fireAll(self._doneWaiters, reason)
 
     def _dataReceived(self, data: bytes) -> None:
         if self._stopReason is not None:
@@ -294,9 +287,7 @@ class Watch:
         if self.nextRevision is None:
             # "From now": events start after the revision at creation.
             self.nextRevision = revision + 1
-        waiters, self._createdWaiters = self._createdWaiters, []
-        for d in waiters:
-            d.callback(revision)
+        fireAll(self._createdWaiters, revision)
 
     def _deliver(self, callback: Callable[..., object], *args: object) -> None:
         try:
