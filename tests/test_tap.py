@@ -10,11 +10,10 @@ import os
 import sys
 import zipfile
 
-from twisted.application.service import IService, IServiceCollection
+from twisted.application.service import IService, IServiceCollection, IServiceMaker
 from twisted.internet import defer
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.plugin import IPlugin, getPlugins
-from twisted.application.service import IServiceMaker
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -78,7 +77,8 @@ class OptionsTests(unittest.SynchronousTestCase):
     def test_makeServiceWiresTheNode(self):
         """
         makeService builds a node whose stages stop the web first and close the store last,
-        the persister's flush and the outbox before them, and whose services start in the reverse order.
+        the persister's flush and the outbox before them, and whose services start in the
+        reverse order.
         """
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
@@ -101,6 +101,31 @@ class OptionsTests(unittest.SynchronousTestCase):
         for child in service:
             self.assertTrue(IService.providedBy(child))
         self.assertTrue(os.path.isdir(os.path.join(folder, "data")))
+
+    def test_clusterWiring(self):
+        """
+        In a cluster the persister's write fence is the etcd ownership, whose hand-offs wait
+        on the persister's backlog; the streams hear of the groups either of them loses.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from hpchat.cluster.ownership import EtcdOwnership
+        from hpchat.config import loadConfig
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "hpchat.ini")
+        with open(path, "w") as f:
+            f.write(MINIMAL + "[storage]\npath = data/x.sqlite3\n"
+                    "[cluster]\netcd = http://127.0.0.1:1\n")
+        node = tap.buildNode(loadConfig(path), MemoryReactorClock(), path)
+        services = {type(s): s for s in node.startOrder()}
+        persister, streams = services[BatchPersister], services[Streams]
+        ownership = services[EtcdOwnership]
+        self.assertIs(persister._fence, ownership)
+        self.assertIs(ownership._drains, persister._backlog)
+        self.assertIn(streams.dropGroups, persister._lostCallbacks)
+        self.assertIn(streams.dropGroups, ownership._lostCallbacks)
 
 
 class StartupTests(unittest.TestCase):

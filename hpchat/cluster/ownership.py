@@ -27,10 +27,11 @@ from typing import Any, Callable, Iterable, Protocol
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hpchat import metrics
-from hpchat.cluster.etcd import Compare, LeaseNotFound, Op, WatchKeeper
+from hpchat.cluster.etcd import Compare, Lease, LeaseNotFound, Op, WatchKeeper
 from hpchat.cluster.placement import RendezvousPlacement, fairShare
 from hpchat.groups import IOwnership, Local, Redirect, Unsettled
 from hpchat.loops import retryDelays as backoffDelays
@@ -150,7 +151,7 @@ class EtcdOwnership(Service):
         self.placement = placement or RendezvousPlacement()
         self._minDelay, self._maxDelay = retryDelays
         self._drains: Drains = drains if drains is not None else NothingQueued()
-        self._lease = None
+        self._lease: Lease | None = None
         self._validUntil = 0.0
         self._fenceTimer = None
         self._keepalive: task.LoopingCall | None = None
@@ -185,8 +186,9 @@ class EtcdOwnership(Service):
         that writes already queued can finish.
         """
         owner = self._owners.get(group)
-        if (owner is None or owner.node != self._nodeId or not self._leaseValid()
-                or owner.lease != self._lease.id):
+        lease = self._lease
+        if (owner is None or owner.node != self._nodeId or lease is None
+                or not self._leaseValid() or owner.lease != lease.id):
             return None
         if token is not None and owner.token != token:
             return None
@@ -464,8 +466,7 @@ class EtcdOwnership(Service):
             for group in self._handOffCandidates():
                 self._handingOff.add(group)
                 d = defer.ensureDeferred(self._handOff(group))
-                d.addErrback(lambda f, g=group: self.log.failure(
-                    "hand-off of group {group} failed", f, group=g))
+                d.addErrback(self._handOffFailed, group)
             if self._handingOff:
                 self._settle()
         except Exception:
@@ -489,7 +490,10 @@ class EtcdOwnership(Service):
                         reverse=True)
         return candidates[:len(mine) - cap]
 
-    async def _handOff(self, group: int):
+    def _handOffFailed(self, failure: Failure, group: int) -> None:
+        self.log.failure("hand-off of group {group} failed", failure, group=group)
+
+    async def _handOff(self, group: int) -> None:
         """
         Stop serving C{group}, let its queued writes become durable, then release it.
         """

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -142,7 +142,7 @@ class NSQMessage:
         """
         True until this message is FINed or REQed here, or its connection is closed.
         """
-        return self._protocol.connected and self.id in self._protocol.inFlight
+        return bool(self._protocol.connected) and self.id in self._protocol.inFlight
 
     @property
     def connected(self) -> bool:
@@ -213,12 +213,19 @@ class NSQProtocol(Protocol):
 
     # -- connection
 
+    @property
+    def _tcp(self) -> ITCPTransport:
+        """
+        The connection's transport (set from connectionMade on).
+        """
+        return cast(ITCPTransport, self.transport)
+
     def connectionMade(self) -> None:
         self.connected = True
         self._startWatchdog()
-        self.transport.write(MAGIC_V2)
-        d = self._command("IDENTIFY", commands.identify(self.options), expect=None)
-        d.addCallback(self._identifyResponse)
+        self._tcp.write(MAGIC_V2)
+        d = self._command("IDENTIFY", commands.identify(self.options), expect=None
+                          ).addCallback(self._identifyResponse)
         d.chainDeferred(self.identified)
 
     def _identifyResponse(self, data: bytes) -> dict[str, Any]:
@@ -250,7 +257,7 @@ class NSQProtocol(Protocol):
         """
         Connected, and not being dropped after a fatal error or a bad frame.
         """
-        return self.connected and not self._dropped
+        return bool(self.connected) and not self._dropped
 
     def _drop(self, why: str, **fields: Any) -> None:
         """
@@ -260,12 +267,12 @@ class NSQProtocol(Protocol):
             return
         self._dropped = True
         self.log.warn("Dropping NSQ connection to {peer}: " + why, peer=self._peer(), **fields)
-        self.transport.abortConnection()
+        self._tcp.abortConnection()
 
     def _peer(self) -> str:
         try:
-            peer = self.transport.getPeer()
-            return f"{peer.host}:{peer.port}"
+            peer = self._tcp.getPeer()
+            return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         except Exception:
             return "?"
 
@@ -294,7 +301,7 @@ class NSQProtocol(Protocol):
             self.log.warn("No data from nsqd {peer} for two heartbeat intervals; aborting",
                           peer=self._peer())
             self._dropped = True
-            self.transport.abortConnection()
+            self._tcp.abortConnection()
         except Exception:
             self.log.failure("NSQ liveness check failed")
 
@@ -335,7 +342,7 @@ class NSQProtocol(Protocol):
             self._errorReceived(commands.parseError(frame.data))
         elif frame.data == HEARTBEAT:
             self.counters.count("heartbeats")
-            self.transport.write(commands.nop())
+            self._tcp.write(commands.nop())
         else:
             self._responseReceived(frame.data)
 
@@ -371,14 +378,14 @@ class NSQProtocol(Protocol):
                 p.deferred.errback(error)
         # nsqd closes its side; close ours too so we reconnect without waiting for it.
         self._dropped = True
-        self.transport.loseConnection()
+        self._tcp.loseConnection()
 
     # -- commands
 
     def _write(self, data: bytes) -> bool:
         if not self.connected or self._dropped:
             return False
-        self.transport.write(data)
+        self._tcp.write(data)
         return True
 
     def _command(self, name: str, data: bytes, expect: bytes | None = OK
@@ -387,7 +394,7 @@ class NSQProtocol(Protocol):
             return defer.fail(NotConnected(f"cannot send {name}: not connected"))
         p = _Pending(name, expect, defer.Deferred())
         self._pending.append(p)
-        self.transport.write(data)
+        self._tcp.write(data)
         return p.deferred
 
     def publish(self, topic: str, body: bytes) -> defer.Deferred[None]:
@@ -525,11 +532,12 @@ class NSQProtocol(Protocol):
         """
         if self._closed is not None:
             return _chained(self._closed)
-        self._closed = defer.Deferred()
+        closed: defer.Deferred[None] = defer.Deferred()
+        self._closed = closed
         if not self.connected:
-            self._closed.callback(None)
-            return _chained(self._closed)
-        self.disconnected.addBoth(_also(lambda: self._closed.callback(None)))
+            closed.callback(None)
+            return _chained(closed)
+        self.disconnected.addBoth(_also(lambda: closed.callback(None)))
 
         if self.subscribed and not self._dropped:
             self.closing = True
@@ -547,7 +555,7 @@ class NSQProtocol(Protocol):
             self.requeue(msg, 0)
         if not self.connected:
             return
-        self.transport.loseConnection()
+        self._tcp.loseConnection()
         killer = self.clock.callLater(timeout, self._kill)
         self.disconnected.addBoth(_also(lambda: killer.cancel() if killer.active() else None))
 
@@ -556,7 +564,7 @@ class NSQProtocol(Protocol):
             if self.connected:
                 self.log.warn("NSQ connection to {peer} did not close; aborting",
                               peer=self._peer())
-                self.transport.abortConnection()
+                self._tcp.abortConnection()
         except Exception:
             self.log.failure("Aborting an NSQ connection failed")
 
@@ -570,11 +578,14 @@ def _chained(d: defer.Deferred[None]) -> defer.Deferred[None]:
     return result
 
 
-def _also(f: Callable[[], object]) -> Callable[[object], object]:
+_T = TypeVar("_T")
+
+
+def _also(f: Callable[[], object]) -> Callable[[_T], _T]:
     """
     A callback that calls C{f} and passes the result on untouched.
     """
-    def callback(result: object) -> object:
+    def callback(result: _T) -> _T:
         f()
         return result
     return callback
