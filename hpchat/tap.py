@@ -6,26 +6,31 @@ C{twistd hpchat --config FILE}: command-line options and the wiring of one node'
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from hpchat import process
-from hpchat.config import ConfigError, loadConfig
+from hpchat.config import Config, ConfigError, loadConfig
 from hpchat.node import NodeService, Stage, serviceStage
 from hpchat.ready import ReadyAnnouncer
 from hpchat.storage.select import checkStorage
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
     from hpchat.cluster.ownership import Drains, EtcdOwnership
+    from hpchat.notify import Notification
+    from hpchat.storage.base import OutboxEntry
 
 
 class Options(usage.Options):
     synopsis = "--config FILE"
     optParameters = [["config", "c", None, "Path to the node's ini file (see etc/hpchat.ini)."]]
 
-    def postOptions(self):
+    def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config FILE is required")
         try:
@@ -35,7 +40,7 @@ class Options(usage.Options):
             process.exitWithConfigError(e, sys.stderr)
 
 
-def makeService(options, reactor=None) -> NodeService:
+def makeService(options: Options, reactor: Any = None) -> NodeService:
     if reactor is None:
         from twisted.internet import reactor
     process.raiseOpenFileLimit()
@@ -51,7 +56,7 @@ class HPChatNode(NodeService):
     error of C{[node] listen}: one line and exit status 2, not a traceback.
     """
 
-    def __init__(self, clock, configPath: str, listen: str, **kwargs):
+    def __init__(self, clock: Any, configPath: str, listen: str, **kwargs: Any):
         super().__init__(clock, **kwargs)
         self.configPath = configPath
         self.listen = listen
@@ -65,7 +70,7 @@ class HPChatNode(NodeService):
                 self.configPath, "node", "listen", f"cannot listen on {self.listen}: {reason}"))
 
 
-def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
+def buildNode(config: Config, reactor: Any, configPath: str = "<config>") -> HPChatNode:
     """
     Wire one node: store, persister, ownership, streams, notifications, HTTP API, and the
     stages of its stop (see L{nodeStages}).
@@ -90,7 +95,7 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
     from hpchat.web.internal import InternalAuth, InternalClient
     from hpchat.web.site import WebService
 
-    def fatal(failure):
+    def fatal(failure: Failure) -> None:
         # twistd exits 0 after reactor.stop(); a node that could not start must not, so that
         # systemd's Restart=on-failure restarts it.
         reactor.addSystemEventTrigger("after", "shutdown", process.exitNow, 1)
@@ -125,7 +130,7 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
     internalClient = InternalClient(internalAuth, config.node.id, reactor)
     router = InboxRouter(streams, ownership, internalClient.deliver, blocks)
 
-    def deliver(notification):
+    def deliver(notification: Notification) -> Deferred[Any]:
         return defer.ensureDeferred(router.deliver(notification))
 
     bus = None
@@ -136,7 +141,7 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
         publish = bus.publishEntry
     else:
         # Without NSQ the outbox is done once the inbox append is durable.
-        def publish(entry):
+        def publish(entry: OutboxEntry) -> Deferred[Any]:
             return deliver(parseNotification(entry.body.encode("utf-8")))
 
     outbox = OutboxPublisher(reactor, store, publish, outboxEntry, ownership, config.chat.groups)
@@ -144,7 +149,7 @@ def buildNode(config, reactor, configPath: str = "<config>") -> HPChatNode:
 
     presence = None
     if IPresenceStore.providedBy(store):
-        def report(url, node, reports):
+        def report(url: str, node: str, reports: dict[str, Any]) -> Deferred[Any]:
             return defer.ensureDeferred(internalClient.postJSON(
                 url, "/internal/v1/presence/report",
                 {"node": node, "users": {u: list(r) for u, r in reports.items()}}))
@@ -215,11 +220,13 @@ def nodeStages(web, streams, persister, internalClient, store, ownership=None, c
     return stages
 
 
-def clusterOwnership(config, reactor, drains: Drains) -> EtcdOwnership:
+def clusterOwnership(config: Config, reactor: Any, drains: Drains) -> EtcdOwnership:
     from hpchat.cluster.etcd import EtcdClient
     from hpchat.cluster.ownership import EtcdOwnership
 
     cluster = config.cluster
+    if cluster is None:
+        raise ValueError("clusterOwnership needs a [cluster] section")
     client = EtcdClient(reactor, cluster.etcd, timeout=max(1.0, cluster.lease_ttl / 3))
     return EtcdOwnership(reactor, client, config.node.id, config.node.advertise_url,
                          config.chat.groups, prefix=cluster.prefix, leaseTtl=cluster.lease_ttl,
