@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hpchat import metrics
 from hpchat.cluster.ownership import EtcdOwnership
-from hpchat.loops import guarded, startLoop
+from hpchat.loops import guarded, retryDelays, startLoop
 from hpchat.persister import BatchPersister
 from hpchat.streams import Streams
 from tests.cluster.test_ownership import HandFedKeeper, ScriptedEtcd
@@ -131,3 +131,39 @@ class KeepaliveTests(SynchronousTestCase):
         self.assertEqual(len(calls), 2)
         self.assertEqual(len(etcd.keepalives), 1)
         etcd.keepalives[0].callback(6)
+
+
+class RetryDelayTests(SynchronousTestCase):
+    def test_exponentialCappedWithoutJitter(self) -> None:
+        """
+        Retry C{n} waits C{initialDelay * factor ** n}, capped at C{maxDelay}; exact unless a
+        jitter is given.
+        """
+        delays = retryDelays(0.25, 3.0)
+        self.assertEqual([delays(n) for n in range(6)], [0.25, 0.5, 1.0, 2.0, 3.0, 3.0])
+        self.assertEqual(retryDelays(1.0, 10.0, factor=3.0)(2), 9.0)
+        self.assertEqual(retryDelays(1.0, 60.0)(10_000), 60.0)
+
+    def test_jitterIsAdded(self) -> None:
+        self.assertEqual(retryDelays(1.0, 5.0, jitter=lambda: 0.5)(1), 2.5)
+
+    def test_registrationRetriesBackOff(self) -> None:
+        """
+        The ownership's registration with an etcd that refuses it is tried again after
+        0.2 s, 0.4 s, 0.8 s ...: the delays of its retryDelays.
+        """
+        clock = task.Clock()
+        etcd = ScriptedEtcd()
+        grants: list[float] = []
+
+        def refuse(ttl: int, leaseId: object = None, timeout: object = None) -> defer.Deferred:
+            grants.append(clock.seconds())
+            return defer.fail(ConnectionRefusedError("etcd is down"))
+
+        etcd.leaseGrant = refuse
+        ownership = EtcdOwnership(clock, etcd, "me", "http://me", groups=8,
+                                  keeperFactory=HandFedKeeper, retryDelays=(0.2, 1.0))
+        ownership.startService()
+        clock.pump([0.2, 0.4, 0.8, 1.0, 1.0])
+        self.assertEqual([round(t, 6) for t in grants], [0.0, 0.2, 0.6, 1.4, 2.4, 3.4])
+        self.successResultOf(ownership.stopService())
