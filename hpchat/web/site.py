@@ -86,7 +86,9 @@ class HPChatSite(server.Site):
     noisy = False
 
     requestFactory = HPChatRequest
-    protocol = HTTPConnection
+    # Site's annotations fix its protocol to twisted.web's HTTPChannel; Site.buildProtocol
+    # needs only the requestFactory and site attributes, which HTTPConnection has.
+    protocol = HTTPConnection  # type: ignore[assignment]
 
     def __init__(self, resource, hot=None, cors=None, limits: LimitsConfig | None = None,
                  **kwargs):
