@@ -1,6 +1,6 @@
 """
-The HTTP API test harness: it wires the real API, streams, persister, notifier and authenticator on a
-L{twisted.internet.task.Clock} and drives them over HTTP with L{treq.testing.StubTreq}.
+The HTTP API test harness: it wires the real API, streams, persister, notifier and authenticator on
+a L{twisted.internet.task.Clock} and drives them over HTTP with L{treq.testing.StubTreq}.
 
 Two clocks are involved: the harness' L{Clock} drives everything of hpchat (persister flushes,
 poll timeouts, typing expiry), while StubTreq pumps bytes between client and server over its
@@ -30,7 +30,6 @@ from hpchat.web.api import ChatAPI
 from hpchat.web.auth import Authenticator
 from hpchat.web.internal import InternalAuth
 from hpchat.web.site import apiResource
-
 from tests.fakes import (  # noqa: F401  (re-exported for the API tests)
     BASE,
     NOW,
