@@ -56,8 +56,15 @@ class HPChatRequest(server.Request):
             return
         if not isinstance(body, bytes):
             raise TypeError(f"{resrc!r} rendered {type(body).__name__}, not bytes")
-        self.setHeader(b"content-length", b"%d" % len(body))
-        self.write(b"" if self.method == b"HEAD" else body)
+        if self.method == b"HEAD":
+            # A HEAD answer's length is the GET answer's (RFC 9110 8.6): the body rendered
+            # for it, or else the length the resource set itself (a file's), never 0.
+            if body:
+                self.setHeader(b"content-length", b"%d" % len(body))
+            self.write(b"")
+        else:
+            self.setHeader(b"content-length", b"%d" % len(body))
+            self.write(body)
         self.finish()
 
     def processingFailed(self, reason):

@@ -6,6 +6,7 @@ The page's static files behind the production edge: every error a JSON answer, n
 from __future__ import annotations
 
 import json
+import os
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -49,3 +50,19 @@ class StaticFilesTests(SynchronousTestCase):
         code, headers, body = self.get("app.js")
         self.assertEqual((code, body), (200, expected))
         self.assertIn(b"javascript", headers.getRawHeaders(b"content-type")[0])
+
+    def test_headHasTheFilesLength(self):
+        """
+        A HEAD answer has the length of the file a GET would send (RFC 9110 8.6), and no
+        body.
+        """
+        size = os.path.getsize(os.path.join(STATIC, "app.js"))
+        stub = edgeTreq(StaticFiles(STATIC), Clock())
+        d = stub.head("http://node/app.js")
+        stub.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"%d" % size])
+        content = stub.content(response)
+        stub.flush()
+        self.assertEqual(self.successResultOf(content), b"")
