@@ -5,6 +5,7 @@
 #               (skipped without libnginx-mod-nchan), 2-node notification latency (etcd, nsqd)
 # make cluster -- etcd, nsqd and two nodes with dev login, to try the chat page
 # make dist  -- an sdist and a wheel in dist/ (install the wheel with pip: docs/deployment.md)
+# make lint  -- the type checker and the linter (the suite runs both too: tests/test_lint.py)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -14,7 +15,7 @@ CONFIG ?= etc/hpchat.ini
 # ends cleanly with status 0, instead of make reporting "Interrupt" (tools/foreground.py).
 FOREGROUND := $(PYTHON) tools/foreground.py
 
-.PHONY: run test test-deps bench cluster dist clean
+.PHONY: run test test-deps lint bench cluster dist clean
 
 # The runtime: what `make run` needs (hpchat, Twisted, treq, klein, PyJWT, prometheus_client).
 $(VENV)/.runtime: setup.cfg pyproject.toml
@@ -40,6 +41,13 @@ test-deps:
 
 test: $(VENV)/.test test-deps
 	$(BIN)/python -m twisted.trial -j 2 tests
+
+# Both tools run before either fails, so that one run lists every finding.
+lint: $(VENV)/.test
+	@status=0; \
+	$(BIN)/mypy hpchat || status=1; \
+	$(BIN)/ruff check hpchat tests bench || status=1; \
+	exit $$status
 
 # `build` alone (it is in the test extra too): no need for the rest of the test tools.
 $(VENV)/.build-tool: $(VENV)/.runtime

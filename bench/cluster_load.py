@@ -18,10 +18,10 @@ import shutil
 import subprocess
 import sys
 
+import lg_proc  # noqa: E402
 from support import Scope  # noqa: E402  (also puts the repo on sys.path)
 from twisted.internet import defer, task, threads  # noqa: E402
 
-import lg_proc  # noqa: E402
 from tests.support.cluster import Cluster  # noqa: E402
 from tests.support.node import SECRET  # noqa: E402
 

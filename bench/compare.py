@@ -91,8 +91,9 @@ def main() -> int:
             keep("saturation", r)
             if r and saturated(r):
                 break  # no need to go higher
-    print("| server | series | C | R offered | p50 ms | p99 ms | max ms | offered/s | acked/s | "
-          "state | server CPU | KB per waiting client (total / above idle) | loadgen busiest proc |")
+    print("| server | series | C | R offered | p50 ms | p99 ms | max ms | offered/s | acked/s "
+          "| state | server CPU | KB per waiting client (total / above idle) "
+          "| loadgen busiest proc |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|")
     for kind, r in results:
         print(row(r, kind))

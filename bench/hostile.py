@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jwt  # noqa: E402
 
-from tests.web.hostile import Context, build, categories  # noqa: E402
 from tests.web import hostile_judge as judge  # noqa: E402
+from tests.web.hostile import Context, build, categories  # noqa: E402
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
 LIMITS = {"head_timeout": "1.5", "body_timeout": "5", "idle_timeout": "3",

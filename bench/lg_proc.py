@@ -65,6 +65,10 @@ def openFiles(pid: int) -> int | None:
         return None
 
 
+def _limit(value: str) -> int:
+    return -1 if value == "unlimited" else int(value)
+
+
 def fdLimits(pid: int) -> tuple[int, int] | None:
     """
     (soft, hard) 'Max open files' of C{pid} from /proc/<pid>/limits.
@@ -75,8 +79,7 @@ def fdLimits(pid: int) -> tuple[int, int] | None:
                 if line.startswith("Max open files"):
                     parts = line.split()
                     soft, hard = parts[3], parts[4]
-                    conv = (lambda v: -1 if v == "unlimited" else int(v))
-                    return conv(soft), conv(hard)
+                    return _limit(soft), _limit(hard)
     except OSError:
         return None
     return None

@@ -46,8 +46,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from lg_http import HTTPFailure, Pool, connect, encodeRequest, parseURL  # noqa: E402
 import lg_proc  # noqa: E402
+from lg_http import HTTPFailure, Pool, connect, encodeRequest, parseURL  # noqa: E402
 
 perf = time.perf_counter
 
@@ -956,7 +956,8 @@ class Parent:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": machine(),
             "source": nodeVersion(),
-            "params": {"target": args.target, "clients": clients, "rate": args.rate, "inbox": args.inbox,
+            "params": {"target": args.target, "clients": clients, "rate": args.rate,
+                       "inbox": args.inbox,
                        "duration": args.duration, "warmup": args.warmup,
                        "poll_timeout": args.poll_timeout, "procs": procs,
                        "ramp_rate": args.ramp_rate, "urls": args.url, "loop": args.loop,
@@ -1008,7 +1009,8 @@ def human(result: dict) -> str:
     m = result["machine"]
     f = lambda v: "-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))  # noqa
     lines = [
-        f"hpchat loadgen: target={p.get('target', 'hpchat')} C={p['clients']} R={p['rate']}/s inbox={p['inbox']} "
+        f"hpchat loadgen: target={p.get('target', 'hpchat')} C={p['clients']} R={p['rate']}/s "
+        f"inbox={p['inbox']} "
         f"duration={p['duration']}s poll_timeout={p['poll_timeout']}s procs={p['procs']} "
         f"loop={p['loop']}",
         f"  machine: {m['cpus']} x {m['cpu_model']}, {m['mem_gb']} GB, Linux {m['kernel']}, "

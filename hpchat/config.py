@@ -175,8 +175,8 @@ class _Section:
             return default
         return value.strip()
 
-    def text(self, key: str, default: str | None = None, check: Callable[[str], bool] | None = None,
-             expected: str = "") -> str:
+    def text(self, key: str, default: str | None = None,
+             check: Callable[[str], object] | None = None, expected: str = "") -> str:
         value = self.raw(key, default)
         if check is not None and not check(value):
             raise self.error(key, f"must be {expected} (got {value!r})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import TypeGuard
 
 _USER = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 
@@ -20,7 +21,7 @@ class BadConversation(ValueError):
     """
 
 
-def isUserId(value: object) -> bool:
+def isUserId(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and _USER.fullmatch(value) is not None
 
 

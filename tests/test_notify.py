@@ -15,8 +15,8 @@ from hpchat.notify import (
     BadNotification,
     Dropped,
     InboxRouter,
-    Notification,
     NotDeliverable,
+    Notification,
     messageNotification,
     parseNotification,
 )
@@ -41,7 +41,8 @@ class FormatTests(SynchronousTestCase):
         good = {"id": "x", "user": "bob", "type": "flirt", "from": "alice", "data": {}}
         bad = [b"", b"not json", b"[1]", b"\xff\xfe",
                json.dumps(dict(good, id="")).encode(), json.dumps(dict(good, id="x" * 65)).encode(),
-               json.dumps(dict(good, user="b b")).encode(), json.dumps(dict(good, user=None)).encode(),
+               json.dumps(dict(good, user="b b")).encode(),
+               json.dumps(dict(good, user=None)).encode(),
                json.dumps(dict(good, type="Flirt")).encode(),
                json.dumps(dict(good, type="x" * 33)).encode(),
                json.dumps(dict(good, **{"from": 3})).encode(),

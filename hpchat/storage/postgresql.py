@@ -355,9 +355,9 @@ class PostgreSQLStore(SQLReads):
         if outbox:
             entries = [[] for _ in range(6)]
             for o in outbox:
-                for column, value in zip(entries, (o.id, o.group, o.stream, o.seq, o.body,
+                for column, field in zip(entries, (o.id, o.group, o.stream, o.seq, o.body,
                                                    o.created)):
-                    column.append(value)
+                    column.append(field)
         rows: list[list] | None = None
         if conversations:
             rows = [list(column) for column in

@@ -15,6 +15,17 @@ import os
 from hpchat.config import Config, ConfigError
 
 
+def _given(config: Config, key: str, value: str | None) -> str:
+    """
+    C{value}, the [storage] setting C{key} that the configured backend requires (the config
+    parser rejects a file without it; a Config built by hand may lack it).
+    """
+    if value is None:
+        raise ConfigError(config.path, "storage", key,
+                          f"is required with backend = {config.storage.backend}")
+    return value
+
+
 def checkStorage(config: Config) -> None:
     """
     Raise L{ConfigError} when the configured store cannot work on this machine: a SQLite
@@ -23,7 +34,7 @@ def checkStorage(config: Config) -> None:
     """
     storage = config.storage
     if storage.backend == "sqlite":
-        folder = os.path.dirname(storage.path) or "."
+        folder = os.path.dirname(_given(config, "path", storage.path)) or "."
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
@@ -60,7 +71,7 @@ def checkFoundationDB(config: Config, importModule=None) -> None:
     except FoundationDBUnavailable as e:
         raise ConfigError(config.path, "storage", "backend",
                           f"foundationdb cannot be used: {e}") from None
-    clusterFile = config.storage.cluster_file
+    clusterFile = _given(config, "cluster_file", config.storage.cluster_file)
     try:
         with open(clusterFile, encoding="utf-8") as f:
             f.read(1)
@@ -77,13 +88,14 @@ def makeStore(config: Config, reactor):
     if storage.backend == "foundationdb":
         from hpchat.storage.fdb import FoundationDBStore
 
-        return FoundationDBStore(reactor, storage.cluster_file, keyPrefix=storage.key_prefix)
+        return FoundationDBStore(reactor, _given(config, "cluster_file", storage.cluster_file),
+                                 keyPrefix=storage.key_prefix)
     if storage.backend == "postgresql":
         from hpchat.storage.postgresql import PostgreSQLStore
 
-        return PostgreSQLStore(reactor, storage.dsn)
+        return PostgreSQLStore(reactor, _given(config, "dsn", storage.dsn))
     if storage.backend == "sqlite":
         from hpchat.storage.sqlite import SQLiteStore
 
-        return SQLiteStore(reactor, storage.path)
+        return SQLiteStore(reactor, _given(config, "path", storage.path))
     raise ConfigError(config.path, "storage", "backend", f"unknown backend {storage.backend!r}")

@@ -268,6 +268,24 @@ class SQLiteStore(SQLReads):
             return defer.fail(StoreError("sqlite: the store is not open"))
         return self._readerThread.submit(self._guard, f, *args)
 
+    def _writerDB(self) -> sqlite3.Connection:
+        """
+        On the writer thread: the writing connection, or L{StoreError} when the store is not
+        open (a write queued behind the close).
+        """
+        if self._writer is None:
+            raise StoreError("sqlite: the store is not open")
+        return self._writer
+
+    def _readerDB(self) -> sqlite3.Connection:
+        """
+        On the reader thread: the reading connection, or L{StoreError} when the store closed
+        after the read was queued.
+        """
+        if self._reader is None:
+            raise StoreError("sqlite: the store is not open")
+        return self._reader
+
     @staticmethod
     def _guard(f, *args):
         try:
@@ -281,7 +299,7 @@ class SQLiteStore(SQLReads):
         return self._write(self._claimTxn, group, token, stream, recent)
 
     def _claimTxn(self, group: int, token: int, stream: str, recent: int) -> StreamSnapshot:
-        db = self._writer
+        db = self._writerDB()
         with _writing(db):
             rejected = self._raiseFences(db, {group: token})
             if rejected:
@@ -331,7 +349,7 @@ class SQLiteStore(SQLReads):
 
     def _appendTxn(self, batch: str, fences: dict[int, int], entries: str | None,
                    rows: str | None = None) -> None:
-        db = self._writer
+        db = self._writerDB()
         try:
             with _writing(db):
                 rejected = self._raiseFences(db, fences)
@@ -357,12 +375,13 @@ class SQLiteStore(SQLReads):
     def _listConversations(self, user: str, limit: int,
                            before: tuple[float, str] | None) -> ConversationPage:
         updated, stream = before if before is not None else (float("inf"), "")
+        db = self._readerDB()
         if before is None:
-            rows = self._reader.execute(_LIST.replace("(c.updated, c.stream) < (?, ?)", "1"),
-                                        (user, limit)).fetchall()
+            rows = db.execute(_LIST.replace("(c.updated, c.stream) < (?, ?)", "1"),
+                              (user, limit)).fetchall()
         else:
-            rows = self._reader.execute(_LIST, (user, updated, stream, limit)).fetchall()
-        (total,) = self._reader.execute(
+            rows = db.execute(_LIST, (user, updated, stream, limit)).fetchall()
+        (total,) = db.execute(
             "SELECT COALESCE(SUM(last_seq - read_seq), 0) FROM conversations WHERE usr = ?",
             (user,)).fetchone()
         items = [(rowFrom(r[:8]), _row(r[8:]) if r[8] is not None else None) for r in rows]
@@ -376,7 +395,7 @@ class SQLiteStore(SQLReads):
 
     def _setBlock(self, blocker: str, blocked: str, on: bool, group: int, token: int,
                   ts: float) -> None:
-        db = self._writer
+        db = self._writerDB()
         with _writing(db):
             rejected = self._raiseFences(db, {group: token})
             if rejected:
@@ -389,18 +408,18 @@ class SQLiteStore(SQLReads):
                            (blocker, blocked))
 
     def blocksOf(self, blocker: str):
-        return self._read(lambda: [b for (b,) in self._reader.execute(
+        return self._read(lambda: [b for (b,) in self._readerDB().execute(
             "SELECT blocked FROM blocks WHERE blocker = ? ORDER BY blocked",
             (blocker,)).fetchall()])
 
     def blocksBetween(self, a: str, b: str):
-        return self._read(lambda: set(self._reader.execute(
+        return self._read(lambda: set(self._readerDB().execute(
             "SELECT blocker, blocked FROM blocks WHERE (blocker = ? AND blocked = ?) "
             "OR (blocker = ? AND blocked = ?)", (a, b, b, a)).fetchall()))
 
     def blockersAmong(self, blocked: str, users):
         users = strictjson.dumps(sorted(set(users)))
-        return self._read(lambda: {b for (b,) in self._reader.execute(
+        return self._read(lambda: {b for (b,) in self._readerDB().execute(
             "SELECT blocker FROM blocks WHERE blocked = ? AND blocker IN "
             "(SELECT value FROM json_each(?))", (blocked, users)).fetchall()})
 
@@ -413,7 +432,7 @@ class SQLiteStore(SQLReads):
                            dict(fences))
 
     def _writeLastSeen(self, entries: str, fences: dict[int, int]) -> None:
-        db = self._writer
+        db = self._writerDB()
         with _writing(db):
             rejected = self._raiseFences(db, fences)
             if rejected:
@@ -425,7 +444,7 @@ class SQLiteStore(SQLReads):
 
     def lastSeen(self, users):
         users = strictjson.dumps(sorted(set(users)))
-        return self._read(lambda: dict(self._reader.execute(
+        return self._read(lambda: dict(self._readerDB().execute(
             "SELECT usr, last_seen FROM presence WHERE usr IN (SELECT value FROM json_each(?))",
             (users,)).fetchall()))
 
@@ -438,7 +457,7 @@ class SQLiteStore(SQLReads):
         return self._read(self._pendingOutbox, strictjson.dumps(groups), limit)
 
     def _pendingOutbox(self, groups: str, limit: int) -> list[OutboxEntry]:
-        rows = self._reader.execute(
+        rows = self._readerDB().execute(
             f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE grp IN (SELECT value FROM json_each(?)) "
             "ORDER BY created, id LIMIT ?", (groups, limit)).fetchall()
         return [OutboxEntry(id=id, group=grp, stream=stream, seq=seq, body=body, created=created)
@@ -451,12 +470,12 @@ class SQLiteStore(SQLReads):
         return self._write(self._markOutboxDone, strictjson.dumps(ids))
 
     def _markOutboxDone(self, ids: str) -> None:
-        db = self._writer
+        db = self._writerDB()
         with _writing(db):
             db.execute("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (ids,))
 
     def _select(self, sql: str, params: tuple, reverse: bool) -> list[Event]:
-        rows = self._reader.execute(sql, params).fetchall()
+        rows = self._readerDB().execute(sql, params).fetchall()
         if reverse:
             rows.reverse()
         return [_row(r) for r in rows]

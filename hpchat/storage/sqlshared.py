@@ -117,7 +117,7 @@ class SQLReads:
         seen: set[tuple] = set()
         for stream, seq, id, grp, _type, sender, _ts, clientId, _data in rows:
             allGroups.add(grp)
-            keys = [("seq", stream, seq), ("id", stream, id)]
+            keys: list[tuple] = [("seq", stream, seq), ("id", stream, id)]
             if clientId is not None:
                 keys.append(("client", stream, sender, clientId))
             collides = any(k in seen for k in keys)

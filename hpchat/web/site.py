@@ -56,8 +56,15 @@ class HPChatRequest(server.Request):
             return
         if not isinstance(body, bytes):
             raise TypeError(f"{resrc!r} rendered {type(body).__name__}, not bytes")
-        self.setHeader(b"content-length", b"%d" % len(body))
-        self.write(b"" if self.method == b"HEAD" else body)
+        if self.method == b"HEAD":
+            # A HEAD answer's length is the GET answer's (RFC 9110 8.6): the body rendered
+            # for it, or else the length the resource set itself (a file's), never 0.
+            if body:
+                self.setHeader(b"content-length", b"%d" % len(body))
+            self.write(b"")
+        else:
+            self.setHeader(b"content-length", b"%d" % len(body))
+            self.write(body)
         self.finish()
 
     def processingFailed(self, reason):
@@ -86,7 +93,9 @@ class HPChatSite(server.Site):
     noisy = False
 
     requestFactory = HPChatRequest
-    protocol = HTTPConnection
+    # Site's annotations fix its protocol to twisted.web's HTTPChannel; Site.buildProtocol
+    # needs only the requestFactory and site attributes, which HTTPConnection has.
+    protocol = HTTPConnection  # type: ignore[assignment]
 
     def __init__(self, resource, hot=None, cors=None, limits: LimitsConfig | None = None,
                  **kwargs):

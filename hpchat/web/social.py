@@ -181,8 +181,8 @@ class SocialRoutes:
                 "partner_read_seq": row.partner_read_seq, "updated": row.updated})
         after = None
         if len(page.items) > limit:
-            last = items[-1][0]
-            after = encodeCursor(last.updated, last.stream)
+            oldest = items[-1][0]
+            after = encodeCursor(oldest.updated, oldest.stream)
         return api._json(request, 200, {"conversations": summaries,
                                         "unread_total": page.unread_total, "next": after})
 
@@ -296,8 +296,7 @@ class SocialRoutes:
         if unsettled:
             # No home right now: offline, with the stored last-seen time.
             asked.append(defer.maybeDeferred(self._store.lastSeen, unsettled).addCallback(
-                lambda stored, unsettled=unsettled: {u: (False, stored.get(u))
-                                                     for u in unsettled}))
+                lambda stored: {u: (False, stored.get(u)) for u in unsettled}))
         if self.blocks is not None:
             blockers = defer.maybeDeferred(self._store.blockersAmong, viewer, users)
         else:

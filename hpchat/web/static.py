@@ -43,8 +43,9 @@ class StaticFiles(File):
     Files under one folder, without listings; a missing or unreadable file is a JSON error.
     """
 
-    childNotFound = NOT_FOUND
-    forbidden = FORBIDDEN
+    # File declares these as any Resource; its annotations infer the classes of its defaults.
+    childNotFound = NOT_FOUND  # type: ignore[assignment]
+    forbidden = FORBIDDEN  # type: ignore[assignment]
 
     def __init__(self, path: str, *args, **kwargs):
         super().__init__(path, *args, **kwargs)

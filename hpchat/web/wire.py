@@ -20,7 +20,7 @@ from twisted.web import http
 STATUS = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason
            in http.RESPONSES.items()}
 _HEADER_NAMES: dict[bytes, bytes] = {}
-_lastDate = [-1, b""]
+_lastDate: tuple[int, bytes] = (-1, b"")
 METHODS = frozenset([b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"])
 # An origin-form target: visible ASCII only (llhttp already refuses controls and spaces).
 TARGET = re.compile(rb"/[!-~]*")
@@ -70,9 +70,10 @@ def httpDate(now: float) -> bytes:
     """
     The Date header's value, formatted once per second.
     """
+    global _lastDate
     second = int(now)
     if second != _lastDate[0]:
-        _lastDate[:] = [second, http.datetimeToString(second)]
+        _lastDate = (second, http.datetimeToString(second))
     return _lastDate[1]
 
 

@@ -13,8 +13,7 @@ from types import SimpleNamespace
 from twisted.trial import unittest
 
 from tests.support.chaos import FAULTS, Ack, ChaosConfig, ChaosSoak, PollRecord
-from tests.support.chaoscheck import (Report, checkAcks, checkHistories, checkInboxes,
-                                      checkPollers)
+from tests.support.chaoscheck import Report, checkAcks, checkHistories, checkInboxes, checkPollers
 from tests.support.trial import asyncTest
 
 

@@ -13,11 +13,11 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from hpchat.streamids import groupOf
-from tests.support.trial import asyncTest, sleep
 from tests.support.cluster import Cluster, token
 from tests.support.etcd import EtcdProcess, findEtcd
 from tests.support.node import Node
 from tests.support.process import theReactor, waitFor
+from tests.support.trial import asyncTest, sleep
 
 CID = "dm:alice:bob"
 

@@ -11,6 +11,7 @@ resource (no fake etcd).
 import base64
 import json
 
+from treq.testing import HasHeaders, RequestSequence, StringStubbingResource, StubTreq
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
@@ -18,8 +19,6 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-
-from treq.testing import HasHeaders, RequestSequence, StringStubbingResource, StubTreq
 
 from hpchat.cluster.etcd import (
     Compacted,
@@ -141,7 +140,9 @@ class KVTests(RealEtcdMixin, TestCase):
         self.assertTrue(limited.more)
         self.assertEqual(limited.count, 2)
         keysOnly = yield self.client.range(b"k/", prefix=True, keysOnly=True)
-        self.assertEqual([(kv.key, kv.value) for kv in keysOnly.kvs], [(b"k/1", b""), (b"k/2", b"")])
+        self.assertEqual(
+            [(kv.key, kv.value) for kv in keysOnly.kvs], [(b"k/1", b""), (b"k/2", b"")]
+        )
         counted = yield self.client.range(b"k/", prefix=True, countOnly=True)
         self.assertEqual((counted.kvs, counted.count), ([], 2))
         miss = yield self.client.range(b"nope")
@@ -404,7 +405,11 @@ class TxnTests(RealEtcdMixin, TestCase):
         A txn op inside a txn answers a nested L{TxnResult}.
         """
         result = yield self.client.txn(
-            success=[AdminOp.txn(compare=[Compare.createRevision(b"n", "==", 0)], success=[Op.put(b"n", b"1")])]
+            success=[
+                AdminOp.txn(
+                    compare=[Compare.createRevision(b"n", "==", 0)], success=[Op.put(b"n", b"1")]
+                )
+            ]
         )
         self.assertTrue(result.succeeded)
         self.assertIsInstance(result.responses[0], TxnResult)
@@ -863,7 +868,9 @@ class EncodingTests(SynchronousTestCase):
         """
         client = self.client((200, {"header": HEADER}))
         self.result(client.put(b"k", b"", ignoreLease=True))
-        self.assertEqual(self.gateway.requests[0][2], {"key": "aw==", "value": "", "ignore_lease": True})
+        self.assertEqual(
+            self.gateway.requests[0][2], {"key": "aw==", "value": "", "ignore_lease": True}
+        )
         self.assertRaises(ValueError, Op.put, b"k", b"v", lease=1, ignoreLease=True)
         self.assertRaises(TypeError, Op.put, 12, b"v")
 
@@ -880,7 +887,9 @@ class EncodingTests(SynchronousTestCase):
         """
         A prefix range sends C{range_end}; options are sent only when set.
         """
-        client = self.client((200, {"header": HEADER}), (200, {"header": HEADER}), (200, {"header": HEADER}))
+        client = self.client(
+            (200, {"header": HEADER}), (200, {"header": HEADER}), (200, {"header": HEADER})
+        )
         self.result(client.range(b"/hpchat/", prefix=True))
         self.result(client.range(b"k", limit=5, revision=7, keysOnly=True))
         self.result(client.range(b"", prefix=True))
@@ -912,7 +921,12 @@ class EncodingTests(SynchronousTestCase):
                             "value": b64(b"x"),
                             "lease": str(bigLease),
                         },
-                        {"key": b64(b"b"), "create_revision": "3", "mod_revision": "3", "version": "1"},
+                        {
+                            "key": b64(b"b"),
+                            "create_revision": "3",
+                            "mod_revision": "3",
+                            "version": "1",
+                        },
                     ],
                     "count": "5",
                     "more": True,
@@ -934,7 +948,16 @@ class EncodingTests(SynchronousTestCase):
         Compares send target, result and the compared field; ops are wrapped
         in C{request_*}.
         """
-        client = self.client((200, {"header": HEADER, "succeeded": True, "responses": [{"response_put": {"header": {"revision": "42"}}}]}))
+        client = self.client(
+            (
+                200,
+                {
+                    "header": HEADER,
+                    "succeeded": True,
+                    "responses": [{"response_put": {"header": {"revision": "42"}}}],
+                },
+            )
+        )
         result = self.result(
             client.txn(
                 compare=[
@@ -962,7 +985,9 @@ class EncodingTests(SynchronousTestCase):
                 {"target": "LEASE", "result": "EQUAL", "lease": "99", "key": "Zw=="},
             ],
         )
-        self.assertEqual(body["success"], [{"request_put": {"key": "Zw==", "value": "bg==", "lease": "99"}}])
+        self.assertEqual(
+            body["success"], [{"request_put": {"key": "Zw==", "value": "bg==", "lease": "99"}}]
+        )
         self.assertEqual(
             body["failure"],
             [
@@ -978,10 +1003,32 @@ class EncodingTests(SynchronousTestCase):
         A failed txn has no C{succeeded} key (false), and without failure ops
         no C{responses}; a failed claim's range gives the owner.
         """
-        owner = {"key": "Zw==", "create_revision": "5", "mod_revision": "5", "version": "1", "value": "YQ==", "lease": "7"}
+        owner = {
+            "key": "Zw==",
+            "create_revision": "5",
+            "mod_revision": "5",
+            "version": "1",
+            "value": "YQ==",
+            "lease": "7",
+        }
         client = self.client(
             (200, {"header": HEADER}),
-            (200, {"header": HEADER, "responses": [{"response_range": {"header": {"revision": "5"}, "kvs": [owner], "count": "1"}}, {"response_delete_range": {"header": {"revision": "5"}, "deleted": "2"}}]}),
+            (
+                200,
+                {
+                    "header": HEADER,
+                    "responses": [
+                        {
+                            "response_range": {
+                                "header": {"revision": "5"},
+                                "kvs": [owner],
+                                "count": "1",
+                            }
+                        },
+                        {"response_delete_range": {"header": {"revision": "5"}, "deleted": "2"}},
+                    ],
+                },
+            ),
         )
         empty = self.result(client.txn())
         self.assertEqual((empty.succeeded, empty.responses), (False, []))
@@ -999,7 +1046,16 @@ class EncodingTests(SynchronousTestCase):
         client = self.client(
             (200, {"header": HEADER, "ID": str(leaseId), "TTL": "10"}),
             (200, b'{"result":{"header":{"revision":"3"},"ID":"%d","TTL":"10"}}\n' % leaseId),
-            (200, {"header": HEADER, "ID": str(leaseId), "TTL": "7", "grantedTTL": "10", "keys": ["YQ=="]}),
+            (
+                200,
+                {
+                    "header": HEADER,
+                    "ID": str(leaseId),
+                    "TTL": "7",
+                    "grantedTTL": "10",
+                    "keys": ["YQ=="],
+                },
+            ),
             (200, {"header": HEADER}),
             (200, {"header": HEADER, "leases": [{"ID": "1"}, {"ID": str(leaseId)}]}),
         )
@@ -1040,11 +1096,35 @@ class EncodingTests(SynchronousTestCase):
         HTTP status.
         """
         cases = [
-            (404, {"error": "etcdserver: requested lease not found", "message": "etcdserver: requested lease not found", "code": 5}, LeaseNotFound),
-            (400, {"error": "x", "message": "etcdserver: mvcc: required revision has been compacted", "code": 11}, Compacted),
+            (
+                404,
+                {
+                    "error": "etcdserver: requested lease not found",
+                    "message": "etcdserver: requested lease not found",
+                    "code": 5,
+                },
+                LeaseNotFound,
+            ),
+            (
+                400,
+                {
+                    "error": "x",
+                    "message": "etcdserver: mvcc: required revision has been compacted",
+                    "code": 11,
+                },
+                Compacted,
+            ),
             (503, {"error": "x", "message": "etcdserver: no leader", "code": 14}, EtcdUnavailable),
             (504, {"error": "x", "message": "context deadline exceeded", "code": 4}, EtcdTimeout),
-            (400, {"error": "x", "message": "etcdserver: too many operations in txn request", "code": 3}, EtcdError),
+            (
+                400,
+                {
+                    "error": "x",
+                    "message": "etcdserver: too many operations in txn request",
+                    "code": 3,
+                },
+                EtcdError,
+            ),
             (404, b"404 page not found\n", EtcdBadResponse),
             (500, b"<html>oops</html>", EtcdBadResponse),
             (400, {"no": "error fields"}, EtcdError),
@@ -1064,7 +1144,11 @@ class EncodingTests(SynchronousTestCase):
         too.
         """
         client = self.client(
-            (200, b'{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader","http_status":"Service Unavailable"}}\n'),
+            (
+                200,
+                b'{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader",'
+                b'"http_status":"Service Unavailable"}}\n',
+            ),
             (200, b""),
         )
         e = self.failed(client.leaseKeepAlive(1), EtcdUnavailable)
@@ -1241,7 +1325,11 @@ class WatchStreamTests(SynchronousTestCase):
         collector = EventCollector()
         progress = []
         watch = self.client.watch(
-            b"/hpchat/", onEvents=collector, startRevision=5, prevKv=True, onProgress=progress.append
+            b"/hpchat/",
+            onEvents=collector,
+            startRevision=5,
+            prevKv=True,
+            onProgress=progress.append,
         )
         self.stub.flush()
         self.assertEqual(
@@ -1261,14 +1349,48 @@ class WatchStreamTests(SynchronousTestCase):
         created = watch.whenCreated()
         lines = [
             {"result": {"header": {"revision": "7"}, "created": True}},
-            {"result": {"header": {"revision": "7"}, "events": [
-                {"kv": {"key": b64(b"/hpchat/a"), "create_revision": "6", "mod_revision": "6", "version": "1", "value": b64(b"1")}},
-                {"kv": {"key": b64(b"/hpchat/b"), "create_revision": "7", "mod_revision": "7", "version": "1"}},
-            ]}},
-            {"result": {"header": {"revision": "8"}, "events": [
-                {"type": "DELETE", "kv": {"key": b64(b"/hpchat/a"), "mod_revision": "8"},
-                 "prev_kv": {"key": b64(b"/hpchat/a"), "create_revision": "6", "mod_revision": "6", "version": "1", "value": b64(b"1")}},
-            ]}},
+            {
+                "result": {
+                    "header": {"revision": "7"},
+                    "events": [
+                        {
+                            "kv": {
+                                "key": b64(b"/hpchat/a"),
+                                "create_revision": "6",
+                                "mod_revision": "6",
+                                "version": "1",
+                                "value": b64(b"1"),
+                            }
+                        },
+                        {
+                            "kv": {
+                                "key": b64(b"/hpchat/b"),
+                                "create_revision": "7",
+                                "mod_revision": "7",
+                                "version": "1",
+                            }
+                        },
+                    ],
+                }
+            },
+            {
+                "result": {
+                    "header": {"revision": "8"},
+                    "events": [
+                        {
+                            "type": "DELETE",
+                            "kv": {"key": b64(b"/hpchat/a"), "mod_revision": "8"},
+                            "prev_kv": {
+                                "key": b64(b"/hpchat/a"),
+                                "create_revision": "6",
+                                "mod_revision": "6",
+                                "version": "1",
+                                "value": b64(b"1"),
+                            },
+                        },
+                    ],
+                }
+            },
         ]
         data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
         for i in range(0, len(data), 7):
@@ -1276,7 +1398,11 @@ class WatchStreamTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(created), 7)
         self.assertEqual(
             collector.summary(),
-            [("PUT", b"/hpchat/a", b"1"), ("PUT", b"/hpchat/b", b""), ("DELETE", b"/hpchat/a", b"")],
+            [
+                ("PUT", b"/hpchat/a", b"1"),
+                ("PUT", b"/hpchat/b", b""),
+                ("DELETE", b"/hpchat/a", b""),
+            ],
         )
         self.assertEqual(collector.revisions, [7, 8])
         delete = collector.events[2]
@@ -1332,7 +1458,10 @@ class WatchStreamTests(SynchronousTestCase):
         watch = self.client.watch(b"k")
         created = watch.whenCreated()
         self.stub.flush()
-        self.send(b'{"result":{"header":{"revision":"3"},"watch_id":"-1","created":true,"canceled":true,"cancel_reason":"mvcc: duplicate watch ID"}}\n')
+        self.send(
+            b'{"result":{"header":{"revision":"3"},"watch_id":"-1","created":true,"canceled":true,'
+            b'"cancel_reason":"mvcc: duplicate watch ID"}}\n'
+        )
         self.stub.flush()
         reason = self.successResultOf(watch.whenDone())
         self.assertIsInstance(reason, WatchCanceled)
@@ -1361,7 +1490,8 @@ class WatchStreamTests(SynchronousTestCase):
                 b'{"result":{"header":{"revision":"1"},"created":true}}\n'
                 b'{"result":{"header":{"revision":"2"},"events":[{"kv":{"key":"aw==","mod_revision":"2"}}]}}\n'
                 + line
-                + b'{"result":{"header":{"revision":"3"},"events":[{"kv":{"key":"aw==","mod_revision":"3"}}]}}\n'
+                + b'{"result":{"header":{"revision":"3"},"events":'
+                b'[{"kv":{"key":"aw==","mod_revision":"3"}}]}}\n'
             )
             reason = self.successResultOf(watch.whenDone())
             self.assertEqual(type(reason), EtcdBadResponse, line)

@@ -10,9 +10,9 @@ import json
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.support.trial import asyncTest, sleep
 from tests.support.cluster import TOPIC, Cluster
 from tests.support.process import theReactor, waitFor
+from tests.support.trial import asyncTest, sleep
 
 
 async def inboxLastSeq(cluster, user, start=None):

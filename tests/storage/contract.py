@@ -18,7 +18,6 @@ from hpchat.storage.base import (
     OutboxEntry,
     StreamConflict,
 )
-
 from tests.support.trial import asyncTest
 
 S = "dm:alice:bob"

@@ -54,6 +54,22 @@ class MakeStoreTests(unittest.SynchronousTestCase):
         self.assertEqual(store.path, "/srv/hpchat/etc/var/hpchat.sqlite3")
         self.assertFalse(store.ready)
 
+    def test_requiredSettingMissing(self):
+        """
+        A config built without the setting its backend needs (the parser would refuse the
+        file) is a ConfigError naming the setting, not a store on None.
+        """
+        from dataclasses import replace
+
+        config = parseConfig(MINIMAL, "/srv/hpchat/etc/hpchat.ini")
+        for backend, key in [("sqlite", "path"), ("postgresql", "dsn"),
+                             ("foundationdb", "cluster_file")]:
+            storage = replace(config.storage, backend=backend, path=None, dsn=None,
+                              cluster_file=None)
+            error = self.assertRaises(ConfigError, select.makeStore,
+                                      replace(config, storage=storage), MemoryReactorClock())
+            self.assertEqual((error.section, error.key), ("storage", key))
+
     def test_foundationdb(self):
         """
         backend = foundationdb gives an unopened FoundationDB store on the cluster file (taken

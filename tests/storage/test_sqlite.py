@@ -106,6 +106,20 @@ class SQLiteSpecificTests(unittest.TestCase):
         self.assertEqual([e.seq for e in await first.readAfter("dm:alice:bob", 0, 10)], [1, 2])
 
     @asyncTest
+    async def test_writeQueuedBehindTheCloseIsAStoreError(self):
+        """
+        A write asked for while the store closes runs after the writer's connection closed:
+        it fails with StoreError.
+        """
+        store = self.store()
+        await store.open()
+        closed = store.close()
+        write = store.append([event(1)], {1: 10})
+        with self.assertRaises(StoreError):
+            await write
+        await closed
+
+    @asyncTest
     async def test_unopenableFileIsAStoreError(self):
         """
         A path that cannot be a database fails open() with StoreError.

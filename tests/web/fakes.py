@@ -1,11 +1,14 @@
 """
-The HTTP API test harness: it wires the real API, streams, persister, notifier and authenticator on a
-L{twisted.internet.task.Clock} and drives them over HTTP with L{treq.testing.StubTreq}.
+The HTTP API test harness: it wires the real API, streams, persister, notifier and authenticator on
+a L{twisted.internet.task.Clock} and drives them over HTTP through the node's production edge
+(the L{HPChatSite} of L{buildSite}: its connections parse with httptools and answer the hot
+routes themselves) with L{tests.web.edge.EdgeTreq}, StubTreq's interface.
 
 Two clocks are involved: the harness' L{Clock} drives everything of hpchat (persister flushes,
-poll timeouts, typing expiry), while StubTreq pumps bytes between client and server over its
-own memory reactor. After advancing the harness clock, call L{Harness.flush} (or use
-L{Harness.answer}) so that the client sees what the server wrote.
+poll timeouts, typing expiry, the connections' idle and head deadlines), while the client
+pumps bytes between client and server over its own memory reactor. After advancing the
+harness clock, call L{Harness.flush} (or use L{Harness.answer}) so that the client sees what
+the server wrote.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from treq.testing import StubTreq
 from twisted.internet import defer, task
 from twisted.web.http_headers import Headers
 
@@ -28,9 +30,9 @@ from hpchat.presence import Presence
 from hpchat.streams import Streams
 from hpchat.web.api import ChatAPI
 from hpchat.web.auth import Authenticator
+from hpchat.web.channel import HTTPConnection
 from hpchat.web.internal import InternalAuth
-from hpchat.web.site import apiResource
-
+from hpchat.web.site import buildSite
 from tests.fakes import (  # noqa: F401  (re-exported for the API tests)
     BASE,
     NOW,
@@ -38,6 +40,7 @@ from tests.fakes import (  # noqa: F401  (re-exported for the API tests)
     MemoryEventStore,
     fired,
 )
+from tests.web.edge import EdgeTreq
 
 SECRET = b"hpchat-test-secret-of-32-bytes-or-more!"
 FLUSH = 0.005
@@ -96,8 +99,9 @@ def chatConfig(**overrides) -> ChatConfig:
 
 class Harness:
     """
-    One node's API over fakes, on a Clock, with a StubTreq client. C{limits} are the
-    C{[limits]} the streams and API get (L{GENEROUS} unless given).
+    One node's API over fakes, on a Clock, behind its production HTTP edge, with a
+    StubTreq-like client. C{limits} are the C{[limits]} the streams, API and edge get
+    (L{GENEROUS} unless given).
     """
 
     def __init__(self, batchSize: int = 100, maxPending: int = 10000,
@@ -134,7 +138,8 @@ class Harness:
                            self.persister, self.internalAuth, limits=self.limits,
                            blocks=self.blocks, presence=self.presence,
                            internalClient=self.internalClient)
-        self.stub = StubTreq(apiResource(self.api))
+        self.site = buildSite(self.api, self.clock, limits=limits)
+        self.stub = EdgeTreq(self.site)
         self.persister.startService()
         self.streams.startService()
         self.presence.startService()
@@ -173,7 +178,7 @@ class Harness:
 
     def flush(self) -> None:
         """
-        Let StubTreq move the bytes written so far between client and server.
+        Let the client move the bytes written so far between client and server.
         """
         self.stub.flush()
 
@@ -199,9 +204,20 @@ class Harness:
 
     def pendingCalls(self) -> list:
         """
-        The delayed calls on the clock other than the services' LoopingCalls.
+        The delayed calls on the clock other than the services' LoopingCalls and the HTTP
+        connections' deadlines (a deadline armed before a request came stays on the clock,
+        inert, while the request is answered).
         """
-        return [c for c in self.clock.getDelayedCalls() if not isinstance(c.func, task.LoopingCall)]
+        deadlines = self.deadlines()
+        return [c for c in self.clock.getDelayedCalls()
+                if not isinstance(c.func, task.LoopingCall) and c not in deadlines]
+
+    def deadlines(self) -> list:
+        """
+        The deadlines (idle, head, body) of the HTTP connections on the clock.
+        """
+        return [c for c in self.clock.getDelayedCalls()
+                if getattr(c.func, "__func__", None) is HTTPConnection._deadlinePassed]
 
     def waiters(self) -> int:
         return sum(len(s.waiters) for s in self.streams._streams.values())

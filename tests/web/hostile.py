@@ -220,7 +220,9 @@ def _fixed() -> dict[str, tuple[Callable, Callable, float]]:
     Each category: its generator, its list of fixed cases (None: not a template list) and
     its share of a suite.
     """
-    from tests.web import hostile_api as api, hostile_framing as fr, hostile_http as ht
+    from tests.web import hostile_api as api
+    from tests.web import hostile_framing as fr
+    from tests.web import hostile_http as ht
 
     return {
         "framing": (fr.framing, fr._framing, 0.13),

@@ -14,8 +14,19 @@ import zlib
 from typing import Iterator
 
 from tests.web.hostile import (
-    ROUTES, SLACK, TYPING, Attack, Context, Template, endless, forge, jsonBody, reject, request,
-    valid)
+    ROUTES,
+    SLACK,
+    TYPING,
+    Attack,
+    Context,
+    Template,
+    endless,
+    forge,
+    jsonBody,
+    reject,
+    request,
+    valid,
+)
 
 SEND = b"/v1/conversations/dm:alice:bob/messages"
 EVENTS = b"/v1/conversations/dm:alice:bob/events?after=0&timeout=0"

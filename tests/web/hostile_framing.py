@@ -6,9 +6,19 @@ smuggled behind it, and attempts to split the answer's headers (see L{tests.web.
 from __future__ import annotations
 
 from tests.web.hostile import (
-    CLOSE, INJECTED, ROUTES, TYPING, Attack, Context, Template, endless, reject, request,
-    sendRequest, valid)
-
+    CLOSE,
+    INJECTED,
+    ROUTES,
+    TYPING,
+    Attack,
+    Context,
+    Template,
+    endless,
+    reject,
+    request,
+    sendRequest,
+    valid,
+)
 
 # -- framing
 

@@ -10,9 +10,20 @@ import random
 from typing import Callable, Iterator
 
 from tests.web.hostile import (
-    AT_ONCE, CLOSE, ROUTES, SLACK, TYPING, Attack, Context, Template, endless, jsonBody,
-    reject, request, valid)
-
+    AT_ONCE,
+    CLOSE,
+    ROUTES,
+    SLACK,
+    TYPING,
+    Attack,
+    Context,
+    Template,
+    endless,
+    jsonBody,
+    reject,
+    request,
+    valid,
+)
 
 # -- encodings
 

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
-from tests.web.hostile import (
-    CLOSE, INJECTED, MARKER, OTHER, VICTIM, Attack, Context, request)
+from tests.web.hostile import CLOSE, INJECTED, MARKER, OTHER, VICTIM, Attack, Context, request
 
 _STATUS = re.compile(rb"HTTP/1\.[01] ([1-5]\d\d) [\t\x20-\x7e\x80-\xff]*")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")

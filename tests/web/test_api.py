@@ -10,8 +10,8 @@ from urllib.parse import quote
 
 import jwt
 from twisted.internet import defer
-from zope.interface.verify import verifyObject
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from hpchat.groups import IOwnership, Local, Redirect, Unsettled
 from hpchat.storage.base import (

@@ -193,9 +193,11 @@ class BrowserTests(unittest.TestCase):
             from playwright.sync_api import expect
 
             alice, bob = pages["alice"], pages["bob"]
-            expect(alice.locator(".toast", has_text="bob sent you a flirt")).to_be_visible(timeout=WAIT)
+            flirt = alice.locator(".toast", has_text="bob sent you a flirt")
+            expect(flirt).to_be_visible(timeout=WAIT)
             expect(alice.locator("#notif-badge")).to_have_text("1")
-            expect(bob.locator(".toast", has_text="dora visited your profile")).to_be_visible(timeout=WAIT)
+            visit = bob.locator(".toast", has_text="dora visited your profile")
+            expect(visit).to_be_visible(timeout=WAIT)
             browser.shot(bob, "06-phone-visit-notification")
             bob.locator("#notif-button").click()
             expect(bob.locator("#notif-list")).to_contain_text("dora visited your profile")

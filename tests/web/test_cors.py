@@ -4,12 +4,13 @@ CORS around the API.
 
 from __future__ import annotations
 
-from treq.testing import StubTreq
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
 from hpchat.web.cors import CORSPolicy, CORSResource
+from tests.web.edge import edgeTreq
 
 
 class Echo(Resource):
@@ -23,7 +24,7 @@ class Echo(Resource):
 
 class CORSTests(SynchronousTestCase):
     def request(self, origins, method="GET", headers=None):
-        stub = StubTreq(CORSResource(Echo(), CORSPolicy(origins)))
+        stub = edgeTreq(CORSResource(Echo(), CORSPolicy(origins)), Clock())
         response = self.successResultOf(stub.request(method, "http://node/v1/x",
                                                      headers=headers or {},
                                                      allow_redirects=False))

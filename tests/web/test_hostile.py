@@ -19,9 +19,18 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.node import SECRET, Node
 from tests.support.trial import asyncTest
-from tests.web import hostile_api, hostile_judge as judge
+from tests.web import hostile_api
+from tests.web import hostile_judge as judge
 from tests.web.hostile import (
-    INJECTED, MARKER, Attack, Context, build, categories, coreSize, request)
+    INJECTED,
+    MARKER,
+    Attack,
+    Context,
+    build,
+    categories,
+    coreSize,
+    request,
+)
 
 LIMITS = {"head_timeout": "1.5", "body_timeout": "5", "idle_timeout": "3",
           "sends_per_second": "1000000", "sends_burst": "1000000",

@@ -209,9 +209,11 @@ class Watch:
         elif isinstance(result, EtcdError):
             reason = result
         elif isinstance(result, Failure):
-            reason = failureToError(result, _PATH).value
-            if not isinstance(reason, EtcdError):
-                reason = EtcdUnavailable("{}: {}".format(_PATH, reason))
+            value = failureToError(result, _PATH).value
+            if isinstance(value, EtcdError):
+                reason = value
+            else:
+                reason = EtcdUnavailable("{}: {}".format(_PATH, value))
         else:
             reason = EtcdUnavailable("{}: stream closed by the server".format(_PATH))
         self._ended(reason)
