@@ -146,7 +146,7 @@ class OutboxPublisher(Service):
     def _notSent(self, failure: Failure, entry: OutboxEntry) -> None:
         self._busy.discard(entry.id)
         self.log.warn("outbox: notification {id} not published ({error}); a sweep tries again",
-                      id=entry.id, error=failure.getErrorMessage() or failure.type.__name__)
+                      id=entry.id, error=failure.getErrorMessage() or repr(failure.value))
         self._schedule(self._policy(self._pendingSweeps))
 
     def _markDone(self) -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from hpchat.nsq import commands
-from hpchat.nsq.commands import NSQError, IdentifyOptions
+from hpchat.nsq.commands import IdentifyOptions, NSQError
 from hpchat.nsq.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     FRAME_TYPE_ERROR,
