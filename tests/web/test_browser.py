@@ -304,9 +304,11 @@ class BrowserTests(unittest.TestCase):
         self.assertTrue([line for line in log if " 307 " in line and "/conversations/" in line],
                         "no redirect was followed")
         self.assertEqual([line for line in log if " failed: " in line], [])
-        # Both pages ended up talking to the owner: their last polls were answered by it.
+        # Both pages ended up talking to the owner: their last polls (or streams) were
+        # answered by it.
         for who in ("alice", "bob"):
-            polls = [line for line in log if line.split()[1:2] == [who] and "/events" in line
+            polls = [line for line in log if line.split()[1:2] == [who]
+                     and ("/events" in line or "/stream" in line)
                      and "/conversations/" in line and " 200 " in line]
             self.assertTrue(polls, f"{who}'s page got no conversation poll answered")
             self.assertIn(owner.url + "/v1/", polls[-1])

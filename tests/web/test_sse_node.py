@@ -16,7 +16,7 @@ from tests.support.cluster import token
 from tests.support.node import HTTP, Node
 from tests.support.process import theReactor, waitExit, waitFor
 from tests.support.sse import EventStream, Refused, openStream
-from tests.support.trial import asyncTest
+from tests.support.trial import asyncTest, sleep
 
 CID = "dm:alice:bob"
 
@@ -24,10 +24,13 @@ CID = "dm:alice:bob"
 class NodeStreamTests(unittest.TestCase):
     timeout = 120
 
-    async def node(self) -> Node:
+    async def node(self, heartbeat: float = 0.5, idle: float | None = None) -> Node:
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
-        node = Node(workdir, "n1", sections={"chat": {"stream_heartbeat": "0.5"}})
+        sections = {"chat": {"stream_heartbeat": str(heartbeat)}}
+        if idle is not None:
+            sections["limits"] = {"idle_timeout": str(idle)}
+        node = Node(workdir, "n1", sections=sections)
         self.addCleanup(node.stop)
         await node.start()
         self.http = HTTP()
@@ -130,3 +133,18 @@ class NodeStreamTests(unittest.TestCase):
         self.assertLess(theReactor().seconds() - began, 5)
         self.assertEqual(stream.lastId(), "2")
         await waitExit(node.process, 20)
+
+    @asyncTest
+    async def test_idleTimeoutSpared(self):
+        """
+        The edge's idle timeout (here 0.3 s) does not close a stream that stays silent for
+        longer (heartbeats every 2 s).
+        """
+        node = await self.node(heartbeat=2, idle=0.3)
+        stream = await openStream(f"{node.url}/v1/inbox/stream", token("alice"))
+        await sleep(1.5)
+        self.assertTrue(stream.open)
+        self.assertEqual([r for r in stream.records if "comment" in r], [])
+        await stream.waitUntil(lambda: any(r.get("comment") == "hb" for r in stream.records),
+                               5, "a heartbeat")
+        self.assertTrue(stream.open)
