@@ -25,7 +25,8 @@ and when the client stops reading: a streaming producer on the response is pause
 transport once its buffer is full, and a stream that writes more than L{MAX_BACKLOG} bytes
 while paused is cut off (it resumes from its last id). An open stream counts as one waiting
 long-poll of its user against C{[limits] max_polls_per_user}, and as a user online while it is
-open (presence).
+open (presence). Its token is checked again before each wait: a stream ends (within one
+heartbeat) once its token has expired.
 """
 
 from __future__ import annotations
@@ -122,6 +123,10 @@ class EventStream:
         request.setHeader(b"cache-control", b"no-cache")
         # Proxies that buffer answers (nginx) pass this one through as it is written.
         request.setHeader(b"x-accel-buffering", b"no")
+        if request.method == b"HEAD":
+            # The head is the whole answer.
+            self.close()
+            return self.done
         request.registerProducer(self, True)
         request.notifyFinish().addErrback(self._gone)
         self._write(b"retry: %d\nid: %d\n\n" % (RETRY_MS, self.cursor) + self._records(first))
@@ -163,7 +168,9 @@ class EventStream:
     def _next(self) -> None:
         if self.closed:
             return
-        if self._hub.draining:
+        if self._hub.draining or not self._hub.authorized(self.request, self.user):
+            # The node stops, or the token expired: the client reconnects (elsewhere, or to
+            # be told 401 and sign in again).
             self.close()
             return
         try:
@@ -281,6 +288,16 @@ class EventStreams:
     @property
     def draining(self) -> bool:
         return self._api.draining
+
+    def authorized(self, request, user: str) -> bool:
+        """
+        Whether the token of C{request} is still valid for C{user} (verified tokens are
+        cached until they expire: a dict lookup).
+        """
+        try:
+            return self._api._user(request) == user
+        except _api().ApiError:
+            return False
 
     # -- routes
 

@@ -138,7 +138,7 @@ class _SSEMixin:
 
 
 class FramingTests(_SSEMixin, SynchronousTestCase):
-    def test_head(self):
+    def test_streamHead(self):
         """
         A stream is 200 text/event-stream, not cached, and starts with retry: and an id-only
         record of its starting cursor.
@@ -148,6 +148,19 @@ class FramingTests(_SSEMixin, SynchronousTestCase):
         self.assertEqual(reader.header("cache-control"), "no-cache")
         first = reader.records()[0]
         self.assertEqual(first, {"retry": str(sse.RETRY_MS), "id": "0"})
+
+    def test_head(self):
+        """
+        HEAD answers the stream's head and ends: nothing is left waiting.
+        """
+        d = self.h.request("HEAD", STREAM)
+        answer = self.h.answer(d)
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(answer.header("content-type"), "text/event-stream; charset=utf-8")
+        self.assertEqual(answer.body, b"")
+        self.assertEqual(self.h.waiters(), 0)
+        self.assertEqual(len(self.h.api.eventStreams), 0)
+        self.assertEqual(len(self.h.limits.polls), 0)
 
     def test_snapshotAtStart(self):
         """
@@ -444,6 +457,21 @@ class ClosingTests(_SSEMixin, SynchronousTestCase):
         self.h.api.draining = True
         self.h.streams.answerWaiting()
         self.assertTrue(reader.ended)
+
+    def test_tokenExpiry(self):
+        """
+        A stream ends within one heartbeat once its token has expired; reconnecting with it
+        is 401.
+        """
+        token = self.h.auth.mint("alice", 20)
+        reader = self.open(STREAM + "?access_token=" + token, user=None)
+        self.h.advance(15.1)
+        self.assertFalse(reader.ended)
+        self.h.advance(15)
+        self.assertTrue(reader.ended)
+        self.assertEqual(self.h.waiters(), 0)
+        again = Reader(self.h, STREAM + "?access_token=" + token, user=None)
+        self.assertJSONError(again, 401, "unauthorized")
 
     def test_disconnect(self):
         """
