@@ -119,7 +119,8 @@ async def main(reactor, args) -> None:
     try:
         for kind in ("sse", "poll"):
             result = await measure(reactor, scope, args.streams, kind)
-            print(f"{kind:4s}: {result['count']} open, idle RSS {result['idle_rss'] / 2**20:.1f} MiB, "
+            print(f"{kind:4s}: {result['count']} open, "
+                  f"idle RSS {result['idle_rss'] / 2**20:.1f} MiB, "
                   f"with them {result['busy_rss'] / 2**20:.1f} MiB: "
                   f"{result['per_stream_bytes'] / 1024:.1f} KiB each", flush=True)
             gc.collect()

@@ -338,7 +338,7 @@ class EventStreams:
         presence = api._social.presence
         if presence is not None:
             presence.tracker.started(user)
-        released = []
+        released: list[bool] = []
 
         def release() -> None:
             if released:

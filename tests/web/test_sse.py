@@ -341,7 +341,10 @@ class HeartbeatTests(_SSEMixin, SynchronousTestCase):
         A comment heartbeat is written after each 15 s without anything else.
         """
         reader = self.open()
-        beats = lambda: len([r for r in reader.records() if r.get("comment") == "hb"])
+
+        def beats() -> int:
+            return len([r for r in reader.records() if r.get("comment") == "hb"])
+
         self.h.advance(14.9)
         self.assertEqual(beats(), 0)
         self.h.advance(0.2)
