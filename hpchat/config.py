@@ -50,6 +50,8 @@ class ChatConfig:
     idle_evict: float
     #: Seconds a user stays online after their last long-poll ended.
     presence_grace: float = 30.0
+    #: Longest silence (seconds) of an open event stream before a heartbeat comment.
+    stream_heartbeat: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -364,6 +366,7 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
         history_in_memory=s.integer("history_in_memory", 200, 1, 100000),
         idle_evict=s.number("idle_evict", 300, 1, 86400),
         presence_grace=s.number("presence_grace", 30, 0, 3600),
+        stream_heartbeat=s.number("stream_heartbeat", 15, 0.5, 3600),
     )
     s.checkNoUnknownKeys()
 

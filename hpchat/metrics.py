@@ -40,6 +40,10 @@ def _counting(counter):
 
 requests = Counter("hpchat_http_requests", "HTTP requests answered, by route and status",
                    ["route", "status"], registry=REGISTRY)
+sseStreams = Gauge("hpchat_sse_streams_open", "Server-Sent Events streams open",
+                   registry=REGISTRY)
+sseEvents = Counter("hpchat_sse_events_written", "Events written to Server-Sent Events streams "
+                    "(message, notification, typing, read; not heartbeats)", registry=REGISTRY)
 waitingPolls = Gauge("hpchat_waiting_polls", "Long-polls currently waiting", registry=REGISTRY)
 redirects = Counter("hpchat_redirects", "Requests redirected to the owner of their group",
                     registry=REGISTRY)

@@ -6,7 +6,7 @@ C{twistd hpchat --config FILE}: command-line options and the wiring of one node'
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
@@ -173,7 +173,7 @@ def buildNode(config: Config, reactor: Any, configPath: str = "<config>") -> HPC
                             ownership=ownership if config.cluster is not None else None,
                             consumers=bus.consumers if bus is not None else (),
                             producer=bus.producer if bus is not None else None,
-                            presence=presence):
+                            presence=presence, eventStreams=api.eventStreams):
         node.addStage(stage)
     node.addStage(serviceStage("ready line", 1.0, ReadyAnnouncer(
         config, lambda: store.ready and ownership.ready(), reactor)), before="accepting")
@@ -181,13 +181,14 @@ def buildNode(config: Config, reactor: Any, configPath: str = "<config>") -> HPC
 
 
 def nodeStages(web, streams, persister, internalClient, store, ownership=None, consumers=(),
-               producer=None, outbox=None, presence=None) -> list[Stage]:
+               producer=None, outbox=None, presence=None, eventStreams=None) -> list[Stage]:
     """
     The stages of a node in stop order (they start in the reverse order):
 
       1. C{accepting}: the API answers new requests 503 and the port stops listening;
-      2. C{polls}: waiting long-polls are answered with what they have, so that their
-         clients poll again (elsewhere);
+      2. C{polls}: waiting long-polls are answered with what they have, and open event
+         streams (C{eventStreams}) closed, so that their clients poll or reconnect again
+         (elsewhere);
       3. C{nsq consumers}: no more notifications taken; those in flight finish or go back;
       4. C{streams}: what is left in memory is dropped;
          C{presence}: the last poll changes are reported, last-seen times written;
@@ -201,7 +202,7 @@ def nodeStages(web, streams, persister, internalClient, store, ownership=None, c
      10. C{store}: the store is closed.
     """
     stages = [serviceStage("accepting", 5.0, web),
-              Stage("polls", streams.answerWaiting, 1.0)]
+              Stage("polls", _answerPolls(streams, eventStreams), 1.0)]
     if consumers:
         stages.append(serviceStage("nsq consumers",
                                    max(c.closeTimeout for c in consumers) + 2.0, *consumers))
@@ -218,6 +219,19 @@ def nodeStages(web, streams, persister, internalClient, store, ownership=None, c
         stages.append(serviceStage("lease", 5.0, ownership))
     stages.append(serviceStage("store", 5.0, store))
     return stages
+
+
+def _answerPolls(streams: Any, eventStreams: Any = None) -> Callable[[], None]:
+    """
+    The C{polls} stage: waiting long-polls answered, open event streams closed.
+    """
+
+    def answer() -> None:
+        streams.answerWaiting()
+        if eventStreams is not None:
+            eventStreams.closeAll()
+
+    return answer
 
 
 def clusterOwnership(config: Config, reactor: Any, drains: Drains) -> EtcdOwnership:

@@ -44,6 +44,9 @@ class ConfigTests(SynchronousTestCase):
         self.assertFalse(config.auth.dev_login)
         self.assertIsNone(config.cluster)
         self.assertIsNone(config.nsq)
+        self.assertEqual(config.chat.stream_heartbeat, 15.0)
+        self.assertEqual(parseConfig(MINIMAL + "[chat]\nstream_heartbeat = 2.5\n",
+                                     "x.ini").chat.stream_heartbeat, 2.5)
 
     def test_shippedConfigIsValid(self):
         """
@@ -111,6 +114,9 @@ class ConfigTests(SynchronousTestCase):
             (MINIMAL + "[chat]\ngroups = many\n", "[chat] groups: must be an integer"),
             (MINIMAL + "[chat]\ngroups = 0\n", "[chat] groups: must be between 1 and 4096"),
             (MINIMAL + "[chat]\ntyping_ttl = soon\n", "[chat] typing_ttl: must be a number"),
+            (MINIMAL + "[chat]\nstream_heartbeat = 0\n", "[chat] stream_heartbeat: must be"),
+            (MINIMAL + "[chat]\nstream_heartbeat = often\n",
+             "[chat] stream_heartbeat: must be a number"),
             (MINIMAL + "[storage]\nbackend = oracle\n", "[storage] backend"),
             (MINIMAL + "[storage]\nbatchsize = 5\n", "[storage] batchsize: is not a known"),
             (MINIMAL.replace("0123456789abcdef0123456789abcdef", "short"),

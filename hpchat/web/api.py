@@ -32,6 +32,7 @@ from hpchat.streams import CursorAhead, StreamUnavailable
 from hpchat.web.auth import Unauthorized
 from hpchat.web.internal import InternalUnauthorized
 from hpchat.web.social import SocialRoutes, addSocialRoutes
+from hpchat.web.sse import EventStreams, addStreamRoutes
 from hpchat.web.static import StaticFiles
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -127,6 +128,8 @@ class ChatAPI:
         self.draining = False
         self._social = SocialRoutes(self, streams, store, ownership, blocks, presence,
                                     internalClient)
+        # The open Server-Sent Events streams (hpchat.web.sse).
+        self.eventStreams = EventStreams(self, streams, ownership, chat.stream_heartbeat)
 
     def resource(self):
         return self.app.resource()
@@ -661,5 +664,7 @@ class ChatAPI:
         return metrics.render()
 
 
-# The social routes (read receipts, conversation list, blocks, presence) live in their module.
+# The social routes (read receipts, conversation list, blocks, presence) and the event streams
+# (Server-Sent Events) live in their modules.
 addSocialRoutes(ChatAPI.app)
+addStreamRoutes(ChatAPI.app)

@@ -17,7 +17,7 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 ALLOWED_METHODS = b"GET, POST, PUT, DELETE, OPTIONS"
-ALLOWED_HEADERS = b"Authorization, Content-Type"
+ALLOWED_HEADERS = b"Authorization, Content-Type, Last-Event-ID"
 EXPOSED_HEADERS = b"Location, X-HPChat-Owner, Retry-After"
 MAX_AGE = b"600"
 # A serialized origin (RFC 6454): scheme "://" host [":" port], and nothing that could end a

@@ -306,9 +306,11 @@ class BrowserTests(unittest.TestCase):
         self.assertTrue([line for line in log if " 307 " in line and "/conversations/" in line],
                         "no redirect was followed")
         self.assertEqual([line for line in log if " failed: " in line], [])
-        # Both pages ended up talking to the owner: their last polls were answered by it.
+        # Both pages ended up talking to the owner: their last polls (or streams) were
+        # answered by it.
         for who in ("alice", "bob"):
-            polls = [line for line in log if line.split()[1:2] == [who] and "/events" in line
+            polls = [line for line in log if line.split()[1:2] == [who]
+                     and ("/events" in line or "/stream" in line)
                      and "/conversations/" in line and " 200 " in line]
             self.assertTrue(polls, f"{who}'s page got no conversation poll answered")
             self.assertIn(owner.url + "/v1/", polls[-1])
@@ -485,3 +487,83 @@ class SocialTests(unittest.TestCase):
 
         await browser.run(signInWithToken)
         self.assertEqual(browser.errors, [])
+
+
+class TransportTests(unittest.TestCase):
+    """
+    The chat page follows a conversation over EventSource where the browser has it, and over
+    long-polls where it does not; against one real node that serves the page itself.
+    """
+
+    timeout = 120
+
+    def setUp(self):
+        requireBrowser()
+
+    async def chat(self, withEventSource: bool) -> list[str]:
+        from tests.support.node import Node
+
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        node = Node(workdir, "n1", sections={"auth": {"dev_login": "true"}})
+        self.addCleanup(node.stop)
+        await node.start()
+        browser = await Browser(self, os.path.abspath(self.mktemp())).start()
+
+        def chat():
+            alice = browser.newPage("alice", **DESKTOP)
+            bob = browser.newPage("bob", **PHONE)
+            if not withEventSource:
+                bob.add_init_script("delete window.EventSource;")
+            signIn(alice, node.url, node.url, "alice")
+            signIn(bob, node.url, node.url, "bob")
+            self.assertEqual(bob.evaluate("typeof EventSource"),
+                             "function" if withEventSource else "undefined")
+            openChat(alice, "bob")
+            openChat(bob, "alice")
+            bob.locator('#conn[data-state="live"]').wait_for(timeout=WAIT)
+            # Bob's page is following the conversation (a poll or a stream) before alice writes.
+            bob.wait_for_timeout(1000)
+            marked = len(browser.log)
+            for i in range(3):
+                alice.get_by_label("Message to bob").fill(f"Live message {i}")
+                alice.get_by_label("Message to bob").press("Enter")
+                waitForText(bob, f"Live message {i}")
+            bob.get_by_label("Message to alice").fill("Seen them all")
+            bob.get_by_label("Message to alice").press("Enter")
+            waitForText(alice, "Seen them all")
+            return list(browser.log), marked
+
+        log, marked = await browser.run(chat)
+        self.assertEqual(browser.errors, [])
+        return log, marked
+
+    @staticmethod
+    def lines(log: list[str], who: str, tail: str) -> list[str]:
+        return [line for line in log if line.split()[1:2] == [who] and " 200 GET " in line
+                and "/conversations/dm:alice:bob/" + tail in line]
+
+    @asyncTest
+    async def test_eventSource(self):
+        """
+        Bob's page gets alice's messages over one open stream: the stream was answered, and
+        no long-poll of the conversation was made while the messages arrived.
+        """
+        log, marked = await self.chat(withEventSource=True)
+        self.assertTrue(self.lines(log[:marked], "bob", "stream"), "bob's page opened no stream")
+        self.assertEqual(self.lines(log[marked:], "bob", "events"), [],
+                         "bob's page long-polled while the stream was open")
+        self.assertTrue([line for line in log if line.split()[1:2] == ["bob"]
+                         and " 200 GET " in line and "/v1/inbox/stream" in line])
+
+    @asyncTest
+    async def test_withoutEventSource(self):
+        """
+        Without EventSource (deleted before the page's scripts run), bob's page long-polls and
+        opens no stream.
+        """
+        log, marked = await self.chat(withEventSource=False)
+        self.assertEqual([line for line in log if line.split()[1:2] == ["bob"]
+                          and "/stream" in line], [])
+        self.assertTrue(self.lines(log[marked:], "bob", "events"),
+                        "bob's page did not long-poll")

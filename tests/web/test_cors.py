@@ -64,7 +64,7 @@ class CORSTests(SynchronousTestCase):
                                             "Access-Control-Request-Method": "POST"})
         self.assertEqual(r.code, 204)
         self.assertEqual(r.headers.getRawHeaders(b"access-control-allow-headers"),
-                         [b"Authorization, Content-Type"])
+                         [b"Authorization, Content-Type, Last-Event-ID"])
         self.assertIn(b"POST", r.headers.getRawHeaders(b"access-control-allow-methods")[0])
         refused = self.request(["https://site.example"], "OPTIONS",
                                {"Origin": "https://evil.example",

@@ -20,7 +20,17 @@
  * those to the confirmed owner do not follow redirects, so a stream that moved ends the poll at
  * once and the next one probes again. Cursors (after, typing_version, read_version) are kept in
  * an object the caller owns, so they survive failover and restarts of a loop.
+ *
+ * Where the browser has EventSource, a stream confirmed on its owner is followed over Server-Sent
+ * Events instead (GET .../stream?after=N): one request for as long as it stays open. When it
+ * ends (the owner moved or stops, the network failed) a probe long-poll settles the route and
+ * catches up, and a new stream starts from the cursor. After MAX_STREAM_FAILURES streams in a
+ * row that never opened, that watch keeps to long-polls. `transports` tells, per stream, which
+ * of "sse" and "poll" was used last.
  */
+
+/** EventSource streams in a row that may fail to open before a watch keeps to long-polls. */
+export const MAX_STREAM_FAILURES = 3;
 
 export class Aborted extends Error {}
 
@@ -89,7 +99,7 @@ export class HpchatClient {
    * onStatus(): a route started or stopped failing, or moved; onUnauthorized(): a 401.
    */
   constructor({ nodes, user = null, token = null, pollTimeout = 25, callTimeout = 12000,
-    onStatus = () => {}, onUnauthorized = () => {} }) {
+    onStatus = () => {}, onUnauthorized = () => {}, eventSource = true }) {
     this.bases = nodes.map(normalizeBase);
     this.user = user;
     this.token = token;
@@ -99,6 +109,8 @@ export class HpchatClient {
     this.onUnauthorized = onUnauthorized;
     this.routes = new Map();
     this._viewing = null;
+    this.eventSource = eventSource && typeof EventSource !== "undefined";
+    this.transports = {};
   }
 
   // ---- nodes and routes
@@ -288,18 +300,106 @@ export class HpchatClient {
     return null;
   }
 
+  // ---- event streams
+
+  /**
+   * Follow `path` on the route's confirmed node over EventSource from seq `after`, giving each
+   * event to onEvent(type, data) until the stream ends or `signal` aborts. Resolves with
+   * {aborted, opened}. The stream is closed at its first error: the caller settles the route
+   * (a probe long-poll) and opens a new one from its cursor.
+   */
+  streamOnce(route, path, after, types, onEvent, signal) {
+    return new Promise((resolve) => {
+      const q = new URLSearchParams({ access_token: this.token });
+      if (after !== null && after !== undefined) q.set("after", String(after));
+      const source = new EventSource(`${route.base}${path}?${q}`);
+      this.transports[route.stream] = "sse";
+      let opened = false;
+      let done = false;
+      const finish = (aborted) => {
+        if (done) return;
+        done = true;
+        source.close();
+        if (signal) signal.removeEventListener("abort", abort);
+        resolve({ aborted, opened });
+      };
+      const abort = () => finish(true);
+      if (signal) {
+        if (signal.aborted) return finish(true);
+        signal.addEventListener("abort", abort, { once: true });
+      }
+      source.onopen = () => { opened = true; };
+      source.onerror = () => finish(false);
+      for (const type of types) {
+        source.addEventListener(type, (ev) => {
+          let data;
+          try {
+            data = JSON.parse(ev.data);
+          } catch (e) {
+            return;
+          }
+          try {
+            onEvent(type, data);
+          } catch (e) {
+            console.error(e);
+          }
+        });
+      }
+    });
+  }
+
+  _streams(route, cursor, failures) {
+    return this.eventSource && failures < MAX_STREAM_FAILURES && route.base
+      && cursor.after !== null && cursor.after !== undefined;
+  }
+
+  /** After a stream ended: the next long-poll is a probe, to the same node first. */
+  _streamEnded(route, result, handlers) {
+    if (!result.opened && handlers.onTrouble) handlers.onTrouble();
+    route.next = route.base;
+    route.base = null;
+  }
+
   // ---- long-polls
 
   /**
    * Follow a conversation: `cursor` ({after, typingVersion, readVersion}) is updated in place;
-   * handlers.onEvents(body) gets each answer. `after` null means "from now on". Returns when
-   * aborted, with "reset" when the cursor is beyond the stream (409), or with the answer of
-   * any other error.
+   * handlers.onEvents(body) gets each answer (a long-poll's, or one made of a stream's event).
+   * `after` null means "from now on". Returns when aborted, with "reset" when the cursor is
+   * beyond the stream (409), or with the answer of any other error.
    */
   async watchConversation(cid, cursor, handlers = {}, signal) {
     const route = this.route(cid);
+    let failures = 0;
+    let typing = [];
+    const onEvent = (type, data) => {
+      const body = { events: [], last_seq: cursor.after, typing, typing_version: cursor.typingVersion };
+      if (type === "message") {
+        if (data.seq <= cursor.after) return;
+        cursor.after = data.seq;
+        body.events = [data];
+        body.last_seq = data.seq;
+      } else if (type === "typing") {
+        typing = data.typing;
+        cursor.typingVersion = data.typing_version;
+        Object.assign(body, data);
+      } else if (type === "read") {
+        cursor.readVersion = data.read_version;
+        Object.assign(body, data);
+      }
+      (handlers.onEvents || (() => {}))(body);
+    };
     while (!signal || !signal.aborted) {
+      if (this._streams(route, cursor, failures)) {
+        const result = await this.streamOnce(route, `/v1/conversations/${cid}/stream`, cursor.after,
+          ["message", "typing", "read"], onEvent, signal);
+        if (result.aborted) return undefined;
+        failures = result.opened ? 0 : failures + 1;
+        this._streamEnded(route, result, handlers);
+        continue;
+      }
       try {
+        this.transports[cid] = "poll";
         const wait = route.base && cursor.after !== null && cursor.after !== undefined ? this.pollTimeout : 0;
         const q = new URLSearchParams({
           typing_version: String(cursor.typingVersion || 0), read_version: String(cursor.readVersion || 0),
@@ -317,6 +417,7 @@ export class HpchatClient {
         if (body.events.length) cursor.after = Math.max(cursor.after || 0, body.events[body.events.length - 1].seq);
         else cursor.after = Math.max(cursor.after || 0, body.last_seq);
         cursor.typingVersion = body.typing_version;
+        typing = body.typing;
         if (body.read) cursor.readVersion = body.read_version;
         if (!first || body.events.length) await (handlers.onEvents || (() => {}))(body);
       } catch (e) {
@@ -334,8 +435,23 @@ export class HpchatClient {
   async watchInbox(cursor, handlers = {}, signal, { backlog = 20 } = {}) {
     const route = this.route("inbox:" + this.user);
     let initial = null;
+    let failures = 0;
+    const onEvent = (type, e) => {
+      if (e.seq <= cursor.after) return;
+      cursor.after = e.seq;
+      if (handlers.onEvents) handlers.onEvents([e], { live: initial === null || e.seq > initial });
+    };
     while (!signal || !signal.aborted) {
+      if (this._streams(route, cursor, failures)) {
+        const result = await this.streamOnce(route, "/v1/inbox/stream", cursor.after,
+          ["notification"], onEvent, signal);
+        if (result.aborted) return;
+        failures = result.opened ? 0 : failures + 1;
+        this._streamEnded(route, result, handlers);
+        continue;
+      }
       try {
+        this.transports[route.stream] = "poll";
         const fresh = cursor.after === null || cursor.after === undefined;
         const wait = !fresh && route.base ? this.pollTimeout : 0;
         const q = new URLSearchParams({ timeout: String(wait) });

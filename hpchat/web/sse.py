@@ -1,0 +1,412 @@
+# -*- test-case-name: tests.web.test_sse -*-
+"""
+Server-Sent Events beside the long-poll: C{GET /v1/conversations/{cid}/stream} and
+C{GET /v1/inbox/stream} keep one response open and write each event as it commits, so a
+client that can hold a connection pays one request, not one per delivery.
+
+An open stream is a loop over L{hpchat.streams.Streams.poll}: wait for what comes after the
+cursor (and for a new typing or read version), write it, advance, wait again. Each wait lasts
+at most C{[chat] stream_heartbeat} seconds; one that ends with nothing to write writes the
+comment C{: hb} instead, so that proxies keep the connection open.
+
+Frames (C{text/event-stream}): C{event: message} (a Message) and C{event: notification} (an
+InboxEvent) carry their seq as C{id:}. C{event: typing} (C{{"typing", "typing_version"}}) and
+C{event: read} (C{{"read", "read_version"}}) have no seq of their own and carry the stream's
+cursor: the seq of the last message written on this response (or where it started). So the
+last id a client saw is always the seq of the last message it got, and a reconnection with
+C{Last-Event-ID} (which wins over C{?after=}) resumes with no gap and no repeat. The response
+starts with C{retry:} and an id-only record of the starting cursor, so that even a stream
+opened "from now" that ends before its first event resumes where it began.
+
+Everything before the first byte is checked as for the long-poll, with the same JSON errors
+(401, 403, 404, 409, 429, 307 to the owner, 503). An open stream is closed (the client
+reconnects and is redirected) when this node loses the stream's group, when the node drains,
+and when the client stops reading: a streaming producer on the response is paused by the
+transport once its buffer is full, and a stream that writes more than L{MAX_BACKLOG} bytes
+while paused is cut off (it resumes from its last id). An open stream counts as one waiting
+long-poll of its user against C{[limits] max_polls_per_user}, and as a user online while it is
+open (presence). Its token is checked again before each wait: a stream ends (within one
+heartbeat) once its token has expired.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from hpchat import metrics, strictjson
+from hpchat.storage.base import Event
+from hpchat.streamids import inboxStream
+from hpchat.streams import PollResult, StreamUnavailable
+
+#: Milliseconds a client waits before it reconnects (the C{retry:} field of the first record).
+RETRY_MS = 2000
+#: Bytes a stream may write while its transport is paused (the client is not reading) before
+#: the connection is cut.
+MAX_BACKLOG = 256 * 1024
+HEARTBEAT = b": hb\n\n"
+_CURSOR = re.compile(rb"\d{1,18}")
+
+
+def _api():
+    # hpchat.web.api imports this module; its names are looked up once both are loaded.
+    from hpchat.web import api
+
+    return api
+
+
+def frame(type: str, id: int, data: Any) -> bytes:
+    """
+    One event record: C{event:}, C{id:} and C{data:} (one line of JSON), then a blank line.
+    """
+    return b"event: %s\nid: %d\ndata: %s\n\n" % (type.encode("ascii"), id,
+                                                  strictjson.dumps(data).encode("utf-8"))
+
+
+def resumeCursor(request) -> int | None:
+    """
+    Where a stream resumes: the C{Last-Event-ID} header if present, else C{?after=}, else
+    C{None} (from now). Raises the 400 answer for one that is not a seq.
+    """
+    header = request.getHeader(b"last-event-id")
+    if header is not None and header.strip():
+        value = header.strip()
+        if _CURSOR.fullmatch(value) is None:
+            raise _api().ApiError(400, "bad_request", "Last-Event-ID must be a seq (an integer)")
+        return int(value)
+    return _api().ChatAPI._intArg(request, "after", low=0)
+
+
+@implementer(IPushProducer)
+class EventStream:
+    """
+    One open stream: its response, its cursor and versions, and the poll it waits on. Also
+    the streaming producer of its response, paused while the client does not read.
+    """
+
+    log = Logger()
+
+    def __init__(self, hub: EventStreams, request, user: str, name: str, conversation: bool,
+                 cursor: int, release: Callable[[], None]):
+        self._hub = hub
+        self.request = request
+        self.user = user
+        self.name = name
+        self.group = hub.streams.groupOf(name)
+        self._conversation = conversation
+        self.cursor = cursor
+        self._typingVersion: int | None = None
+        self._readVersion: int | None = None
+        self._release = release
+        self._pending: defer.Deferred | None = None
+        self._paused = False
+        self._backlog = 0
+        self.closed = False
+        self.done: defer.Deferred = defer.Deferred(lambda _: self.close(finish=False))
+
+    # -- writing
+
+    def start(self, first: PollResult) -> defer.Deferred:
+        """
+        Send the head and what C{first} (a poll answered at once) holds, then wait for more.
+        Fires (never fails) once the stream is closed.
+        """
+        request = self.request
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        # Proxies that buffer answers (nginx) pass this one through as it is written.
+        request.setHeader(b"x-accel-buffering", b"no")
+        if request.method == b"HEAD":
+            # The head is the whole answer.
+            self.close()
+            return self.done
+        request.registerProducer(self, True)
+        request.notifyFinish().addErrback(self._gone)
+        self._write(b"retry: %d\nid: %d\n\n" % (RETRY_MS, self.cursor) + self._records(first))
+        self._next()
+        return self.done
+
+    def _records(self, result: PollResult) -> bytes:
+        parts = []
+        kind = "message" if self._conversation else "notification"
+        json = (_api().messageJSON if self._conversation else _api().inboxEventJSON)
+        event: Event
+        for event in result.events:
+            if event.seq <= self.cursor:
+                continue
+            parts.append(frame(kind, event.seq, json(event)))
+            self.cursor = event.seq
+        if self._conversation:
+            if result.typing_version != self._typingVersion:
+                self._typingVersion = result.typing_version
+                parts.append(frame("typing", self.cursor, {
+                    "typing": result.typing, "typing_version": result.typing_version}))
+            if result.read_version != self._readVersion:
+                self._readVersion = result.read_version
+                parts.append(frame("read", self.cursor, {
+                    "read": result.read, "read_version": result.read_version}))
+        metrics.sseEvents.inc(len(parts))
+        return b"".join(parts)
+
+    def _write(self, data: bytes) -> None:
+        if self._paused:
+            self._backlog += len(data)
+        self.request.write(data)
+        if self._backlog > MAX_BACKLOG:
+            metrics.countLimited("stream_backlog")
+            self.close(abort=True)
+
+    # -- the loop
+
+    def _next(self) -> None:
+        if self.closed:
+            return
+        if self._hub.draining or not self._hub.authorized(self.request, self.user):
+            # The node stops, or the token expired: the client reconnects (elsewhere, or to
+            # be told 401 and sign in again).
+            self.close()
+            return
+        try:
+            polled = self._hub.streams.poll(self.name, self.cursor, self._typingVersion,
+                                            self._hub.heartbeat, self._readVersion)
+        except Exception:
+            polled = defer.fail()
+        if polled.called:
+            # Answered at once (a burst): no Deferred chain per batch.
+            results: list = []
+            polled.addBoth(results.append)
+            outcome = results[0]
+            if isinstance(outcome, Failure):
+                self._failed(outcome)
+            else:
+                self._woken(outcome, immediate=True)
+            return
+        self._pending = polled
+        polled.addCallbacks(self._woken, self._failed)
+
+    def _woken(self, result: PollResult, immediate: bool = False) -> None:
+        self._pending = None
+        if self.closed:
+            return
+        records = self._records(result)
+        if not records:
+            if self._hub.draining:
+                # Answered by the node's stop: the client reconnects elsewhere.
+                self.close()
+                return
+            if immediate:
+                # Answered at once with nothing new: waiting again would not wait. The
+                # client reconnects from its last id instead of this loop spinning.
+                self.log.warn("a stream of {stream} made no progress at {cursor}; closing it",
+                              stream=self.name, cursor=self.cursor)
+                self.close()
+                return
+            records = HEARTBEAT
+        self._write(records)
+        # (A burst recurses once per batch of at most MAX_EVENTS_PER_POLL events.)
+        self._next()
+
+    def _failed(self, failure: Failure) -> None:
+        self._pending = None
+        if self.closed or failure.check(defer.CancelledError):
+            return
+        if not failure.check(StreamUnavailable):
+            self.log.failure("a stream of {stream} failed; closing it", failure,
+                             stream=self.name)
+        self.close()
+
+    # -- IPushProducer
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._backlog = 0
+
+    def stopProducing(self) -> None:
+        self.close(finish=False)
+
+    # -- the end
+
+    def _gone(self, failure: Failure) -> None:
+        # The client went away (or the connection was cut).
+        self.close(finish=False)
+
+    def close(self, finish: bool = True, abort: bool = False) -> None:
+        """
+        End the stream: forget its poll, give back its place in the limits and presence,
+        and (C{finish}) end the response; C{abort} then cuts the connection too, for a
+        client that does not read what is already queued for it.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self._hub.forget(self)
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+        self._release()
+        request = self.request
+        if not request.finished and not request._disconnected:
+            # (The request forgets its channel when it finishes.)
+            transport = request.channel.transport
+            request.unregisterProducer()
+            if finish or abort:
+                request.finish()
+            if abort:
+                transport.abortConnection()
+        if not self.done.called:
+            self.done.callback(None)
+
+
+class EventStreams:
+    """
+    The open streams of a node, and the handlers of the two stream routes (called by
+    L{addStreamRoutes} with the L{hpchat.web.api.ChatAPI}).
+
+    C{heartbeat} is the longest a stream stays silent (C{[chat] stream_heartbeat}).
+    """
+
+    def __init__(self, api, streams, ownership, heartbeat: float):
+        self._api = api
+        self.streams = streams
+        self.heartbeat = heartbeat
+        self.open: set[EventStream] = set()
+        ownership.subscribeLost(self.dropGroups)
+
+    def __len__(self) -> int:
+        return len(self.open)
+
+    @property
+    def draining(self) -> bool:
+        return self._api.draining
+
+    def authorized(self, request, user: str) -> bool:
+        """
+        Whether the token of C{request} is still valid for C{user} (verified tokens are
+        cached until they expire: a dict lookup).
+        """
+        try:
+            return self._api._user(request) == user
+        except _api().ApiError:
+            return False
+
+    # -- routes
+
+    def conversation(self, request, cid: str) -> defer.Deferred:
+        api = self._api
+        request.hpchatRoute = "stream"
+        user = api._user(request)
+        cid = api._conversation(cid, user)
+        after = resumeCursor(request)
+        opened = api._onStream(request, cid,
+                               lambda: self._open(request, user, cid, after, True))
+        return opened.addCallback(self._start)
+
+    def inbox(self, request) -> defer.Deferred:
+        api = self._api
+        request.hpchatRoute = "inbox_stream"
+        user = api._user(request)
+        stream = inboxStream(user)
+        after = resumeCursor(request)
+        opened = api._onStream(request, stream,
+                               lambda: self._open(request, user, stream, after, False))
+        return opened.addCallback(self._start)
+
+    def _open(self, request, user: str, name: str, after: int | None,
+              conversation: bool) -> defer.Deferred:
+        """
+        Take C{user}'s place among their waiting polls and read what is there now; fires
+        with C{(stream, first poll)}, or fails with the answer (429) or the stream's error.
+        """
+        api = self._api
+        limits = api._limits
+        if limits is not None and not limits.polls.acquire(user):
+            metrics.countLimited("polls_per_user")
+            raise _api().ApiError(
+                429, "rate_limited",
+                f"at most {limits.polls.maximum} long-polls and streams may be open at once "
+                f"per user", {b"retry-after": b"1"})
+        presence = api._social.presence
+        if presence is not None:
+            presence.tracker.started(user)
+        released: list[bool] = []
+
+        def release() -> None:
+            if released:
+                return
+            released.append(True)
+            if limits is not None:
+                limits.polls.release(user)
+            if presence is not None:
+                presence.tracker.ended(user)
+
+        try:
+            first = self.streams.poll(name, after, None, 0, None)
+        except BaseException:
+            release()
+            raise
+
+        def opened(result: PollResult):
+            cursor = after if after is not None else result.last_seq
+            stream = EventStream(self, request, user, name, conversation, cursor, release)
+            return stream, result
+
+        def failed(failure: Failure):
+            release()
+            return failure
+
+        return first.addCallbacks(opened, failed)
+
+    def _start(self, opened) -> defer.Deferred:
+        stream, first = opened
+        if stream.request._disconnected:
+            stream.close(finish=False)
+            return stream.done
+        self.open.add(stream)
+        metrics.sseStreams.inc()
+        return stream.start(first)
+
+    # -- closing
+
+    def forget(self, stream: EventStream) -> None:
+        if stream in self.open:
+            self.open.discard(stream)
+            metrics.sseStreams.dec()
+
+    def dropGroups(self, groups) -> None:
+        """
+        Close the streams of C{groups}: this node no longer owns them.
+        """
+        groups = set(groups)
+        for stream in [s for s in self.open if s.group in groups]:
+            stream.close()
+
+    def closeAll(self) -> None:
+        """
+        Close every open stream (the node stops): their clients reconnect elsewhere.
+        """
+        for stream in list(self.open):
+            stream.close()
+
+
+def addStreamRoutes(app) -> None:
+    """
+    Add the two stream routes to L{hpchat.web.api.ChatAPI}'s Klein C{app}.
+    """
+
+    @app.route("/v1/conversations/<cid>/stream", methods=["GET"])
+    def conversationStream(api, request, cid):
+        return api.eventStreams.conversation(request, cid)
+
+    @app.route("/v1/inbox/stream", methods=["GET"])
+    def inboxStream_(api, request):
+        return api.eventStreams.inbox(request)
