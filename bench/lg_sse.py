@@ -36,7 +36,7 @@ class SSEParser:
     The event-stream format (WHATWG HTML, "server-sent events"): lines ended by LF, CRLF or
     CR; C{field: value} lines; a blank line dispatches the event gathered so far. Comments
     (lines starting with C{:}) and unknown fields are ignored; C{data} lines are joined with
-    LF; an event without data is not dispatched.
+    LF; an event whose data is empty is not dispatched.
     """
 
     def __init__(self, onEvent: Callable[[str, str | None, str], None]):
@@ -77,8 +77,9 @@ class SSEParser:
 
     def _line(self, line: str) -> None:
         if not line:
-            if self._data:
-                self.onEvent(self._event or "message", self._id, "\n".join(self._data))
+            data = "\n".join(self._data)
+            if data:
+                self.onEvent(self._event or "message", self._id, data)
             self._event, self._data = "", []
             return
         if line[0] == ":":
