@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """
 The load generator against a real cluster on this machine: one etcd and N twistd nodes sharing
-one SQLite file (the test fixtures of tests/support/cluster.py), every node's URL given to
+one PostgreSQL database (the test fixtures of tests/support/cluster.py), every node's URL given to
 loadgen.py as an entry node (it follows the 307s to each stream's owner).
 
   python bench/cluster_load.py --nodes 2 -- -c 20000 -r 1000 --duration 20
