@@ -49,8 +49,12 @@ def run(args, target: str, clients: int, rate: float, duration: float, series: s
                 "-r", str(rate), "--duration", str(duration), "--ramp-rate",
                 str(args.ramp_rate), "--procs", str(args.procs), "-q"] + extra)
     print(f"compare_pinned: {' '.join(command)}", file=sys.stderr, flush=True)
+    env = dict(os.environ)
+    tmpfs = target.startswith("hpchat") and args.hpchat_tmpfs
+    if tmpfs:
+        env["TMPDIR"] = "/dev/shm"  # lg_node.py's folder, and so the SQLite file, on tmpfs
     before = os.getloadavg()
-    out = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
     after = os.getloadavg()
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
@@ -62,7 +66,8 @@ def run(args, target: str, clients: int, rate: float, duration: float, series: s
     result["pinning"] = {"server_cpu": args.server_cpu, "loadgen_cpu": args.loadgen_cpu}
     result["load_avg"] = {"before": [round(x, 2) for x in before],
                           "after": [round(x, 2) for x in after]}
-    result["command"] = " ".join(command[3:])
+    result["command"] = (("TMPDIR=/dev/shm " if tmpfs else "") + " ".join(command[3:]))
+    result["storage_tmpfs"] = tmpfs
     if args.json_out:
         with open(args.json_out, "a") as f:
             f.write(json.dumps(result, separators=(",", ":")) + "\n")
@@ -79,23 +84,37 @@ def generatorBound(r: dict) -> bool:
     return r["loadgen"]["cpu_pct_total"] >= GENERATOR_BOUND
 
 
+def cpuPerMessage(r: dict) -> float | None:
+    """
+    The server's CPU time per acked message, in µs: steadier than latency on a shared machine.
+    """
+    acked = r["sends"]["acked_per_s"]
+    return r["node_total"]["cpu_pct"] * 10000.0 / acked if acked else None
+
+
 def fmt(v, d: int = 1) -> str:
     return "-" if v is None else f"{v:,.{d}f}"
 
 
+def name(r: dict) -> str:
+    target = r["params"]["target"]
+    return NAMES.get(target, target) + (" (tmpfs)" if r.get("storage_tmpfs") else "")
+
+
 def table(results: list[dict], p99: float) -> str:
-    out = ["| server | series | C | R | p50 ms | p99 ms | acked/s | server CPU | "
+    out = ["| server | series | C | R | p50 ms | p99 ms | acked/s | server CPU | CPU µs/msg | "
            "KB per client above idle | generator CPU (busiest proc) | load avg (1 min) | state |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         p, lat, s, nt, lg = r["params"], r["latency_ms"], r["sends"], r["node_total"], r["loadgen"]
         state = "over" if saturated(r, p99) else "ok"
         if generatorBound(r):
             state += ", generator-bound"
         load = r.get("load_avg", {}).get("before", [None])[0]
-        out.append(f"| {NAMES.get(p['target'], p['target'])} | {r.get('series', '')} | "
+        out.append(f"| {name(r)} | {r.get('series', '')} | "
                    f"{p['clients']:,} | {p['rate']:,.0f} | {fmt(lat['p50'])} | "
                    f"{fmt(lat['p99'])} | {s['acked_per_s']:,.0f} | {nt['cpu_pct']:.0f} % | "
+                   f"{fmt(cpuPerMessage(r), 0)} | "
                    f"{fmt(nt['rss_delta_kb_per_client'])} | {lg['cpu_pct_total']:.0f} % "
                    f"({lg['cpu_pct_max_proc']:.0f} %) | {fmt(load, 2)} | {state} |")
     return "\n".join(out)
@@ -112,11 +131,12 @@ def ratios(results: list[dict], p99: float) -> str:
     for r in results:
         if r.get("series") == "load":
             p = r["params"]
-            points.setdefault((p["clients"], p["rate"]), {})[p["target"]] = r
+            key = p["target"] + ("+tmpfs" if r.get("storage_tmpfs") else "")
+            points.setdefault((p["clients"], p["rate"]), {})[key] = r
     out = ["| C | R | vs | p99 (hpchat / other) | memory per client above idle | "
-           "server CPU |", "|---:|---:|---|---:|---:|---:|"]
+           "server CPU | CPU per message |", "|---:|---:|---|---:|---:|---:|---:|"]
     for (c, rate), by in sorted(points.items()):
-        for mine in ("hpchat", "hpchat-sse"):
+        for mine in ("hpchat", "hpchat+tmpfs", "hpchat-sse", "hpchat-sse+tmpfs"):
             h = by.get(mine)
             if h is None:
                 continue
@@ -128,30 +148,30 @@ def ratios(results: list[dict], p99: float) -> str:
                 hm, om = (h["node_total"]["rss_delta_kb_per_client"],
                           o["node_total"]["rss_delta_kb_per_client"])
                 hc, oc = h["node_total"]["cpu_pct"], o["node_total"]["cpu_pct"]
-                out.append(f"| {c:,} | {rate:,.0f} | {NAMES[mine]} / {NAMES[other]} | "
+                out.append(f"| {c:,} | {rate:,.0f} | {name(h)} / {NAMES[other]} | "
                            f"{fmt(hl)} / {fmt(ol)} ms = {ratio(hl, ol, 1)} | "
                            f"{fmt(hm)} / {fmt(om)} KB = {ratio(hm, om)} | "
-                           f"{hc:.0f} / {oc:.0f} % = {ratio(hc, oc, 1)} |")
+                           f"{hc:.0f} / {oc:.0f} % = {ratio(hc, oc, 1)} | "
+                           f"{fmt(cpuPerMessage(h), 0)} / {fmt(cpuPerMessage(o), 0)} µs = "
+                           f"{ratio(cpuPerMessage(h), cpuPerMessage(o), 1)} |")
     best: dict[str, tuple[float, dict]] = {}
     for r in results:
         if r.get("series") == "saturation" and not saturated(r, p99):
-            t = r["params"]["target"]
+            t = name(r)
             if r["sends"]["acked_per_s"] > best.get(t, (0.0, None))[0]:
                 best[t] = (r["sends"]["acked_per_s"], r)
     if best:
         out += ["", f"Saturation (highest acked rate with p99 ≤ {p99:g} ms):", ""]
-        for t in TARGETS:
-            if t in best:
-                rate, r = best[t]
-                bound = " (generator-bound: a lower bound)" if generatorBound(r) else ""
-                out.append(f"* {NAMES[t]}: {rate:,.0f} msgs/s at C = "
-                           f"{r['params']['clients']:,}, p99 {fmt(r['latency_ms']['p99'])} ms, "
-                           f"server CPU {r['node_total']['cpu_pct']:.0f} %{bound}")
-        for mine in ("hpchat", "hpchat-sse"):
-            for other in ("nchan", "centrifugo"):
-                if mine in best and other in best:
-                    out.append(f"* {NAMES[mine]} / {NAMES[other]}: "
-                               f"{ratio(best[mine][0], best[other][0])}")
+        for t in sorted(best):
+            rate, r = best[t]
+            bound = " (generator-bound: a lower bound)" if generatorBound(r) else ""
+            out.append(f"* {t}: {rate:,.0f} msgs/s at C = "
+                       f"{r['params']['clients']:,}, p99 {fmt(r['latency_ms']['p99'])} ms, "
+                       f"server CPU {r['node_total']['cpu_pct']:.0f} %{bound}")
+        for mine in sorted(t for t in best if t.startswith("hpchat")):
+            for other in (NAMES["nchan"], NAMES["centrifugo"]):
+                if other in best:
+                    out.append(f"* {mine} / {other}: {ratio(best[mine][0], best[other][0])}")
     return "\n".join(out)
 
 
@@ -172,6 +192,9 @@ def main() -> int:
     p.add_argument("--loadgen-cpu", default="1")
     p.add_argument("--procs", type=int, default=2, help="load generator worker processes")
     p.add_argument("--ramp-rate", type=float, default=1000.0)
+    p.add_argument("--hpchat-tmpfs", action="store_true",
+                   help="hpchat's SQLite file on tmpfs (/dev/shm: its fsyncs cost nothing), to "
+                        "measure its CPU per core apart from the disk's latency")
     p.add_argument("--json-out", help="append every JSON result to this file")
     p.add_argument("--table", metavar="JSONL", help="only print the tables of a results file")
     args = p.parse_args()
