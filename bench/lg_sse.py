@@ -292,7 +292,7 @@ async def streamLoop(worker, user) -> None:
             continue
         if status == 307 and not centrifugo:
             conn.close()
-            if worker.followRedirect(user.cid, None if headers is None else _Head(headers)):
+            if worker.followRedirect(user.cid, _Head(headers)):
                 user.entry = worker.owner[user.cid]
             continue
         if status != 200:

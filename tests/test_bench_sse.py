@@ -131,8 +131,9 @@ class CentrifugoTests(unittest.TestCase):
         The uni_sse connect path carries the connect request as cf_connect, whose HS256 token
         names the user and subscribes it to its conversation channel.
         """
-        import jwt
         from urllib.parse import parse_qs, urlsplit
+
+        import jwt
 
         path = centrifugoConnectPath(jwt, b"s" * 32, 2_000_000_000, "u1", "dm:u1:u2")
         parts = urlsplit(path)
