@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """
 The load generator against a real cluster on this machine: one etcd and N twistd nodes sharing
-one SQLite file (the test fixtures of tests/support/cluster.py), every node's URL given to
+one PostgreSQL database (the test fixtures of tests/support/cluster.py), every node's URL given to
 loadgen.py as an entry node (it follows the 307s to each stream's owner).
 
   python bench/cluster_load.py --nodes 2 -- -c 20000 -r 1000 --duration 20
+  python bench/cluster_load.py --nodes 2 --pin --nsq -- -c 20000 -r 1000 --duration 20
 
+With --pin, node i is pinned to CPU i (modulo the CPUs; every thread of its process, like
+`taskset -a -p`), one node per core as etc/systemd/hpchat@.service runs them; the load
+generator is not pinned. With --nsq, the nodes share an nsqd for their notifications.
 Starts the cluster, runs bench/loadgen.py with `--url` and `--node-pid` for every node and
 `--secret` added (plus the given arguments), prints its result, and stops the nodes and etcd.
 """
@@ -28,13 +32,27 @@ from tests.support.node import SECRET  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def pinProcess(pid: int, cpu: int) -> None:
+    """
+    Pin every thread of process C{pid} to C{cpu} (threads it starts later inherit it).
+    """
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {cpu})
+    print(f"cluster_load: pid {pid} pinned to CPU {cpu}", file=sys.stderr, flush=True)
+
+
 async def main(reactor, args, rest):
     lg_proc.raiseFdLimit()  # the nodes inherit it
     scope = Scope()
     code = 1
     try:
-        cluster = Cluster(scope, size=args.nodes, groups=args.groups, leaseTtl=args.lease_ttl)
+        cluster = Cluster(scope, size=args.nodes, groups=args.groups, leaseTtl=args.lease_ttl,
+                          nsq=args.nsq)
         await cluster.start()
+        if args.pin:
+            cpus = sorted(os.sched_getaffinity(0))
+            for i, node in enumerate(cluster.nodes):
+                pinProcess(node.process.pid, cpus[i % len(cpus)])
         command = [sys.executable, os.path.join(HERE, "loadgen.py"), "--secret", SECRET]
         for node in cluster.nodes:
             command += ["--url", node.url, "--node-pid", str(node.process.pid)]
@@ -60,5 +78,7 @@ if __name__ == "__main__":
     parser.add_argument("--groups", type=int, default=64)
     parser.add_argument("--lease-ttl", type=int, default=10,
                         help="etcd lease TTL of a node (s); generous, the CPUs are busy")
+    parser.add_argument("--pin", action="store_true", help="node i on CPU i")
+    parser.add_argument("--nsq", action="store_true", help="the nodes share an nsqd")
     args = parser.parse_args(own)
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, args, rest)))

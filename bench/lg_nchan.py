@@ -47,11 +47,12 @@ class Nchan(TempServer):
 
     name = "lg_nchan"
 
-    def __init__(self, keep=False, timeout=25, shm="256M"):
+    def __init__(self, keep=False, timeout=25, shm="256M", wrapper=()):
         if not os.path.exists(MODULE):
             raise SystemExit(f"lg_nchan: {MODULE} missing; apt-get install -y "
                              "libnginx-mod-nchan")
         super().__init__(keep, "hpchat-nchan-")
+        self.wrapper = list(wrapper)
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         nofile = hard if hard != resource.RLIM_INFINITY else 65536
         with open(os.path.join(HERE, "nchan", "nginx.conf.template")) as f:
@@ -68,7 +69,7 @@ class Nchan(TempServer):
     def __enter__(self):
         out = open(os.path.join(self.folder, "stdout.log"), "wb")
         self.proc = subprocess.Popen(
-            [nginxBinary(), "-p", self.folder, "-c", self.conf, "-e", self.log],
+            self.wrapper + [nginxBinary(), "-p", self.folder, "-c", self.conf, "-e", self.log],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
         out.close()
@@ -132,8 +133,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--keep", action="store_true", help="keep nginx's folder (conf, logs)")
     p.add_argument("--shm", default="256M", help="nchan_max_reserved_memory")
+    p.add_argument("--wrap", default="", help="command prefix for nginx, e.g. 'taskset -c 0'")
     args = p.parse_args(own)
-    with Nchan(args.keep, shm=args.shm) as server:
+    with Nchan(args.keep, shm=args.shm, wrapper=args.wrap.split()) as server:
         sys.stderr.write(f"lg_nchan: nginx master {server.masterPid}, worker {server.pid} at "
                          f"{server.url} (folder {server.folder})\n")
         return runLoadgen(server, ["--target", "nchan", "--url", server.url,

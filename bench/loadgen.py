@@ -47,6 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import lg_proc  # noqa: E402
+import lg_sse  # noqa: E402
 from lg_http import HTTPFailure, Pool, connect, encodeRequest, parseURL  # noqa: E402
 
 perf = time.perf_counter
@@ -70,7 +71,7 @@ def installLoop(kind: str) -> str:
 
 
 class User:
-    __slots__ = ("idx", "name", "auth", "entry", "cid", "partner")
+    __slots__ = ("idx", "name", "auth", "entry", "cid", "partner", "connect")
 
     def __init__(self, idx, name, auth, entry):
         self.idx = idx
@@ -79,6 +80,7 @@ class User:
         self.entry = entry
         self.cid = ""
         self.partner = None
+        self.connect = ""  # Centrifugo: the uni_sse path with its connection token
 
 
 class Worker:
@@ -87,7 +89,10 @@ class Worker:
 
         self.spec = spec
         self.wid = spec["wid"]
-        self.nchan = spec.get("target") == "nchan"
+        self.target = spec.get("target", "hpchat")
+        self.nchan = self.target == "nchan"
+        self.centrifugo = self.target == "centrifugo"
+        self.apiKey = f"X-API-Key: {spec.get('api_key') or ''}\r\n".encode()
         self.loop = asyncio.get_event_loop()
         self.entries = [tuple(e) for e in spec["entries"]]
         self.pollTimeout = spec["poll_timeout"]
@@ -102,6 +107,9 @@ class Worker:
             b = self._user(2 * pair + 1, jwt, secret, exp)
             a.cid = b.cid = f"dm:{a.name}:{b.name}"
             a.partner, b.partner = b, a
+            if self.centrifugo:
+                for u in (a, b):
+                    u.connect = centrifugoConnectPath(jwt, secret, exp, u.name, u.cid)
             self.users += [a, b]
         self.npairs = len(self.users) // 2
         self.owner: dict[str, tuple] = {}  # stream -> (host, port) of its owner, from 307s
@@ -141,7 +149,7 @@ class Worker:
 
     def _user(self, idx, jwt, secret, exp) -> User:
         name = f"{self.spec['prefix']}{idx:06d}"
-        if self.spec.get("target") == "nchan":  # no auth in front of Nchan
+        if self.spec.get("target") in ("nchan", "centrifugo"):  # no hpchat token
             return User(idx, name, b"", self.entries[idx % len(self.entries)])
         token = jwt.encode({"sub": name, "exp": exp}, secret, algorithm="HS256")
         if isinstance(token, bytes):
@@ -218,6 +226,8 @@ class Worker:
     async def pollLoop(self, user: User, inbox: bool) -> None:
         if self.nchan:
             return await self.nchanPollLoop(user)
+        if self.target in lg_sse.STREAM_TARGETS:
+            return await lg_sse.streamLoop(self, user)
         timeout = self.pollTimeout
         if inbox:
             stream = f"inbox:{user.name}"
@@ -408,6 +418,12 @@ class Worker:
             body = json.dumps({"text": f"lg {clientId} {time.time():.6f}",
                                "client_id": clientId, "sender": sender.name}).encode()
             path = f"/pub/{sender.cid}"
+        elif self.centrifugo:
+            # Centrifugo's HTTP API; the partner's stream gets "data" back as published.
+            body = json.dumps({"channel": sender.cid, "data": {
+                "text": f"lg {clientId} {time.time():.6f}", "client_id": clientId,
+                "sender": sender.name}}).encode()
+            path = "/api/publish"
         else:
             body = json.dumps({"text": f"lg {clientId} {time.time():.6f}",
                                "client_id": clientId}).encode()
@@ -424,7 +440,8 @@ class Worker:
                     return
                 try:
                     response = await conn.request(
-                        encodeRequest("POST", path, self.hostHeader(addr), sender.auth, body),
+                        encodeRequest("POST", path, self.hostHeader(addr),
+                                      self.apiKey if self.centrifugo else sender.auth, body),
                         self.spec["send_timeout"])
                 except HTTPFailure as e:
                     self.pool.release(conn)
@@ -433,6 +450,8 @@ class Worker:
                     return
                 self.pool.release(conn)
                 status = response.status
+                if self.centrifugo and status == 200 and b'"error"' in response.body:
+                    status = 502  # the API answers its errors with 200 and an error object
                 if status in (200, 201) or (status == 202 and self.nchan):
                     now = perf()
                     self.acked += 1
@@ -625,6 +644,30 @@ def findListeningPid(port: int) -> int | None:
     return None
 
 
+def centrifugoConnectPath(jwt, secret: bytes, exp: int, user: str, channel: str) -> str:
+    """
+    Centrifugo's uni_sse connect path: the connect request as the C{cf_connect} parameter,
+    its HS256 token naming the user (C{sub}) and the channel to subscribe to server-side.
+    """
+    from urllib.parse import quote
+
+    token = jwt.encode({"sub": user, "exp": exp, "channels": [channel]}, secret,
+                       algorithm="HS256")
+    if isinstance(token, bytes):
+        token = token.decode()
+    return "/connection/uni_sse?cf_connect=" + quote(json.dumps({"token": token}), safe="")
+
+
+def centrifugoMetrics(text: str) -> dict[str, float]:
+    """
+    Centrifugo's Prometheus metrics under the names the generator reads: messages sent to
+    clients as committed messages (the open streams are counted by the workers).
+    """
+    metrics = lg_proc.parseMetrics(text)
+    return {"hpchat_messages_committed_total": lg_proc.metricSum(
+        metrics, "centrifugo_node_messages_sent_count")}
+
+
 def nchanStatus(text: str) -> dict[str, float]:
     """
     nchan_stub_status, under the names of hpchat's metrics that the generator reads:
@@ -714,12 +757,26 @@ class Parent:
             if response.status != 200:
                 continue
             text = response.body.decode("utf-8", "replace")
-            metrics = nchanStatus(text) if nchan else lg_proc.parseMetrics(text)
+            if nchan:
+                metrics = nchanStatus(text)
+            elif self.args.target == "centrifugo":
+                metrics = centrifugoMetrics(text)
+            else:
+                metrics = lg_proc.parseMetrics(text)
             for name, value in metrics.items():
                 total[name] = total.get(name, 0.0) + value
         return total
 
-    async def waitingPolls(self) -> float | None:
+    async def waitingPolls(self, ramping: bool = False) -> float | None:
+        """
+        The polls the node(s) hold; for the stream targets the streams the workers hold open
+        (not while ramping: the workers' answers are awaited for the ramp then).
+        """
+        if self.args.target in lg_sse.STREAM_TARGETS and not ramping:
+            # Open streams, counted by the workers (established: headers or connect push).
+            if not self.workers:
+                return 0.0
+            return float(sum(s["outstanding"] for s in await self.statusAll()))
         metrics = await self.scrape()
         if "hpchat_waiting_polls" not in metrics:
             return None
@@ -804,7 +861,7 @@ class Parent:
             self.log("warning: over ~28k connections to one address exhaust the ephemeral "
                      "ports; give --local-host 127.0.0.2 --local-host 127.0.0.3 ...")
         secret = args.secret
-        if args.target == "nchan":
+        if args.target in ("nchan", "centrifugo") and secret is None:
             secret = ""
         elif secret is None:
             sys.path.insert(0, os.path.dirname(HERE))
@@ -820,6 +877,8 @@ class Parent:
         baseline = self.nodeSample(pids)
         metrics0 = await self.scrape()
         waiting0 = metrics0.get("hpchat_waiting_polls")
+        if args.target in lg_sse.STREAM_TARGETS:
+            waiting0 = 0.0  # counted by the workers
         specs = []
         bounds = [round(i * pairsTotal / procs) for i in range(procs + 1)]
         for wid in range(procs):
@@ -831,7 +890,7 @@ class Parent:
                 "send_conns": args.send_conns, "max_inflight": args.max_inflight,
                 "connect_timeout": 10.0, "send_timeout": args.send_timeout,
                 "local_hosts": args.local_hosts, "seed": args.seed * 1000 + wid,
-                "loop": args.loop, "target": args.target})
+                "loop": args.loop, "target": args.target, "api_key": args.api_key})
         rates = [args.rate * (s["pair_hi"] - s["pair_lo"]) / pairsTotal for s in specs]
         result: dict = {}
         try:
@@ -843,7 +902,7 @@ class Parent:
             while not rampDone.done():
                 await asyncio.wait([rampDone], timeout=5.0)
                 if not rampDone.done():
-                    waiting = await self.waitingPolls()
+                    waiting = await self.waitingPolls(ramping=True)
                     self.log(f"ramping: node waiting polls {waiting}")
             rampDone.result()
             # -- wait for the node to hold the polls
@@ -1052,9 +1111,14 @@ def parseArgs(argv=None):
     p.add_argument("--url", action="append", default=[],
                    help="a node's base URL (repeat for several entry nodes; users are spread "
                         "over them). Default http://127.0.0.1:8080")
-    p.add_argument("--target", choices=("hpchat", "nchan"), default="hpchat",
-                   help="nchan: the same pattern against nginx + Nchan (GET /sub/<cid> "
-                        "long-polls, POST /pub/<cid>, no auth); see lg_nchan.py")
+    p.add_argument("--target", choices=("hpchat", "hpchat-sse", "nchan", "centrifugo"),
+                   default="hpchat",
+                   help="hpchat-sse: hpchat's event streams (GET /v1/conversations/{cid}/"
+                        "stream); nchan: the same pattern against nginx + Nchan (GET "
+                        "/sub/<cid> long-polls, POST /pub/<cid>, no auth; lg_nchan.py); "
+                        "centrifugo: Centrifugo's uni_sse streams and HTTP API publish "
+                        "(lg_centrifugo.py)")
+    p.add_argument("--api-key", help="Centrifugo's HTTP API key (--target centrifugo)")
     p.add_argument("--config", help="the node's ini file, to read [auth] secret from")
     p.add_argument("--secret", help="the HS256 secret (instead of --config)")
     p.add_argument("--clients", "-c", type=int, default=1000, help="users C (even; pairs)")
@@ -1096,7 +1160,10 @@ def parseArgs(argv=None):
     if not args.url:
         args.url = ["http://127.0.0.1:8080"]
     if args.secret is None and args.config is None and args.target != "nchan":
-        p.error("give --config FILE (the node's ini) or --secret")
+        p.error("give --config FILE (the node's ini) or --secret (Centrifugo: its token "
+                "HMAC secret)")
+    if args.target == "centrifugo" and not args.api_key:
+        p.error("--target centrifugo needs --api-key")
     if args.clients < 2:
         p.error("--clients must be at least 2")
     for url in args.url:

@@ -24,6 +24,7 @@ from tests.support.trial import asyncTest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT = os.path.join(REPO, "etc", "systemd", "hpchat.service")
+TEMPLATE = os.path.join(REPO, "etc", "systemd", "hpchat@.service")
 # What a checkout holds besides the source: never part of a build.
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", ".build", "_trial_temp*", "build", "dist",
                                     "var", "*.egg-info", "__pycache__", "*.sqlite3*",
@@ -40,6 +41,25 @@ def cleanEnvironment(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+def unitEntries(path: str) -> list[tuple[str, str, str]]:
+    """
+    The (section, key, value) entries of a unit file, in order (a key may repeat).
+    """
+    entries, section = [], ""
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line[0] in "#;":
+                continue
+            if line.startswith("[") and line.endswith("]"):
+                section = line[1:-1]
+                continue
+            key, sep, value = line.partition("=")
+            assert sep and section, f"{path}: not a key=value line in a section: {line!r}"
+            entries.append((section, key.strip(), value.strip()))
+    return entries
 
 
 def unitArguments() -> list[str]:
@@ -192,3 +212,51 @@ class WheelTests(unittest.TestCase):
         # A clean stop: twistd ends by the signal it was stopped with (systemd counts that as
         # a success).
         self.assertIn(await terminate(node, 15), (0, -15))
+
+
+class TemplateUnitTests(unittest.TestCase):
+    """
+    etc/systemd/hpchat@.service, one node per core: the instance names the core and the ini.
+    """
+
+    def test_execStartPinsTheNode(self):
+        """
+        ExecStart runs the main unit's twistd command line (the hpchat plugin with the same
+        options) under `taskset -c %i`, with /etc/hpchat/hpchat-%i.ini.
+        """
+        execs = [v for s, k, v in unitEntries(TEMPLATE) if (s, k) == ("Service", "ExecStart")]
+        self.assertEqual(len(execs), 1)
+        words = shlex.split(execs[0])
+        self.assertEqual(words[:3], ["/usr/bin/taskset", "-c", "%i"])
+        self.assertEqual(words[3], "/opt/hpchat/bin/twistd")
+        self.assertEqual(words[4:-2], unitArguments())
+        self.assertIn("hpchat", words[4:-2])
+        self.assertEqual(words[-2:], ["--config", "/etc/hpchat/hpchat-%i.ini"])
+
+    def test_sameSettingsAsTheMainUnit(self):
+        """
+        Apart from its description and command line, the template has the main unit's
+        settings (sandboxing, limits, restarts), so that the two do not drift apart.
+        """
+        differ = {("Unit", "Description"), ("Service", "ExecStart")}
+        mine = [e for e in unitEntries(TEMPLATE) if e[:2] not in differ]
+        main = [e for e in unitEntries(UNIT) if e[:2] not in differ]
+        self.assertEqual(mine, main)
+
+    def test_systemdAnalyzeVerify(self):
+        """
+        `systemd-analyze verify` of an instance (hpchat@0) reports nothing about the file:
+        every key known, every value parsed.
+        """
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            raise unittest.SkipTest("systemd-analyze is not installed")
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        shutil.copy(TEMPLATE, os.path.join(folder, "hpchat@.service"))
+        os.symlink("hpchat@.service", os.path.join(folder, "hpchat@0.service"))
+        done = subprocess.run([analyze, "verify", os.path.join(folder, "hpchat@0.service")],
+                              capture_output=True, text=True, timeout=60, cwd=folder)
+        complaints = [line for line in (done.stdout + done.stderr).splitlines()
+                      if "hpchat@" in line]
+        self.assertEqual((done.returncode, complaints), (0, []))
