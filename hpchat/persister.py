@@ -137,6 +137,10 @@ class BatchPersister(Service):
         self._accepting = False
         self._inFlight = 0
         self._doneWaiters: list[defer.Deferred] = []
+        # Written batches whose events are still to be acknowledged, oldest first (see
+        # _acknowledge), and whether that is under way.
+        self._toAcknowledge: deque[list[_Pending]] = deque()
+        self._acknowledging = False
 
     def subscribeLost(self, callback: LostCallback) -> None:
         """
@@ -396,10 +400,26 @@ class BatchPersister(Service):
         # Group commit: the store takes the next batch before this one's callbacks run (they
         # answer requests and wake polls), so that it is not idle meanwhile.
         self._flushing = None
+        self._toAcknowledge.append(batch)
         if self._queue and self._accepting:
             self._flush()
-        for pending in batch:
-            pending.deferred.callback(pending.event)
+        self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        """
+        Fire the events' Deferreds, batch after batch in the order they were written: a store
+        that answers at once writes the next batch (in L{_flush}, above) before this one's
+        callbacks would run, and its acknowledgements must not overtake these.
+        """
+        if self._acknowledging:
+            return
+        self._acknowledging = True
+        try:
+            while self._toAcknowledge:
+                for pending in self._toAcknowledge.popleft():
+                    pending.deferred.callback(pending.event)
+        finally:
+            self._acknowledging = False
 
     def _failed(self, failure, batch: list[_Pending]):
         if self._abandoned(batch):

@@ -548,3 +548,22 @@ class ConversationRowTests(SynchronousTestCase):
         self.successResultOf(sent)
         self.successResultOf(alone)
         self.assertEqual(calls, [[ev(1)]])  # the rows alone wrote nothing
+
+
+class AcknowledgementOrderTests(SynchronousTestCase):
+    """
+    A store that answers at once (here the memory store) lets the next batch be written
+    before the last one's callbacks run; the acknowledgements still come in write order.
+    """
+
+    def test_batchesAcknowledgedInOrder(self):
+        clock = task.Clock()
+        persister = BatchPersister(clock, MemoryEventStore(), batchSize=2, flushInterval=0.01,
+                                   maxPending=100)
+        persister.startService()
+        acknowledged: list[int] = []
+        for seq in range(1, 8):
+            persister.enqueue(ev(seq), 1).addCallback(lambda e: acknowledged.append(e.seq))
+        clock.advance(0.01)
+        self.assertEqual(acknowledged, list(range(1, 8)))
+        self.successResultOf(persister.stopService())
