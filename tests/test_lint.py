@@ -35,7 +35,6 @@ STILL_TO_TYPE: frozenset[str] = frozenset([
     "hpchat/storage/fdb.py",
     "hpchat/storage/fdb_conversations.py",
     "hpchat/streams.py",
-    "hpchat/web/api.py",
     "hpchat/web/channel.py",
 ])
 

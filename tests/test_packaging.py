@@ -143,7 +143,7 @@ class WheelTests(unittest.TestCase):
         state = os.path.join(work, "state")
         os.makedirs(outside)
         os.makedirs(state)
-        found = (await run(python, "-c", "import hpchat, hpchat.web.api as api, "
+        found = (await run(python, "-c", "import hpchat, hpchat.web.operations as api, "
                            "twisted.plugins.hpchat_plugin as plugin; "
                            "print(hpchat.__file__); print(api.STATIC); print(plugin.__file__)",
                            cwd=outside)).split()

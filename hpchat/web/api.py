@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.web.test_api -*-
 """
 The HTTP API v1 (JSON over Klein): send, typing, long-poll events, history, inbox, cluster
-view, health and metrics.
+view; the node's own pages are in L{hpchat.web.operations}.
 
 Every request for a stream is checked in this order: token, stream id, membership, body, and
 then ownership of the stream's group (307 to the owner, or 503 while unsettled). Errors are
@@ -10,8 +10,6 @@ always C{{"error": {"code", "message"}}} with the documented status; never a tra
 
 from __future__ import annotations
 
-import functools
-import os
 import re
 from typing import Any
 
@@ -27,16 +25,14 @@ from hpchat.limits import UserLimits, retryAfter
 from hpchat.notify import BadNotification, Dropped, deliverToInbox, notificationFrom
 from hpchat.persister import Overloaded, PersisterStopped, StoreUnavailable
 from hpchat.storage.base import Event, StoreError
-from hpchat.streamids import BadConversation, inboxStream, isUserId, parseConversation
+from hpchat.streamids import BadConversation, inboxStream, parseConversation
 from hpchat.streams import CursorAhead, StreamUnavailable
 from hpchat.web.auth import Unauthorized
 from hpchat.web.internal import InternalUnauthorized
+from hpchat.web.operations import OPENAPI, PAGE, addOperationsRoutes, packaged
 from hpchat.web.social import SocialRoutes, addSocialRoutes
 from hpchat.web.sse import EventStreams, addStreamRoutes
-from hpchat.web.static import StaticFiles
 
-STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-DEV_TOKEN_TTL = 24 * 3600
 MAX_BODY = 64 * 1024
 MAX_NOTIFICATION_BATCH = 100
 # A batch of notifications between nodes, each at most 8 KiB.
@@ -78,21 +74,6 @@ def _json(request, status: int, body: Any) -> bytes:
     return strictjson.dumps(body).encode("utf-8")
 
 
-@functools.cache
-def _packaged(*path: str) -> bytes:
-    """
-    A file shipped with the package (the chat page, the OpenAPI document), read from disk
-    once: when the API is built, before the reactor runs (L{ChatAPI.__init__}), not on the
-    reactor thread at a request.
-    """
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), *path), "rb") as f:
-        return f.read()
-
-
-PAGE = ("static", "index.html")
-OPENAPI = ("openapi.json",)
-
-
 def _route(request, name: str) -> None:
     request.hpchatRoute = name
 
@@ -114,8 +95,8 @@ class ChatAPI:
         # refuses longer ones from their Content-Length before reading them).
         self.maxBody = maxBody
         self.maxInternalBody = maxInternalBody
-        _packaged(*PAGE)
-        _packaged(*OPENAPI)
+        packaged(*PAGE)
+        packaged(*OPENAPI)
         self._streams = streams
         self._limits = limits
         self._devLogin = devLogin
@@ -472,7 +453,8 @@ class ChatAPI:
         return polled
 
     def _pollEnded(self, result, user: str):
-        self._limits.polls.release(user)
+        if self._limits is not None:
+            self._limits.polls.release(user)
         return result
 
     @staticmethod
@@ -523,34 +505,6 @@ class ChatAPI:
                                     "last_seq": result.last_seq})
 
     # -- the chat page
-
-    @app.route("/", methods=["GET"])
-    def page(self, request):
-        _route(request, "page")
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-cache")
-        return _packaged(*PAGE)
-
-    @app.route("/static/", branch=True, methods=["GET"])
-    def static(self, request):
-        _route(request, "static")
-        return StaticFiles(STATIC)
-
-    @app.route("/v1/dev/login", methods=["POST"])
-    def devLogin(self, request):
-        """
-        Development only ([auth] dev_login = true): a token for any user, no password.
-        """
-        _route(request, "dev_login")
-        if not self._devLogin:
-            raise ApiError(404, "not_found", "no such resource")
-        body = self._body(request)
-        user = body.get("user")
-        if not isUserId(user):
-            raise _badRequest("user must match [A-Za-z0-9_-]{1,64}")
-        ttl = DEV_TOKEN_TTL
-        return _json(request, 200, {"user": user, "token": self._auth.mint(user, ttl),
-                                    "expires_in": ttl})
 
     # -- between nodes
 
@@ -622,49 +576,10 @@ class ChatAPI:
             result["location"] = error.headers[b"location"].decode("utf-8")
         return result
 
-    # -- cluster and operations
 
-    @app.route("/v1/cluster", methods=["GET"])
-    def cluster(self, request):
-        _route(request, "cluster")
-        nodes, groups = self._ownership.cluster()
-        return _json(request, 200, {"node": self._ownership.nodeId(), "nodes": nodes,
-                                    "groups": {str(g): n for g, n in sorted(groups.items())}})
-
-    @app.route("/v1/openapi.json", methods=["GET"])
-    def openapi(self, request):
-        _route(request, "openapi")
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-cache")
-        return _packaged(*OPENAPI)
-
-    @app.route("/healthz", methods=["GET"])
-    def healthz(self, request):
-        _route(request, "healthz")
-        return _json(request, 200, {"status": "ok", "node": self._ownership.nodeId()})
-
-    @app.route("/readyz", methods=["GET"])
-    def readyz(self, request):
-        _route(request, "readyz")
-        storeProblem = getattr(self._store, "notReadyReason", None)
-        checks = {"store": bool(self._store.ready) and storeProblem is None,
-                  "ownership": bool(self._ownership.ready()), "accepting": not self.draining}
-        if all(checks.values()):
-            return _json(request, 200, {"status": "ready", "checks": checks})
-        failing = ", ".join(k if k != "store" or not storeProblem else f"store ({storeProblem})"
-                            for k, v in checks.items() if not v)
-        return _json(request, 503, {"error": {"code": "unavailable",
-                                              "message": f"not ready: {failing}"},
-                                    "checks": checks})
-
-    @app.route("/metrics", methods=["GET"])
-    def metricsPage(self, request):
-        _route(request, "metrics")
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return metrics.render()
-
-
-# The social routes (read receipts, conversation list, blocks, presence) and the event streams
-# (Server-Sent Events) live in their modules.
+# The social routes (read receipts, conversation list, blocks, presence), the event streams
+# (Server-Sent Events) and the node's own pages (chat page, health, metrics) live in their
+# modules.
 addSocialRoutes(ChatAPI.app)
 addStreamRoutes(ChatAPI.app)
+addOperationsRoutes(ChatAPI.app)

@@ -11,7 +11,7 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from hpchat.web.api import STATIC
+from hpchat.web.operations import STATIC
 from hpchat.web.static import StaticFiles
 from tests.web.edge import edgeTreq
 
