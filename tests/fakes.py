@@ -23,6 +23,7 @@ from hpchat.storage.base import (
     StoreError,
     StreamConflict,
     StreamSnapshot,
+    requireFences,
 )
 from hpchat.storage.blocklist import IBlockStore
 from hpchat.storage.conversations import ConversationPage, IConversationStore, latestRows
@@ -194,10 +195,10 @@ class MemoryEventStore:
         fences = dict(fences)
         outbox = list(outbox)
         conversations = list(conversations)
-        missing = ({e.group for e in events} | {o.group for o in outbox}
-                   | {c.group for c in conversations}) - set(fences)
-        if missing:
-            return defer.fail(ValueError(f"no fence token for groups {sorted(missing)}"))
+        try:
+            requireFences(events, fences, outbox, conversations)
+        except ValueError:
+            return defer.fail()
         if self._failNext:
             self._failNext -= 1
             return defer.fail(self._failWith or StoreError("the disk is on fire"))

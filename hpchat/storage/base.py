@@ -115,6 +115,18 @@ class StreamConflict(StoreError):
                          + f": {detail}")
 
 
+def requireFences(events: Sequence[Event], fences: dict[int, int],
+                  outbox: Sequence[OutboxEntry] = (), conversations: Sequence = ()) -> None:
+    """
+    Refuse (C{ValueError}) an append that has no fence token for a group it writes to: every
+    store checks the tokens of exactly the groups of what it writes.
+    """
+    missing = ({e.group for e in events} | {o.group for o in outbox}
+               | {c.group for c in conversations}) - set(fences)
+    if missing:
+        raise ValueError(f"no fence token for groups {sorted(missing)}")
+
+
 class IEventStore(Interface):
     """
     Durable, fenced storage of stream events. Every method returns a Deferred and does its

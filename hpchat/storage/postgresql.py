@@ -35,6 +35,7 @@ from hpchat.storage.base import (
     StoreError,
     StreamConflict,
     StreamSnapshot,
+    requireFences,
 )
 from hpchat.storage.blocklist import IBlockStore
 from hpchat.storage.conversations import (
@@ -341,10 +342,7 @@ class PostgreSQLStore(SQLReads):
 
     def append(self, events: Sequence[Event], fences: dict[int, int],
                outbox: Sequence[OutboxEntry] = (), conversations: Sequence = ()):
-        missing = ({e.group for e in events} | {o.group for o in outbox}
-                   | {c.group for c in conversations}) - set(fences)
-        if missing:
-            raise ValueError(f"no fence token for groups {sorted(missing)}")
+        requireFences(events, fences, outbox, conversations)
         columns: list[list] = [[] for _ in range(9)]
         for e in events:
             for column, value in zip(columns, (

@@ -33,6 +33,7 @@ from hpchat.storage.base import (
     StoreError,
     StreamConflict,
     StreamSnapshot,
+    requireFences,
 )
 from hpchat.storage.blocklist import IBlockStore
 from hpchat.storage.conversations import (
@@ -331,10 +332,7 @@ class SQLiteStore(SQLReads):
 
     def append(self, events: Sequence[Event], fences: dict[int, int],
                outbox: Sequence[OutboxEntry] = (), conversations: Sequence = ()):
-        missing = ({e.group for e in events} | {o.group for o in outbox}
-                   | {c.group for c in conversations}) - set(fences)
-        if missing:
-            raise ValueError(f"no fence token for groups {sorted(missing)}")
+        requireFences(events, fences, outbox, conversations)
         # The whole batch as one JSON document, inserted by one statement: executemany would
         # hand the GIL back and forth once per row while the reactor thread is busy.
         batch = strictjson.dumps(
