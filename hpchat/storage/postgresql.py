@@ -169,6 +169,7 @@ class PostgreSQLStore(SQLReads):
 
     log = Logger()
     marker = "%s"
+    byteOrder = ' COLLATE "C"'
     sameSender = "IS NOT DISTINCT FROM"
 
     def __init__(self, reactor, dsn: str, connectTimeout: float = 5.0,
@@ -199,6 +200,9 @@ class PostgreSQLStore(SQLReads):
         if self._writer is None or self._writer.closed:
             self._writer = self._connect()
         return self._writer
+
+    def _fetchAll(self, sql: str, params: tuple) -> list:
+        return self._readerConnection().execute(sql, params).fetchall()
 
     def _readerConnection(self):
         if self._reader is None or self._reader.closed:
@@ -419,16 +423,6 @@ class PostgreSQLStore(SQLReads):
             else:
                 db.execute("DELETE FROM blocks WHERE blocker = %s AND blocked = %s",
                            (blocker, blocked))
-
-    def blocksOf(self, blocker: str):
-        return self._read(lambda: [b for (b,) in self._readerConnection().execute(
-            "SELECT blocked FROM blocks WHERE blocker = %s ORDER BY blocked COLLATE \"C\"",
-            (blocker,)).fetchall()])
-
-    def blocksBetween(self, a: str, b: str):
-        return self._read(lambda: set(self._readerConnection().execute(
-            "SELECT blocker, blocked FROM blocks WHERE (blocker = %s AND blocked = %s) "
-            "OR (blocker = %s AND blocked = %s)", (a, b, b, a)).fetchall()))
 
     def blockersAmong(self, blocked: str, users):
         users = sorted(set(users))

@@ -278,6 +278,9 @@ class SQLiteStore(SQLReads):
             raise StoreError("sqlite: the store is not open")
         return self._writer
 
+    def _fetchAll(self, sql: str, params: tuple) -> list:
+        return self._readerDB().execute(sql, params).fetchall()
+
     def _readerDB(self) -> sqlite3.Connection:
         """
         On the reader thread: the reading connection, or L{StoreError} when the store closed
@@ -404,16 +407,6 @@ class SQLiteStore(SQLReads):
             else:
                 db.execute("DELETE FROM blocks WHERE blocker = ? AND blocked = ?",
                            (blocker, blocked))
-
-    def blocksOf(self, blocker: str):
-        return self._read(lambda: [b for (b,) in self._readerDB().execute(
-            "SELECT blocked FROM blocks WHERE blocker = ? ORDER BY blocked",
-            (blocker,)).fetchall()])
-
-    def blocksBetween(self, a: str, b: str):
-        return self._read(lambda: set(self._readerDB().execute(
-            "SELECT blocker, blocked FROM blocks WHERE (blocker = ? AND blocked = ?) "
-            "OR (blocker = ? AND blocked = ?)", (a, b, b, a)).fetchall()))
 
     def blockersAmong(self, blocked: str, users):
         users = strictjson.dumps(sorted(set(users)))

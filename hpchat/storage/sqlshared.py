@@ -76,6 +76,27 @@ class SQLReads:
     def _select(self, sql: str, params: tuple, reverse: bool) -> list:
         raise NotImplementedError
 
+    def _fetchAll(self, sql: str, params: tuple) -> list:
+        """
+        The rows of C{sql} on the reader connection (on the reader's thread).
+        """
+        raise NotImplementedError
+
+    # -- blocks
+
+    #: How user ids are ordered: by their bytes, in every store.
+    byteOrder = ""
+
+    def blocksOf(self, blocker: str) -> defer.Deferred:
+        sql = self._sql(f"SELECT blocked FROM blocks WHERE blocker = ? ORDER BY blocked"
+                        f"{self.byteOrder}")
+        return self._read(lambda: [b for (b,) in self._fetchAll(sql, (blocker,))])
+
+    def blocksBetween(self, a: str, b: str) -> defer.Deferred:
+        sql = self._sql("SELECT blocker, blocked FROM blocks WHERE (blocker = ? AND blocked = ?)"
+                        " OR (blocker = ? AND blocked = ?)")
+        return self._read(lambda: set(self._fetchAll(sql, (a, b, b, a))))
+
     def _closeConnections(self) -> defer.Deferred:
         """
         Close the writer's and the reader's connection, each on its thread, then end both
