@@ -8,7 +8,6 @@ hot routes are answered with, and one request's state on a connection.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Mapping, Sequence
 from io import BytesIO
@@ -17,6 +16,8 @@ from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.web import http
+
+from hpchat import strictjson
 
 STATUS = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason
            in http.RESPONSES.items()}
@@ -94,8 +95,7 @@ def unsafeHeader(value: bytes) -> bool:
 
 
 def errorJSON(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}},
-                      separators=(",", ":")).encode("utf-8")
+    return strictjson.dumpb({"error": {"code": code, "message": message}})
 
 
 def checkTarget(target: bytes) -> str | None:
