@@ -14,9 +14,10 @@ so what is refused, and with which error, is exactly what C{json} with these rul
 UTF-8, and nesting deeper than 1024, all of which are errors here too, or, for deep nesting,
 left to C{json}'s recursion limit as before). orjson reads integers beyond 64 bits as floats,
 so a text with a run of 19 or more digits goes to C{json} directly. Out, orjson writes NaN
-and Infinity as C{null}: an output with C{null} in it is written by C{json} instead, which
-refuses them. A value orjson cannot write (a key that is not a string, an integer beyond 64
-bits, a lone surrogate) is left to C{json} too, which writes it or raises as before.
+and Infinity as C{null}: when an output has C{null} in it, the value is searched for them,
+and one that holds any is left to C{json}, which refuses it. A value orjson cannot write (a
+key that is not a string, an integer beyond 64 bits, a lone surrogate) is left to C{json}
+too, which writes it or raises as before.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def dumpb(value: Any) -> bytes:
     except TypeError:
         # (orjson.JSONEncodeError is a TypeError.)
         return _dumpsJSON(value).encode("utf-8")
-    if b"null" in data:
+    if b"null" in data and _nonFinite(value):
         return _dumpsJSON(value).encode("utf-8")
     return data
 
@@ -144,9 +145,27 @@ def dumps(value: Any, **kwargs: Any) -> str:
         data = orjson.dumps(value, option=_OPTIONS)
     except TypeError:
         return _dumpsJSON(value)
-    if b"null" in data:
+    if b"null" in data and _nonFinite(value):
         return _dumpsJSON(value)
     return data.decode("utf-8")
+
+
+def _nonFinite(value: Any) -> bool:
+    """
+    Whether C{value} (which orjson wrote) holds a NaN or infinite float, which orjson writes
+    as null and json refuses.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return True
+    return False
 
 
 def _dumpsJSON(value: Any, **kwargs: Any) -> str:

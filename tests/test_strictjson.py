@@ -125,7 +125,8 @@ class FastPathTests(SynchronousTestCase):
         values = [None, {"a": None}, [1, 2.5, True, False], {"é": "\u2028\x7f\x1f\"\\/"},
                   {1: "x"}, {(1, 2): "x"}, 2 ** 70, [2 ** 64], "\ud800", {"a": "\udfff"}, b"x",
                   {1, 2}, float("nan"), [1e-5, 1e16, 5e-324, -0.0], ("a", 1),
-                  {"a": [float("-inf")]}, {True: 1, None: 2}]
+                  {"a": [float("-inf")]}, {True: 1, None: 2}, {"a": None, "b": 1.5},
+                  ({"x": None}, (1, [float("nan")])), [None, _Float("inf")]]
         values += [_randomValue(rng, 4) for _ in range(1000)]
         for value in values:
             fast, reference = (_outcome(strictjson.dumps, value),
@@ -159,6 +160,10 @@ class FastPathTests(SynchronousTestCase):
                          (True, {"text": "hi", "client_id": "c1"}))
         self.assertEqual(strictjson.loads(b'{"text": "lg c1 1764619773.123456"}'),
                          {"text": "lg c1 1764619773.123456"})
+
+
+class _Float(float):
+    pass
 
 
 def orjsonDumps(value):
