@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args()
-    task.Clock.callLater = _callLater  # type: ignore[method-assign]
+    task.Clock.callLater = _callLater  # type: ignore[method-assign, assignment]
     h = Harness(max_poll_timeout=3600.0, batchSize=1000, store=_AppendOnly())
     site = buildSite(h.api, h.clock)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -55,7 +57,7 @@ class StrictJSONTests(SynchronousTestCase):
         self.assertEqual(strictjson.loadsStored(stored), {"a": None, "b": [None, None, None, 2.5]})
 
 
-def _outcome(f, *args):
+def _outcome(f: Callable[..., Any], *args: Any) -> tuple:
     """
     What C{f(*args)} did, comparable across implementations: the repr of its result (which
     tells 1 from 1.0 and True, and keeps key order), or the class and text of its error.
@@ -87,11 +89,11 @@ class FastPathTests(SynchronousTestCase):
     the two must agree on every text and value: same results, same errors.
     """
 
-    def assertAgree(self, data):
+    def assertAgree(self, data: bytes | str) -> None:
         self.assertEqual(_outcome(strictjson.loads, data),
                          _outcome(strictjson._loadsJSON, data), data[:60])
 
-    def test_trickyTexts(self):
+    def test_trickyTexts(self) -> None:
         for data in _TRICKY:
             self.assertAgree(data)
             try:
@@ -101,7 +103,7 @@ class FastPathTests(SynchronousTestCase):
             self.assertAgree(text)
         self.assertAgree('"\ud800"')
 
-    def test_randomTexts(self):
+    def test_randomTexts(self) -> None:
         """
         Random texts made of JSON's pieces (and a few that are not) read the same.
         """
@@ -116,7 +118,7 @@ class FastPathTests(SynchronousTestCase):
             self.assertAgree(json.dumps(value).encode("utf-8"))
             self.assertAgree(json.dumps(value, ensure_ascii=False))
 
-    def test_dumpsAgrees(self):
+    def test_dumpsAgrees(self) -> None:
         """
         Writing: the same text as json (floats may be spelt differently, e.g. 1e-05 and
         0.00001, but read back the same), the same refusals.
@@ -148,7 +150,7 @@ class FastPathTests(SynchronousTestCase):
             if not _hasFloat(value):
                 self.assertEqual(text, strictjson._dumpsJSON(value))
 
-    def test_answersAreFast(self):
+    def test_answersAreFast(self) -> None:
         """
         A typical answer is written by orjson itself (no null in it), a typical body read
         by it: the fallback is for the rare text only.
@@ -166,12 +168,12 @@ class _Float(float):
     pass
 
 
-def orjsonDumps(value):
+def orjsonDumps(value: Any) -> bytes:
     import orjson
     return orjson.dumps(value)
 
 
-def _hasFloat(value) -> bool:
+def _hasFloat(value: Any) -> bool:
     if isinstance(value, float):
         return True
     if isinstance(value, dict):
@@ -181,7 +183,7 @@ def _hasFloat(value) -> bool:
     return False
 
 
-def _randomValue(rng: random.Random, depth: int):
+def _randomValue(rng: random.Random, depth: int) -> Any:
     kind = rng.randrange(9 if depth else 6)
     if kind == 0:
         return rng.choice([None, True, False])
