@@ -71,7 +71,7 @@ def _json(request, status: int, body: Any) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
-    return strictjson.dumps(body).encode("utf-8")
+    return strictjson.dumpb(body)
 
 
 def _route(request, name: str) -> None:

@@ -22,35 +22,36 @@ the idle timeout applies between requests only, never while one (a long-poll) is
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from io import BytesIO
 from typing import Any
-from urllib.parse import urlsplit
 
 import httptools
-from twisted.internet import tcp
+from twisted.internet import defer, tcp
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
+from twisted.web.http_headers import Headers
 
 from hpchat import metrics
 from hpchat.config import LimitsConfig
+from hpchat.web.hot import HotLane, hotRequest
 from hpchat.web.wire import (
-    METHODS,
     SINGLE_HEADERS,
     STATUS,
-    TARGET,
     Exchange,
     HotRequest,
     canonical,
+    checkHead,
     checkTarget,
     errorJSON,
     httpDate,
     unsafeHeader,
-    validHost,
 )
+
+__all__ = ["Exchange", "HTTPConnection", "HotRequest", "checkTarget"]
 
 # Seconds the rest of a refused request is read and dropped before the connection closes.
 LINGER = 2.0
@@ -58,6 +59,9 @@ LINGER = 2.0
 MAX_QUEUED = 32
 # What an answer of a twisted.web request may hold back before it is written.
 MAX_HELD_ANSWER = 65536
+# The header fields of a connection between requests: none (shared, never appended to; each
+# request's head starts a list of its own).
+_NO_FIELDS: list[tuple[bytes, bytes]] = []
 
 
 class _Refused(Exception):
@@ -66,49 +70,65 @@ class _Refused(Exception):
     """
 
 
-class HTTPConnection(Protocol):
+class HTTPConnection(HotLane, Protocol):
     """
     One HTTP/1.1 connection of L{HPChatSite}: the site gives C{hot} (the L{HotRoutes}),
     C{cors} (a L{CORSPolicy} or C{None}), C{limits} (a L{LimitsConfig}), C{reactor} and
     C{requestFactory} (for requests other than the hot routes).
+
+    Its state is in slots: a node holds one per waiting long-poll, and an instance dict of
+    this many fields is the largest part of one.
     """
+
+    __slots__ = (
+        "_activity", "_broken", "_call", "_closing", "_counted", "_current",
+        "_currentExchange", "_deadline", "_deadlineActivity", "_deadlineKind", "_dispatching",
+        "_goodHost", "_headSeen", "_headSize", "_inBody", "_inHead", "_limits", "_linger",
+        "_out", "_outSize", "_parser", "_parsing", "_paused", "_producing", "_queue", "_raw",
+        "_reactor", "_timer", "_url",
+    )
 
     log = Logger()
     site: Any = None
     factory: Any = None
     requestFactory: Any = None
-    _closing = False
-    _linger = None
-    _broken = False
-    _paused = False
-    _dispatching = False
-    _inHead = False
-    _inBody = False
-    _timer: Any = None
-    _deadlineKind: str | None = None
-    _deadline = 0.0
-    _counted = False
-    _producing = False
-    _goodHost = None
+    transport: Any
+
+    def __init__(self) -> None:
+        self._closing = False
+        self._linger: IDelayedCall | None = None
+        self._broken = False
+        self._paused = False
+        self._dispatching = False
+        self._inHead = False
+        self._inBody = False
+        self._timer: IDelayedCall | None = None
+        self._deadlineKind: str | None = None
+        self._deadline = 0.0
+        self._counted = False
+        self._producing = False
+        self._goodHost: bytes | None = None
+        self._current: Any = None
+        self._call: defer.Deferred | None = None
+        self._currentExchange: Exchange | None = None
+        self._parsing: Exchange | None = None
+        self._queue: list[Exchange] = []
+        self._out: list[bytes] = []
+        self._outSize = 0
+        self._activity = 0
+        self._deadlineActivity = -1
+        self._headSeen = 0
+        self._headSize = 0
+        self._url = b""
+        self._raw: list[tuple[bytes, bytes]] = _NO_FIELDS
 
     # -- connection
 
     def connectionMade(self) -> None:
         site = self.site
         self._limits: LimitsConfig = site.limits
-        self._reactor = site.reactor
+        self._reactor: Any = site.reactor
         self._parser = httptools.HttpRequestParser(self)
-        # Few at a time: a list is smaller than a deque on each of many idle connections.
-        self._queue: list[Exchange] = []
-        self._parsing: Exchange | None = None
-        self._current: Any = None
-        self._currentExchange: Exchange | None = None
-        self._call = None
-        # An answer of a twisted.web request being written, and its size.
-        self._out: list[bytes] = []
-        self._outSize = 0
-        self._activity = 0
-        self._deadlineActivity = -1
         self._counted = True
         site.openConnections += 1
         if site.openConnections > self._limits.max_connections:
@@ -119,7 +139,7 @@ class HTTPConnection(Protocol):
             return
         self._updateDeadline()
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
@@ -133,6 +153,7 @@ class HTTPConnection(Protocol):
         self._timer = None
         current, call = self._current, self._call
         self._current = self._call = self._currentExchange = None
+        self._parsing = None
         if isinstance(current, HotRequest):
             current._disconnected = True
             if call is not None:
@@ -205,7 +226,7 @@ class HTTPConnection(Protocol):
         self._headSeen = 0
         self._headSize = 0
         self._url = b""
-        self._raw: list[tuple[bytes, bytes]] = []
+        self._raw = []
         self._activity += 1
 
     def on_url(self, url: bytes) -> None:
@@ -240,11 +261,16 @@ class HTTPConnection(Protocol):
             raise _Refused()
         self._inHead = False
         exchange = self._parsing
+        assert exchange is not None
         exchange.raw = self._raw
+        # The head now lives in the exchange only: nothing of it stays with the connection
+        # while the request (a long-poll) is answered.
+        self._raw = _NO_FIELDS
         parser = self._parser
         exchange.method = parser.get_method()
         version = parser.get_http_version()
-        exchange.headers = headers = {}
+        headers: dict[bytes, bytes] = {}
+        exchange.headers = headers
         hosts = 0
         repeated = None
         for name, value in exchange.raw:
@@ -254,7 +280,9 @@ class HTTPConnection(Protocol):
             if lower in headers and lower in SINGLE_HEADERS:
                 repeated = lower
             headers[lower] = value
-        problem = self._check(exchange, version, hosts)
+        problem = checkHead(exchange, headers, self._url, version, hosts, self._limits,
+                            self._goodHost)
+        self._url = b""
         if problem is None and repeated is not None and repeated != b"host":
             problem = (400, "bad_request",
                        f"the {repeated.decode('ascii')} header may appear once", None)
@@ -262,73 +290,16 @@ class HTTPConnection(Protocol):
             status, code, message, limit = problem
             self._refuse(status, code, message, limit=limit)
             raise _Refused()
+        # Clients send the same Host on every request of a connection: checked once.
+        self._goodHost = headers.get(b"host")
         exchange.keepAlive = version == "1.1" and parser.should_keep_alive() and (
             b"upgrade" not in headers)
         self._queue.append(exchange)
         self._inBody = True
 
-    def _check(self, exchange: Exchange, version: str, hosts: int):
-        """
-        Why the request whose head was just parsed is refused (C{(status, code, message,
-        limit name or None)}), or C{None}; it also sets the target and the body limit.
-        """
-        headers = exchange.headers
-        method = exchange.method
-        if version not in ("1.1", "1.0"):
-            # HTTP/0.9 (no version at all) or 2.0 and above on this port: not a request here.
-            return 400, "bad_request", "only HTTP/1.1 and 1.0 are served", None
-        if version == "1.0":
-            exchange.version = b"HTTP/1.0"
-        if method not in METHODS:
-            return 405, "method_not_allowed", "method not allowed", None
-        target = self._url
-        if target[:1] != b"/":
-            if not target.startswith((b"http://", b"https://")):
-                return 400, "bad_request", "the request target must be an absolute path", None
-            # The absolute form: its authority replaces Host (RFC 9112 3.2.2).
-            try:
-                parts = urlsplit(target)
-            except ValueError:
-                # e.g. an unclosed IPv6 literal: http://[::1/
-                return 400, "bad_request", "the request target is not a valid URL", None
-            headers[b"host"] = parts.netloc
-            exchange.raw = [(n, v) for n, v in exchange.raw if n.lower() != b"host"]
-            exchange.raw.append((b"Host", parts.netloc))
-            target = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
-            hosts = 1
-        if b"%" in target or TARGET.fullmatch(target) is None:
-            why = checkTarget(target)
-            if why is not None:
-                return 400, "bad_request", why, None
-        exchange.target = target
-        if hosts > 1 or (hosts == 0 and version == "1.1"):
-            return 400, "bad_request", "an HTTP/1.1 request has exactly one Host", None
-        host = headers.get(b"host")
-        if host is not None and host != self._goodHost:
-            if not validHost(host):
-                return 400, "bad_request", "the Host header is not a valid host", None
-            # Clients send the same Host on every request of a connection.
-            self._goodHost = host
-        expect = headers.get(b"expect")
-        if expect is not None and (expect.lower() != b"100-continue" or version != "1.1"):
-            return 417, "expectation_failed", "only Expect: 100-continue is served", None
-        chunked = b"transfer-encoding" in headers
-        length = headers.get(b"content-length")
-        if not chunked and length is None:
-            return None
-        if chunked and (version == "1.0" or headers[b"transfer-encoding"].lower() != b"chunked"):
-            return 400, "bad_request", "only Transfer-Encoding: chunked on HTTP/1.1", None
-        limit = exchange.limit = (self._limits.max_internal_body_bytes
-                                  if target.startswith(b"/internal/")
-                                  else self._limits.max_body_bytes)
-        if length is not None and int(length) > limit:
-            return 413, "too_large", f"request bodies are at most {limit} bytes", "body_bytes"
-        if expect is not None:
-            exchange.expectContinue = bool(chunked or int(length))
-        return None
-
     def on_body(self, body: bytes) -> None:
         exchange = self._parsing
+        assert exchange is not None
         exchange.size += len(body)
         if exchange.size > exchange.limit:
             self._refuse(413, "too_large",
@@ -343,6 +314,7 @@ class HTTPConnection(Protocol):
     def on_message_complete(self) -> None:
         self._inBody = False
         exchange, self._parsing = self._parsing, None
+        assert exchange is not None
         exchange.complete = True
         if not exchange.keepAlive:
             # Nothing after a request that ends the connection is read.
@@ -357,7 +329,8 @@ class HTTPConnection(Protocol):
             self._paused = True
             self.transport.pauseProducing()
 
-    def _refuse(self, status: int, code: str, message: str, headers: dict | None = None,
+    def _refuse(self, status: int, code: str, message: str,
+                headers: dict[bytes, bytes] | None = None,
                 limit: str | None = None) -> None:
         """
         Answer the request being parsed with an error, in order, and close the connection
@@ -462,27 +435,18 @@ class HTTPConnection(Protocol):
 
     def _start(self, exchange: Exchange) -> None:
         site = self.site
-        body = b"".join(exchange.body) if exchange.body else b""
-        exchange.body = None
-        target = exchange.target
-        path, _, query = target.partition(b"?")
-        request = HotRequest(exchange.method, target, path,
-                             http.parse_qs(query, 1) if query else {}, exchange.headers, body)
+        request = hotRequest(exchange)
         found = None
         if site.hot is not None and exchange.method != b"OPTIONS":
             found = site.hot.find(request)
         self._currentExchange = exchange
         if found is None:
-            self._startWeb(exchange, body)
+            self._startWeb(exchange, request.content.getvalue())
             return
-        exchange.raw = []
+        exchange.raw = ()
         if site.cors is not None:
             site.cors.apply(request)
-        self._current = request
-        call = site.hot.call(request, found)
-        if self._current is request:
-            self._call = call
-        call.addCallback(self._answer, request, exchange).addErrback(self._answerFailed)
+        self._startHot(site.hot, request, found, exchange)
 
     def _startWeb(self, exchange: Exchange, body: bytes) -> None:
         request = self.requestFactory(self)
@@ -490,7 +454,7 @@ class HTTPConnection(Protocol):
         add = request.requestHeaders.addRawHeader
         for name, value in exchange.raw:
             add(name, value)
-        exchange.raw = []
+        exchange.raw = ()
         request.content = BytesIO(body)
         request.requestReceived(exchange.method, exchange.target, exchange.version)
 
@@ -504,62 +468,8 @@ class HTTPConnection(Protocol):
             self._advance()
             self._updateDeadline()
 
-    def _answer(self, body: bytes | None, request: HotRequest, exchange: Exchange) -> None:
-        if self._current is request:
-            self._call = None
-        if body is None or request._disconnected or self._closing:
-            return
-        request.finished = True
-        parts = [STATUS.get(request.code) or b"HTTP/1.1 %d Unknown\r\n" % request.code,
-                 b"Date: %s\r\nContent-Length: %d\r\n" % (httpDate(self._reactor.seconds()),
-                                                          len(body))]
-        for name, value in request.responseHeaders.items():
-            if b"\r" in value or b"\n" in value or b"\0" in value:
-                self.log.warn("dropped an unsafe {name} header from an answer",  # noqa: G010
-                              name=name.decode("latin-1"))
-                continue
-            parts.append(b"%s: %s\r\n" % (canonical(name), value))
-        if not exchange.keepAlive:
-            parts.append(b"Connection: close\r\n")
-        parts.append(b"\r\n")
-        parts.append(body)
-        self._send(b"".join(parts))
-        metrics.countRequest(request.hpchatRoute, request.code)
-        self._finished(exchange)
-
-    def _send(self, data: bytes) -> None:
-        """
-        Write C{data}: on a plain TCP connection with nothing queued, straight to the socket.
-
-        A transport's write only queues the data and asks the reactor to watch the socket;
-        the send happens on the reactor's next turn. An answer is small and the socket's
-        buffer nearly always free, so it goes out at once (as asyncio's transports do), and
-        whatever the socket does not take is left to the transport, in order. Only the
-        reactor's own TCP connection qualifies (checked by its exact type, never through a
-        wrapper such as TLS, which must encrypt it).
-        """
-        transport = self.transport
-        if (type(transport) is tcp.Server and not transport.TLS and transport.connected
-                and not transport.disconnecting and not transport._tempDataBuffer
-                and not transport.dataBuffer):
-            try:
-                sent = transport.socket.send(data)
-            except OSError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
-
-    def _answerFailed(self, failure) -> None:
-        # A bug in writing the answer: the client cannot get one, so it is disconnected.
-        self.log.failure("writing an answer failed", failure)
-        self._current = self._call = None
-        self._closing = True
-        self.transport.abortConnection()
-
     def _writeError(self, status: int, code: str, message: str,
-                    headers: dict | None = None) -> None:
+                    headers: dict[bytes, bytes] | None = None) -> None:
         body = errorJSON(code, message)
         parts = [STATUS.get(status) or b"HTTP/1.1 %d Error\r\n" % status,
                  b"Date: %s\r\nContent-Type: application/json; charset=utf-8\r\n"
@@ -574,7 +484,8 @@ class HTTPConnection(Protocol):
 
     # -- the channel of twisted.web requests
 
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers) -> None:
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes,
+                     headers: Headers) -> None:
         parts = [b"HTTP/1.1 %s %s\r\n" % (code, reason)]
         exchange = self._currentExchange
         for name, values in headers.getAllRawHeaders():
@@ -616,16 +527,16 @@ class HTTPConnection(Protocol):
             if not self._closing:
                 self.transport.write(data)
 
-    def writeSequence(self, data) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
 
-    def requestDone(self, request) -> None:
+    def requestDone(self, request: Any) -> None:
         self._flush()
         exchange = self._currentExchange
         if request is self._current and exchange is not None:
             self._finished(exchange)
 
-    def registerProducer(self, producer, streaming: bool) -> None:
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._flush()
         self._producing = True
         self.transport.registerProducer(producer, streaming)
@@ -637,10 +548,10 @@ class HTTPConnection(Protocol):
     def loseConnection(self) -> None:
         self._close()
 
-    def getPeer(self):
+    def getPeer(self) -> IAddress:
         return self.transport.getPeer()
 
-    def getHost(self):
+    def getHost(self) -> IAddress:
         return self.transport.getHost()
 
     def isSecure(self) -> bool:

@@ -12,37 +12,43 @@ errors become the same JSON answers, and a client that goes away cancels its han
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from hpchat.web.api import ApiError
 
+# A hot route's handler and the arguments it takes after the request.
+Found = tuple[Callable[..., Any], tuple[str, ...]]
+
 
 @implementer(IResource)
 class HotRoutes:
     isLeaf = True
 
-    def __init__(self, api, fallback):
+    def __init__(self, api: Any, fallback: Any) -> None:
         self._api = api
         self._fallback = fallback
-        self._conversation = {
+        self._conversation: dict[tuple[bytes, bytes], Callable[..., Any]] = {
             (b"GET", b"events"): api.events,
             (b"POST", b"messages"): api.sendMessage,
             (b"POST", b"typing"): api.typing,
             (b"GET", b"messages"): api.history,
         }
 
-    def getChildWithDefault(self, name, request):
+    def getChildWithDefault(self, name: bytes, request: Any) -> HotRoutes:
         return self
 
-    def putChild(self, path, child):
+    def putChild(self, path: bytes, child: Any) -> None:
         raise NotImplementedError()
 
-    def find(self, request):
+    def find(self, request: Any) -> Found | None:
         """
         The handler and arguments for C{request} if it is on a hot route, else C{None}.
         """
@@ -54,7 +60,7 @@ class HotRoutes:
             # Klein would answer this in plain text and log an error.
             return (self._badPath, ())
 
-    def _match(self, request):
+    def _match(self, request: Any) -> Found | None:
         path = request.path
         if path == b"/v1/inbox/events":
             return (self._api.inboxEvents, ()) if request.method == b"GET" else None
@@ -73,17 +79,31 @@ class HotRoutes:
             segment = unquote(segment, errors="strict")
         return handler, (segment,)
 
-    def call(self, request, found) -> defer.Deferred:
+    @staticmethod
+    def start(request: Any, found: Found) -> defer.Deferred:
         """
-        Run the handler C{found} for C{request}; the result fires with the answer's body,
-        errors already turned into their JSON answers (or C{None} once the client is gone).
+        Run the handler C{found} for C{request}; the result fires with the answer's body or
+        fails with the handler's error (L{failed} makes that the answer's body).
         """
         handler, args = found
-        d = defer.maybeDeferred(handler, request, *args)
-        d.addErrback(self._failed, request)
-        return d
+        try:
+            result = handler(request, *args)
+        except BaseException:
+            return defer.fail()
+        if isinstance(result, defer.Deferred):
+            return result
+        if hasattr(result, "__await__"):
+            return defer.Deferred.fromCoroutine(result)
+        return defer.succeed(result)
 
-    def render(self, request):
+    def call(self, request: Any, found: Found) -> defer.Deferred:
+        """
+        L{start}, errors already turned into their JSON answers (or C{None} once the client
+        is gone).
+        """
+        return self.start(request, found).addErrback(self.failed, request)
+
+    def render(self, request: Any) -> Any:
         found = self.find(request)
         if found is None:
             return self._fallback.render(request)
@@ -93,11 +113,11 @@ class HotRoutes:
         return NOT_DONE_YET
 
     @staticmethod
-    async def _badPath(request):
+    async def _badPath(request: Any) -> bytes:
         raise ApiError(400, "bad_request", "the path is not valid percent-encoded UTF-8")
 
     @staticmethod
-    def _answer(body: bytes | None, request) -> None:
+    def _answer(body: bytes | None, request: Any) -> None:
         if body is None or request.finished or request._disconnected:
             return
         request.setHeader(b"content-length", b"%d" % len(body))
@@ -105,7 +125,11 @@ class HotRoutes:
             request.write(body)
         request.finish()
 
-    def _failed(self, failure, request) -> bytes | None:
+    def failed(self, failure: Failure, request: Any) -> bytes | None:
+        """
+        The body of the JSON answer to C{failure} of C{request}'s handler, or C{None} once its
+        client is gone.
+        """
         if request.finished or request._disconnected:
             return None
         return self._api.errorBody(request, failure)

@@ -1,21 +1,23 @@
 # -*- test-case-name: tests.web.test_channel -*-
 """
-The pieces of HTTP/1.1 that L{HTTPConnection} reads and writes: the checks of a request
-target, header values safe to send, status lines and dates, the small request the hot routes
-are answered with, and one request's state on a connection.
+The pieces of HTTP/1.1 that L{HTTPConnection} reads and writes: the checks of a request's
+head and target, header values safe to send, status lines and dates, the small request the
+hot routes are answered with, and one request's state on a connection.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Mapping, Sequence
 from io import BytesIO
 from types import MappingProxyType
-from urllib.parse import unquote_to_bytes
+from typing import Any
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.web import http
+
+from hpchat import strictjson
 
 STATUS = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason
            in http.RESPONSES.items()}
@@ -94,8 +96,7 @@ def unsafeHeader(value: bytes) -> bool:
 
 
 def errorJSON(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}},
-                      separators=(",", ":")).encode("utf-8")
+    return strictjson.dumpb({"error": {"code": code, "message": message}})
 
 
 def checkTarget(target: bytes) -> str | None:
@@ -113,6 +114,66 @@ def checkTarget(target: bytes) -> str | None:
             decoded.decode("utf-8")
         except UnicodeDecodeError:
             return "the request target is not valid percent-encoded UTF-8"
+    return None
+
+
+def checkHead(exchange: Exchange, headers: dict[bytes, bytes], target: bytes, version: str,
+              hosts: int, limits: Any, goodHost: bytes | None
+              ) -> tuple[int, str, str, str | None] | None:
+    """
+    Why the request whose head was just parsed (C{headers}, with C{hosts} Host fields, for
+    C{target}) is refused under C{limits} (a L{LimitsConfig}): C{(status, code, message,
+    limit name or None)}, or C{None}. It also sets the exchange's target, version and body
+    limit. C{goodHost} is a Host already found valid on the connection.
+    """
+    method = exchange.method
+    if version not in ("1.1", "1.0"):
+        # HTTP/0.9 (no version at all) or 2.0 and above on this port: not a request here.
+        return 400, "bad_request", "only HTTP/1.1 and 1.0 are served", None
+    if version == "1.0":
+        exchange.version = b"HTTP/1.0"
+    if method not in METHODS:
+        return 405, "method_not_allowed", "method not allowed", None
+    if target[:1] != b"/":
+        if not target.startswith((b"http://", b"https://")):
+            return 400, "bad_request", "the request target must be an absolute path", None
+        # The absolute form: its authority replaces Host (RFC 9112 3.2.2).
+        try:
+            parts = urlsplit(target)
+        except ValueError:
+            # e.g. an unclosed IPv6 literal: http://[::1/
+            return 400, "bad_request", "the request target is not a valid URL", None
+        headers[b"host"] = parts.netloc
+        raw = [(n, v) for n, v in exchange.raw if n.lower() != b"host"]
+        raw.append((b"Host", parts.netloc))
+        exchange.raw = raw
+        target = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
+        hosts = 1
+    if b"%" in target or TARGET.fullmatch(target) is None:
+        why = checkTarget(target)
+        if why is not None:
+            return 400, "bad_request", why, None
+    exchange.target = target
+    if hosts > 1 or (hosts == 0 and version == "1.1"):
+        return 400, "bad_request", "an HTTP/1.1 request has exactly one Host", None
+    host = headers.get(b"host")
+    if host is not None and host != goodHost and not validHost(host):
+        return 400, "bad_request", "the Host header is not a valid host", None
+    expect = headers.get(b"expect")
+    if expect is not None and (expect.lower() != b"100-continue" or version != "1.1"):
+        return 417, "expectation_failed", "only Expect: 100-continue is served", None
+    chunked = b"transfer-encoding" in headers
+    length = headers.get(b"content-length")
+    if not chunked and length is None:
+        return None
+    if chunked and (version == "1.0" or headers[b"transfer-encoding"].lower() != b"chunked"):
+        return 400, "bad_request", "only Transfer-Encoding: chunked on HTTP/1.1", None
+    limit = exchange.limit = (limits.max_internal_body_bytes if target.startswith(b"/internal/")
+                              else limits.max_body_bytes)
+    if length is not None and int(length) > limit:
+        return 413, "too_large", f"request bodies are at most {limit} bytes", "body_bytes"
+    if expect is not None:
+        exchange.expectContinue = bool(chunked or int(length or 0))
     return None
 
 
@@ -135,8 +196,8 @@ class HotRequest:
         "uri",
     )
 
-    def __init__(self, method: bytes, uri: bytes, path: bytes, args: dict,
-                 headers: dict[bytes, bytes], body: bytes):
+    def __init__(self, method: bytes, uri: bytes, path: bytes, args: dict[bytes, list[bytes]],
+                 headers: Mapping[bytes, bytes], body: bytes):
         self.method = method
         self.uri = uri
         self.path = path
@@ -178,4 +239,4 @@ class Exchange:
     complete = False
     expectContinue = False
     # (status, code, message, extra headers) for a request refused here.
-    error: tuple[int, str, str, dict] | None = None
+    error: tuple[int, str, str, dict[bytes, bytes]] | None = None

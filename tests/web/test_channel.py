@@ -303,6 +303,45 @@ class FramingTests(ConnectionTestsBase):
         self.assertEqual(len(parseAnswers(transport.value())), 41)
 
 
+class WaitingPollTests(ConnectionTestsBase):
+    def test_nothingOfTheHeadKeptWhileAPollWaits(self) -> None:
+        """
+        While a long-poll waits, its connection keeps none of the request's head: the header
+        fields and the target live in the request being answered only, and the connection's
+        state is in slots (its instance dict holds only what Twisted's factory and the site set).
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(self.get(f"/v1/conversations/{CID}/events?timeout=20",
+                                      b"X-Padding: " + b"p" * 200 + b"\r\n"))
+        self.assertEqual(self.h.waiters(), 1)
+        self.assertEqual((channel._raw, channel._url), ([], b""))
+        self.assertEqual(channel._current.getHeader(b"x-padding"), b"p" * 200)
+        self.assertLessEqual(set(vars(channel)),
+                             {"transport", "connected", "factory", "site", "requestFactory",
+                              "timeOut", "callLater"})
+        # The next request on the connection parses as usual once the poll is answered.
+        self.h.send(CID, "bob", "hi")
+        self.h.settle()
+        channel.dataReceived(self.get(f"/v1/conversations/{CID}/events?timeout=0"))
+        answers = parseAnswers(transport.value())
+        self.assertEqual([status for status, _, _ in answers], [200, 200])
+        self.assertEqual(json.loads(answers[0][2])["events"][0]["text"], "hi")
+
+    def test_handlerErrorsAreAnswered(self) -> None:
+        """
+        A handler that raises at once, or whose Deferred fails, gets its JSON error answer
+        on the connection, which stays open.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(self.get(f"/v1/conversations/{CID}/events?after=x")
+                             + self.get(f"/v1/conversations/{CID}/events?after=99&timeout=0"))
+        answers = parseAnswers(transport.value())
+        self.assertEqual([(status, json.loads(body)["error"]["code"])
+                          for status, _, body in answers],
+                         [(400, "bad_request"), (409, "cursor_ahead")])
+        self.assertFalse(transport.disconnecting)
+
+
 class SmugglingTests(ConnectionTestsBase):
     def smuggled(self, data: bytes, status: int = 400) -> None:
         """

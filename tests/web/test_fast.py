@@ -4,8 +4,10 @@ The hot routes: matched without Klein, answered exactly as Klein would.
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
+from hpchat.web.fast import HotRoutes
 from tests.web.fakes import Harness
 
 CID = "dm:alice:bob"
@@ -45,3 +47,21 @@ class HotRoutesTests(SynchronousTestCase):
         self.assertEqual(self.h.call("PUT", f"/v1/conversations/{CID}/events").code, 405)
         self.assertEqual(self.h.call("GET", f"/v1/conversations/{CID}/events/x").code, 404)
         self.assertEqual(self.h.call("GET", "/healthz", user=None).code, 200)
+
+    def test_startTakesEveryKindOfHandler(self) -> None:
+        """
+        C{start} gives a Deferred for a handler that returns a Deferred, a plain value or a
+        coroutine, and a failed one for a handler that raises.
+        """
+        async def coroutine(request: object) -> bytes:
+            return b"c"
+
+        def raises(request: object) -> bytes:
+            raise ValueError("no")
+
+        d = defer.succeed(b"d")
+        self.assertIs(HotRoutes.start(None, (lambda request: d, ())), d)
+        plain = HotRoutes.start(None, (lambda r, x: x.encode(), ("v",)))
+        self.assertEqual(self.successResultOf(plain), b"v")
+        self.assertEqual(self.successResultOf(HotRoutes.start(None, (coroutine, ()))), b"c")
+        self.failureResultOf(HotRoutes.start(None, (raises, ())), ValueError)

@@ -1,0 +1,147 @@
+# -*- test-case-name: tests.web.test_channel -*-
+"""
+The hot lane of a connection: a request on one of the hot routes (L{HotRoutes}) is run by its
+handler with the small L{HotRequest} and answered in one write, status line, headers and body
+together, straight to the socket when the transport is the reactor's own TCP connection.
+
+L{HotLane} is the half of L{hpchat.web.channel.HTTPConnection} that does this; the connection
+(parsing, limits, order of answers) is the other half.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer, tcp
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+
+from hpchat import metrics
+from hpchat.web.wire import STATUS, Exchange, HotRequest, canonical, httpDate
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from hpchat.web.fast import HotRoutes
+
+_NO_ARGS: dict[bytes, list[bytes]] = {}
+
+
+def hotRequest(exchange: Exchange) -> HotRequest:
+    """
+    The L{HotRequest} of C{exchange}, whose body is handed over (and dropped from it).
+    """
+    body = b"".join(exchange.body) if exchange.body else b""
+    exchange.body = None
+    target = exchange.target
+    path, _, query = target.partition(b"?")
+    # Handlers only read the arguments: a request without any shares one empty dict.
+    args = http.parse_qs(query, 1) if query else _NO_ARGS
+    return HotRequest(exchange.method, target, path, args, exchange.headers, body)
+
+
+def encodeAnswer(request: HotRequest, body: bytes, keepAlive: bool, now: float) -> bytes:
+    """
+    The whole answer to C{request}: status line, Date, Content-Length, the handler's headers
+    (a value that could end the field or the head is dropped and logged) and C{body}.
+    """
+    parts = [STATUS.get(request.code) or b"HTTP/1.1 %d Unknown\r\n" % request.code,
+             b"Date: %s\r\nContent-Length: %d\r\n" % (httpDate(now), len(body))]
+    for name, value in request.responseHeaders.items():
+        if b"\r" in value or b"\n" in value or b"\0" in value:
+            HotLane.log.warn("dropped an unsafe {name} header from an answer",  # noqa: G010
+                             name=name.decode("latin-1"))
+            continue
+        parts.append(b"%s: %s\r\n" % (canonical(name), value))
+    if not keepAlive:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    parts.append(body)
+    return b"".join(parts)
+
+
+def sendNow(transport: Any, data: bytes) -> None:
+    """
+    Write C{data}: on a plain TCP connection with nothing queued, straight to the socket.
+
+    A transport's write only queues the data and asks the reactor to watch the socket; the
+    send happens on the reactor's next turn. An answer is small and the socket's buffer
+    nearly always free, so it goes out at once (as asyncio's transports do), and whatever the
+    socket does not take is left to the transport, in order. Only the reactor's own TCP
+    connection qualifies (checked by its exact type, never through a wrapper such as TLS,
+    which must encrypt it).
+    """
+    if (type(transport) is tcp.Server and not transport.TLS and transport.connected
+            and not transport.disconnecting and not transport._tempDataBuffer
+            and not transport.dataBuffer):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+class HotLane:
+    """
+    Runs and answers hot requests for the connection it is mixed into, which provides
+    C{transport}, C{_reactor}, C{_closing}, C{_current}, C{_call} and C{_finished}.
+    """
+
+    log = Logger()
+
+    transport: Any
+    _reactor: IReactorTime
+    _closing: bool
+    _current: Any
+    _call: defer.Deferred | None
+
+    def _finished(self, exchange: Exchange) -> None:
+        raise NotImplementedError()
+
+    def _startHot(self, hot: HotRoutes, request: HotRequest, found: tuple,
+                  exchange: Exchange) -> None:
+        """
+        Run C{request}'s handler; its answer (or its error's JSON answer) is written once it
+        fires. One callback pair per request: the errors of the handler and those of writing
+        the answer are told apart here rather than by more links in the chain.
+        """
+        self._current = request
+        call = hot.start(request, found)
+        if self._current is request:
+            self._call = call
+        call.addCallbacks(self._answer, self._handlerFailed, callbackArgs=(request, exchange),
+                          errbackArgs=(hot, request, exchange))
+
+    def _handlerFailed(self, failure: Failure, hot: HotRoutes, request: HotRequest,
+                       exchange: Exchange) -> None:
+        try:
+            body = hot.failed(failure, request)
+        except BaseException:
+            self._answerFailed(Failure())
+            return
+        self._answer(body, request, exchange)
+
+    def _answer(self, body: bytes | None, request: HotRequest, exchange: Exchange) -> None:
+        if self._current is request:
+            self._call = None
+        if body is None or request._disconnected or self._closing:
+            return
+        try:
+            request.finished = True
+            sendNow(self.transport, encodeAnswer(request, body, exchange.keepAlive,
+                                                 self._reactor.seconds()))
+            metrics.countRequest(request.hpchatRoute, request.code)
+            self._finished(exchange)
+        except BaseException:
+            self._answerFailed(Failure())
+
+    def _answerFailed(self, failure: Failure) -> None:
+        # A bug in writing the answer: the client cannot get one, so it is disconnected.
+        self.log.failure("writing an answer failed", failure)
+        self._current = self._call = None
+        self._closing = True
+        self.transport.abortConnection()
