@@ -20,12 +20,14 @@ key of the row it replaces.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twisted.internet import defer
 
-from hpchat.storage.base import FenceRejected
+from hpchat.storage.base import Event, FenceRejected
 from hpchat.storage.conversations import ConversationPage, ConversationRow, latestRows
+from hpchat.storage.fdb_client import FDBClient
+from hpchat.storage.fdb_layout import KeyLayout
 
 #: At most this many summary rows of one user are read to count their unread messages.
 MAX_ROWS_SCANNED = 100_000
@@ -33,10 +35,10 @@ MAX_ROWS_SCANNED = 100_000
 
 class ConversationKeys:
     """
-    The keys and values of the summaries, over a L{hpchat.storage.fdb.KeyLayout}.
+    The keys and values of the summaries, over a L{hpchat.storage.fdb_layout.KeyLayout}.
     """
 
-    def __init__(self, layout: Any):
+    def __init__(self, layout: KeyLayout):
         self._layout = layout
         self._t = layout._t
 
@@ -93,18 +95,16 @@ def rowsByPart(rows: Sequence[ConversationRow], parts: Sequence[Sequence[Any]]
     return byPart
 
 
-class FDBConversations:
+class FDBConversations(FDBClient):
     """
-    Mixed into L{hpchat.storage.fdb.FoundationDBStore}.
+    The conversation, block and presence parts of L{hpchat.storage.fdb.FoundationDBStore}.
     """
-
-    layout: Any
 
     @property
     def conversationKeys(self) -> ConversationKeys:
         return ConversationKeys(self.layout)
 
-    def _readMarkers(self, tr) -> Any:
+    def _readMarkers(self, tr: Any) -> Callable[[str], dict[str, int]]:
         """
         A function of a stream giving its read markers, read in C{tr}.
         """
@@ -117,7 +117,7 @@ class FDBConversations:
 
         return reads
 
-    def _writeRows(self, tr, rows: Sequence[ConversationRow]) -> None:
+    def _writeRows(self, tr: Any, rows: Sequence[ConversationRow]) -> None:
         """
         Inside an append's transaction, after its checks: write C{rows}.
         """
@@ -133,13 +133,14 @@ class FDBConversations:
             tr.set(keys.activity(row.user, row.updated, row.stream), b"")
             tr.set(keys.read(row.stream, row.user), self.layout.packInt(row.read_seq))
 
-    def listConversations(self, user: str, limit: int, before: tuple[float, str] | None):
+    def listConversations(self, user: str, limit: int,
+                          before: tuple[float, str] | None) -> defer.Deferred[ConversationPage]:
         if limit <= 0:
             return defer.succeed(ConversationPage(items=[], unread_total=0))
         keys = self.conversationKeys
         layout = self.layout
 
-        def body(tr, attempt):
+        def body(tr: Any, attempt: int) -> ConversationPage:
             begin, end = keys.activityRange(user)
             if before is not None:
                 end = keys.activity(user, before[0], before[1])
@@ -151,7 +152,7 @@ class FDBConversations:
             for k, v in self._range(tr, sBegin, sEnd, MAX_ROWS_SCANNED):
                 row = keys.decodeRow(user, layout.unpack(k)[2], v)
                 total += row.last_seq - row.read_seq
-            items = []
+            items: list[tuple[ConversationRow, Event | None]] = []
             for stream, value in rows:
                 if not value.present():
                     continue
@@ -167,11 +168,11 @@ class FDBConversations:
     # -- blocks
 
     def setBlock(self, blocker: str, blocked: str, on: bool, group: int, token: int,
-                 ts: float):
+                 ts: float) -> defer.Deferred[None]:
         key = self.conversationKeys.block(blocker, blocked)
         value = self.layout._t.pack((float(ts),))
 
-        def body(tr, attempt):
+        def body(tr: Any, attempt: int) -> None:
             rejected = self._raiseFences(tr, {group: token})
             if rejected:
                 raise FenceRejected(rejected)
@@ -181,63 +182,64 @@ class FDBConversations:
             else:
                 tr.clear_range(key, key + b"\x00")
 
-        return self._defer(self._transact, body).addCallback(lambda _: None)
+        return self._readWrite(body)
 
-    def blocksOf(self, blocker: str):
+    def blocksOf(self, blocker: str) -> defer.Deferred[list[str]]:
         keys = self.conversationKeys
 
-        def body(tr, attempt):
+        def body(tr: Any, attempt: int) -> list[str]:
             begin, end = keys.blockRange(blocker)
             return sorted((self.layout.unpack(k)[2] for k, _ in self._range(tr, begin, end, 0)),
                           key=str.encode)
 
         return self._read(body)
 
-    def blocksBetween(self, a: str, b: str):
+    def blocksBetween(self, a: str, b: str) -> defer.Deferred[set[tuple[str, str]]]:
         keys = self.conversationKeys
 
-        def body(tr, attempt):
+        def body(tr: Any, attempt: int) -> set[tuple[str, str]]:
             found = [((a, b), tr.get(keys.block(a, b))), ((b, a), tr.get(keys.block(b, a)))]
             return {pair for pair, value in found if value.present()}
 
         return self._read(body)
 
-    def blockersAmong(self, blocked: str, users):
+    def blockersAmong(self, blocked: str, users: Iterable[str]) -> defer.Deferred[set[str]]:
         keys = self.conversationKeys
-        users = sorted(set(users))
+        among = sorted(set(users))
 
-        def body(tr, attempt):
-            found = [(u, tr.get(keys.block(u, blocked))) for u in users]
+        def body(tr: Any, attempt: int) -> set[str]:
+            found = [(u, tr.get(keys.block(u, blocked))) for u in among]
             return {u for u, value in found if value.present()}
 
         return self._read(body)
 
     # -- last seen
 
-    def writeLastSeen(self, entries, fences):
+    def writeLastSeen(self, entries: Mapping[str, float],
+                      fences: Mapping[int, int]) -> defer.Deferred[None]:
         if not entries:
             return defer.succeed(None)
         layout = self.layout
-        entries = dict(entries)
+        seen = dict(entries)
 
-        def body(tr, attempt):
-            stored = [(u, tr.get(layout.pack("p", u))) for u in entries]
+        def body(tr: Any, attempt: int) -> None:
+            stored = [(u, tr.get(layout.pack("p", u))) for u in seen]
             rejected = self._raiseFences(tr, dict(fences))
             if rejected:
                 raise FenceRejected(rejected)
             for user, value in stored:
                 old = layout._t.unpack(bytes(value))[0] if value.present() else None
-                if old is None or old < entries[user]:
-                    tr.set(layout.pack("p", user), layout._t.pack((float(entries[user]),)))
+                if old is None or old < seen[user]:
+                    tr.set(layout.pack("p", user), layout._t.pack((float(seen[user]),)))
 
-        return self._defer(self._transact, body).addCallback(lambda _: None)
+        return self._readWrite(body)
 
-    def lastSeen(self, users):
+    def lastSeen(self, users: Iterable[str]) -> defer.Deferred[dict[str, float]]:
         layout = self.layout
-        users = sorted(set(users))
+        among = sorted(set(users))
 
-        def body(tr, attempt):
-            found = [(u, tr.get(layout.pack("p", u))) for u in users]
+        def body(tr: Any, attempt: int) -> dict[str, float]:
+            found = [(u, tr.get(layout.pack("p", u))) for u in among]
             return {u: layout._t.unpack(bytes(v))[0] for u, v in found if v.present()}
 
         return self._read(body)

@@ -15,11 +15,10 @@ Two ways it runs:
 from __future__ import annotations
 
 import os
-import threading
 import uuid
+from typing import cast
 
-from twisted.internet import defer
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from hpchat.storage.base import FenceRejected, StoreError, StreamConflict
@@ -29,8 +28,9 @@ from tests.storage.conversations_contract import ConversationStoreContract
 CLUSTER_ENV = "HPCHAT_TEST_FDB_CLUSTER_FILE"
 CLUSTER_FILE = os.environ.get(CLUSTER_ENV) or None
 
+NO_BINDING: str | None
 try:
-    import fdb.tuple  # noqa: F401  (pure Python: imports without libfdb_c)
+    import fdb.tuple  # type: ignore[import-untyped]  # noqa: F401  (pure Python: no libfdb_c)
 except ImportError:
     NO_BINDING = ("the FoundationDB binding is not installed "
                   "(pip install 'hpchat[foundationdb]' or '.[test]')")
@@ -129,9 +129,10 @@ class FakeFoundationDBContractTests(EventStoreContract, ConversationStoreContrac
         return fdbStore(store.clusterFile, keyPrefix=store.keyPrefix, binding=self.binding)
 
 
-class FakeFoundationDBTests(unittest.TestCase):
+class FakeFoundationDBCase(unittest.TestCase):
     """
-    The FoundationDB store's own behaviour: retries, splitting, threads, lifecycle.
+    A FoundationDB store over the in-memory binding, and helpers for its tests (here and in
+    L{tests.storage.test_fdb_client}).
     """
 
     if NO_BINDING:
@@ -158,8 +159,9 @@ class FakeFoundationDBTests(unittest.TestCase):
 
     def captureLog(self) -> list[dict]:
         events: list[dict] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         return events
 
     def raiseFence(self, store, db, group: int, token: int):
@@ -172,6 +174,13 @@ class FakeFoundationDBTests(unittest.TestCase):
             tr.commit().wait()
 
         return claim
+
+
+class FakeFoundationDBTests(FakeFoundationDBCase):
+    """
+    The FoundationDB store's own behaviour: retries after unknown results, splitting, fences,
+    key prefixes.
+    """
 
     @asyncTest
     async def test_commitUnknownResultAfterCommitIsNotAConflict(self):
@@ -319,41 +328,6 @@ class FakeFoundationDBTests(unittest.TestCase):
         self.assertEqual(counts, [10, 10, 0, 10])
 
     @asyncTest
-    async def test_blockingCallsRunOnTheStoresThreads(self):
-        """
-        Every call into the binding runs on the store's own pool threads, never on the
-        reactor thread.
-        """
-        store, db = await self.opened()
-        await store.append([event(1, client_id="c")], {1: 1})
-        await store.claim(1, 1, S, 10)
-        await store.readAfter(S, 0, 10)
-        await store.readBefore(S, None, 10)
-        await store.findClientId(S, "alice", "c")
-        await store.findEventId(S, event(1).id)
-        self.assertNotIn(threading.current_thread().name, db.threads)
-        self.assertTrue(db.threads)
-        for name in db.threads:
-            self.assertIn("hpchat-foundationdb", name)
-
-    @asyncTest
-    async def test_layoutVersionIsChecked(self):
-        """
-        open() writes the layout version, and refuses a prefix holding another version.
-        """
-        store, db = await self.opened()
-        tr = db.create_transaction()
-        self.assertEqual(bytes(tr.get(store.layout.version())), store.layout.packInt(1))
-        tr.set(store.layout.version(), store.layout.packInt(2))
-        tr.commit().wait()
-        again = fdbStore(self.clusterFile, binding=self.binding)
-        failure = await self.failure(again.open())
-        self.assertIsInstance(failure, StoreError)
-        self.assertIn("layout version 2", str(failure))
-        self.assertFalse(again.ready)
-        await again.close()
-
-    @asyncTest
     async def test_prefixesAreSeparate(self):
         """
         Two stores with different key prefixes on one cluster do not see each other.
@@ -371,43 +345,6 @@ class FakeFoundationDBTests(unittest.TestCase):
         self.assertEqual(await first.readAfter(S, 0, 10), [])
         self.assertEqual(len(await second.readAfter(S, 0, 10)), 1)
 
-    @asyncTest
-    async def test_closedStoreRefusesCalls(self):
-        """
-        After close(), calls fail with StoreError instead of touching the binding.
-        """
-        store, db = await self.opened()
-        await store.close()
-        failure = await self.failure(store.append([event(1)], {1: 1}))
-        self.assertIsInstance(failure, StoreError)
-        self.assertIsInstance(await self.failure(store.readAfter(S, 0, 1)), StoreError)
-
-    @asyncTest
-    async def test_closeWaitsForCallsInFlight(self):
-        """
-        close() fires only after the calls already started have finished.
-        """
-        store, db = await self.opened()
-        writes = [store.append([event(seq)], {1: 1}) for seq in range(1, 6)]
-        closed = store.close()
-        await defer.gatherResults(writes)
-        await closed
-        self.assertFalse(store.ready)
-        self.assertEqual(len(db.items(*store.layout.eventRange(S))), 5)
-
-    @asyncTest
-    async def test_closeWhileOpening(self):
-        """
-        close() called while open() is still running leaves the store closed, not ready.
-        """
-        store = fdbStore(self.clusterFile, binding=self.binding)
-        opening = store.open()
-        closing = store.close()
-        await opening
-        await closing
-        self.assertFalse(store.ready)
-        self.assertIsNone(store._pool)
-
     def test_tooLargeEventIsRefusedAtOnce(self):
         """
         An event FoundationDB could not store (value over 100,000 bytes) is refused before
@@ -423,36 +360,3 @@ class FakeFoundationDBTests(unittest.TestCase):
         """
         store = fdbStore(self.clusterFile, binding=self.binding)
         self.assertRaises(ValueError, store.append, [event(1, group=4)], {1: 1})
-
-
-class UnavailableClientTests(unittest.TestCase):
-    """
-    open() on a machine without the client library fails with the install hint.
-    """
-
-    @asyncTest
-    async def test_openWithoutLibraryFails(self):
-        """
-        Without libfdb_c (or the binding), open() fails with FoundationDBUnavailable naming
-        what to install, and leaves no threads behind.
-        """
-        from hpchat.storage.fdb import FoundationDBUnavailable, loadBinding
-
-        try:
-            loadBinding()
-        except FoundationDBUnavailable:
-            pass
-        else:
-            raise unittest.SkipTest("the FoundationDB client library is installed here")
-        store = fdbStore(self.mktemp())
-        try:
-            await store.open()
-        except FoundationDBUnavailable as e:
-            self.assertIn("foundationdb-clients 7.3", str(e))
-            self.assertIn("hpchat[foundationdb]", str(e))
-        else:
-            self.fail("open() succeeded without the client library")
-        self.assertFalse(store.ready)
-        self.assertIsNone(store._pool)
-        await store.close()
-

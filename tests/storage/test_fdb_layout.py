@@ -1,5 +1,6 @@
 """
-The FoundationDB key layout and batch splitting: pure encoding, no server and no libfdb_c.
+The FoundationDB key layout and batch splitting (L{hpchat.storage.fdb_layout}): pure encoding,
+no server and no libfdb_c.
 
 These need only the binding's pure-Python tuple layer (C{fdb.tuple} imports and packs
 without the C library; checked on a machine without it). The binding comes with the test
@@ -13,13 +14,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.storage.contract import event
 
 try:
-    import fdb.tuple as fdbtuple
+    import fdb.tuple as fdbtuple  # type: ignore[import-untyped]
 except ImportError:
     fdbtuple = None
 
 
 def layout(prefix="hpchat"):
-    from hpchat.storage.fdb import KeyLayout
+    from hpchat.storage.fdb_layout import KeyLayout
 
     return KeyLayout(prefix)
 
@@ -154,7 +155,7 @@ class SplitBatchTests(SynchronousTestCase):
         return [L.encode(e) for e in events]
 
     def split(self, events, maxBytes=10**9, maxEvents=10**9):
-        from hpchat.storage.fdb import splitBatch
+        from hpchat.storage.fdb_layout import splitBatch
 
         return [[i.event for i in part]
                 for part in splitBatch(self.encoded(events), maxBytes, maxEvents)]
@@ -213,7 +214,7 @@ class ClashTests(SynchronousTestCase):
         """
         uniqueKeyClashes finds repeated seqs, ids and (sender, client_id) per stream only.
         """
-        from hpchat.storage.fdb import uniqueKeyClashes
+        from hpchat.storage.fdb_layout import uniqueKeyClashes
 
         a, b = event(1), event(2)
         self.assertEqual(uniqueKeyClashes([a, b]), [])

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_readmarkers -*-
+# -*- test-case-name: tests.test_streams_readmarkers -*-
 """
 Read markers of conversations and the summary rows that make them durable.
 
@@ -15,42 +15,16 @@ stream computes alike, across failovers: the long-poll's C{read_version}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
 from hpchat.deferreds import shield
-from hpchat.storage.base import Event
 from hpchat.storage.conversations import ConversationRow
-from hpchat.streamids import BadConversation, parseConversation
+from hpchat.streams.state import CursorAhead, Stream, StreamTable, StreamUnavailable
 
-
-class StreamUnavailable(Exception):
-    """
-    This node does not (or no longer) serve the stream's group; ask the ownership where to go.
-    """
-
-
-class CursorAhead(Exception):
-    """
-    The client's cursor is beyond the stream's last seq.
-    """
-
-    def __init__(self, lastSeq: int):
-        self.lastSeq = lastSeq
-        super().__init__(f"cursor is ahead of last_seq {lastSeq}")
-
-
-def participants(stream: str) -> tuple[str, str] | None:
-    """
-    The two users of conversation C{stream}, or None for any other stream.
-    """
-    if not stream.startswith("dm:"):
-        return None
-    try:
-        return parseConversation(stream)
-    except BadConversation:
-        return None
+if TYPE_CHECKING:
+    from hpchat.streams.waiters import Waiters
 
 
 def conversationRows(stream: str, group: int, users: tuple[str, str], lastSeq: int,
@@ -71,46 +45,33 @@ def readVersion(reads: dict[str, int]) -> int:
 
 class ReadMarkers:
     """
-    The read marker part of L{hpchat.streams.Streams} (which provides C{get}, C{_streams},
-    C{_persister}, C{_wake} and C{_drop}).
+    The read marker part of L{hpchat.streams.Streams}: moves markers forward, writes them
+    through the persister, and wakes the waiters once they are durable. (A send moves its
+    sender's marker in L{hpchat.streams.appends}.)
     """
 
-    _persister: Any
-    _streams: Any
+    def __init__(self, table: StreamTable, persister: Any, waiters: Waiters):
+        self._table = table
+        self._persister = persister
+        self._waiters = waiters
 
-    def _enqueueEvent(self, stream: Any, event: Event) -> defer.Deferred:
-        """
-        Queue C{event} of C{stream} for writing, with both participants' rows when it is a
-        message of a conversation (the sender's marker moves to it).
-        """
-        if stream.users is None or event.type != "message" or event.sender not in stream.users:
-            return self._persister.enqueue(event, stream.token)
-        queued = dict(stream.readsQueued)
-        queued[event.sender] = event.seq
-        rows = conversationRows(stream.name, stream.group, stream.users, event.seq, queued,
-                                event.ts)
-        durable = self._persister.enqueue(event, stream.token, rows)
-        stream.readsQueued = queued
-        stream.updated = event.ts
-        return durable
-
-    def markRead(self, name: str, user: str, seq: int) -> defer.Deferred:
+    def markRead(self, name: str, user: str, seq: int) -> defer.Deferred[int]:
         """
         Move C{user}'s read marker in conversation C{name} forward to C{seq} (a lower seq
         leaves it); fires with the marker once durable. Fails with L{CursorAhead} when
         C{seq} is beyond the last seq.
         """
-        return self.get(name).addCallback(self._markRead, user, seq)
+        return self._table.get(name).addCallback(self._markRead, user, seq)
 
-    def _markRead(self, stream: Any, user: str, seq: int):
+    def _markRead(self, stream: Stream, user: str, seq: int) -> defer.Deferred[int]:
         if seq > stream.lastSeq:
-            raise CursorAhead(stream.lastSeq)
+            return defer.fail(CursorAhead(stream.lastSeq))
         current = stream.readsQueued.get(user, 0)
         if stream.users is None or user not in stream.users:
-            return current
+            return defer.succeed(current)
         if seq <= current:
             if stream.reads.get(user, 0) >= current:
-                return current
+                return defer.succeed(current)
             # The marker is already further but not durable yet (a send moved it): written
             # again behind that write, so the answer comes once it is durable.
             seq = current
@@ -122,17 +83,17 @@ class ReadMarkers:
         stream.readsQueued = queued
         stream.readsInFlight += 1
 
-        def written(_):
+        def written(_: object) -> int:
             stream.readsInFlight -= 1
-            if self._streams.get(stream.name) is stream and stream.reads.get(user, 0) < seq:
+            if self._table.isLoaded(stream) and stream.reads.get(user, 0) < seq:
                 stream.reads[user] = seq
-                self._wake(stream, typingChanged=False, readChanged=True)
+                self._waiters.wake(stream, typingChanged=False, readChanged=True)
             return max(seq, stream.reads.get(user, 0))
 
-        def failed(failure):
+        def failed(failure: Any) -> Any:
             stream.readsInFlight -= 1
-            self._drop(stream, StreamUnavailable(f"write to {stream.name} failed: "
-                                                 f"{failure.value}"))
+            self._table.drop(stream, StreamUnavailable(f"write to {stream.name} failed: "
+                                                       f"{failure.value}"))
             return failure
 
         return shield(durable.addCallbacks(written, failed), "a read marker")
