@@ -5,11 +5,6 @@ nothing.
 
 Both run as child processes of the reactor, from the virtualenv of the interpreter running
 the tests (the C{[test]} extra pins them); the tests skip only when they are not installed.
-
-While the modules of L{STILL_TO_TYPE} and the files of L{STILL_TO_LINT} are being fixed, their
-findings are left out, and every other file must be clean. The lists only shrink: a listed
-file that has become clean fails L{StillToFixTests} until it is taken off its list, so that it
-stays clean from then on. When both lists are empty, the whole tree is checked.
 """
 
 from __future__ import annotations
@@ -28,18 +23,6 @@ from tests.support.process import theReactor
 from tests.support.trial import asyncTest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# Files whose type errors are still to be fixed; take a file off as soon as it is clean.
-STILL_TO_TYPE: frozenset[str] = frozenset([
-    "hpchat/readmarkers.py",
-    "hpchat/storage/fdb.py",
-    "hpchat/storage/fdb_conversations.py",
-    "hpchat/streams.py",
-])
-
-# Files whose ruff findings are still to be fixed; take a file off as soon as it is clean.
-STILL_TO_LINT: frozenset[str] = frozenset([
-])
 
 # A cold mypy run takes a few seconds; this bounds a hung or starved one.
 TIMEOUT = 300.0
@@ -142,7 +125,7 @@ def report(tool: str, found: dict[str, list[str]]) -> str:
 
 class TypeCheckTests(unittest.TestCase):
     """
-    C{mypy hpchat} finds nothing outside L{STILL_TO_TYPE}.
+    C{mypy hpchat} finds nothing.
     """
 
     timeout = TIMEOUT + 30
@@ -150,15 +133,13 @@ class TypeCheckTests(unittest.TestCase):
     @asyncTest
     async def test_clean(self) -> None:
         found = await mypyFindings()
-        unexpected = {path: lines for path, lines in found.items()
-                      if path not in STILL_TO_TYPE}
-        if unexpected:
-            self.fail(report("mypy hpchat", unexpected))
+        if found:
+            self.fail(report("mypy hpchat", found))
 
 
 class LintTests(unittest.TestCase):
     """
-    C{ruff check hpchat tests bench} finds nothing outside L{STILL_TO_LINT}.
+    C{ruff check hpchat tests bench} finds nothing.
     """
 
     timeout = TIMEOUT + 30
@@ -166,38 +147,8 @@ class LintTests(unittest.TestCase):
     @asyncTest
     async def test_clean(self) -> None:
         found = await ruffFindings()
-        unexpected = {path: lines for path, lines in found.items()
-                      if path not in STILL_TO_LINT}
-        if unexpected:
-            self.fail(report("ruff check hpchat tests bench", unexpected))
-
-
-class StillToFixTests(unittest.TestCase):
-    """
-    Every file still listed has findings: a file fixed comes off its list.
-    """
-
-    timeout = TIMEOUT + 30
-
-    @asyncTest
-    async def test_stillToType(self) -> None:
-        found = await mypyFindings()
-        clean = sorted(STILL_TO_TYPE - set(found))
-        self.assertEqual(clean, [], "type-check clean now: take them off STILL_TO_TYPE")
-
-    @asyncTest
-    async def test_stillToLint(self) -> None:
-        found = await ruffFindings()
-        clean = sorted(STILL_TO_LINT - set(found))
-        self.assertEqual(clean, [], "ruff clean now: take them off STILL_TO_LINT")
-
-    def test_listedFilesExist(self) -> None:
-        """
-        A listed path names a file of the tree (a typo would hide nothing and check nothing).
-        """
-        missing = sorted(path for path in STILL_TO_TYPE | STILL_TO_LINT
-                         if not os.path.isfile(os.path.join(REPO, path)))
-        self.assertEqual(missing, [])
+        if found:
+            self.fail(report("ruff check hpchat tests bench", found))
 
 
 class ToolsFindTests(unittest.TestCase):
