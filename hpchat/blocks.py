@@ -101,7 +101,7 @@ class BlockList:
         if cached is not None and self._fresh(cached[0]):
             return defer.succeed(cached[1])
         reading = self._reading.get(key)
-        if reading is not None:
+        if reading is not None and self._fresh(reading[0]):
             return reading[2].observe()
         metrics.countSocial("block_lookups")
         tag = self._tag()
