@@ -20,8 +20,8 @@ until a block changes anywhere:
   - A pair's read is tagged with the generation current when it started, and is cached (and
     shared with later lookups) only while that generation is current. A block committed
     elsewhere is counted by the version in the same transaction: a version read started after
-    the commit sees it, so every lookup from C{ttl} after the commit on has waited for such a
-    read, which dropped every answer read before it. A pair read in flight while a block
+    the commit sees it, so every lookup later than C{ttl} after the commit has waited for
+    such a read, which dropped every answer read before it. A pair read in flight while a block
     commits elsewhere may miss it; it belongs to the generation the next refresh ends, so it
     is not cached past that refresh (or is dropped by it, if it completed first). A lookup
     that joins a refresh in flight gets an answer no older than that read: C{ttl} plus one
