@@ -1,14 +1,36 @@
 # -*- test-case-name: tests.test_blocks -*-
 """
 Blocks between users, as the nodes use them: the durable pairs of the store
-(L{hpchat.storage.blocklist}) behind a short-lived cache.
+(L{hpchat.storage.blocklist}) behind a cache.
 
 Every node asks about pairs it serves something for: the owner of a conversation before a send
 or a typing mark (either direction refuses them), the owner of an inbox before taking a
-notification (the inbox user's own blocks drop it), any node answering presence. A pair's
-answer is kept for at most C{ttl} seconds (default 0.5), so a block set on any node is in
-force everywhere within C{ttl} plus one store read; a block set through this node is in force
-here at once. Lookups of one pair at the same time share one store read.
+notification (the inbox user's own blocks drop it), any node answering presence. A block set
+on any node is in force everywhere within C{ttl} (default 0.5 s) plus one store read; a block
+set through this node is in force here at once. Lookups of one pair at the same time share one
+store read.
+
+With a store that keeps a version of its blocks (L{IBlockVersion}), a pair's answer is kept
+until a block changes anywhere:
+
+  - The node knows the version read last and when that read started. A lookup while the
+    known version is less than C{ttl} old is answered from the cache; otherwise it first waits
+    for a refresh of the version, one read shared by every lookup meanwhile. A refresh that
+    finds another version empties the cache (a new generation of it begins).
+  - A pair's read is tagged with the generation current when it started, and is cached (and
+    shared with later lookups) only while that generation is current. A block committed
+    elsewhere is counted by the version in the same transaction: a version read started after
+    the commit sees it, so every lookup later than C{ttl} after the commit has waited for
+    such a read, which dropped every answer read before it. A pair read in flight while a block
+    commits elsewhere may miss it; it belongs to the generation the next refresh ends, so it
+    is not cached past that refresh (or is dropped by it, if it completed first). A lookup
+    that joins a refresh in flight gets an answer no older than that read: C{ttl} plus one
+    read.
+  - A block set through this node drops the pair's answer once the store has it, and keeps a
+    read of the pair in flight from being cached or shared (it may predate the change). The
+    next refresh then finds a new version and empties the cache, one more read per pair.
+
+With a store without it, a pair's answer is kept for C{ttl} seconds after its read started.
 
 This module knows nothing of HTTP, etcd or NSQ.
 """
@@ -20,6 +42,8 @@ from typing import Any
 from twisted.internet import defer
 
 from hpchat import metrics
+from hpchat.deferreds import ObservableDeferred
+from hpchat.storage.blocklist import IBlockVersion
 
 #: Pairs cached at most; past it the cache is emptied (it refills on demand).
 MAX_CACHED = 100_000
@@ -31,57 +55,106 @@ def _pair(a: str, b: str) -> tuple[str, str]:
 
 class BlockList:
     """
-    @param store: an L{hpchat.storage.blocklist.IBlockStore}.
+    @param store: an L{hpchat.storage.blocklist.IBlockStore}, ideally also an
+        L{hpchat.storage.blocklist.IBlockVersion}.
     """
 
     def __init__(self, clock: Any, store: Any, ttl: float = 0.5):
         self._clock = clock
         self._store = store
         self.ttl = ttl
-        # Unordered pair -> (when read, the (blocker, blocked) pairs stored for it).
+        self._versioned = IBlockVersion.providedBy(store)
+        # Unordered pair -> (tag, the (blocker, blocked) pairs stored for it). The tag is the
+        # cache's generation when the read started (versioned), or when it started (not).
         self._cache: dict[tuple[str, str], tuple[float, frozenset]] = {}
-        self._reading: dict[tuple[str, str], list[defer.Deferred]] = {}
-        # Pairs changed here while a read of them was in flight: that read is not cached.
-        self._stale: set[tuple[str, str]] = set()
+        # Unordered pair -> (tag, the read in flight, its lookups).
+        self._reading: dict[tuple[str, str],
+                            tuple[float, defer.Deferred, ObservableDeferred]] = {}
+        # The version known, when the read of it started, and the cache's generation (one
+        # more each time a refresh finds another version).
+        self._version: int | None = None
+        self._versionAt = float("-inf")
+        self._generation = 0
+        self._refreshing: ObservableDeferred[None] | None = None
 
     # -- lookups
+
+    def _tag(self) -> float:
+        return self._generation if self._versioned else self._clock.seconds()
+
+    def _fresh(self, tag: float) -> bool:
+        if self._versioned:
+            return tag == self._generation
+        return self._clock.seconds() - tag < self.ttl
 
     def _blocksBetween(self, a: str, b: str) -> defer.Deferred:
         """
         Fire with the frozenset of (blocker, blocked) pairs between C{a} and C{b}.
         """
         key = _pair(a, b)
+        if self._versioned and self._clock.seconds() - self._versionAt >= self.ttl:
+            return self._refresh().addCallback(lambda _: self._lookup(key))
+        return self._lookup(key)
+
+    def _lookup(self, key: tuple[str, str]) -> defer.Deferred:
         cached = self._cache.get(key)
-        now = self._clock.seconds()
-        if cached is not None and now - cached[0] < self.ttl:
+        if cached is not None and self._fresh(cached[0]):
             return defer.succeed(cached[1])
-        follower: defer.Deferred = defer.Deferred()
-        followers = self._reading.get(key)
-        if followers is not None:
-            followers.append(follower)
-            return follower
-        self._reading[key] = [follower]
+        reading = self._reading.get(key)
+        if reading is not None and self._fresh(reading[0]):
+            return reading[2].observe()
         metrics.countSocial("block_lookups")
-        d = defer.maybeDeferred(self._store.blocksBetween, key[0], key[1])
-        # The errback after the callback: an error in _read reaches the followers too.
-        d.addCallback(self._read, key, now).addErrback(self._failed, key)
-        return follower
+        tag = self._tag()
+        work: defer.Deferred = defer.Deferred()
+        work.addCallback(lambda found: frozenset(tuple(p) for p in found))
+        # Before the lookups have the answer: a lookup's callbacks find it cached.
+        work.addBoth(self._read, key, tag, work)
+        shared: ObservableDeferred[frozenset] = ObservableDeferred(work, "a block lookup")
+        self._reading[key] = (tag, work, shared)
+        answer = shared.observe()
+        defer.maybeDeferred(self._store.blocksBetween, key[0], key[1]).chainDeferred(work)
+        return answer
 
-    def _read(self, found, key: tuple[str, str], when: float) -> None:
-        value = frozenset(tuple(p) for p in found)
-        if len(self._cache) >= MAX_CACHED:
+    def _read(self, outcome: Any, key: tuple[str, str], tag: float,
+              work: defer.Deferred) -> Any:
+        reading = self._reading.get(key)
+        if reading is None or reading[1] is not work:
+            # Dropped by a change made here meanwhile, or replaced by a newer read.
+            return outcome
+        del self._reading[key]
+        if isinstance(outcome, frozenset) and self._fresh(tag):
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+            self._cache[key] = (tag, outcome)
+        return outcome
+
+    def _refresh(self) -> defer.Deferred:
+        """
+        Fire once the known version is read anew (by the read in flight, if there is one).
+        """
+        if self._refreshing is None:
+            metrics.countSocial("block_version_reads")
+            work: defer.Deferred = defer.Deferred()
+            work.addCallback(self._refreshed, self._clock.seconds())
+            work.addBoth(self._refreshDone)
+            self._refreshing = ObservableDeferred(work, "a blocks' version read")
+            answer = self._refreshing.observe()
+            defer.maybeDeferred(self._store.blocksVersion).chainDeferred(work)
+            return answer
+        return self._refreshing.observe()
+
+    def _refreshed(self, version: int, started: float) -> None:
+        if version != self._version:
+            self._version = version
+            self._generation += 1
             self._cache.clear()
-        if key in self._stale:
-            self._stale.discard(key)
-        else:
-            self._cache[key] = (when, value)
-        for follower in self._reading.pop(key):
-            follower.callback(value)
+        self._versionAt = started
 
-    def _failed(self, failure, key: tuple[str, str]) -> None:
-        self._stale.discard(key)
-        for follower in self._reading.pop(key):
-            follower.errback(failure)
+    def _refreshDone(self, outcome: Any) -> Any:
+        # A failure goes on to the lookups waiting; the known version keeps its age, so the
+        # next lookup reads it again.
+        self._refreshing = None
+        return outcome
 
     def between(self, a: str, b: str) -> defer.Deferred:
         """
@@ -107,11 +180,12 @@ class BlockList:
         d = defer.maybeDeferred(self._store.setBlock, blocker, blocked, on, group, token,
                                 self._clock.seconds())
 
-        def done(_):
+        def done(_: Any) -> None:
             key = _pair(blocker, blocked)
             self._cache.pop(key, None)
-            if key in self._reading:
-                self._stale.add(key)
+            # A read in flight may predate the change: its lookups get its answer, later
+            # ones read again.
+            self._reading.pop(key, None)
 
         return d.addCallback(done)
 

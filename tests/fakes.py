@@ -25,7 +25,7 @@ from hpchat.storage.base import (
     StreamSnapshot,
     requireFences,
 )
-from hpchat.storage.blocklist import IBlockStore
+from hpchat.storage.blocklist import IBlockStore, IBlockVersion
 from hpchat.storage.conversations import ConversationPage, IConversationStore, latestRows
 from hpchat.storage.presence import IPresenceStore
 
@@ -72,7 +72,7 @@ class _HeldAppend:
     conversations: list = None
 
 
-@implementer(IEventStore, IConversationStore, IBlockStore, IPresenceStore)
+@implementer(IEventStore, IConversationStore, IBlockStore, IBlockVersion, IPresenceStore)
 class MemoryEventStore:
     """
     L{IEventStore} in memory, following the interface's docstrings: per-group fence tokens
@@ -101,6 +101,10 @@ class MemoryEventStore:
         #: Blocks: (blocker, blocked) -> when.
         self.blocks: dict[tuple[str, str], float] = {}
         self.blockReads = 0
+        #: The blocks' version (raised by every change of L{blocks} through L{setBlock}), and
+        #: the number of calls to L{blocksVersion}.
+        self.blockVersion = 0
+        self.versionReads = 0
         #: Last-seen times by user.
         self.presence: dict[str, float] = {}
         self._failNext = 0
@@ -283,11 +287,16 @@ class MemoryEventStore:
         if rejected:
             return defer.fail(FenceRejected(rejected))
         self._raise({group: token})
-        if on:
-            self.blocks.setdefault((blocker, blocked), ts)
-        else:
-            self.blocks.pop((blocker, blocked), None)
+        if on and (blocker, blocked) not in self.blocks:
+            self.blocks[(blocker, blocked)] = ts
+            self.blockVersion += 1
+        elif not on and self.blocks.pop((blocker, blocked), None) is not None:
+            self.blockVersion += 1
         return defer.succeed(None)
+
+    def blocksVersion(self):
+        self.versionReads += 1
+        return defer.succeed(self.blockVersion)
 
     def blocksOf(self, blocker):
         return defer.succeed(sorted((b for a, b in self.blocks if a == blocker),

@@ -6,6 +6,10 @@ A user's blocks are written by the owner of the user's inbox stream, fenced by t
 group like its events, in a transaction of their own. Anyone may read them: the owner of a
 conversation checks both directions before a send or a typing mark, the owner of an inbox
 before taking a notification.
+
+A store may also keep a version of all its blocks (L{IBlockVersion}), so that a node can keep
+its answers until a block changes anywhere instead of reading each pair again every fraction of
+a second.
 """
 
 from __future__ import annotations
@@ -39,4 +43,20 @@ class IBlockStore(Interface):
     def blockersAmong(blocked, users):
         """
         Fire with the set of those of C{users} who have blocked C{blocked}.
+        """
+
+
+class IBlockVersion(Interface):
+    """
+    An L{IBlockStore} that keeps a version of all its blocks.
+    """
+
+    def blocksVersion():
+        """
+        Fire with the blocks' version: an integer raised by every change of the stored
+        blocks (a pair blocked or unblocked; setting a block already set, or removing one not
+        set, changes nothing and leaves it as it is), in the same transaction as the change, so
+        that a reader never sees a version before the change it counts. It never goes down
+        and it is durable. The SQL stores raise it by a trigger on their blocks table, so a
+        change written by any code counts.
         """

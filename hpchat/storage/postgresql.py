@@ -14,7 +14,8 @@ back by itself when the server returns. C{notReadyReason} says why while it is a
 C{ready} is True from a successful L{open} until L{close}; C{notReadyReason} is None while
 the server answers, else why not.
 
-The schema is created at first open and versioned in C{hpchat_schema}; a database of a newer
+The schema is created at first open and versioned in C{hpchat_schema} (version 6 adds the
+blocks' version, raised by a trigger on the blocks table); a database of a newer
 version than this code knows is refused rather than written wrongly.
 """
 
@@ -37,7 +38,7 @@ from hpchat.storage.base import (
     StreamSnapshot,
     requireFences,
 )
-from hpchat.storage.blocklist import IBlockStore
+from hpchat.storage.blocklist import IBlockStore, IBlockVersion
 from hpchat.storage.conversations import (
     ROW_COLUMNS,
     ConversationPage,
@@ -54,7 +55,7 @@ from hpchat.storage.sqlshared import SQLReads
 from hpchat.storage.sqlshared import row as _row
 from hpchat.storage.worker import ThreadWorker
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Each step takes the schema from version i to i + 1; all run in one transaction.
 _MIGRATIONS = [
@@ -119,6 +120,23 @@ _MIGRATIONS = [
         last_seen DOUBLE PRECISION NOT NULL
     );
     """,
+    # The blocks' version, raised by a trigger in the transaction of every change of a block
+    # (a SEQUENCE would not do: it moves outside the transaction, before the change is seen).
+    """
+    CREATE TABLE blocks_version (
+        id      INTEGER PRIMARY KEY CHECK (id = 0),
+        version BIGINT  NOT NULL
+    );
+    INSERT INTO blocks_version (id, version) VALUES (0, 0);
+    CREATE FUNCTION hpchat_blocks_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE blocks_version SET version = version + 1 WHERE id = 0;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER blocks_changed AFTER INSERT OR UPDATE OR DELETE ON blocks
+        FOR EACH ROW EXECUTE FUNCTION hpchat_blocks_changed();
+    """,
 ]
 
 _INSERT_CONVERSATIONS = (
@@ -161,7 +179,7 @@ class SchemaTooNew(StoreError):
     """
 
 
-@implementer(IEventStore, IConversationStore, IBlockStore, IPresenceStore)
+@implementer(IEventStore, IConversationStore, IBlockStore, IBlockVersion, IPresenceStore)
 class PostgreSQLStore(SQLReads):
     """
     L{IEventStore} on one PostgreSQL database given by a libpq C{dsn}.

@@ -3,7 +3,9 @@
 The embedded event store: one SQLite file in WAL mode with durable commits.
 
 The schema's version is SQLite's C{user_version}: 0 for files of the first release (events and
-fences), 1 adds the outbox. Opening a file brings it up to L{SCHEMA_VERSION}, in one write
+fences), 1 adds the outbox, 2 the conversation rows, 3 the blocks, 4 last seen, 5 the blocks'
+version (raised by triggers on the blocks table, so in the transaction of every change
+whatever writes it). Opening a file brings it up to L{SCHEMA_VERSION}, in one write
 transaction per step, so a file written by an earlier release opens as it is.
 
 All writes run on one dedicated writer thread, reads on one reader thread with their own
@@ -35,7 +37,7 @@ from hpchat.storage.base import (
     StreamSnapshot,
     requireFences,
 )
-from hpchat.storage.blocklist import IBlockStore
+from hpchat.storage.blocklist import IBlockStore, IBlockVersion
 from hpchat.storage.conversations import (
     ROW_COLUMNS,
     ConversationPage,
@@ -74,7 +76,7 @@ CREATE TABLE IF NOT EXISTS fences (
 );
 """
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # What each version adds to the one before; the first entry is version 1.
 _MIGRATIONS = [
     """
@@ -117,6 +119,25 @@ _MIGRATIONS = [
         usr       TEXT PRIMARY KEY,
         last_seen REAL NOT NULL
     ) WITHOUT ROWID;
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS blocks_version (
+        id      INTEGER PRIMARY KEY CHECK (id = 0),
+        version INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO blocks_version (id, version) VALUES (0, 0);
+    CREATE TRIGGER IF NOT EXISTS blocks_inserted AFTER INSERT ON blocks
+    BEGIN
+        UPDATE blocks_version SET version = version + 1 WHERE id = 0;
+    END;
+    CREATE TRIGGER IF NOT EXISTS blocks_updated AFTER UPDATE ON blocks
+    BEGIN
+        UPDATE blocks_version SET version = version + 1 WHERE id = 0;
+    END;
+    CREATE TRIGGER IF NOT EXISTS blocks_deleted AFTER DELETE ON blocks
+    BEGIN
+        UPDATE blocks_version SET version = version + 1 WHERE id = 0;
+    END;
     """,
 ]
 
@@ -187,6 +208,21 @@ def _writing(db: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+def _statements(script: str) -> Iterator[str]:
+    """
+    The statements of C{script} one by one (a trigger's body holds semicolons of its own).
+    """
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        yield pending
+
+
 def _migrate(db: sqlite3.Connection) -> None:
     """
     Bring the schema from its stored version up to L{SCHEMA_VERSION}, one step per write
@@ -197,13 +233,12 @@ def _migrate(db: sqlite3.Connection) -> None:
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version >= SCHEMA_VERSION:
                 return
-            for statement in _MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            for statement in _statements(_MIGRATIONS[version]):
+                db.execute(statement)
             db.execute(f"PRAGMA user_version = {version + 1}")
 
 
-@implementer(IEventStore, IConversationStore, IBlockStore, IPresenceStore)
+@implementer(IEventStore, IConversationStore, IBlockStore, IBlockVersion, IPresenceStore)
 class SQLiteStore(SQLReads):
     """
     L{IEventStore} on one SQLite file.

@@ -97,6 +97,10 @@ class SQLReads:
                         " OR (blocker = ? AND blocked = ?)")
         return self._read(lambda: set(self._fetchAll(sql, (a, b, b, a))))
 
+    def blocksVersion(self) -> defer.Deferred:
+        sql = "SELECT version FROM blocks_version WHERE id = 0"
+        return self._read(lambda: int(self._fetchAll(sql, ())[0][0]))
+
     def _closeConnections(self) -> defer.Deferred:
         """
         Close the writer's and the reader's connection, each on its thread, then end both

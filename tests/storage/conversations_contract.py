@@ -8,7 +8,7 @@ from __future__ import annotations
 from zope.interface.verify import verifyObject
 
 from hpchat.storage.base import FenceRejected
-from hpchat.storage.blocklist import IBlockStore
+from hpchat.storage.blocklist import IBlockStore, IBlockVersion
 from hpchat.storage.conversations import ConversationRow, IConversationStore
 from hpchat.storage.presence import IPresenceStore
 from tests.storage.contract import event
@@ -178,3 +178,41 @@ class ConversationStoreContract:
         await store.close()
         again = await self.opened(self.reopenStore(store))
         self.assertEqual(await again.lastSeen(["bob"]), {"bob": 300.25})
+
+
+class BlockVersionContract:
+    """
+    What every L{IBlockVersion} backend must do (mixed in by the backends that keep it).
+    """
+
+    @asyncTest
+    async def test_blocksVersion(self):
+        """
+        Every change of a block raises the version; a change that changes nothing (a block
+        set again, an unblock of a pair not blocked) and a fenced-off one leave it; it is
+        durable.
+        """
+        store = await self.opened()
+        self.assertTrue(verifyObject(IBlockVersion, store))
+        seen = [await store.blocksVersion()]
+
+        async def changed(*args) -> int:
+            await store.setBlock(*args)
+            seen.append(await store.blocksVersion())
+            return seen[-1] - seen[-2]
+
+        self.assertGreater(await changed("alice", "bob", True, 3, 5, 1000.0), 0)
+        self.assertEqual(await changed("alice", "bob", True, 3, 5, 1001.0), 0)
+        self.assertGreater(await changed("carol", "bob", True, 4, 1, 1002.0), 0)
+        self.assertGreater(await changed("alice", "bob", False, 3, 5, 1003.0), 0)
+        self.assertEqual(await changed("alice", "bob", False, 3, 5, 1004.0), 0)
+        self.assertEqual(await changed("dave", "erin", False, 3, 5, 1005.0), 0)
+        with self.assertRaises(FenceRejected):
+            await store.setBlock("alice", "bob", True, 3, 4, 1006.0)
+        self.assertEqual(await store.blocksVersion(), seen[-1])
+        self.assertGreater(await changed("alice", "bob", True, 3, 5, 1007.0), 0)
+        await store.close()
+        again = await self.opened(self.reopenStore(store))
+        self.assertEqual(await again.blocksVersion(), seen[-1])
+        await again.setBlock("carol", "bob", False, 4, 1, 1008.0)
+        self.assertGreater(await again.blocksVersion(), seen[-1])

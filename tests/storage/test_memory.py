@@ -9,11 +9,11 @@ from twisted.trial import unittest
 
 from tests.fakes import MemoryEventStore
 from tests.storage.contract import EventStoreContract
-from tests.storage.conversations_contract import ConversationStoreContract
+from tests.storage.conversations_contract import BlockVersionContract, ConversationStoreContract
 
 
 class MemoryContractTests(EventStoreContract, ConversationStoreContract,
-                          unittest.TestCase):
+                          BlockVersionContract, unittest.TestCase):
     def makeStore(self):
         return MemoryEventStore(ready=False)
 
@@ -21,5 +21,5 @@ class MemoryContractTests(EventStoreContract, ConversationStoreContract,
         again = MemoryEventStore(ready=False)
         again.fences, again.events, again.outbox = store.fences, store.events, store.outbox
         again.conversations, again.blocks = store.conversations, store.blocks
-        again.presence = store.presence
+        again.presence, again.blockVersion = store.presence, store.blockVersion
         return again

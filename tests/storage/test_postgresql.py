@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from hpchat.storage.base import FenceRejected, StoreError
 from hpchat.storage.postgresql import SCHEMA_VERSION, PostgreSQLStore, SchemaTooNew
 from tests.storage.contract import EventStoreContract, event
-from tests.storage.conversations_contract import ConversationStoreContract
+from tests.storage.conversations_contract import BlockVersionContract, ConversationStoreContract
 from tests.support.postgres import freshDatabase, startPostgres
 from tests.support.process import freePort
 from tests.support.trial import asyncTest
@@ -24,7 +24,7 @@ def _reactor():
 
 
 class PostgreSQLContractTests(EventStoreContract, ConversationStoreContract,
-                              unittest.TestCase):
+                              BlockVersionContract, unittest.TestCase):
     async def _setUp(self):
         self.dsn = await freshDatabase(self)
 
@@ -91,6 +91,33 @@ class PostgreSQLSpecificTests(unittest.TestCase):
         self.assertEqual([e.data for e in await store.readAfter("dm:alice:bob", 0, 10)],
                          [{"text": "old"}])
         self.assertEqual(await store.pendingOutbox([1], 10), [])
+
+    @asyncTest
+    async def test_databaseBeforeTheBlocksVersionMigrated(self):
+        """
+        A database of schema version 5 (blocks without their version) is brought up to the
+        current version at open, its blocks kept, and gains the version, which the next
+        change raises.
+        """
+        from hpchat.storage import postgresql
+
+        self.assertEqual(SCHEMA_VERSION, 6)
+        dsn = await freshDatabase(self)
+        self.patch(postgresql, "SCHEMA_VERSION", 5)
+        old = await self.opened(dsn)
+        await old.setBlock("alice", "bob", True, 1, 1, 1000.0)
+        with self.assertRaises(StoreError):
+            await old.blocksVersion()
+        await old.close()
+        self.patch(postgresql, "SCHEMA_VERSION", 6)
+        store = await self.opened(dsn)
+        version = await store._write(
+            lambda: store._writer.execute("SELECT version FROM hpchat_schema").fetchall())
+        self.assertEqual(version, [(6,)])
+        self.assertEqual(await store.blocksOf("alice"), ["bob"])
+        self.assertEqual(await store.blocksVersion(), 0)
+        await store.setBlock("alice", "bob", False, 1, 1, 1001.0)
+        self.assertEqual(await store.blocksVersion(), 1)
 
     @asyncTest
     async def test_newerSchemaRefused(self):

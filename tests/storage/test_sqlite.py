@@ -12,12 +12,12 @@ from twisted.trial import unittest
 from hpchat.storage.base import StoreBusy, StoreError
 from hpchat.storage.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.storage.contract import EventStoreContract, event, outboxEntry
-from tests.storage.conversations_contract import ConversationStoreContract
+from tests.storage.conversations_contract import BlockVersionContract, ConversationStoreContract
 from tests.support.trial import asyncTest
 
 
 class SQLiteContractTests(EventStoreContract, ConversationStoreContract,
-                          unittest.TestCase):
+                          BlockVersionContract, unittest.TestCase):
     def makeStore(self):
         from twisted.internet import reactor
 
@@ -85,6 +85,35 @@ class SQLiteSpecificTests(unittest.TestCase):
         self.assertEqual(await store.pendingOutbox([1], 10), [outboxEntry(2)])
         version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
         self.assertEqual(version, SCHEMA_VERSION)
+
+    @asyncTest
+    async def test_fileBeforeTheBlocksVersionOpens(self):
+        """
+        A file of schema version 4 (blocks without their version) opens with its blocks and
+        gains the version, which the next change raises.
+        """
+        from hpchat.storage import sqlite
+
+        self.assertEqual(SCHEMA_VERSION, 5)
+        self.patch(sqlite, "SCHEMA_VERSION", 4)
+        old = self.store()
+        await old.open()
+        await old.setBlock("alice", "bob", True, 1, 1, 1000.0)
+        with self.assertRaises(StoreError):
+            await old.blocksVersion()
+        await old.close()
+        self.assertEqual(sqlite3.connect(old.path).execute("PRAGMA user_version").fetchone(),
+                         (4,))
+        self.patch(sqlite, "SCHEMA_VERSION", 5)
+        store = self.store(old.path)
+        await store.open()
+        self.addCleanup(store.close)
+        self.assertEqual(await store.blocksOf("alice"), ["bob"])
+        self.assertEqual(await store.blocksVersion(), 0)
+        await store.setBlock("alice", "bob", False, 1, 1, 1001.0)
+        self.assertEqual(await store.blocksVersion(), 1)
+        self.assertEqual(sqlite3.connect(old.path).execute("PRAGMA user_version").fetchone(),
+                         (5,))
 
     @asyncTest
     async def test_twoStoresShareOneFile(self):

@@ -291,6 +291,7 @@ class BlockTests(_APITestMixin, SynchronousTestCase):
         """
         self.assertEqual(self.h.sent(CID, "bob", "one").code, 201)
         self.h.store.blocks[("alice", "bob")] = 0.0
+        self.h.store.blockVersion += 1
         self.h.advance(1.0)
         self.assertError(self.h.sent(CID, "bob", "two"), 403, "blocked")
 
