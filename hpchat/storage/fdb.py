@@ -62,7 +62,7 @@ from hpchat.storage.base import (
     StreamConflict,
     StreamSnapshot,
 )
-from hpchat.storage.blocklist import IBlockStore
+from hpchat.storage.blocklist import IBlockStore, IBlockVersion
 from hpchat.storage.conversations import ConversationRow, IConversationStore
 from hpchat.storage.fdb_client import (
     API_VERSION,
@@ -89,7 +89,7 @@ __all__ = ["API_VERSION", "CLIENT_SERIES", "INSTALL_HINT", "LAYOUT_VERSION", "MA
            "KeyLayout", "loadBinding", "splitBatch", "uniqueKeyClashes"]
 
 
-@implementer(IEventStore, IConversationStore, IBlockStore, IPresenceStore)
+@implementer(IEventStore, IConversationStore, IBlockStore, IBlockVersion, IPresenceStore)
 class FoundationDBStore(FDBConversations):
     """
     L{IEventStore} on FoundationDB (and the conversation, block and presence stores).

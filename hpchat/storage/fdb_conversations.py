@@ -62,6 +62,9 @@ class ConversationKeys:
     def block(self, blocker: str, blocked: str) -> bytes:
         return self._layout.pack("b", blocker, blocked)
 
+    def blocksVersion(self) -> bytes:
+        return self._layout.pack("bv")
+
     def blockRange(self, blocker: str) -> tuple[bytes, bytes]:
         r = self._t.range(self._layout.prefix + ("b", blocker))
         return r.start, r.stop
@@ -176,13 +179,28 @@ class FDBConversations(FDBClient):
             rejected = self._raiseFences(tr, {group: token})
             if rejected:
                 raise FenceRejected(rejected)
-            if on:
-                if not tr.get(key).present():
-                    tr.set(key, value)
-            else:
+            present = tr.get(key).present()
+            if on and not present:
+                tr.set(key, value)
+            elif not on and present:
                 tr.clear_range(key, key + b"\x00")
+            else:
+                return
+            # The version of all blocks (IBlockVersion), in the change's own transaction.
+            # Blocks change rarely: a read and a write of one key, not an atomic add (whose
+            # little-endian counter the tuple layer would not read).
+            versionKey = self.conversationKeys.blocksVersion()
+            tr.set(versionKey, self.layout._t.pack((self._version(tr, versionKey) + 1,)))
 
         return self._readWrite(body)
+
+    def _version(self, tr: Any, versionKey: bytes) -> int:
+        found = tr.get(versionKey)
+        return int(self.layout._t.unpack(bytes(found))[0]) if found.present() else 0
+
+    def blocksVersion(self) -> defer.Deferred[int]:
+        versionKey = self.conversationKeys.blocksVersion()
+        return self._read(lambda tr, attempt: self._version(tr, versionKey))
 
     def blocksOf(self, blocker: str) -> defer.Deferred[list[str]]:
         keys = self.conversationKeys

@@ -23,7 +23,7 @@ from twisted.trial import unittest
 
 from hpchat.storage.base import FenceRejected, StoreError, StreamConflict
 from tests.storage.contract import EventStoreContract, S, asyncTest, event
-from tests.storage.conversations_contract import ConversationStoreContract
+from tests.storage.conversations_contract import BlockVersionContract, ConversationStoreContract
 
 CLUSTER_ENV = "HPCHAT_TEST_FDB_CLUSTER_FILE"
 CLUSTER_FILE = os.environ.get(CLUSTER_ENV) or None
@@ -51,7 +51,7 @@ def fdbStore(*args, **kwargs):
 
 
 class FoundationDBContractTests(EventStoreContract, ConversationStoreContract,
-                                 unittest.TestCase):
+                                 BlockVersionContract, unittest.TestCase):
     """
     The contract against a real FoundationDB cluster.
     """
@@ -109,7 +109,7 @@ class FoundationDBClusterTests(unittest.TestCase):
 
 
 class FakeFoundationDBContractTests(EventStoreContract, ConversationStoreContract,
-                                     unittest.TestCase):
+                                    BlockVersionContract, unittest.TestCase):
     """
     The contract against the FoundationDB store over the in-memory binding.
     """
