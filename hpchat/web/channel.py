@@ -37,6 +37,7 @@ from twisted.web import http
 
 from hpchat import metrics
 from hpchat.config import LimitsConfig
+from hpchat.web.ssehot import StreamedAnswer
 from hpchat.web.wire import (
     METHODS,
     SINGLE_HEADERS,
@@ -507,6 +508,10 @@ class HTTPConnection(Protocol):
     def _answer(self, body: bytes | None, request: HotRequest, exchange: Exchange) -> None:
         if self._current is request:
             self._call = None
+        if isinstance(body, StreamedAnswer):
+            # An event stream (hpchat.web.ssehot): it writes its own answer.
+            self._stream(body, request, exchange)
+            return
         if body is None or request._disconnected or self._closing:
             return
         request.finished = True
@@ -550,6 +555,29 @@ class HTTPConnection(Protocol):
                 return
             data = data[sent:]
         transport.write(data)
+
+    # -- streamed answers (hpchat.web.ssehot.StreamedAnswer)
+
+    def _stream(self, answer: StreamedAnswer, request: HotRequest, exchange: Exchange) -> None:
+        """
+        Make C{answer} the current request, which it stays until it calls L{streamEnded}.
+        """
+        if request._disconnected or self._closing or self._current is not request:
+            answer.connectionLost(None)
+            return
+        request.finished = True
+        # The request's head is not needed any more.
+        exchange.headers = Exchange.headers
+        self._current = answer
+        answer.attach(self, request, exchange.keepAlive, exchange.version == b"HTTP/1.1")
+
+    def streamEnded(self, answer: StreamedAnswer) -> None:
+        """
+        C{answer} wrote its last byte: on to the next request (or the end).
+        """
+        exchange = self._currentExchange
+        if self._current is answer and exchange is not None:
+            self._finished(exchange)
 
     def _answerFailed(self, failure) -> None:
         # A bug in writing the answer: the client cannot get one, so it is disconnected.
