@@ -31,6 +31,7 @@ heartbeat) once its token has expired.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Callable
 
@@ -40,7 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from hpchat import metrics, strictjson
+from hpchat import metrics
 from hpchat.storage.base import Event
 from hpchat.streamids import inboxStream
 from hpchat.streams import PollResult, StreamUnavailable
@@ -60,11 +61,17 @@ HEADERS = ((b"content-type", b"text/event-stream; charset=utf-8"),
 _CURSOR = re.compile(rb"\d{1,18}")
 
 
+_apiModule: Any = None
+
+
 def _api():
     # hpchat.web.api imports this module; its names are looked up once both are loaded.
-    from hpchat.web import api
+    global _apiModule
+    if _apiModule is None:
+        from hpchat.web import api
 
-    return api
+        _apiModule = api
+    return _apiModule
 
 
 def _hot():
@@ -73,12 +80,17 @@ def _hot():
     return ssehot
 
 
+#: strictjson.dumps's encoding, made once rather than per record.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def frame(type: str, id: int, data: Any) -> bytes:
     """
-    One event record: C{event:}, C{id:} and C{data:} (one line of JSON), then a blank line.
+    One event record: C{event:}, C{id:} and C{data:} (one line of JSON, as
+    L{hpchat.strictjson.dumps} writes it), then a blank line.
     """
     return b"event: %s\nid: %d\ndata: %s\n\n" % (type.encode("ascii"), id,
-                                                  strictjson.dumps(data).encode("utf-8"))
+                                                  _encode(data).encode("utf-8"))
 
 
 def resumeCursor(request) -> int | None:
@@ -149,14 +161,13 @@ class EventStream:
 
     def _records(self, result: PollResult) -> bytes:
         parts = []
-        kind = "message" if self._conversation else "notification"
-        json = (_api().messageJSON if self._conversation else _api().inboxEventJSON)
+        hub = self._hub
         event: Event
         cursor = self.cursor
         for event in result.events:
             if event.seq <= cursor:
                 continue
-            parts.append(frame(kind, event.seq, json(event)))
+            parts.append(hub.eventRecord(event, self._conversation))
             cursor = event.seq
         self.cursor = cursor
         if self._conversation:
@@ -166,8 +177,7 @@ class EventStream:
                     "typing": result.typing, "typing_version": result.typing_version}))
             if result.read_version != self._readVersion:
                 self._readVersion = result.read_version
-                parts.append(frame("read", cursor, {
-                    "read": result.read, "read_version": result.read_version}))
+                parts.append(hub.readRecord(self.name, cursor, result))
         if not parts:
             return b""
         metrics.sseEvents.inc(len(parts))
@@ -350,8 +360,42 @@ class EventStreams:
         self.open: set[EventStream] = set()
         ownership.subscribeLost(self.dropGroups)
 
+        # The last record of each kind made: the two participants' streams of a
+        # conversation write the same ones, one after the other.
+        self._lastEvent: tuple[Event | None, bytes] = (None, b"")
+        self._lastRead: tuple[Any, bytes] = (None, b"")
+
     def __len__(self) -> int:
         return len(self.open)
+
+    # -- records
+
+    def eventRecord(self, event: Event, conversation: bool) -> bytes:
+        """
+        The record of C{event}: C{message} (a conversation's) or C{notification}.
+        """
+        last, record = self._lastEvent
+        if last is event:
+            return record
+        api = _api()
+        if conversation:
+            record = frame("message", event.seq, api.messageJSON(event))
+        else:
+            record = frame("notification", event.seq, api.inboxEventJSON(event))
+        self._lastEvent = (event, record)
+        return record
+
+    def readRecord(self, name: str, cursor: int, result: PollResult) -> bytes:
+        """
+        The C{read} record of conversation C{name} at C{cursor}.
+        """
+        key = (name, cursor, result.read_version)
+        last, record = self._lastRead
+        if last == key:
+            return record
+        record = frame("read", cursor, {"read": result.read, "read_version": result.read_version})
+        self._lastRead = (key, record)
+        return record
 
     @property
     def draining(self) -> bool:
