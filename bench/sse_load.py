@@ -146,7 +146,7 @@ class Worker:
     async def run(self, rate: float) -> dict:
         loop = asyncio.get_running_loop()
         readers = []
-        for start_ in range(0, len(self.slice), 50):
+        for start_ in range(0, len(self.slice) if self.args.open_streams else 0, 50):
             batch = []
             for a, b, cid in self.slice[start_:start_ + 50]:
                 for user in (a, b):
@@ -252,6 +252,8 @@ def measureRate(args, nodePid: int | None, everyPair, tokens, rate: float) -> di
             raise SystemExit("sse_load: the streams did not open within 120 s")
     goAt.value = time.time() + 0.5
     go.set()
+    time.sleep(0.5)
+    cpuGo = cpuSeconds(nodePid) if nodePid else None
     time.sleep(max(0.0, goAt.value + args.warmup - time.time()))
     cpu0 = cpuSeconds(nodePid) if nodePid else None
     with open("/proc/loadavg") as f:
@@ -259,13 +261,15 @@ def measureRate(args, nodePid: int | None, everyPair, tokens, rate: float) -> di
     time.sleep(args.duration)
     cpu1 = cpuSeconds(nodePid) if nodePid else None
     outs = [results.get(timeout=60) for _ in procs]
+    cpu2 = cpuSeconds(nodePid) if nodePid else None
     for p in procs:
         p.join(30)
     failed = [o["failed"] for o in outs if "failed" in o]
     if failed:
         raise SystemExit(f"sse_load: a worker failed: {failed[0]}")
     latencies = [x for o in outs for x in o["latencies"]]
-    return {"streams": len(everyPair) * 2, "rate": rate, "duration": args.duration,
+    return {"streams": len(everyPair) * 2 if args.open_streams else 0, "rate": rate,
+            "duration": args.duration,
             "sent": sum(o["sent"] for o in outs), "errors": sum(o["errors"] for o in outs),
             "delivered": sum(o["received"] for o in outs),
             "delivered_per_s_measured": round(len(latencies) / args.duration, 1),
@@ -275,6 +279,10 @@ def measureRate(args, nodePid: int | None, everyPair, tokens, rate: float) -> di
             "generator_cpu": [round(o["cpu"], 3) for o in outs],
             "node_cpu": round((cpu1 - cpu0) / args.duration, 3) if cpu0 is not None
             and cpu1 is not None else None,
+            # All of the node's CPU from the first send to the last delivery, per message.
+            "node_cpu_ms_per_msg": round((cpu2 - cpuGo) * 1000 / max(1, sum(
+                o["sent"] for o in outs)), 3) if cpuGo is not None and cpu2 is not None
+            else None,
             "load_average_1m": float(load)}
 
 
@@ -289,6 +297,8 @@ def main() -> int:
                    help="keep-alive connections for sends, per generator process")
     p.add_argument("--node-cpus", default="0", help="taskset list for the node ('' : none)")
     p.add_argument("--gen-cpus", default="1", help="CPUs of the generator ('' : any)")
+    p.add_argument("--no-streams", dest="open_streams", action="store_false",
+                   help="send without opening the streams (the cost of sending alone)")
     p.add_argument("--url", help="a running node instead of a fresh one")
     p.add_argument("--config", help="its ini (for the [auth] secret)")
     p.add_argument("--node-pid", type=int, help="its pid (for its CPU)")
