@@ -131,7 +131,8 @@ class HotEventStream(EventStream, StreamedAnswer):
         """
         The stream of C{opened} (the stream and its first poll), to be attached.
         """
-        stream, stream._first = opened
+        stream, first = opened
+        stream._first = first
         return stream
 
     # -- StreamedAnswer

@@ -6,11 +6,13 @@ slow reader cut off on a real TCP connection.
 
 from __future__ import annotations
 
+import os
 import socket
 from urllib.parse import quote
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, ssl
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -19,6 +21,7 @@ from hpchat import metrics
 from hpchat.web import sse
 from hpchat.web.ssehot import HotEventStream
 from tests.web.fakes import Harness, fired
+from tests.web.test_edge_node import selfSigned
 
 CID = "dm:alice:bob"
 STREAM = f"/v1/conversations/{quote(CID, safe=':')}/stream"
@@ -262,7 +265,7 @@ class _Stalled(protocol.Protocol):
         self.lost: defer.Deferred = defer.Deferred()
 
     def connectionMade(self) -> None:
-        self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        _raw(self.transport).socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.transport.write(self.request)
 
     def dataReceived(self, data: bytes) -> None:
@@ -278,25 +281,45 @@ class _Stalled(protocol.Protocol):
 class RealTCPSlowReaderTests(TestCase):
     timeout = 60
 
-    async def test_cutOff(self):
+    def test_cutOff(self):
         """
         On a real TCP connection, a client that stops reading is cut off by the transport's
         back-pressure: the stream is paused once the transport's buffer is full, and closed
         past MAX_BACKLOG.
         """
+        return defer.ensureDeferred(self.cutOff(tls=False))
+
+    def test_cutOffTLS(self):
+        """
+        The same over TLS, where the stream writes through the TLS transport and its
+        producer is paused through it.
+        """
+        return defer.ensureDeferred(self.cutOff(tls=True))
+
+    async def cutOff(self, tls: bool) -> None:
         h = Harness()
         self.addCleanup(h.stop)
-        port = reactor.listenTCP(0, h.site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
         request = (f"GET {STREAM}?after=0 HTTP/1.1\r\nHost: chat.example\r\n"
                    f"Authorization: Bearer {h.token('alice')}\r\n\r\n").encode()
         client = _Stalled(request)
-        connected = protocol.ClientCreator(reactor, lambda: client).connectTCP(
-            "127.0.0.1", port.getHost().port)
-        await connected
+        creator = protocol.ClientCreator(reactor, lambda: client)
+        if tls:
+            keyPath, certPath, certPEM = selfSigned(self.mktemp_folder())
+            with open(keyPath, "rb") as f:
+                key = f.read()
+            server = ssl.PrivateCertificate.loadPEM(key + certPEM).options()
+            port = reactor.listenSSL(0, h.site, server, interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            options = ssl.optionsForClientTLS("localhost", ssl.Certificate.loadPEM(certPEM))
+            await creator.connectSSL("127.0.0.1", port.getHost().port, options)
+        else:
+            port = reactor.listenTCP(0, h.site, interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            await creator.connectTCP("127.0.0.1", port.getHost().port)
         await _within(client.headed, 10)
         [stream] = h.api.eventStreams.open
-        stream._transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        self.assertEqual(ISSLTransport.providedBy(stream._transport), tls)
+        _raw(stream._transport).socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         limited = metrics.limited.labels("stream_backlog")._value.get()
         paused = False
         for _ in range(400):
@@ -315,6 +338,18 @@ class RealTCPSlowReaderTests(TestCase):
         await _within(client.lost, 10)
         self.assertEqual(h.waiters(), 0)
         self.assertEqual(len(h.limits.polls), 0)
+
+    def mktemp_folder(self) -> str:
+        folder = self.mktemp()
+        os.makedirs(folder)
+        return folder
+
+
+def _raw(transport):
+    """
+    The TCP transport under C{transport} (itself, or the one under TLS).
+    """
+    return getattr(transport, "transport", None) or transport
 
 
 def _within(d: defer.Deferred, seconds: float) -> defer.Deferred:
