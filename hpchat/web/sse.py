@@ -21,12 +21,17 @@ opened "from now" that ends before its first event resumes where it began.
 Everything before the first byte is checked as for the long-poll, with the same JSON errors
 (401, 403, 404, 409, 429, 307 to the owner, 503). An open stream is closed (the client
 reconnects and is redirected) when this node loses the stream's group, when the node drains,
-and when the client stops reading: a streaming producer on the response is paused by the
-transport once its buffer is full, and a stream that writes more than L{MAX_BACKLOG} bytes
+and when the client stops reading: the stream is a streaming producer of its transport, paused
+once the transport's buffer is full, and a stream that writes more than L{MAX_BACKLOG} bytes
 while paused is cut off (it resumes from its last id). An open stream counts as one waiting
 long-poll of its user against C{[limits] max_polls_per_user}, and as a user online while it is
 open (presence). Its token is checked again before each wait: a stream ends (within one
 heartbeat) once its token has expired.
+
+On a node's HTTP edge the streams are answered on its hot path (L{hpchat.web.ssehot}: the
+stream writes to its connection, with no twisted.web request); the Klein routes here
+(L{WebEventStream}) serve the same streams on any other twisted.web site. Both share the loop
+(L{EventStream}) and L{EventStreams}' checks, limits and closing.
 """
 
 from __future__ import annotations
