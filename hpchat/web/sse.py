@@ -428,10 +428,10 @@ class EventStreams:
     # -- routes
 
     def conversation(self, request, cid: str) -> defer.Deferred:
-        return self._route(request, cid, self._webStream).addCallback(self._start)
+        return self._route(request, cid, WebEventStream).addCallback(self._start)
 
     def inbox(self, request) -> defer.Deferred:
-        return self._route(request, None, self._webStream).addCallback(self._start)
+        return self._route(request, None, WebEventStream).addCallback(self._start)
 
     def hotConversation(self, request, cid: str) -> defer.Deferred:
         """
@@ -458,10 +458,6 @@ class EventStreams:
         after = resumeCursor(request)
         return api._onStream(request, name, lambda: self._open(
             request, user, name, after, cid is not None, make))
-
-    def _webStream(self, request, user: str, name: str, conversation: bool,
-                   cursor: int) -> WebEventStream:
-        return WebEventStream(self, request, user, name, conversation, cursor)
 
     def _open(self, request, user: str, name: str, after: int | None, conversation: bool,
               make: Callable[..., Any]) -> defer.Deferred:
