@@ -41,6 +41,12 @@ class HotRoutes:
             (b"POST", b"typing"): api.typing,
             (b"GET", b"messages"): api.history,
         }
+        # Event streams (hpchat.web.ssehot): on the edge, a streamed answer; through a
+        # twisted.web request (render), Klein's routes.
+        streams = api.eventStreams
+        self._conversation[(b"GET", b"stream")] = streams.hotConversation
+        self._conversation[(b"HEAD", b"stream")] = streams.hotConversation
+        self._streamed = {streams.hotConversation, streams.hotInbox}
 
     def getChildWithDefault(self, name: bytes, request: Any) -> HotRoutes:
         return self
@@ -64,6 +70,9 @@ class HotRoutes:
         path = request.path
         if path == b"/v1/inbox/events":
             return (self._api.inboxEvents, ()) if request.method == b"GET" else None
+        if path == b"/v1/inbox/stream":
+            return ((self._api.eventStreams.hotInbox, ())
+                    if request.method in (b"GET", b"HEAD") else None)
         if path == b"/internal/v1/notifications":
             return (self._api.internalNotification, ()) if request.method == b"POST" else None
         if not path.startswith(b"/v1/conversations/"):
@@ -105,7 +114,7 @@ class HotRoutes:
 
     def render(self, request: Any) -> Any:
         found = self.find(request)
-        if found is None:
+        if found is None or found[0] in self._streamed:
             return self._fallback.render(request)
         d = self.call(request, found)
         request.notifyFinish().addErrback(lambda _: d.cancel())

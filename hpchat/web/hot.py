@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 
 from hpchat import metrics
-from hpchat.web.wire import STATUS, Exchange, HotRequest, canonical, httpDate
+from hpchat.web.ssehot import StreamedAnswer
+from hpchat.web.wire import STATUS, Exchange, HotRequest, canonical, httpDate, sendNow
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -61,30 +62,6 @@ def encodeAnswer(request: HotRequest, body: bytes, keepAlive: bool, now: float) 
     return b"".join(parts)
 
 
-def sendNow(transport: Any, data: bytes) -> None:
-    """
-    Write C{data}: on a plain TCP connection with nothing queued, straight to the socket.
-
-    A transport's write only queues the data and asks the reactor to watch the socket; the
-    send happens on the reactor's next turn. An answer is small and the socket's buffer
-    nearly always free, so it goes out at once (as asyncio's transports do), and whatever the
-    socket does not take is left to the transport, in order. Only the reactor's own TCP
-    connection qualifies (checked by its exact type, never through a wrapper such as TLS,
-    which must encrypt it).
-    """
-    if (type(transport) is tcp.Server and not transport.TLS and transport.connected
-            and not transport.disconnecting and not transport._tempDataBuffer
-            and not transport.dataBuffer):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
-
-
 class HotLane:
     """
     Runs and answers hot requests for the connection it is mixed into, which provides
@@ -97,6 +74,7 @@ class HotLane:
     _reactor: IReactorTime
     _closing: bool
     _current: Any
+    _currentExchange: Exchange | None
     _call: defer.Deferred | None
 
     def _finished(self, exchange: Exchange) -> None:
@@ -128,6 +106,10 @@ class HotLane:
     def _answer(self, body: bytes | None, request: HotRequest, exchange: Exchange) -> None:
         if self._current is request:
             self._call = None
+        if isinstance(body, StreamedAnswer):
+            # An event stream (hpchat.web.ssehot): it writes its own answer.
+            self._stream(body, request, exchange)
+            return
         if body is None or request._disconnected or self._closing:
             return
         try:
@@ -138,6 +120,29 @@ class HotLane:
             self._finished(exchange)
         except BaseException:
             self._answerFailed(Failure())
+
+    # -- streamed answers (hpchat.web.ssehot.StreamedAnswer)
+
+    def _stream(self, answer: StreamedAnswer, request: HotRequest, exchange: Exchange) -> None:
+        """
+        Make C{answer} the current request, which it stays until it calls L{streamEnded}.
+        """
+        if request._disconnected or self._closing or self._current is not request:
+            answer.connectionLost(None)
+            return
+        request.finished = True
+        # The request's head is not needed any more.
+        exchange.headers = Exchange.headers
+        self._current = answer
+        answer.attach(self, request, exchange.keepAlive, exchange.version == b"HTTP/1.1")
+
+    def streamEnded(self, answer: StreamedAnswer) -> None:
+        """
+        C{answer} wrote its last byte: on to the next request (or the end).
+        """
+        exchange = self._currentExchange
+        if self._current is answer and exchange is not None:
+            self._finished(exchange)
 
     def _answerFailed(self, failure: Failure) -> None:
         # A bug in writing the answer: the client cannot get one, so it is disconnected.

@@ -21,12 +21,17 @@ opened "from now" that ends before its first event resumes where it began.
 Everything before the first byte is checked as for the long-poll, with the same JSON errors
 (401, 403, 404, 409, 429, 307 to the owner, 503). An open stream is closed (the client
 reconnects and is redirected) when this node loses the stream's group, when the node drains,
-and when the client stops reading: a streaming producer on the response is paused by the
-transport once its buffer is full, and a stream that writes more than L{MAX_BACKLOG} bytes
+and when the client stops reading: the stream is a streaming producer of its transport, paused
+once the transport's buffer is full, and a stream that writes more than L{MAX_BACKLOG} bytes
 while paused is cut off (it resumes from its last id). An open stream counts as one waiting
 long-poll of its user against C{[limits] max_polls_per_user}, and as a user online while it is
 open (presence). Its token is checked again before each wait: a stream ends (within one
 heartbeat) once its token has expired.
+
+On a node's HTTP edge the streams are answered on its hot path (L{hpchat.web.ssehot}: the
+stream writes to its connection, with no twisted.web request); the Klein routes here
+(L{WebEventStream}) serve the same streams on any other twisted.web site. Both share the loop
+(L{EventStream}) and L{EventStreams}' checks, limits and closing.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from hpchat import metrics, strictjson
 from hpchat.storage.base import Event
 from hpchat.streamids import inboxStream
 from hpchat.streams import PollResult, StreamUnavailable
+from hpchat.web.auth import Unauthorized
 
 #: Milliseconds a client waits before it reconnects (the C{retry:} field of the first record).
 RETRY_MS = 2000
@@ -51,22 +57,40 @@ RETRY_MS = 2000
 #: the connection is cut.
 MAX_BACKLOG = 256 * 1024
 HEARTBEAT = b": hb\n\n"
+#: The head of a stream's answer, besides its status and framing.
+HEADERS = ((b"content-type", b"text/event-stream; charset=utf-8"),
+           (b"cache-control", b"no-cache"),
+           # Proxies that buffer answers (nginx) pass this one through as it is written.
+           (b"x-accel-buffering", b"no"))
 _CURSOR = re.compile(rb"\d{1,18}")
+
+
+_apiModule: Any = None
 
 
 def _api():
     # hpchat.web.api imports this module; its names are looked up once both are loaded.
-    from hpchat.web import api
+    global _apiModule
+    if _apiModule is None:
+        from hpchat.web import api
 
-    return api
+        _apiModule = api
+    return _apiModule
+
+
+def _hot():
+    from hpchat.web import ssehot
+
+    return ssehot
 
 
 def frame(type: str, id: int, data: Any) -> bytes:
     """
-    One event record: C{event:}, C{id:} and C{data:} (one line of JSON), then a blank line.
+    One event record: C{event:}, C{id:} and C{data:} (one line of JSON, as
+    L{hpchat.strictjson.dumps} writes it), then a blank line.
     """
     return b"event: %s\nid: %d\ndata: %s\n\n" % (type.encode("ascii"), id,
-                                                  strictjson.dumps(data).encode("utf-8"))
+                                                  strictjson.dumpb(data))
 
 
 def resumeCursor(request) -> int | None:
@@ -83,19 +107,24 @@ def resumeCursor(request) -> int | None:
     return _api().ChatAPI._intArg(request, "after", low=0)
 
 
-@implementer(IPushProducer)
 class EventStream:
     """
-    One open stream: its response, its cursor and versions, and the poll it waits on. Also
-    the streaming producer of its response, paused while the client does not read.
+    One open stream, whatever carries it: its cursor and versions, and the poll it waits on.
+    Also the streaming producer of its response, paused while the client does not read.
+
+    A subclass writes (L{_send}), ends (L{_end}) and checks the token (L{_authorized}) on
+    its own transport: L{WebEventStream} on a twisted.web request (the Klein route), or
+    L{hpchat.web.ssehot.HotEventStream} on the connection itself (the hot path).
     """
+
+    __slots__ = ("_hub", "user", "name", "group", "_conversation", "cursor",
+                 "_typingVersion", "_readVersion", "_pending", "_paused", "_backlog", "closed")
 
     log = Logger()
 
-    def __init__(self, hub: EventStreams, request, user: str, name: str, conversation: bool,
-                 cursor: int, release: Callable[[], None]):
+    def __init__(self, hub: EventStreams, user: str, name: str, conversation: bool,
+                 cursor: int):
         self._hub = hub
-        self.request = request
         self.user = user
         self.name = name
         self.group = hub.streams.groupOf(name)
@@ -103,62 +132,61 @@ class EventStream:
         self.cursor = cursor
         self._typingVersion: int | None = None
         self._readVersion: int | None = None
-        self._release = release
         self._pending: defer.Deferred | None = None
         self._paused = False
         self._backlog = 0
         self.closed = False
-        self.done: defer.Deferred = defer.Deferred(lambda _: self.close(finish=False))
+
+    # -- what a transport provides
+
+    def _send(self, data: bytes) -> None:
+        raise NotImplementedError()
+
+    def _end(self, finish: bool, abort: bool) -> None:
+        """
+        End the response (C{finish}), cut the connection (C{abort}), or neither (it is gone).
+        """
+        raise NotImplementedError()
+
+    def _authorized(self) -> bool:
+        raise NotImplementedError()
 
     # -- writing
 
-    def start(self, first: PollResult) -> defer.Deferred:
+    def _opening(self, first: PollResult) -> bytes:
         """
-        Send the head and what C{first} (a poll answered at once) holds, then wait for more.
-        Fires (never fails) once the stream is closed.
+        The first records: C{retry:}, the starting cursor, and what C{first} holds.
         """
-        request = self.request
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-cache")
-        # Proxies that buffer answers (nginx) pass this one through as it is written.
-        request.setHeader(b"x-accel-buffering", b"no")
-        if request.method == b"HEAD":
-            # The head is the whole answer.
-            self.close()
-            return self.done
-        request.registerProducer(self, True)
-        request.notifyFinish().addErrback(self._gone)
-        self._write(b"retry: %d\nid: %d\n\n" % (RETRY_MS, self.cursor) + self._records(first))
-        self._next()
-        return self.done
+        return b"retry: %d\nid: %d\n\n" % (RETRY_MS, self.cursor) + self._records(first)
 
     def _records(self, result: PollResult) -> bytes:
         parts = []
-        kind = "message" if self._conversation else "notification"
-        json = (_api().messageJSON if self._conversation else _api().inboxEventJSON)
+        hub = self._hub
         event: Event
+        cursor = self.cursor
         for event in result.events:
-            if event.seq <= self.cursor:
+            if event.seq <= cursor:
                 continue
-            parts.append(frame(kind, event.seq, json(event)))
-            self.cursor = event.seq
+            parts.append(hub.eventRecord(event, self._conversation))
+            cursor = event.seq
+        self.cursor = cursor
         if self._conversation:
             if result.typing_version != self._typingVersion:
                 self._typingVersion = result.typing_version
-                parts.append(frame("typing", self.cursor, {
+                parts.append(frame("typing", cursor, {
                     "typing": result.typing, "typing_version": result.typing_version}))
             if result.read_version != self._readVersion:
                 self._readVersion = result.read_version
-                parts.append(frame("read", self.cursor, {
-                    "read": result.read, "read_version": result.read_version}))
+                parts.append(hub.readRecord(self.name, cursor, result))
+        if not parts:
+            return b""
         metrics.sseEvents.inc(len(parts))
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _write(self, data: bytes) -> None:
         if self._paused:
             self._backlog += len(data)
-        self.request.write(data)
+        self._send(data)
         if self._backlog > MAX_BACKLOG:
             metrics.countLimited("stream_backlog")
             self.close(abort=True)
@@ -166,32 +194,44 @@ class EventStream:
     # -- the loop
 
     def _next(self) -> None:
-        if self.closed:
-            return
-        if self._hub.draining or not self._hub.authorized(self.request, self.user):
-            # The node stops, or the token expired: the client reconnects (elsewhere, or to
-            # be told 401 and sign in again).
-            self.close()
-            return
-        try:
-            polled = self._hub.streams.poll(self.name, self.cursor, self._typingVersion,
-                                            self._hub.heartbeat, self._readVersion)
-        except Exception:
-            polled = defer.fail()
-        if polled.called:
-            # Answered at once (a burst): no Deferred chain per batch.
+        """
+        Wait for what comes after the cursor; what is there already (a burst, one batch of
+        at most C{MAX_EVENTS_PER_POLL} events at a time) is written at once.
+        """
+        hub = self._hub
+        while not self.closed:
+            if hub.draining or not self._authorized():
+                # The node stops, or the token expired: the client reconnects (elsewhere,
+                # or to be told 401 and sign in again).
+                self.close()
+                return
+            try:
+                polled = hub.streams.poll(self.name, self.cursor, self._typingVersion,
+                                          hub.heartbeat, self._readVersion)
+            except Exception:
+                polled = defer.fail()
+            if not polled.called:
+                self._pending = polled
+                polled.addCallbacks(self._woken, self._failed)
+                return
+            # Answered at once: no callbacks on it.
             results: list = []
             polled.addBoth(results.append)
             outcome = results[0]
             if isinstance(outcome, Failure):
                 self._failed(outcome)
-            else:
-                self._woken(outcome, immediate=True)
-            return
-        self._pending = polled
-        polled.addCallbacks(self._woken, self._failed)
+                return
+            records = self._records(outcome)
+            if not records:
+                # Answered at once with nothing new: waiting again would not wait. The
+                # client reconnects from its last id instead of this loop spinning.
+                self.log.warn("a stream of {stream} made no progress at {cursor}; closing it",
+                              stream=self.name, cursor=self.cursor)
+                self.close()
+                return
+            self._write(records)
 
-    def _woken(self, result: PollResult, immediate: bool = False) -> None:
+    def _woken(self, result: PollResult) -> None:
         self._pending = None
         if self.closed:
             return
@@ -201,16 +241,8 @@ class EventStream:
                 # Answered by the node's stop: the client reconnects elsewhere.
                 self.close()
                 return
-            if immediate:
-                # Answered at once with nothing new: waiting again would not wait. The
-                # client reconnects from its last id instead of this loop spinning.
-                self.log.warn("a stream of {stream} made no progress at {cursor}; closing it",
-                              stream=self.name, cursor=self.cursor)
-                self.close()
-                return
             records = HEARTBEAT
         self._write(records)
-        # (A burst recurses once per batch of at most MAX_EVENTS_PER_POLL events.)
         self._next()
 
     def _failed(self, failure: Failure) -> None:
@@ -236,10 +268,6 @@ class EventStream:
 
     # -- the end
 
-    def _gone(self, failure: Failure) -> None:
-        # The client went away (or the connection was cut).
-        self.close(finish=False)
-
     def close(self, finish: bool = True, abort: bool = False) -> None:
         """
         End the stream: forget its poll, give back its place in the limits and presence,
@@ -253,7 +281,55 @@ class EventStream:
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
-        self._release()
+        self._hub.release(self.user)
+        self._end(finish, abort)
+
+
+@implementer(IPushProducer)
+class WebEventStream(EventStream):
+    """
+    A stream answering a twisted.web request (the Klein route): C{done} fires once it is
+    closed.
+    """
+
+    __slots__ = ("request", "done")
+
+    def __init__(self, hub: EventStreams, request, user: str, name: str, conversation: bool,
+                 cursor: int):
+        super().__init__(hub, user, name, conversation, cursor)
+        self.request = request
+        self.done: defer.Deferred = defer.Deferred(lambda _: self.close(finish=False))
+
+    def start(self, first: PollResult) -> defer.Deferred:
+        """
+        Send the head and what C{first} (a poll answered at once) holds, then wait for more.
+        Fires (never fails) once the stream is closed.
+        """
+        request = self.request
+        request.setResponseCode(200)
+        for name, value in HEADERS:
+            request.setHeader(name, value)
+        if request.method == b"HEAD":
+            # The head is the whole answer.
+            self.close()
+            return self.done
+        request.registerProducer(self, True)
+        request.notifyFinish().addErrback(self._gone)
+        self._write(self._opening(first))
+        self._next()
+        return self.done
+
+    def _send(self, data: bytes) -> None:
+        self.request.write(data)
+
+    def _authorized(self) -> bool:
+        return self._hub.authorized(self.request, self.user)
+
+    def _gone(self, failure: Failure) -> None:
+        # The client went away (or the connection was cut).
+        self.close(finish=False)
+
+    def _end(self, finish: bool, abort: bool) -> None:
         request = self.request
         if not request.finished and not request._disconnected:
             # (The request forgets its channel when it finishes.)
@@ -269,8 +345,10 @@ class EventStream:
 
 class EventStreams:
     """
-    The open streams of a node, and the handlers of the two stream routes (called by
-    L{addStreamRoutes} with the L{hpchat.web.api.ChatAPI}).
+    The open streams of a node, and the handlers of the two stream routes: L{conversation}
+    and L{inbox} for the Klein routes (L{addStreamRoutes}), L{hotConversation} and
+    L{hotInbox} for the hot path of the HTTP edge (L{hpchat.web.ssehot}), all with the
+    L{hpchat.web.api.ChatAPI}'s checks and answers.
 
     C{heartbeat} is the longest a stream stays silent (C{[chat] stream_heartbeat}).
     """
@@ -282,8 +360,42 @@ class EventStreams:
         self.open: set[EventStream] = set()
         ownership.subscribeLost(self.dropGroups)
 
+        # The last record of each kind made: the two participants' streams of a
+        # conversation write the same ones, one after the other.
+        self._lastEvent: tuple[Event | None, bytes] = (None, b"")
+        self._lastRead: tuple[Any, bytes] = (None, b"")
+
     def __len__(self) -> int:
         return len(self.open)
+
+    # -- records
+
+    def eventRecord(self, event: Event, conversation: bool) -> bytes:
+        """
+        The record of C{event}: C{message} (a conversation's) or C{notification}.
+        """
+        last, record = self._lastEvent
+        if last is event:
+            return record
+        api = _api()
+        if conversation:
+            record = frame("message", event.seq, api.messageJSON(event))
+        else:
+            record = frame("notification", event.seq, api.inboxEventJSON(event))
+        self._lastEvent = (event, record)
+        return record
+
+    def readRecord(self, name: str, cursor: int, result: PollResult) -> bytes:
+        """
+        The C{read} record of conversation C{name} at C{cursor}.
+        """
+        key = (name, cursor, result.read_version)
+        last, record = self._lastRead
+        if last == key:
+            return record
+        record = frame("read", cursor, {"read": result.read, "read_version": result.read_version})
+        self._lastRead = (key, record)
+        return record
 
     @property
     def draining(self) -> bool:
@@ -299,33 +411,55 @@ class EventStreams:
         except _api().ApiError:
             return False
 
+    def tokenUser(self, token: str | None) -> str | None:
+        """
+        The user C{token} is still valid for, or C{None}.
+        """
+        try:
+            return self._api._auth.userFor(token)
+        except Unauthorized:
+            return None
+
     # -- routes
 
     def conversation(self, request, cid: str) -> defer.Deferred:
-        api = self._api
-        request.hpchatRoute = "stream"
-        user = api._user(request)
-        cid = api._conversation(cid, user)
-        after = resumeCursor(request)
-        opened = api._onStream(request, cid,
-                               lambda: self._open(request, user, cid, after, True))
-        return opened.addCallback(self._start)
+        return self._route(request, cid, WebEventStream).addCallback(self._start)
 
     def inbox(self, request) -> defer.Deferred:
-        api = self._api
-        request.hpchatRoute = "inbox_stream"
-        user = api._user(request)
-        stream = inboxStream(user)
-        after = resumeCursor(request)
-        opened = api._onStream(request, stream,
-                               lambda: self._open(request, user, stream, after, False))
-        return opened.addCallback(self._start)
+        return self._route(request, None, WebEventStream).addCallback(self._start)
 
-    def _open(self, request, user: str, name: str, after: int | None,
-              conversation: bool) -> defer.Deferred:
+    def hotConversation(self, request, cid: str) -> defer.Deferred:
+        """
+        The conversation stream on the hot path: fires with the
+        L{hpchat.web.ssehot.HotEventStream} that the connection then starts, or fails with
+        the answer.
+        """
+        hot = _hot().HotEventStream
+        return self._route(request, cid, hot.forRequest).addCallback(hot.ready)
+
+    def hotInbox(self, request) -> defer.Deferred:
+        hot = _hot().HotEventStream
+        return self._route(request, None, hot.forRequest).addCallback(hot.ready)
+
+    def _route(self, request, cid: str | None, make: Callable[..., Any]) -> defer.Deferred:
+        """
+        Check C{request} (a conversation stream of C{cid}, or the inbox stream), take its
+        user's place and read what is there; fires with C{(make(...), first poll)}.
+        """
+        api = self._api
+        request.hpchatRoute = "stream" if cid is not None else "inbox_stream"
+        user = api._user(request)
+        name = api._conversation(cid, user) if cid is not None else inboxStream(user)
+        after = resumeCursor(request)
+        return api._onStream(request, name, lambda: self._open(
+            request, user, name, after, cid is not None, make))
+
+    def _open(self, request, user: str, name: str, after: int | None, conversation: bool,
+              make: Callable[..., Any]) -> defer.Deferred:
         """
         Take C{user}'s place among their waiting polls and read what is there now; fires
-        with C{(stream, first poll)}, or fails with the answer (429) or the stream's error.
+        with the stream C{make} builds and the first poll, or fails with the answer (429)
+        or the stream's error.
         """
         api = self._api
         limits = api._limits
@@ -338,44 +472,46 @@ class EventStreams:
         presence = api._social.presence
         if presence is not None:
             presence.tracker.started(user)
-        released: list[bool] = []
-
-        def release() -> None:
-            if released:
-                return
-            released.append(True)
-            if limits is not None:
-                limits.polls.release(user)
-            if presence is not None:
-                presence.tracker.ended(user)
-
         try:
             first = self.streams.poll(name, after, None, 0, None)
         except BaseException:
-            release()
+            self.release(user)
             raise
 
         def opened(result: PollResult):
             cursor = after if after is not None else result.last_seq
-            stream = EventStream(self, request, user, name, conversation, cursor, release)
-            return stream, result
+            return make(self, request, user, name, conversation, cursor), result
 
         def failed(failure: Failure):
-            release()
+            self.release(user)
             return failure
 
         return first.addCallbacks(opened, failed)
+
+    def release(self, user: str) -> None:
+        """
+        Give back the place L{_open} took for C{user} (once per stream).
+        """
+        api = self._api
+        if api._limits is not None:
+            api._limits.polls.release(user)
+        presence = api._social.presence
+        if presence is not None:
+            presence.tracker.ended(user)
 
     def _start(self, opened) -> defer.Deferred:
         stream, first = opened
         if stream.request._disconnected:
             stream.close(finish=False)
             return stream.done
-        self.open.add(stream)
-        metrics.sseStreams.inc()
+        self.started(stream)
         return stream.start(first)
 
-    # -- closing
+    # -- open and closed
+
+    def started(self, stream: EventStream) -> None:
+        self.open.add(stream)
+        metrics.sseStreams.inc()
 
     def forget(self, stream: EventStream) -> None:
         if stream in self.open:

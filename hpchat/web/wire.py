@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
+from twisted.internet import tcp
 from twisted.web import http
 
 from hpchat import strictjson
@@ -240,3 +241,27 @@ class Exchange:
     expectContinue = False
     # (status, code, message, extra headers) for a request refused here.
     error: tuple[int, str, str, dict[bytes, bytes]] | None = None
+
+
+def sendNow(transport: Any, data: bytes) -> None:
+    """
+    Write C{data}: on a plain TCP connection with nothing queued, straight to the socket.
+
+    A transport's write only queues the data and asks the reactor to watch the socket; the
+    send happens on the reactor's next turn. An answer is small and the socket's buffer
+    nearly always free, so it goes out at once (as asyncio's transports do), and whatever the
+    socket does not take is left to the transport, in order. Only the reactor's own TCP
+    connection qualifies (checked by its exact type, never through a wrapper such as TLS,
+    which must encrypt it).
+    """
+    if (type(transport) is tcp.Server and not transport.TLS and transport.connected
+            and not transport.disconnecting and not transport._tempDataBuffer
+            and not transport.dataBuffer):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)

@@ -61,7 +61,8 @@ class _Probe:
 
 class _Handlers:
     def __getattr__(self, name: str):
-        return name
+        # (The event streams' hot handlers are those of api.eventStreams.)
+        return self if name == "eventStreams" else name
 
 
 class DocumentTests(SynchronousTestCase):
@@ -112,8 +113,10 @@ class DocumentTests(SynchronousTestCase):
                 if hot.find(_Probe(method, path.format(**SAMPLES))) is not None:
                     found.add((method, path))
         for method, tail in hot._conversation:
-            found.add((method.decode(), "/v1/conversations/{cid}/" + tail.decode()))
-        self.assertEqual(len(found), 6)
+            if method != b"HEAD":
+                # (HEAD of a GET, as werkzeug adds it to Klein's.)
+                found.add((method.decode(), "/v1/conversations/{cid}/" + tail.decode()))
+        self.assertEqual(len(found), 8)
         self.assertEqual(found - documented, set())
 
     def test_errorsAreErrors(self) -> None:

@@ -540,3 +540,46 @@ class LimitTests(_SSEMixin, SynchronousTestCase):
         self.open(user="bob")
         first.disconnect()
         self.open()
+
+
+class _KleinMixin:
+    """
+    The same tests with the streams left to the Klein routes (twisted.web requests), as on
+    a site without the edge's hot path.
+    """
+
+    def setUp(self):
+        super().setUp()
+        hot = self.h.site.hot
+        find = hot.find
+        hot.find = lambda request: None if request.path.endswith(b"/stream") else find(request)
+
+
+class KleinFramingTests(_KleinMixin, FramingTests):
+    def test_kleinRoute(self):
+        """
+        These streams are answered through twisted.web requests.
+        """
+        self.open()
+        [stream] = self.h.api.eventStreams.open
+        self.assertIsInstance(stream, sse.WebEventStream)
+
+
+class KleinResumeTests(_KleinMixin, ResumeTests):
+    pass
+
+
+class KleinHeartbeatTests(_KleinMixin, HeartbeatTests):
+    pass
+
+
+class KleinRefusedTests(_KleinMixin, RefusedTests):
+    pass
+
+
+class KleinClosingTests(_KleinMixin, ClosingTests):
+    pass
+
+
+class KleinLimitTests(_KleinMixin, LimitTests):
+    pass
