@@ -18,11 +18,8 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -69,35 +66,15 @@ class Centrifugo(TempServer):
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
         out.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.failed = True
-                raise SystemExit(f"lg_centrifugo: centrifugo exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        self.failed = True
-        self.stop()
-        raise SystemExit("lg_centrifugo: centrifugo did not answer /health within 20 s")
+        self.awaitHealthy("/health", 20, "centrifugo")
+        return self
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            try:
-                self.proc.send_signal(sig)
-                self.proc.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        self.stopProcess(10)
 
     def _dumpLog(self) -> None:
         try:

@@ -94,6 +94,41 @@ class TempServer:
         self.proc = None
         self.failed = False
 
+    def awaitHealthy(self, path: str, seconds: float, what: str) -> None:
+        """
+        Wait until C{path} answers 200; exit (after stopping the process and showing its
+        log) if the process ends first or C{seconds} pass.
+        """
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.failed = True
+                self._dumpLog()
+                raise SystemExit(f"{self.name}: {what} exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.failed = True
+        self.stop()
+        self._dumpLog()
+        raise SystemExit(f"{self.name}: {what} did not answer {path} within {seconds:g} s")
+
+    def stopProcess(self, grace: float) -> None:
+        """
+        SIGTERM, then SIGKILL after C{grace} seconds.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
     def __exit__(self, *exc):
         self.stop()
         if exc[0] is not None or self.failed:
@@ -146,36 +181,15 @@ class Node(TempServer):
         self.proc = subprocess.Popen(command, cwd=ROOT, stdout=logFile, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         logFile.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.failed = True
-                self._dumpLog()
-                raise SystemExit(f"lg_node: the node exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.2)
-        self.failed = True
-        self.stop()
-        self._dumpLog()
-        raise SystemExit("lg_node: the node did not answer /healthz within 30 s")
+        self.awaitHealthy("/healthz", 30, "the node")
+        return self
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.stopProcess(15)
 
     def _dumpLog(self) -> None:
         try:
