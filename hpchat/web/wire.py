@@ -31,7 +31,8 @@ TARGET = re.compile(rb"/[!-~]*")
 _REG_NAME = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%-]*")
 # Headers that may appear once: a second one would leave it to chance which one counts.
 SINGLE_HEADERS = frozenset([b"host", b"authorization", b"content-type", b"origin",
-                            b"content-length", b"transfer-encoding", b"expect"])
+                            b"content-length", b"transfer-encoding", b"expect",
+                            b"last-event-id"])
 
 
 def validHost(value: bytes) -> bool:

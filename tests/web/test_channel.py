@@ -411,7 +411,7 @@ class SmugglingTests(ConnectionTestsBase):
     def test_badTargetsHostsAndVersions(self):
         """
         Percent-encoded NUL or non-UTF-8 in the target, a Host that is not a host (or none,
-        or two, on HTTP/1.1), other targets than a path, HTTP/0.9 or HTTP/2 on this port:
+        or two, on HTTP/1.1), two of a header that counts once, other targets than a path, HTTP/0.9 or HTTP/2 on this port:
         JSON 400s.
         """
         for data in [
@@ -437,6 +437,8 @@ class SmugglingTests(ConnectionTestsBase):
             b"GET /healthz HTTP/1.1\r\nHost: n\r\nAuthorization: Bearer a\r\n"
             b"Authorization: Bearer b\r\n\r\n",
             b"GET /healthz HTTP/1.1\r\nHost: n\r\nOrigin: http://a\r\nOrigin: http://b\r\n\r\n",
+            b"GET /v1/inbox/stream HTTP/1.1\r\nHost: n\r\nLast-Event-ID: 1\r\n"
+            b"Last-Event-ID: 2\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\nHost: n\r\n\r\n",
             b"GET healthz HTTP/1.1\r\nHost: n\r\n\r\n",
             b"get /static/app.js HTTP/1.1\r\nHost: n\r\n\r\n",
