@@ -212,7 +212,7 @@ def _ids(ctx: Context) -> list[Template]:
     forbidden = ["dm:bob:carol", "dm:bob:zed", "dm:carol:dave", "dm:bob:bobby"]
     kinds = [("events", b"GET", b"/events?after=0&timeout=0"),
              ("history", b"GET", b"/messages"), ("typing", b"POST", b"/typing"),
-             ("send", b"POST", b"/messages")]
+             ("send", b"POST", b"/messages"), ("stream", b"GET", b"/stream?after=0")]
 
     def make(cid: str, status: int, kind):
         name, method, tail = kind
@@ -358,6 +358,7 @@ def _query(ctx: Context) -> list[Template]:
         return make
 
     events, history, inbox = base + b"events", base + b"messages", b"/v1/inbox/events"
+    stream, inboxStream = base + b"stream", b"/v1/inbox/stream"
     ahead = b"%d" % (ctx.victimLastSeq + 1000)
     templates: list[Template] = []
     for value in (b"-1", b"abc", b"1e9", b"", b"0x10", b"1.5", b"99999999999999999999",
@@ -365,6 +366,8 @@ def _query(ctx: Context) -> list[Template]:
                   b"9" * 400):
         templates.append(q(events, b"timeout=0&after=" + value, (400,)))
         templates.append(q(inbox, b"timeout=0&after=" + value, (400,)))
+        templates.append(q(stream, b"after=" + value, (400,)))
+        templates.append(q(inboxStream, b"after=" + value, (400,)))
     templates += [
         q(events, b"timeout=NaN&after=0", (400,)),
         q(events, b"timeout=nan&after=0", (400,)),
@@ -376,6 +379,8 @@ def _query(ctx: Context) -> list[Template]:
         q(events, b"timeout=0&after=-1&after=-2", (400,)),
         q(events, b"timeout=0&after=" + ahead, (409,), ("cursor_ahead",)),
         q(inbox, b"timeout=0&after=999999999", (409,), ("cursor_ahead",)),
+        q(stream, b"after=" + ahead, (409,), ("cursor_ahead",)),
+        q(inboxStream, b"after=999999999", (409,), ("cursor_ahead",)),
         q(events, b"timeout=-1&after=0", {200}, why="timeout is clamped to 0"),
         q(events, b"timeout=0&after=0&unknown=%ff", {200, 400},
           why="an unknown parameter may be ignored"),
