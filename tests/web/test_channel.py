@@ -411,8 +411,8 @@ class SmugglingTests(ConnectionTestsBase):
     def test_badTargetsHostsAndVersions(self):
         """
         Percent-encoded NUL or non-UTF-8 in the target, a Host that is not a host (or none,
-        or two, on HTTP/1.1), two of a header that counts once, other targets than a path, HTTP/0.9 or HTTP/2 on this port:
-        JSON 400s.
+        or two, on HTTP/1.1), two of a header that counts once, other targets than a path,
+        HTTP/0.9 or HTTP/2 on this port: JSON 400s.
         """
         for data in [
             b"GET /static/%00 HTTP/1.1\r\nHost: n\r\n\r\n",
