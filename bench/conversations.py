@@ -26,7 +26,7 @@ import tempfile
 import time
 import uuid
 
-from support import percentile  # noqa: E402  (also puts the repo on sys.path)
+from support import percentile, temporaryPostgres  # noqa: E402  (also puts the repo on sys.path)
 from twisted.internet import defer, task  # noqa: E402
 
 from hpchat.config import ChatConfig  # noqa: E402
@@ -130,13 +130,7 @@ async def main(reactor, args):
 
         dsn = args.pg_dsn
         if dsn is None:
-            from tests.support.postgres import PostgresProcess, findBinaries
-
-            binaries = findBinaries()
-            if binaries is None:
-                raise SystemExit("--postgresql: no PostgreSQL server installed")
-            pgServer = PostgresProcess(binaries)
-            await pgServer.start()
+            pgServer = await temporaryPostgres()
             dsn = pgServer.dsn
         backends.append(("PostgreSQL", lambda: PostgreSQLStore(reactor, dsn)))
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs; "
@@ -160,7 +154,7 @@ async def main(reactor, args):
     finally:
         shutil.rmtree(base, ignore_errors=True)
         if pgServer is not None:
-            await pgServer.stop()
+            await pgServer.cleanup()
 
 
 def parse():

@@ -37,6 +37,18 @@ class Response:
 _NO_BODY = (204, 304)
 
 
+def noDelay(transport) -> None:
+    """
+    TCP_NODELAY on C{transport}'s socket: small requests go out at once.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 class Conn(asyncio.Protocol):
     """
     One keep-alive connection. Use L{connect} to make one.
@@ -66,12 +78,7 @@ class Conn(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        noDelay(transport)
 
     def data_received(self, data):
         self._buf += data

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from typing import Callable
 
-from lg_http import HTTPFailure
+from lg_http import HTTPFailure, noDelay
 
 perf = time.perf_counter
 
@@ -117,12 +116,7 @@ class StreamConn(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        noDelay(transport)
 
     def connection_lost(self, exc):
         if not self.headers.done():

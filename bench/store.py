@@ -31,7 +31,7 @@ import tempfile
 import time
 import uuid
 
-from support import percentile  # noqa: E402  (also puts the repo on sys.path)
+from support import percentile, temporaryPostgres  # noqa: E402  (also puts the repo on sys.path)
 from twisted.internet import defer, task  # noqa: E402
 
 from hpchat.persister import BatchPersister  # noqa: E402
@@ -185,14 +185,7 @@ async def main(reactor, args):
 
         dsn = args.pg_dsn
         if dsn is None:
-            from tests.support.postgres import PostgresProcess, findBinaries
-
-            binaries = findBinaries()
-            if binaries is None:
-                raise SystemExit("--postgresql: no PostgreSQL server installed "
-                                 "(apt-get install postgresql)")
-            pgServer = PostgresProcess(binaries, cpus=args.pg_cpus)
-            await pgServer.start()
+            pgServer = await temporaryPostgres(cpus=args.pg_cpus)
             dsn = pgServer.dsn
 
         def pgStore(writers):

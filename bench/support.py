@@ -55,3 +55,17 @@ def percentile(values, p):
         return float("nan")
     index = min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))
     return ordered[index]
+
+
+async def temporaryPostgres(cpus: str | None = None):
+    """
+    A started temporary PostgreSQL server of its own (tests.support.postgres), to be ended
+    with its C{cleanup()}; exits when no PostgreSQL server is installed.
+    """
+    from tests.support.postgres import PostgresProcess, findBinaries
+
+    binaries = findBinaries()
+    if binaries is None:
+        raise SystemExit("--postgresql: no PostgreSQL server installed "
+                         "(apt-get install postgresql)")
+    return await PostgresProcess(binaries, cpus=cpus).start()
