@@ -135,7 +135,6 @@ class BatchPersister(Service):
         self._storeFailures = 0
         self._retryAt = 0.0
         self._accepting = False
-        self._inFlight = 0
         self._doneWaiters: list[defer.Deferred] = []
         # Written batches whose events are still to be acknowledged, oldest first (see
         # _acknowledge), and whether that is under way.
@@ -313,7 +312,6 @@ class BatchPersister(Service):
             fences = {p.group: p.token for p in batch}
         if not batch:
             return defer.succeed(None)
-        self._inFlight = len(batch)
         started = self._clock.seconds()
         outbox = [p.outbox for p in batch if p.outbox is not None]
         events = [p.event for p in batch if p.event is not None]
@@ -401,9 +399,11 @@ class BatchPersister(Service):
         # answer requests and wake polls), so that it is not idle meanwhile.
         self._flushing = None
         self._toAcknowledge.append(batch)
-        if self._queue and self._accepting:
-            self._flush()
-        self._acknowledge()
+        try:
+            if self._queue and self._accepting:
+                self._flush()
+        finally:
+            self._acknowledge()
 
     def _acknowledge(self) -> None:
         """

@@ -67,7 +67,7 @@ class PresenceHome:
         # user -> last_seen to make durable.
         self._dirty: dict[str, float] = {}
         self._lastOnlineWrite = clock.seconds()
-        self._writing = False
+        # The last-seen write in flight or last done (see _writing).
         self._written: ObservableDeferred[None] | None = None
 
     def _group(self, user: str) -> int:
@@ -126,6 +126,10 @@ class PresenceHome:
             del self._seen[user]
             self._dirty.pop(user, None)
 
+    @property
+    def _writing(self) -> bool:
+        return self._written is not None and not self._written.done
+
     def persist(self) -> defer.Deferred | None:
         """
         Write the last-seen times that changed (and, every C{onlineWriteInterval}, those of
@@ -154,7 +158,6 @@ class PresenceHome:
                 fences[group] = token
         if not entries:
             return None
-        self._writing = True
 
         def failed(failure):
             self.log.warn("writing {count} last-seen times failed: {error}",
@@ -162,11 +165,8 @@ class PresenceHome:
             for user, at in entries.items():
                 self._dirty[user] = max(at, self._dirty.get(user, 0.0))
 
-        def done(_):
-            self._writing = False
-
         d = defer.maybeDeferred(self._store.writeLastSeen, entries, fences)
-        d.addCallbacks(lambda _: None, failed).addBoth(done)
+        d.addCallbacks(lambda _: None, failed)
         self._written = ObservableDeferred(d, "a last-seen write")
         return self._written.observe()
 
@@ -174,9 +174,10 @@ class PresenceHome:
         """
         For the stop: once a write in flight is done, write what changed meanwhile too.
         """
-        if not self._writing or self._written is None:
+        written = self._written
+        if written is None or written.done:
             return defer.maybeDeferred(self.persist)
-        return self._written.observe().addCallback(lambda _: self.persist())
+        return written.observe().addCallback(lambda _: self.persist())
 
     def _prune(self, now: float) -> None:
         horizon = self.grace + self.expiry

@@ -121,18 +121,26 @@ def loadsStored(data: bytes | str) -> Any:
     return json.loads(data, parse_constant=lambda name: None, parse_float=_finiteOrNone)
 
 
-def dumpb(value: Any) -> bytes:
+def _fastDumps(value: Any) -> bytes | None:
     """
-    L{dumps} as UTF-8 bytes.
+    orjson's encoding of C{value} where it is the json module's strict one; else None.
     """
     try:
         data = orjson.dumps(value, option=_OPTIONS)
     except TypeError:
         # (orjson.JSONEncodeError is a TypeError.)
-        return _dumpsJSON(value).encode("utf-8")
+        return None
     if b"null" in data and _nonFinite(value):
-        return _dumpsJSON(value).encode("utf-8")
+        return None
     return data
+
+
+def dumpb(value: Any) -> bytes:
+    """
+    L{dumps} as UTF-8 bytes.
+    """
+    data = _fastDumps(value)
+    return data if data is not None else _dumpsJSON(value).encode("utf-8")
 
 
 def dumps(value: Any, **kwargs: Any) -> str:
@@ -141,13 +149,8 @@ def dumps(value: Any, **kwargs: Any) -> str:
     """
     if kwargs:
         return _dumpsJSON(value, **kwargs)
-    try:
-        data = orjson.dumps(value, option=_OPTIONS)
-    except TypeError:
-        return _dumpsJSON(value)
-    if b"null" in data and _nonFinite(value):
-        return _dumpsJSON(value)
-    return data.decode("utf-8")
+    data = _fastDumps(value)
+    return data.decode("utf-8") if data is not None else _dumpsJSON(value)
 
 
 def _nonFinite(value: Any) -> bool:

@@ -102,7 +102,7 @@ class LifecycleTests(StreamsTestCase):
         self.ownership.lose([self.streams.groupOf(CID)])
         self.failureResultOf(poll, StreamUnavailable)
         self.assertEqual(self.streams._streams, {})
-        self.assertEqual(self.streams._waiting, 0)
+        self.assertEqual(self.streams.waiting, 0)
 
     def test_idleStreamsAreEvicted(self) -> None:
         """

@@ -63,7 +63,7 @@ class PollTests(StreamsTestCase):
         self.failureResultOf(poll, defer.CancelledError)
         stream = self.streams._streams[CID]
         self.assertEqual(stream.waiters, set())
-        self.assertEqual(self.streams._waiting, 0)
+        self.assertEqual(self.streams.waiting, 0)
         self.assertEqual(self.waiterTimers(), [])
 
     def test_typingWakesOnlyTypingWaiters(self) -> None:

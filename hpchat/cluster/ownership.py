@@ -40,7 +40,8 @@ from hpchat.loops import startLoop
 
 class Drains(Protocol):
     """
-    Tells when the queued writes of some groups are all durable (the persister).
+    Tells when the queued writes of some groups are all durable (the persister's
+    L{hpchat.backlog.GroupBacklog}).
     """
 
     def drained(self, groups: Iterable[int]) -> defer.Deferred[None]:

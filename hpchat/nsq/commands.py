@@ -143,7 +143,7 @@ class IdentifyOptions:
 
 
 def identify(options: IdentifyOptions) -> bytes:
-    return encodeCommand(b"IDENTIFY", body=strictjson.dumps(options.toJSON()).encode("utf-8"))
+    return encodeCommand(b"IDENTIFY", body=strictjson.dumpb(options.toJSON()))
 
 
 def parseIdentifyResponse(data: bytes) -> dict[str, Any]:

@@ -61,32 +61,14 @@ from hpchat.storage.base import (
     StoreError,
     StreamConflict,
     StreamSnapshot,
+    requireFences,
 )
 from hpchat.storage.blocklist import IBlockStore, IBlockVersion
 from hpchat.storage.conversations import ConversationRow, IConversationStore
-from hpchat.storage.fdb_client import (
-    API_VERSION,
-    CLIENT_SERIES,
-    INSTALL_HINT,
-    Done,
-    FoundationDBUnavailable,
-    loadBinding,
-)
+from hpchat.storage.fdb_client import Done
 from hpchat.storage.fdb_conversations import FDBConversations, rowsByPart
-from hpchat.storage.fdb_layout import (
-    LAYOUT_VERSION,
-    MAX_KEY_BYTES,
-    MAX_VALUE_BYTES,
-    EncodedEvent,
-    KeyLayout,
-    splitBatch,
-    uniqueKeyClashes,
-)
+from hpchat.storage.fdb_layout import EncodedEvent, splitBatch, uniqueKeyClashes
 from hpchat.storage.presence import IPresenceStore
-
-__all__ = ["API_VERSION", "CLIENT_SERIES", "INSTALL_HINT", "LAYOUT_VERSION", "MAX_KEY_BYTES",
-           "MAX_VALUE_BYTES", "EncodedEvent", "FoundationDBStore", "FoundationDBUnavailable",
-           "KeyLayout", "loadBinding", "splitBatch", "uniqueKeyClashes"]
 
 
 @implementer(IEventStore, IConversationStore, IBlockStore, IBlockVersion, IPresenceStore)
@@ -127,10 +109,7 @@ class FoundationDBStore(FDBConversations):
     def append(self, events: Sequence[Event], fences: dict[int, int],
                outbox: Sequence[OutboxEntry] = (),
                conversations: Sequence[ConversationRow] = ()) -> defer.Deferred[None]:
-        missing = ({e.group for e in events} | {o.group for o in outbox}
-                   | {c.group for c in conversations}) - set(fences)
-        if missing:
-            raise ValueError(f"no fence token for groups {sorted(missing)}")
+        requireFences(events, fences, outbox, conversations)
         layout = self.layout
         encoded = [layout.encode(e) for e in events]
         clashes = uniqueKeyClashes(events)

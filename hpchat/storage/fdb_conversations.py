@@ -172,7 +172,8 @@ class FDBConversations(FDBClient):
 
     def setBlock(self, blocker: str, blocked: str, on: bool, group: int, token: int,
                  ts: float) -> defer.Deferred[None]:
-        key = self.conversationKeys.block(blocker, blocked)
+        keys = self.conversationKeys
+        key, versionKey = keys.block(blocker, blocked), keys.blocksVersion()
         value = self.layout._t.pack((float(ts),))
 
         def body(tr: Any, attempt: int) -> None:
@@ -189,7 +190,6 @@ class FDBConversations(FDBClient):
             # The version of all blocks (IBlockVersion), in the change's own transaction.
             # Blocks change rarely: a read and a write of one key, not an atomic add (whose
             # little-endian counter the tuple layer would not read).
-            versionKey = self.conversationKeys.blocksVersion()
             tr.set(versionKey, self.layout._t.pack((self._version(tr, versionKey) + 1,)))
 
         return self._readWrite(body)

@@ -494,11 +494,6 @@ class PostgreSQLStore(SQLReads):
         return self._write(lambda: self._writerConnection().execute(
             "DELETE FROM outbox WHERE id = ANY(%s)", (ids,)) and None)
 
-    def _select(self, sql: str, params: tuple, reverse: bool) -> list[Event]:
-        rows = self._readerConnection().execute(sql, params).fetchall()
-        if reverse:
-            rows.reverse()
-        return [_row(r) for r in rows]
 
 
 class _Unreachable(StoreError):

@@ -61,7 +61,7 @@ def checkFoundationDB(config: Config, importModule=None) -> None:
     The FoundationDB client must load (binding and libfdb_c of the pinned minor version) and
     the cluster file must be readable.
     """
-    from hpchat.storage.fdb import FoundationDBUnavailable, loadBinding
+    from hpchat.storage.fdb_client import FoundationDBUnavailable, loadBinding
 
     try:
         if importModule is None:

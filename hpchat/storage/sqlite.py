@@ -500,8 +500,3 @@ class SQLiteStore(SQLReads):
         with _writing(db):
             db.execute("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (ids,))
 
-    def _select(self, sql: str, params: tuple, reverse: bool) -> list[Event]:
-        rows = self._readerDB().execute(sql, params).fetchall()
-        if reverse:
-            rows.reverse()
-        return [_row(r) for r in rows]

@@ -73,8 +73,11 @@ class SQLReads:
             f"SELECT {COLUMNS} FROM events WHERE stream = ? AND id = ?"), (stream, id), False)
         return d.addCallback(lambda events: events[0] if events else None)
 
-    def _select(self, sql: str, params: tuple, reverse: bool) -> list:
-        raise NotImplementedError
+    def _select(self, sql: str, params: tuple, reverse: bool) -> list[Event]:
+        rows = self._fetchAll(sql, params)
+        if reverse:
+            rows.reverse()
+        return [row(r) for r in rows]
 
     def _fetchAll(self, sql: str, params: tuple) -> list:
         """

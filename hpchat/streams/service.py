@@ -71,18 +71,11 @@ class Streams(Service):
         return self._appends.onCommitted
 
     @property
-    def typingTtl(self) -> float:
-        return self._appends.typingTtl
-
-    @property
     def waiting(self) -> int:
         """
         How many long-polls are waiting.
         """
         return self._waiters.count
-
-    # The count under its former name, read by tests of the API.
-    _waiting = waiting
 
     # -- service
 

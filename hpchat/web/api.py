@@ -442,7 +442,7 @@ class ChatAPI:
         except BaseException:
             polls.release(user)
             raise
-        polled.addBoth(self._pollEnded, user)
+        polled.addBoth(self._pollEnded, polls, user)
         if polls.exceeded(user):
             polled.addErrback(self._withdrawn)
             polled.cancel()
@@ -452,9 +452,9 @@ class ChatAPI:
                            {b"retry-after": b"1"})
         return polled
 
-    def _pollEnded(self, result, user: str):
-        if self._limits is not None:
-            self._limits.polls.release(user)
+    @staticmethod
+    def _pollEnded(result, polls, user: str):
+        polls.release(user)
         return result
 
     @staticmethod

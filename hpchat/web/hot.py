@@ -108,7 +108,11 @@ class HotLane:
             self._call = None
         if isinstance(body, StreamedAnswer):
             # An event stream (hpchat.web.ssehot): it writes its own answer.
-            self._stream(body, request, exchange)
+            try:
+                self._stream(body, request, exchange)
+            except BaseException:
+                body.connectionLost(None)
+                self._answerFailed(Failure())
             return
         if body is None or request._disconnected or self._closing:
             return

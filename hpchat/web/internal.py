@@ -246,7 +246,7 @@ class InternalClient:
         fires with its JSON answer (a 200 or 201), else fails with L{DeliveryFailed}.
         """
         code, answer = await self._post(url.rstrip("/") + path,
-                                        strictjson.dumps(body).encode("utf-8"))
+                                        strictjson.dumpb(body))
         if code == 307:
             raise DeliveryFailed(f"{url}{path} redirected to {answer}", status=307)
         return answer

@@ -45,7 +45,7 @@ def _api():
 
 
 def encodeCursor(updated: float, stream: str) -> str:
-    raw = strictjson.dumps([updated, stream]).encode("utf-8")
+    raw = strictjson.dumpb([updated, stream])
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 

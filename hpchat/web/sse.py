@@ -205,14 +205,11 @@ class EventStream:
                 # or to be told 401 and sign in again).
                 self.close()
                 return
-            try:
-                polled = hub.streams.poll(self.name, self.cursor, self._typingVersion,
-                                          hub.heartbeat, self._readVersion)
-            except Exception:
-                polled = defer.fail()
+            polled = hub.streams.poll(self.name, self.cursor, self._typingVersion,
+                                      hub.heartbeat, self._readVersion)
             if not polled.called:
                 self._pending = polled
-                polled.addCallbacks(self._woken, self._failed)
+                polled.addCallbacks(self._woken, self._failed).addErrback(self._broken)
                 return
             # Answered at once: no callbacks on it.
             results: list = []
@@ -252,6 +249,12 @@ class EventStream:
         if not failure.check(StreamUnavailable):
             self.log.failure("a stream of {stream} failed; closing it", failure,
                              stream=self.name)
+        self.close()
+
+    def _broken(self, failure: Failure) -> None:
+        # A bug while writing what a wait brought: the client reconnects from its last id.
+        self.log.failure("writing to a stream of {stream} failed; closing it", failure,
+                         stream=self.name)
         self.close()
 
     # -- IPushProducer
@@ -472,11 +475,7 @@ class EventStreams:
         presence = api._social.presence
         if presence is not None:
             presence.tracker.started(user)
-        try:
-            first = self.streams.poll(name, after, None, 0, None)
-        except BaseException:
-            self.release(user)
-            raise
+        first = self.streams.poll(name, after, None, 0, None)
 
         def opened(result: PollResult):
             cursor = after if after is not None else result.last_seq
@@ -486,7 +485,7 @@ class EventStreams:
             self.release(user)
             return failure
 
-        return first.addCallbacks(opened, failed)
+        return first.addCallback(opened).addErrback(failed)
 
     def release(self, user: str) -> None:
         """

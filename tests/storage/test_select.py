@@ -25,7 +25,7 @@ def fdbConfig(folder: str, extra: str = ""):
 
 
 def clientMissingHere() -> bool:
-    from hpchat.storage.fdb import FoundationDBUnavailable, loadBinding
+    from hpchat.storage.fdb_client import FoundationDBUnavailable, loadBinding
 
     try:
         loadBinding()

@@ -564,7 +564,7 @@ class DisconnectTests(_APITestMixin, SynchronousTestCase):
         self.failureResultOf(d)
         self.h.flush()
         self.assertEqual(self.h.waiters(), 0)
-        self.assertEqual(self.h.streams._waiting, 0)
+        self.assertEqual(self.h.streams.waiting, 0)
         self.assertEqual(self.h.pendingCalls(), [])
 
     def test_othersStillServed(self):

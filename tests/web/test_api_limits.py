@@ -198,7 +198,7 @@ class PollLimitTests(_LimitsMixin, SynchronousTestCase):
         self.assertRateLimited(self.h.answer(self.inbox("alice", timeout=30)), "1")
         self.assertEqual(limited("polls_per_user") - before, 2)
         self.assertEqual(self.h.waiters(), 2)
-        self.assertEqual(self.h.streams._waiting, 2)
+        self.assertEqual(self.h.streams.waiting, 2)
         self.assertEqual(len(self.h.pendingCalls()), 2)
         self.assertNoResult(first)
         self.assertNoResult(second)
