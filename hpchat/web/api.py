@@ -162,6 +162,17 @@ class ChatAPI:
     # -- request helpers
 
     def _user(self, request) -> str:
+        try:
+            return self._auth.userFor(self._token(request))
+        except Unauthorized as e:
+            raise ApiError(401, "unauthorized", str(e),
+                           {b"www-authenticate": b'Bearer realm="hpchat"'}) from None
+
+    @staticmethod
+    def _token(request) -> str | None:
+        """
+        The bearer token of C{request}: its Authorization header, else C{?access_token=}.
+        """
         header = request.getHeader(b"authorization")
         token = None
         if header:
@@ -174,11 +185,7 @@ class ChatAPI:
             values = request.args.get(b"access_token")
             if values:
                 token = values[0].decode("utf-8", "replace")
-        try:
-            return self._auth.userFor(token)
-        except Unauthorized as e:
-            raise ApiError(401, "unauthorized", str(e),
-                           {b"www-authenticate": b'Bearer realm="hpchat"'}) from None
+        return token
 
     def _conversation(self, cid: str, user: str) -> str:
         try:

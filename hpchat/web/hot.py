@@ -19,7 +19,7 @@ from twisted.web import http
 
 from hpchat import metrics
 from hpchat.web.ssehot import StreamedAnswer
-from hpchat.web.wire import STATUS, Exchange, HotRequest, canonical, httpDate, sendNow
+from hpchat.web.wire import STATUS, Exchange, HotRequest, headerLines, httpDate, sendNow
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -49,12 +49,7 @@ def encodeAnswer(request: HotRequest, body: bytes, keepAlive: bool, now: float) 
     """
     parts = [STATUS.get(request.code) or b"HTTP/1.1 %d Unknown\r\n" % request.code,
              b"Date: %s\r\nContent-Length: %d\r\n" % (httpDate(now), len(body))]
-    for name, value in request.responseHeaders.items():
-        if b"\r" in value or b"\n" in value or b"\0" in value:
-            HotLane.log.warn("dropped an unsafe {name} header from an answer",  # noqa: G010
-                             name=name.decode("latin-1"))
-            continue
-        parts.append(b"%s: %s\r\n" % (canonical(name), value))
+    parts += headerLines(request.responseHeaders)
     if not keepAlive:
         parts.append(b"Connection: close\r\n")
     parts.append(b"\r\n")

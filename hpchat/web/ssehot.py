@@ -38,7 +38,7 @@ from zope.interface import implementer
 from hpchat import metrics
 from hpchat.streams import PollResult
 from hpchat.web.sse import HEADERS, EventStream, EventStreams
-from hpchat.web.wire import canonical, httpDate, sendNow, unsafeHeader
+from hpchat.web.wire import canonical, headerLines, httpDate, sendNow
 
 _CHUNKED = 1
 _CLOSE = 2
@@ -97,13 +97,7 @@ class HotEventStream(EventStream, StreamedAnswer):
         """
         The stream for C{request}, checked already, with the token it was authorized by.
         """
-        header = request.getHeader(b"authorization")
-        if header:
-            token: str | None = header.partition(b" ")[2].strip().decode("utf-8", "replace")
-        else:
-            values = request.args.get(b"access_token")
-            token = values[0].decode("utf-8", "replace") if values else None
-        return cls(hub, user, name, conversation, cursor, token)
+        return cls(hub, user, name, conversation, cursor, hub._api._token(request))
 
     @staticmethod
     def ready(opened: tuple[HotEventStream, PollResult]) -> HotEventStream:
@@ -121,10 +115,8 @@ class HotEventStream(EventStream, StreamedAnswer):
         self._connection = connection
         transport = self._transport = connection.transport
         parts = [b"HTTP/1.1 200 OK\r\nDate: %s\r\n" % httpDate(connection.site.reactor.seconds())]
-        for name, value in request.responseHeaders.items():
-            # (The CORS headers of the request's origin.)
-            if not unsafeHeader(value):
-                parts.append(b"%s: %s\r\n" % (canonical(name), value))
+        # (The CORS headers of the request's origin.)
+        parts += headerLines(request.responseHeaders)
         if chunked:
             parts.append(_HEAD_CHUNKED if keepAlive else _HEAD_CHUNKED_CLOSE)
         else:

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.internet import tcp
+from twisted.logger import Logger
 from twisted.web import http
 
 from hpchat import strictjson
@@ -33,6 +34,8 @@ _REG_NAME = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%-]*")
 SINGLE_HEADERS = frozenset([b"host", b"authorization", b"content-type", b"origin",
                             b"content-length", b"transfer-encoding", b"expect",
                             b"last-event-id"])
+
+_log = Logger()
 
 
 def validHost(value: bytes) -> bool:
@@ -95,6 +98,21 @@ def unsafeHeader(value: bytes) -> bool:
     Whether C{value} may not go into an answer's header: it would end the field or the head.
     """
     return b"\r" in value or b"\n" in value or b"\0" in value
+
+
+def headerLines(headers: Mapping[bytes, bytes]) -> list[bytes]:
+    """
+    The lines of a hot answer's own C{headers}; a value that could end the field or the
+    head is dropped and logged.
+    """
+    lines = []
+    for name, value in headers.items():
+        if unsafeHeader(value):
+            _log.warn("dropped an unsafe {name} header from an answer",
+                      name=name.decode("latin-1"))
+            continue
+        lines.append(b"%s: %s\r\n" % (canonical(name), value))
+    return lines
 
 
 def errorJSON(code: str, message: str) -> bytes:
