@@ -16,7 +16,12 @@ conversation list), written in the same batch as its event; an entry of rows alo
 marker moved) has no event. Rows go to stores that keep them (L{IConversationStore}) only.
 
 An event may come with an outbox entry (C{outboxFor(event)}, e.g. the C{message} notification
-of a conversation message): it is written in the same batch as its event, or not at all.
+of a conversation message): it is written in the same batch as its event, or not at all. An
+event may instead come with a companion: a second event, of another stream and maybe another
+group (the recipient's inbox notification of a message, when this node holds that inbox too),
+written in the same batch, so in the same transaction, as its event. The two succeed or fail
+together; when they fail, so does every queued event of either stream (a later seq alone would
+leave a gap).
 
 Before each batch the persister asks its L{WriteFence} (the node's ownership), once per group of
 the batch, whether the batch's token still lets this node write that group; events of a group
@@ -95,7 +100,26 @@ class _Pending:
     stream: str
     outbox: OutboxEntry | None = None
     rows: Sequence[ConversationRow] = ()
+    companion: Event | None = None
+    companionToken: int = 0
     deferred: defer.Deferred = field(default_factory=defer.Deferred)
+
+    def fences(self) -> Iterable[tuple[int, int]]:
+        """Each (group, token) this entry is written under."""
+        yield self.group, self.token
+        if self.companion is not None:
+            yield self.companion.group, self.companionToken
+
+    def groups(self) -> Iterable[int]:
+        """The group of each event of this entry (a group once per event)."""
+        yield self.group
+        if self.companion is not None:
+            yield self.companion.group
+
+    def streams(self) -> Iterable[str]:
+        yield self.stream
+        if self.companion is not None:
+            yield self.companion.stream
 
 
 class BatchPersister(Service):
@@ -240,17 +264,23 @@ class BatchPersister(Service):
         """
         return self._backlog.drained(groups)
 
-    def enqueue(self, event: Event, token: int,
-                rows: Sequence[ConversationRow] = ()) -> defer.Deferred:
+    def enqueue(self, event: Event, token: int, rows: Sequence[ConversationRow] = (),
+                companion: tuple[Event, int] | None = None) -> defer.Deferred:
         """
         Queue C{event} (with conversation summary C{rows}), written under fence C{token}; the
-        result fires with the event once it is durable. Raises L{Overloaded} when
-        C{maxPending} events are waiting, and L{StoreUnavailable} while the store fails the
-        batch at the head of the queue.
+        result fires with the event once it is durable. A C{companion} C{(event, token)} is
+        written in the same transaction (and C{event} then has no outbox entry). Raises
+        L{Overloaded} when C{maxPending} events are waiting, and L{StoreUnavailable} while
+        the store fails the batch at the head of the queue.
         """
         self._check()
-        pending = _Pending(event, token, event.group, event.stream, self._outboxFor(event),
-                           self._rowsFor(rows))
+        if companion is None:
+            pending = _Pending(event, token, event.group, event.stream, self._outboxFor(event),
+                               self._rowsFor(rows))
+        else:
+            pending = _Pending(event, token, event.group, event.stream, None,
+                               self._rowsFor(rows), companion[0], companion[1])
+            self._backlog.add(companion[0].group)
         return self._queued(pending)
 
     def enqueueRows(self, group: int, stream: str, rows: Sequence[ConversationRow],
@@ -306,15 +336,20 @@ class BatchPersister(Service):
         if self._flushing is not None:
             return self._flushing
         batch = self._takeBatch()
-        fences = {p.group: p.token for p in batch}
+        fences = self._fencesOf(batch)
         while batch and self._failLapsed(fences):
             batch = self._takeBatch()
-            fences = {p.group: p.token for p in batch}
+            fences = self._fencesOf(batch)
         if not batch:
             return defer.succeed(None)
         started = self._clock.seconds()
         outbox = [p.outbox for p in batch if p.outbox is not None]
-        events = [p.event for p in batch if p.event is not None]
+        events: list[Event] = []
+        for p in batch:
+            if p.event is not None:
+                events.append(p.event)
+            if p.companion is not None:
+                events.append(p.companion)
         rows = [row for p in batch for row in p.rows]
         if rows:
             d = defer.maybeDeferred(self._store.append, events, fences, outbox,
@@ -343,6 +378,15 @@ class BatchPersister(Service):
         # The loop waits for the batch but must never see its errors.
         return d
 
+    @staticmethod
+    def _fencesOf(batch: list[_Pending]) -> dict[int, int]:
+        fences = {}
+        for p in batch:
+            fences[p.group] = p.token
+            if p.companion is not None:
+                fences[p.companion.group] = p.companionToken
+        return fences
+
     def _failLapsed(self, fences: dict[int, int]) -> bool:
         """
         Ask the fence about each group of the next batch (one token per group, see
@@ -355,7 +399,7 @@ class BatchPersister(Service):
         groups = sorted(group for group, _ in lapsed)
         self.log.warn("not writing events of groups {groups}: no longer owned here",
                       groups=groups)
-        self._failWhere(lambda p: (p.group, p.token) in lapsed, FenceRejected(groups))
+        self._failWhere(lambda p: not lapsed.isdisjoint(p.fences()), FenceRejected(groups))
         self._lost(groups)
         return True
 
@@ -369,8 +413,8 @@ class BatchPersister(Service):
         for pending in self._queue:
             if len(batch) >= self.batchSize:
                 break
-            known = tokens.setdefault(pending.group, pending.token)
-            if known != pending.token:
+            if any(tokens.setdefault(group, token) != token
+                   for group, token in pending.fences()):
                 break
             batch.append(pending)
         return batch
@@ -389,7 +433,7 @@ class BatchPersister(Service):
             return
         for _ in batch:
             self._queue.popleft()
-        self._backlog.remove(p.group for p in batch)
+        self._backlog.remove(group for p in batch for group in p.groups())
         self._backoff = 0.0
         self._storeFailures = 0
         self._retryAt = 0.0
@@ -431,16 +475,17 @@ class BatchPersister(Service):
             self.log.warn("batch refused for streams {streams}: {error}; their queued events "
                           "fail, the other {count} go again", streams=sorted(streams),
                           error=str(error),
-                          count=sum(1 for p in batch if p.stream not in streams))
+                          count=sum(1 for p in batch if streams.isdisjoint(p.streams())))
             # Every queued event of those streams: a later seq alone would leave a gap.
-            self._failWhere(lambda p: p.stream in streams, error)
+            self._failWhere(lambda p: not streams.isdisjoint(p.streams()), error)
             return
         if isinstance(error, (FenceRejected, StreamConflict)):
             kind = "fenced" if isinstance(error, FenceRejected) else "conflict"
             metrics.storeErrors.labels(kind).inc()
             self.log.warn("batch refused for groups {groups}: {error}", groups=list(error.groups),
                           error=str(error))
-            self._failWhere(lambda p: p.group in error.groups, error)
+            refused = set(error.groups)
+            self._failWhere(lambda p: not refused.isdisjoint(p.groups()), error)
             self._lost(error.groups)
             return
         if isinstance(error, StoreError):
@@ -455,16 +500,30 @@ class BatchPersister(Service):
         # let their owner reload them from the store (later events would leave a seq gap).
         metrics.storeErrors.labels("unexpected").inc()
         self.log.failure("unexpected error writing a batch; dropping its groups", failure)
-        groups = {p.group for p in batch}
-        self._failWhere(lambda p: p.group in groups,
+        groups = {group for p in batch for group in p.groups()}
+        self._failWhere(lambda p: not groups.isdisjoint(p.groups()),
                         StoreError(f"unexpected store error: {error!r}"))
         self._lost(groups)
 
     def _failWhere(self, predicate: Callable[[_Pending], bool], error: Exception) -> None:
-        failed = [p for p in self._queue if predicate(p)]
-        if not failed:
+        """
+        Fail the queued events that C{predicate} picks, and with them every queued event of
+        a stream that a failed companion shares (its seq would otherwise leave a gap).
+        """
+        chosen = {id(p) for p in self._queue if predicate(p)}
+        if not chosen:
             return
-        self._queue = deque(p for p in self._queue if not predicate(p))
-        self._backlog.remove(p.group for p in failed)
+        seen: set[str] = set()
+        tainted = {s for p in self._queue if id(p) in chosen and p.companion is not None
+                   for s in p.streams()}
+        while tainted:
+            seen |= tainted
+            more = [p for p in self._queue
+                    if id(p) not in chosen and not tainted.isdisjoint(p.streams())]
+            chosen.update(id(p) for p in more)
+            tainted = {s for p in more for s in p.streams()} - seen
+        failed = [p for p in self._queue if id(p) in chosen]
+        self._queue = deque(p for p in self._queue if id(p) not in chosen)
+        self._backlog.remove(group for p in failed for group in p.groups())
         for pending in failed:
             pending.deferred.errback(error)

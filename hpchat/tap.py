@@ -81,7 +81,7 @@ def buildNode(config: Config, reactor: Any, configPath: str = "<config>") -> HPC
     from hpchat.blocks import BlockList
     from hpchat.groups import SingleNodeOwnership
     from hpchat.limits import UserLimits
-    from hpchat.notify import InboxRouter, outboxEntry, parseNotification
+    from hpchat.notify import InboxRouter, messageNotification, outboxEntry, parseNotification
     from hpchat.outbox import OutboxPublisher
     from hpchat.persister import BatchPersister
     from hpchat.presence import Presence
@@ -122,7 +122,10 @@ def buildNode(config: Config, reactor: Any, configPath: str = "<config>") -> HPC
     streams = Streams(reactor, store, persister, ownership, groups=config.chat.groups,
                       historyInMemory=config.chat.history_in_memory,
                       typingTtl=config.chat.typing_ttl, idleEvict=config.chat.idle_evict,
-                      maxStreams=config.limits.max_streams)
+                      maxStreams=config.limits.max_streams,
+                      # Without NSQ nothing else sees a message's notification first: it
+                      # is written with the message when this node holds the inbox.
+                      notificationOf=messageNotification if config.nsq is None else None)
     persister.subscribeLost(streams.dropGroups)
     ownership.subscribeLost(streams.dropGroups)
 

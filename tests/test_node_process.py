@@ -48,6 +48,22 @@ async def readAll(http: HTTP, node: Node, token: str, cid: str) -> list[dict]:
     return [m for page in reversed(pages) for m in page]
 
 
+async def readInbox(http: HTTP, node: Node, token: str) -> list[dict]:
+    """
+    Every event of the token's inbox, oldest first.
+    """
+    events: list[dict] = []
+    after = 0
+    while True:
+        status, _, body = await http.request(
+            "GET", f"{node.url}/v1/inbox/events?after={after}&timeout=0", token)
+        assert status == 200, (status, body)
+        events += body["events"]
+        if not body["events"] or after >= body["last_seq"]:
+            return events
+        after = body["events"][-1]["seq"]
+
+
 class KillAndRestartTests(unittest.TestCase):
     timeout = 120
 
@@ -77,6 +93,11 @@ class KillAndRestartTests(unittest.TestCase):
 
     async def _sigkill(self):
         node, http, alice, bob = await self.solo()
+        # Both inboxes in memory: each message's notification is written with it.
+        for token in (alice, bob):
+            status, _, _ = await http.request("GET", f"{node.url}/v1/inbox/events?timeout=0",
+                                              token)
+            self.assertEqual(status, 200)
 
         acked: dict[str, int] = {}
         killed = defer.Deferred()
@@ -117,6 +138,15 @@ class KillAndRestartTests(unittest.TestCase):
             byClientId[m["client_id"]] = m["seq"]
         for clientId, seq in acked.items():
             self.assertEqual(byClientId.get(clientId), seq, f"acknowledged {clientId} lost")
+
+        # Each stored message notified its recipient once, in order, with no gap in the
+        # inboxes' seqs, across the kill and the restart's outbox sweep.
+        for token, recipient, sender in ((alice, "alice", "bob"), (bob, "bob", "alice")):
+            inbox = await readInbox(http, node, token)
+            self.assertEqual([e["seq"] for e in inbox], list(range(1, len(inbox) + 1)))
+            sent = [m["seq"] for m in messages if m["sender"] == sender]
+            self.assertEqual([e["data"]["seq"] for e in inbox if e["type"] == "message"], sent,
+                             f"{recipient}'s notifications")
 
         # Idempotency holds across the restart: the same client_id returns the original.
         some = sorted(acked)[0]

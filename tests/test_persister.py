@@ -219,6 +219,75 @@ class PersisterTests(SynchronousTestCase):
         self.assertEqual(self.store.outbox, {})
         self.assertEqual([e.id for e in self.store.stored("dm:a:b")], ["seed-dm:a:b-1"])
 
+    def note(self, seq, user="b", group=7):
+        return Event(stream=f"inbox:{user}", seq=seq, id=f"m.{user}/{seq}", group=group,
+                     type="message", sender="a", ts=0.0, data={})
+
+    def test_companionWrittenInTheSameTransaction(self):
+        """
+        A companion goes into its event's batch, under its own group's fence, and the event
+        then has no outbox entry; the Deferred fires with the event once both are durable,
+        and the backlog counts both groups until then.
+        """
+        self.build(outboxFor=lambda e: OutboxEntry(
+            id=f"m.{e.id}", group=e.group, stream=e.stream, seq=e.seq, body="{}",
+            created=0.0))
+        message, note = ev(1, group=3), self.note(1)
+        d = self.persister.enqueue(message, 1, companion=(note, 4))
+        self.assertEqual(self.persister.pendingFor([7]), 1)
+        self.assertEqual(self.persister.pendingFor([3]), 1)
+        self.clock.advance(0.01)
+        self.assertIs(self.successResultOf(d), message)
+        self.assertEqual(self.store.batches, [([message, note], {3: 1, 7: 4})])
+        self.assertEqual(self.store.outbox, {})
+        self.assertEqual(self.persister.pendingFor([3, 7]), 0)
+
+    def test_companionsLapsedFenceFailsBoth(self):
+        """
+        When the companion's group is no longer writable here, its event fails too (and the
+        group is reported lost); neither is written.
+        """
+        self.fence.valid = lambda group, token: group != 7
+        d = self.persister.enqueue(ev(1, group=3), 1, companion=(self.note(1), 4))
+        other = self.persister.enqueue(ev(1, "dm:c:d", 3), 1)
+        self.clock.advance(0.01)
+        self.failureResultOf(d, FenceRejected)
+        self.successResultOf(other)
+        self.assertEqual(self.lost, [[7]])
+        self.assertEqual(self.store.stored("inbox:b"), [])
+        self.assertEqual(self.store.stored("dm:a:b"), [])
+
+    def test_companionsFailureFailsBothStreams(self):
+        """
+        A conflict on an event's stream fails its companion, and with it every queued event
+        of the companion's stream (a later seq alone would leave a gap), and of the event's;
+        other streams are written.
+        """
+        self.persister.batchSize = 10
+        self.store.seed("dm:a:b", 3, 1)
+        first = self.persister.enqueue(ev(1, group=3), 1, companion=(self.note(1), 4))
+        laterNote = self.persister.enqueue(self.note(2), 4)
+        laterMessage = self.persister.enqueue(ev(2, group=3), 1)
+        other = self.persister.enqueue(ev(1, "dm:c:d", 3), 1)
+        self.clock.advance(0.01)
+        self.clock.advance(0.01)
+        for d in (first, laterNote, laterMessage):
+            self.failureResultOf(d, StreamConflict)
+        self.successResultOf(other)
+        self.assertEqual(self.store.stored("inbox:b"), [])
+        self.assertEqual(self.persister.pending, 0)
+        self.assertEqual(self.persister.pendingFor([3, 7]), 0)
+
+    def test_companionTokensOfTwoEpochsNeverShareABatch(self):
+        """
+        A companion under another token of a group than a batch-mate's starts a new batch.
+        """
+        self.persister.enqueue(self.note(1), 4)
+        self.persister.enqueue(ev(1, group=3), 1, companion=(self.note(2), 5))
+        self.clock.advance(0.01)
+        self.clock.advance(0.01)
+        self.assertEqual([len(b) for b in self.appends()], [1, 2])
+
     def test_tokensOfTwoEpochsNeverShareABatch(self):
         """
         Events of one group under different tokens go into different batches.

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
+from hpchat.notify import messageNotification
 from hpchat.storage.base import Event
-from hpchat.streams import StreamUnavailable
+from hpchat.streams import Streams, StreamUnavailable
 from tests.test_streams import CID, StreamsTestCase
 
 
@@ -233,3 +234,67 @@ class InFlightTests(StreamsTestCase):
         self.clock.advance(0.005)
         self.store.release()
         self.assertTrue(self.successResultOf(sending)[1])
+
+
+class CompanionTests(StreamsTestCase):
+    """
+    A message's notification written with it, when this node holds the recipient's inbox.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.streams.stopService()
+        self.streams = Streams(self.clock, self.store, self.persister, self.ownership,
+                               groups=16, historyInMemory=self.history, typingTtl=5,
+                               idleEvict=60, notificationOf=messageNotification)
+        self.persister.subscribeLost(self.streams.dropGroups)
+        self.streams.startService()
+        self.committed = []
+        self.streams.onCommitted.append(self.committed.append)
+
+    def test_writtenInTheMessagesTransaction(self) -> None:
+        """
+        With bob's inbox loaded, alice's message and bob's notification are one batch; the
+        inbox's waiter is woken with the notification at the next seq, the sender's answer
+        comes after both are durable, and the commit hooks do not see the message (nothing
+        is left for the outbox to deliver).
+        """
+        self.streams.appendNotification("bob", "inbox:bob", "flirt:1", "flirt", "carol", {})
+        self.clock.advance(0.005)
+        waiting = self.streams.poll("inbox:bob", 1, None, 30)
+        self.store.batches.clear()
+        self.committed.clear()
+        event, created = self.sent("hello")
+        (events, fences), = self.store.batches
+        self.assertEqual([(e.stream, e.seq) for e in events], [(CID, 1), ("inbox:bob", 2)])
+        self.assertEqual(set(fences), {self.streams.groupOf(CID),
+                                       self.streams.groupOf("inbox:bob")})
+        note = self.successResultOf(waiting).events[0]
+        self.assertEqual((note.id, note.type, note.sender, note.seq),
+                         (f"m.{event.id}", "message", "alice", 2))
+        self.assertEqual(note.data, {"conversation": CID, "seq": 1, "preview": "hello"})
+        self.assertEqual(self.committed, [note])
+        self.assertEqual(self.store.outbox, {})
+
+    def test_inboxNotLoadedGoesThroughTheHooks(self) -> None:
+        """
+        Without bob's inbox in memory, the message is written alone and its commit hooks
+        (the outbox) deliver the notification.
+        """
+        event, created = self.sent("hello")
+        self.assertEqual(self.committed, [event])
+        self.assertNotIn("inbox:bob", self.streams._streams)
+
+    def test_failureDropsBothStreams(self) -> None:
+        """
+        When the pair is refused (the inbox's group is fenced elsewhere), the send fails and
+        both streams are dropped, so that neither keeps a seq that was never written.
+        """
+        self.streams.appendNotification("bob", "inbox:bob", "flirt:1", "flirt", "carol", {})
+        self.sent("first")
+        self.store.fences[self.streams.groupOf("inbox:bob")] = 100
+        failure = self.failureResultOf(self.send("second"))
+        self.assertEqual(type(failure.value).__name__, "FenceRejected")
+        self.assertNotIn(CID, self.streams._streams)
+        self.assertNotIn("inbox:bob", self.streams._streams)
+        self.assertEqual([e.seq for e in self.store.stored("inbox:bob")], [1, 2])

@@ -7,6 +7,12 @@ participants' summary rows when it is a message of a conversation); only once du
 become visible: it joins the stream's log, the sender's Deferred fires, the waiters wake and
 the C{onCommitted} hooks run.
 
+A conversation message may carry its recipient's inbox notification as a companion
+(C{notificationOf}, given when nothing else must see the notification first, i.e. no NSQ):
+when this node holds that inbox now, the notification gets the inbox's next seq and is
+written in the message's own transaction, and both become visible together. Otherwise the
+message's C{onCommitted} hooks (the outbox) deliver it after the commit.
+
 Dedupe: a message with a client id, or any notification, has a dedupe key. A repeat of a key
 in the log in memory answers with the original; a repeat of a key being written observes the
 first write (L{hpchat.deferreds.ObservableDeferred}); otherwise, if the log in memory does not
@@ -26,6 +32,7 @@ from twisted.python.failure import Failure
 from hpchat import metrics
 from hpchat.deferreds import ObservableDeferred, shield
 from hpchat.storage.base import Event, IEventStore
+from hpchat.streamids import inboxStream
 from hpchat.streams.readmarkers import conversationRows
 from hpchat.streams.state import DedupeKey, Stream, StreamTable, StreamUnavailable
 from hpchat.streams.waiters import Waiters
@@ -42,19 +49,25 @@ class Appends:
     """
     Appends to the streams of a L{StreamTable}, and their typing marks.
 
-    @ivar onCommitted: callables run with each event once it is durable.
+    @ivar onCommitted: callables run with each event once it is durable (a message whose
+        notification was written with it as its companion excepted).
+    @param notificationOf: C{notificationOf(message)} gives the recipient's notification of a
+        conversation message (with C{id}, C{user}, C{type}, C{sender} and C{data}), or None:
+        written with the message when this node holds the recipient's inbox (None: never).
     """
 
     log = Logger()
 
     def __init__(self, table: StreamTable, clock: IReactorTime, store: IEventStore,
-                 persister: Any, waiters: Waiters, typingTtl: float):
+                 persister: Any, waiters: Waiters, typingTtl: float,
+                 notificationOf: Callable[[Event], Any] | None = None):
         self._table = table
         self._clock = clock
         self._store = store
         self._persister = persister
         self._waiters = waiters
         self.typingTtl = typingTtl
+        self._notificationOf = notificationOf
         self.onCommitted: list[Callable[[Event], Any]] = []
 
     # -- appending
@@ -136,21 +149,26 @@ class Appends:
         event = Event(stream=stream.name, seq=stream.nextSeq, id=eventId or uuid.uuid4().hex,
                       group=stream.group, type=type, sender=sender, ts=self._clock.seconds(),
                       client_id=clientId, data=data)
-        durable = self._handOff(stream, event)
+        durable, companion = self._handOff(stream, event)
         stream.nextSeq += 1
         stream.lastUsed = event.ts
 
         def written(_: object) -> Appended:
             if key is not None:
                 stream.inFlight.pop(key, None)
-            self._commit(stream, event)
+            if companion is None:
+                self._commit(stream, event)
+            else:
+                self._commit(stream, event, hooks=False)
+                self._commit(*companion)
             return event, True
 
         def failed(failure: Failure) -> Failure:
             if key is not None:
                 stream.inFlight.pop(key, None)
-            self._table.drop(stream, StreamUnavailable(f"write to {stream.name} failed: "
-                                                       f"{failure.value}"))
+            for lost in (stream,) if companion is None else (stream, companion[0]):
+                self._table.drop(lost, StreamUnavailable(
+                    f"write to {lost.name} failed: {failure.value}"))
             return failure
 
         if key is None:
@@ -162,21 +180,54 @@ class Appends:
             stream.inFlight[key] = writing
         return writing.observe()
 
-    def _handOff(self, stream: Stream, event: Event) -> defer.Deferred[Any]:
+    def _handOff(self, stream: Stream, event: Event
+                 ) -> tuple[defer.Deferred[Any], tuple[Stream, Event] | None]:
         """
         Queue C{event} of C{stream} with the persister, with both participants' rows when it
-        is a message of a conversation (the sender's marker moves to it).
+        is a message of a conversation (the sender's marker moves to it), and its companion
+        notification when there is one (L{_companion}): the Deferred of the write, and the
+        companion's stream and event.
         """
         if stream.users is None or event.type != "message" or event.sender not in stream.users:
-            return self._persister.enqueue(event, stream.token)
+            return self._persister.enqueue(event, stream.token), None
         queued = dict(stream.readsQueued)
         queued[event.sender] = event.seq
         rows = conversationRows(stream.name, stream.group, stream.users, event.seq, queued,
                                 event.ts)
-        durable = self._persister.enqueue(event, stream.token, rows)
+        companion = self._companion(event)
+        if companion is None:
+            durable = self._persister.enqueue(event, stream.token, rows)
+        else:
+            inbox, notification = companion
+            durable = self._persister.enqueue(event, stream.token, rows,
+                                              companion=(notification, inbox.token))
+            inbox.nextSeq += 1
+            inbox.lastUsed = event.ts
         stream.readsQueued = queued
         stream.updated = event.ts
-        return durable
+        return durable, companion
+
+    def _companion(self, message: Event) -> tuple[Stream, Event] | None:
+        """
+        The recipient's notification of C{message} as an event of their inbox, when this
+        node holds that inbox now and nothing else writes the notification; else None.
+        """
+        if self._notificationOf is None:
+            return None
+        notification = self._notificationOf(message)
+        if notification is None:
+            return None
+        inbox = self._table.current(inboxStream(notification.user))
+        if inbox is None:
+            return None
+        key: DedupeKey = ("n", notification.id)
+        if key in inbox.inFlight or inbox.findInMemory(key) is not None:
+            # (Its id comes from the new message's own, so this is never the case.)
+            return None
+        return inbox, Event(stream=inbox.name, seq=inbox.nextSeq, id=notification.id,
+                            group=inbox.group, type=notification.type,
+                            sender=notification.sender, ts=message.ts, client_id=None,
+                            data=dict(notification.data))
 
     async def _findDuplicate(self, stream: Stream, key: DedupeKey) -> Event | None:
         """
@@ -199,9 +250,11 @@ class Appends:
             return (await writing.observe())[0]
         return None
 
-    def _commit(self, stream: Stream, event: Event) -> None:
+    def _commit(self, stream: Stream, event: Event, hooks: bool = True) -> None:
         if self._table.isLoaded(stream):
             self._show(stream, event)
+        if not hooks:
+            return
         # Durable either way: the hooks (notifications) run even for a stream dropped meanwhile.
         for hook in self.onCommitted:
             try:

@@ -40,14 +40,19 @@ class Streams(Service):
     later turn, not during a load, keeps every stream handed out by L{get} in memory for the
     rest of the turn, so the caller's waiter or typing mark lands on the live stream.
 
-    @ivar onCommitted: callables run with each event once it is durable.
+    @ivar onCommitted: callables run with each event once it is durable (see
+        L{hpchat.streams.appends.Appends}).
+    @param notificationOf: the recipient's notification of a conversation message, written
+        in the message's own transaction when this node holds their inbox (see
+        L{hpchat.streams.appends}); None: notifications go through C{onCommitted} only.
     """
 
     log = Logger()
 
     def __init__(self, clock: Any, store: Any, persister: Any, ownership: Any, groups: int,
                  historyInMemory: int = 200, typingTtl: float = 6.0, idleEvict: float = 300.0,
-                 maxStreams: int | None = None):
+                 maxStreams: int | None = None,
+                 notificationOf: Callable[[Event], Any] | None = None):
         if maxStreams is not None and maxStreams < 1:
             raise ValueError("maxStreams must be at least 1")
         self._clock = clock
@@ -63,7 +68,8 @@ class Streams(Service):
         self._loading: dict[str, ObservableDeferred[Stream]] = {}
         self._evictor: task.LoopingCall | None = None
         self._waiters = Waiters(clock, store)
-        self._appends = Appends(self, clock, store, persister, self._waiters, typingTtl)
+        self._appends = Appends(self, clock, store, persister, self._waiters, typingTtl,
+                                notificationOf)
         self._readMarkers = ReadMarkers(self, persister, self._waiters)
 
     @property

@@ -24,7 +24,7 @@ from twisted.web.http_headers import Headers
 from hpchat.blocks import BlockList
 from hpchat.config import ChatConfig, LimitsConfig
 from hpchat.limits import UserLimits
-from hpchat.notify import InProcessNotifier
+from hpchat.notify import InProcessNotifier, messageNotification
 from hpchat.persister import BatchPersister
 from hpchat.presence import Presence
 from hpchat.streams import Streams
@@ -119,7 +119,9 @@ class Harness:
                                groups=self.chat.groups,
                                historyInMemory=self.chat.history_in_memory,
                                typingTtl=self.chat.typing_ttl, idleEvict=self.chat.idle_evict,
-                               maxStreams=limits.max_streams)
+                               maxStreams=limits.max_streams,
+                               # As on a node without NSQ.
+                               notificationOf=messageNotification)
         self.persister.subscribeLost(self.streams.dropGroups)
         self.ownership.subscribeLost(self.streams.dropGroups)
         self.blocks = BlockList(self.clock, self.store)
