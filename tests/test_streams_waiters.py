@@ -446,6 +446,18 @@ class FacadeListenTests(StreamsTestCase):
         self.assertEqual([type(e) for e in recorder.lost], [NoProgress])
         self.assertEqual(self.streams.waiting, 0)
 
+    def test_failedReadIsLost(self) -> None:
+        """
+        A store read that fails while catching up loses the listener, with its reason.
+        """
+        for i in range(8):
+            self.sent(f"m{i}")
+        self.store.readAfter = lambda stream, after, limit: defer.fail(RuntimeError("down"))
+        recorder, listener = self.listen(after=0)
+        self.assertEqual([type(e) for e in recorder.lost], [RuntimeError])
+        self.assertTrue(listener.closed)
+        self.assertEqual(self.streams.waiting, 0)
+
     def test_notEvictedWhileListening(self) -> None:
         """
         A stream listened to is not evicted when idle; once the listener is closed it is.

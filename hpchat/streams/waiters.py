@@ -374,8 +374,8 @@ class Waiters:
 
         def failed(failure: Failure) -> None:
             listener.reading = False
-            if isinstance(failure.value, Exception):
-                self._lose(listener, failure.value)
+            reason = failure.value
+            self._lose(listener, reason if isinstance(reason, Exception) else Exception(reason))
 
         self._store.readAfter(stream.name, after, MAX_EVENTS_PER_POLL).addCallbacks(
             read, failed).addErrback(
