@@ -23,7 +23,7 @@ from hpchat.streamids import groupOf
 from hpchat.streams.appends import Appended, Appends
 from hpchat.streams.readmarkers import ReadMarkers
 from hpchat.streams.state import Stream, StreamUnavailable
-from hpchat.streams.waiters import PollResult, Waiters
+from hpchat.streams.waiters import Listener, PollResult, Waiters
 
 #: Streams looked at per turn of the reactor when evicting beyond C{maxStreams}.
 TRIM_BATCH = 1024
@@ -35,10 +35,11 @@ class Streams(Service):
 
     At most C{maxStreams} (C{None}: no limit) are held in memory: past it, the least recently
     used are evicted on the next turn of the reactor and loaded again from the store when
-    next asked for. A stream with long-polls waiting, writes in flight or someone typing is
-    never evicted, so the cap is soft while more than C{maxStreams} are busy. Evicting on a
-    later turn, not during a load, keeps every stream handed out by L{get} in memory for the
-    rest of the turn, so the caller's waiter or typing mark lands on the live stream.
+    next asked for. A stream with long-polls waiting, listeners, writes in flight or someone
+    typing is never evicted, so the cap is soft while more than C{maxStreams} are busy.
+    Evicting on a later turn, not during a load, keeps every stream handed out by L{get} in
+    memory for the rest of the turn, so the caller's waiter, listener or typing mark lands on
+    the live stream.
 
     @ivar onCommitted: callables run with each event once it is durable (see
         L{hpchat.streams.appends.Appends}).
@@ -77,9 +78,16 @@ class Streams(Service):
         return self._appends.onCommitted
 
     @property
+    def clock(self) -> Any:
+        """
+        The clock the streams run on.
+        """
+        return self._clock
+
+    @property
     def waiting(self) -> int:
         """
-        How many long-polls are waiting.
+        How many long-polls are waiting (and listeners listening).
         """
         return self._waiters.count
 
@@ -187,7 +195,7 @@ class Streams(Service):
     def drop(self, stream: Stream, reason: Exception) -> None:
         """
         Forget C{stream}: out of memory, its typing marks cleared, its waiters failed with
-        C{reason}.
+        C{reason} and its listeners lost.
         """
         if self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
@@ -284,6 +292,26 @@ class Streams(Service):
         # Loaded (nearly always): no Deferred for the stream itself.
         try:
             return self._waiters.poll(stream, after, typingVersion, timeout, readVersion)
+        except Exception:
+            return defer.fail()
+
+    def listen(self, name: str, after: int | None, typingVersion: int | None,
+               readVersion: int | None, onChange: Callable[[PollResult], object],
+               onLost: Callable[[Exception], object]) -> defer.Deferred[Listener]:
+        """
+        Fire with a L{hpchat.streams.waiters.Listener} of stream C{name} from C{after}, the
+        stream loaded first if needed: C{onChange} is called with each change after the
+        cursor (and of the typing or read version, when given) until the listener is closed,
+        C{onLost} once if the stream is dropped (L{hpchat.streams.waiters.Waiters.listen}).
+        While it listens, the stream stays in memory.
+        """
+        stream = self.current(name)
+        if stream is None:
+            return self.get(name).addCallback(self._waiters.listen, after, typingVersion,
+                                              readVersion, onChange, onLost)
+        try:
+            return defer.succeed(self._waiters.listen(stream, after, typingVersion,
+                                                      readVersion, onChange, onLost))
         except Exception:
             return defer.fail()
 

@@ -5,7 +5,8 @@ their dedupe index, who is typing, and the work in flight that keeps it loaded.
 
 A L{Stream} is plain state. The parts of L{hpchat.streams.Streams} mutate it: the append
 pipeline (L{hpchat.streams.appends}) advances the seqs and the log, the waiters
-(L{hpchat.streams.waiters}) keep their long-polls in C{waiters}, the read markers
+(L{hpchat.streams.waiters}) keep their long-polls in C{waiters} and their listeners (the
+open event streams) in C{listeners}, the read markers
 (L{hpchat.streams.readmarkers}) the markers. They reach the other streams through
 L{StreamTable}, the few methods of the facade they need.
 """
@@ -23,7 +24,7 @@ from hpchat.streamids import BadConversation, parseConversation
 
 if TYPE_CHECKING:
     from hpchat.deferreds import ObservableDeferred
-    from hpchat.streams.waiters import Waiter
+    from hpchat.streams.waiters import Listener, Waiter
 
 #: The most events one poll answers with.
 MAX_EVENTS_PER_POLL = 100
@@ -79,7 +80,7 @@ class Stream:
     """
 
     __slots__ = ("name", "group", "token", "lastSeq", "nextSeq", "recent", "complete",
-                 "waiters", "typing", "typingVersion", "inFlight", "lastUsed", "keys",
+                 "waiters", "listeners", "typing", "typingVersion", "inFlight", "lastUsed", "keys",
                  "users", "reads", "readsQueued", "readsInFlight", "updated")
 
     def __init__(self, name: str, group: int, token: int, snapshot: StreamSnapshot,
@@ -101,6 +102,8 @@ class Stream:
         if snapshot.last_seq == 0:
             self.complete = True
         self.waiters: set[Waiter] = set()
+        # (A dict for its order: the listeners are told in the order they came.)
+        self.listeners: dict[Listener, None] = {}
         self.typing: dict[str, IDelayedCall] = {}
         self.typingVersion = 0
         # The events being written under a dedupe key, each observed by the repeated
@@ -180,10 +183,10 @@ class Stream:
 
     def evictable(self) -> bool:
         """
-        Nothing of this stream lives only in memory: no waiters, no writes in flight (with or
-        without a dedupe key), no typing marks.
+        Nothing of this stream lives only in memory: no waiters, no listeners, no writes in
+        flight (with or without a dedupe key), no typing marks.
         """
-        return (not self.waiters and not self.inFlight and not self.typing
+        return (not self.waiters and not self.listeners and not self.inFlight and not self.typing
                 and self.nextSeq == self.lastSeq + 1 and not self.readsInFlight)
 
 

@@ -9,15 +9,24 @@ HTTP layer cancels when the client goes away). Answering a waiter cancels its ti
 Unlike Synapse's listeners, which are woken and then look again, a waiter here is answered
 directly with the events that woke it: a commit wakes only the waiters whose cursor is behind,
 and each gets its L{PollResult} from memory in the same turn.
+
+Beside the one-shot waiters, a stream keeps its L{Listener}s: the open event streams. A
+listener stays registered until its owner closes it; each change that concerns it calls its
+C{onChange} at once with a L{PollResult} (the events after its cursor, in batches of at most
+C{MAX_EVENTS_PER_POLL}, read from the store while its cursor is older than the memory) and
+advances its cursor and versions, with no Deferred and no timer. The loss of the stream (its
+group moved, the node stops) calls its C{onLost} once and forgets it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from hpchat.storage.base import Event, IEventStore
 from hpchat.streams.readmarkers import readVersion as readVersionOf
@@ -51,12 +60,61 @@ class Waiter:
         self.timer: IDelayedCall | None = None
 
 
+def _ignore(*args: Any) -> None:
+    pass
+
+
+class NoProgress(Exception):
+    """
+    The store had no events after a listener's cursor while the stream's last seq is beyond
+    it.
+    """
+
+
+class Listener:
+    """
+    One open listener of a stream (see L{Waiters.listen}): its cursor, the typing and read
+    versions it follows (None: it does not), and its two callables. Closed (forgotten by its
+    stream) by L{close}, or once lost.
+    """
+
+    __slots__ = ("_waiters", "stream", "after", "typingVersion", "readVersion", "onChange",
+                 "onLost", "reading")
+
+    def __init__(self, waiters: Waiters, stream: Stream, after: int, typingVersion: int | None,
+                 readVersion: int | None, onChange: Callable[[PollResult], object],
+                 onLost: Callable[[Exception], object]):
+        self._waiters: Waiters | None = waiters
+        self.stream = stream
+        self.after = after
+        self.typingVersion = typingVersion
+        self.readVersion = readVersion
+        self.onChange = onChange
+        self.onLost = onLost
+        # True while what follows the cursor is read from the store.
+        self.reading = False
+
+    @property
+    def closed(self) -> bool:
+        return self._waiters is None
+
+    def close(self) -> None:
+        """
+        Stop listening: the stream forgets this listener (at once, idempotent).
+        """
+        waiters = self._waiters
+        if waiters is not None:
+            waiters._forget(self)
+
+
 class Waiters:
     """
-    The long-polls waiting on the streams of this node.
+    The long-polls waiting and the listeners listening on the streams of this node.
 
-    @ivar count: how many are waiting (the C{hpchat_waiting_polls} gauge).
+    @ivar count: how many are waiting or listening (the C{hpchat_waiting_polls} gauge).
     """
+
+    log = Logger()
 
     def __init__(self, clock: IReactorTime, store: IEventStore):
         self._clock = clock
@@ -132,10 +190,15 @@ class Waiters:
 
     def wake(self, stream: Stream, typingChanged: bool, readChanged: bool = False) -> None:
         """
-        Answer the waiters of C{stream} that what just changed concerns: those behind its
-        last seq, and (when changed) those that gave an older typing or read version.
+        Answer the waiters of C{stream} that what just changed concerns, and tell its
+        listeners: those behind its last seq, and (when changed) those that gave an older
+        typing or read version.
         """
         version = readVersionOf(stream.reads) if readChanged else None
+        if stream.listeners:
+            self._tellAll(stream, typingChanged, version)
+        if not stream.waiters:
+            return
         for waiter in list(stream.waiters):
             if stream.lastSeq > waiter.after:
                 events = stream.eventsAfter(waiter.after) or []
@@ -152,20 +215,172 @@ class Waiters:
     def answerAll(self, streams: Iterable[Stream]) -> None:
         """
         Answer every waiter of C{streams} now with what it has (nothing new, the current last
-        seq), so that its client polls again.
+        seq), so that its client polls again. Its listeners are told too, with nothing new:
+        their owners see the node stop.
         """
         for stream in list(streams):
             for waiter in list(stream.waiters):
                 self._answer(stream, waiter, [])
+            if stream.listeners:
+                result = self.resultOf(stream, [])
+                for listener in list(stream.listeners):
+                    if not listener.closed:
+                        self._deliver(listener, result)
 
     def failAll(self, stream: Stream, reason: Exception) -> None:
         """
-        Fail every waiter of C{stream} with C{reason}.
+        Fail every waiter of C{stream} with C{reason}; its listeners are forgotten and lost
+        (their C{onLost} called once with C{reason}).
         """
         for waiter in list(stream.waiters):
             d = self._finish(stream, waiter)
             if d is not None:
                 d.errback(reason)
+        for listener in list(stream.listeners):
+            self._lose(listener, reason)
+
+    # -- listeners
+
+    def listen(self, stream: Stream, after: int | None, typingVersion: int | None,
+               readVersion: int | None, onChange: Callable[[PollResult], object],
+               onLost: Callable[[Exception], object]) -> Listener:
+        """
+        Listen to C{stream} from C{after} (None: its last seq) until the returned
+        L{Listener} is closed or lost: C{onChange(result)} is called, in the turn of the
+        change, with the events after the cursor, and when the typing or read version
+        differs from C{typingVersion} or C{readVersion} (when given), which then advance.
+        What is there already is given at once, before this returns (from the store for a
+        cursor older than the memory, on a later turn). C{onLost(reason)} is called once if
+        the stream is dropped (its group moved, the node stops) or the listener fails.
+        Raises L{CursorAhead} for a cursor beyond the last seq.
+        """
+        if after is None:
+            after = stream.lastSeq
+        if after > stream.lastSeq:
+            raise CursorAhead(stream.lastSeq)
+        listener = Listener(self, stream, after, typingVersion, readVersion, onChange, onLost)
+        stream.listeners[listener] = None
+        self.count += 1
+        self._catchUp(listener)
+        return listener
+
+    def _forget(self, listener: Listener) -> None:
+        stream = listener.stream
+        if stream.listeners.pop(listener, False) is None:
+            self.count -= 1
+        stream.lastUsed = self._clock.seconds()
+        listener._waiters = None
+        # No cycle (owner -> listener -> owner's methods) is left behind.
+        listener.onChange = listener.onLost = _ignore
+
+    def _lose(self, listener: Listener, reason: Exception) -> None:
+        if listener.closed:
+            return
+        onLost = listener.onLost
+        self._forget(listener)
+        try:
+            onLost(reason)
+        except Exception:
+            self.log.failure("a listener of {stream} failed when lost", stream=listener.stream.name)
+
+    def _deliver(self, listener: Listener, result: PollResult) -> None:
+        """
+        Give C{result} to C{listener}, its cursor and versions advanced first.
+        """
+        if result.events:
+            listener.after = result.events[-1].seq
+        if listener.typingVersion is not None:
+            listener.typingVersion = result.typing_version
+        if listener.readVersion is not None:
+            listener.readVersion = result.read_version
+        try:
+            listener.onChange(result)
+        except Exception as e:
+            self.log.failure("a listener of {stream} failed; it is dropped",
+                             stream=listener.stream.name)
+            self._lose(listener, e)
+
+    def _tellAll(self, stream: Stream, typingChanged: bool, version: int | None) -> None:
+        """
+        Tell the listeners of C{stream} what concerns them; those with the same cursor
+        share one result.
+        """
+        lastSeq = stream.lastSeq
+        sharedAfter = -1
+        shared: PollResult | None = None
+        for listener in list(stream.listeners):
+            if listener.reading or listener.closed:
+                continue
+            after = listener.after
+            if lastSeq <= after and not (
+                    (typingChanged and listener.typingVersion is not None
+                     and listener.typingVersion != stream.typingVersion)
+                    or (version is not None and listener.readVersion is not None
+                        and listener.readVersion != version)):
+                continue
+            if shared is None or sharedAfter != after:
+                events = stream.eventsAfter(after)
+                if events is None:
+                    self._readFor(listener)
+                    continue
+                shared = self.resultOf(stream, events)
+                sharedAfter = after
+            self._deliver(listener, shared)
+            if listener.after < lastSeq:
+                # More than one batch behind.
+                self._catchUp(listener)
+
+    def _catchUp(self, listener: Listener) -> None:
+        """
+        Give C{listener} everything it is behind on: from memory now, in batches, or from
+        the store.
+        """
+        stream = listener.stream
+        while not listener.closed and not listener.reading:
+            if stream.lastSeq > listener.after:
+                events = stream.eventsAfter(listener.after)
+                if events is None:
+                    self._readFor(listener)
+                    return
+            elif (listener.typingVersion is not None
+                  and listener.typingVersion != stream.typingVersion) \
+                    or (listener.readVersion is not None
+                        and listener.readVersion != readVersionOf(stream.reads)):
+                events = []
+            else:
+                return
+            self._deliver(listener, self.resultOf(stream, events))
+
+    def _readFor(self, listener: Listener) -> None:
+        """
+        Read what follows the cursor of C{listener} from the store (older than the memory);
+        meanwhile the changes of its stream pass it by, and it catches up once read.
+        """
+        listener.reading = True
+        stream = listener.stream
+        after = listener.after
+
+        def read(events: list[Event]) -> None:
+            listener.reading = False
+            if listener.closed:
+                return
+            events = [e for e in events if e.seq > after]
+            if not events:
+                self._lose(listener, NoProgress(
+                    f"no events after {after} in the store, last seq {stream.lastSeq}"))
+                return
+            self._deliver(listener, self.resultOf(stream, events))
+            self._catchUp(listener)
+
+        def failed(failure: Failure) -> None:
+            listener.reading = False
+            reason = failure.value
+            self._lose(listener, reason if isinstance(reason, Exception) else Exception(reason))
+
+        self._store.readAfter(stream.name, after, MAX_EVENTS_PER_POLL).addCallbacks(
+            read, failed).addErrback(
+            lambda f: self.log.failure("catching a listener of {stream} up failed", f,
+                                       stream=stream.name))
 
     @staticmethod
     def resultOf(stream: Stream, events: list[Event]) -> PollResult:

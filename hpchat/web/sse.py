@@ -4,10 +4,14 @@ Server-Sent Events beside the long-poll: C{GET /v1/conversations/{cid}/stream} a
 C{GET /v1/inbox/stream} keep one response open and write each event as it commits, so a
 client that can hold a connection pays one request, not one per delivery.
 
-An open stream is a loop over L{hpchat.streams.Streams.poll}: wait for what comes after the
-cursor (and for a new typing or read version), write it, advance, wait again. Each wait lasts
-at most C{[chat] stream_heartbeat} seconds; one that ends with nothing to write writes the
-comment C{: hb} instead, so that proxies keep the connection open.
+An open stream reads what is there with one L{hpchat.streams.Streams.poll} answered at once,
+then listens to its stream (L{hpchat.streams.Streams.listen}): each commit after its cursor,
+and each new typing or read version, is written in the turn it happens, with no Deferred, no
+timer and no new waiter per event (a burst, or a cursor older than the memory, is caught up
+first, in batches of at most C{MAX_EVENTS_PER_POLL} events, with no gap and no repeat). One
+loop of L{EventStreams} on the reactor's clock serves every open stream: a stream that wrote
+nothing for C{[chat] stream_heartbeat} seconds writes the comment C{: hb} (within a fifth of
+a heartbeat more), so that proxies keep the connection open.
 
 Frames (C{text/event-stream}): C{event: message} (a Message) and C{event: notification} (an
 InboxEvent) carry their seq as C{id:}. C{event: typing} (C{{"typing", "typing_version"}}) and
@@ -25,13 +29,13 @@ and when the client stops reading: the stream is a streaming producer of its tra
 once the transport's buffer is full, and a stream that writes more than L{MAX_BACKLOG} bytes
 while paused is cut off (it resumes from its last id). An open stream counts as one waiting
 long-poll of its user against C{[limits] max_polls_per_user}, and as a user online while it is
-open (presence). Its token is checked again before each wait: a stream ends (within one
-heartbeat) once its token has expired.
+open (presence). The heartbeat loop checks every open stream's token again: a stream ends
+within one heartbeat (a fifth of one) once its token has expired.
 
 On a node's HTTP edge the streams are answered on its hot path (L{hpchat.web.ssehot}: the
 stream writes to its connection, with no twisted.web request); the Klein routes here
-(L{WebEventStream}) serve the same streams on any other twisted.web site. Both share the loop
-(L{EventStream}) and L{EventStreams}' checks, limits and closing.
+(L{WebEventStream}) serve the same streams on any other twisted.web site. Both share the
+listening (L{EventStream}) and L{EventStreams}' checks, limits, heartbeats and closing.
 """
 
 from __future__ import annotations
@@ -39,16 +43,18 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hpchat import metrics, strictjson
+from hpchat.loops import startLoop
 from hpchat.storage.base import Event
 from hpchat.streamids import inboxStream
 from hpchat.streams import PollResult, StreamUnavailable
+from hpchat.streams.waiters import Listener
 from hpchat.web.auth import Unauthorized
 
 #: Milliseconds a client waits before it reconnects (the C{retry:} field of the first record).
@@ -57,6 +63,9 @@ RETRY_MS = 2000
 #: the connection is cut.
 MAX_BACKLOG = 256 * 1024
 HEARTBEAT = b": hb\n\n"
+#: The heartbeat loop's ticks per C{heartbeat}: a silent stream gets its comment within
+#: this fraction of a heartbeat after C{heartbeat} seconds of silence.
+TICKS_PER_HEARTBEAT = 5
 #: The head of a stream's answer, besides its status and framing.
 HEADERS = ((b"content-type", b"text/event-stream; charset=utf-8"),
            (b"cache-control", b"no-cache"),
@@ -109,8 +118,9 @@ def resumeCursor(request) -> int | None:
 
 class EventStream:
     """
-    One open stream, whatever carries it: its cursor and versions, and the poll it waits on.
-    Also the streaming producer of its response, paused while the client does not read.
+    One open stream, whatever carries it: its cursor and versions, and the listener of its
+    stream. Also the streaming producer of its response, paused while the client does not
+    read.
 
     A subclass writes (L{_send}), ends (L{_end}) and checks the token (L{_authorized}) on
     its own transport: L{WebEventStream} on a twisted.web request (the Klein route), or
@@ -118,7 +128,8 @@ class EventStream:
     """
 
     __slots__ = ("_hub", "user", "name", "group", "_conversation", "cursor",
-                 "_typingVersion", "_readVersion", "_pending", "_paused", "_backlog", "closed")
+                 "_typingVersion", "_readVersion", "_listener", "_pending", "_paused",
+                 "_backlog", "wrote", "closed")
 
     log = Logger()
 
@@ -132,9 +143,13 @@ class EventStream:
         self.cursor = cursor
         self._typingVersion: int | None = None
         self._readVersion: int | None = None
+        self._listener: Listener | None = None
+        # The listener being made (the stream loading), for a close meanwhile to cancel.
         self._pending: defer.Deferred | None = None
         self._paused = False
         self._backlog = 0
+        # When this stream last wrote (the heartbeats write to those silent for long).
+        self.wrote = hub.seconds()
         self.closed = False
 
     # -- what a transport provides
@@ -184,6 +199,7 @@ class EventStream:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _write(self, data: bytes) -> None:
+        self.wrote = self._hub.seconds()
         if self._paused:
             self._backlog += len(data)
         self._send(data)
@@ -191,56 +207,56 @@ class EventStream:
             metrics.countLimited("stream_backlog")
             self.close(abort=True)
 
-    # -- the loop
+    # -- listening
 
-    def _next(self) -> None:
+    def _listen(self) -> None:
         """
-        Wait for what comes after the cursor; what is there already (a burst, one batch of
-        at most C{MAX_EVENTS_PER_POLL} events at a time) is written at once.
+        After the opening records: listen to the stream from the cursor (what came since is
+        written at once, a burst in batches of at most C{MAX_EVENTS_PER_POLL} events).
         """
-        hub = self._hub
-        while not self.closed:
-            if hub.draining or not self._authorized():
-                # The node stops, or the token expired: the client reconnects (elsewhere,
-                # or to be told 401 and sign in again).
-                self.close()
-                return
-            polled = hub.streams.poll(self.name, self.cursor, self._typingVersion,
-                                      hub.heartbeat, self._readVersion)
-            if not polled.called:
-                self._pending = polled
-                polled.addCallbacks(self._woken, self._failed).addErrback(self._broken)
-                return
-            # Answered at once: no callbacks on it.
-            results: list = []
-            polled.addBoth(results.append)
-            outcome = results[0]
-            if isinstance(outcome, Failure):
-                self._failed(outcome)
-                return
-            records = self._records(outcome)
-            if not records:
-                # Answered at once with nothing new: waiting again would not wait. The
-                # client reconnects from its last id instead of this loop spinning.
-                self.log.warn("a stream of {stream} made no progress at {cursor}; closing it",
-                              stream=self.name, cursor=self.cursor)
-                self.close()
-                return
-            self._write(records)
+        if self._hub.draining:
+            self.close()
+            return
+        listening = self._hub.streams.listen(self.name, self.cursor, self._typingVersion,
+                                             self._readVersion, self._changed, self._lost)
+        self._pending = listening
+        listening.addCallbacks(self._listening, self._failed).addErrback(self._broken)
 
-    def _woken(self, result: PollResult) -> None:
+    def _listening(self, listener: Listener) -> None:
         self._pending = None
         if self.closed:
+            # (Closed while the listener caught up, or the stream loaded.)
+            listener.close()
             return
-        records = self._records(result)
-        if not records:
-            if self._hub.draining:
-                # Answered by the node's stop: the client reconnects elsewhere.
+        self._listener = listener
+
+    def _changed(self, result: PollResult) -> None:
+        """
+        What the stream's listener is told: write the records of C{result}. Nothing to write
+        is the node draining (L{hpchat.streams.Streams.answerWaiting}): the client reconnects
+        elsewhere.
+        """
+        if self.closed:
+            return
+        try:
+            records = self._records(result)
+            if records:
+                self._write(records)
+            elif self._hub.draining:
                 self.close()
-                return
-            records = HEARTBEAT
-        self._write(records)
-        self._next()
+        except Exception:
+            self._broken(Failure())
+
+    def _lost(self, reason: Exception) -> None:
+        # The stream was dropped (its group moved, the node stops): the listener is gone
+        # already, and the client reconnects, to be redirected.
+        self._listener = None
+        if self.closed:
+            return
+        if not isinstance(reason, StreamUnavailable):
+            self.log.error("a stream of {stream} was lost ({reason!r}); closing it",
+                           stream=self.name, reason=reason)
+        self.close()
 
     def _failed(self, failure: Failure) -> None:
         self._pending = None
@@ -252,7 +268,7 @@ class EventStream:
         self.close()
 
     def _broken(self, failure: Failure) -> None:
-        # A bug while writing what a wait brought: the client reconnects from its last id.
+        # A bug while writing what a change brought: the client reconnects from its last id.
         self.log.failure("writing to a stream of {stream} failed; closing it", failure,
                          stream=self.name)
         self.close()
@@ -273,14 +289,17 @@ class EventStream:
 
     def close(self, finish: bool = True, abort: bool = False) -> None:
         """
-        End the stream: forget its poll, give back its place in the limits and presence,
-        and (C{finish}) end the response; C{abort} then cuts the connection too, for a
-        client that does not read what is already queued for it.
+        End the stream (once): close its listener, give back its place in the limits and
+        presence, and (C{finish}) end the response; C{abort} then cuts the connection too,
+        for a client that does not read what is already queued for it.
         """
         if self.closed:
             return
         self.closed = True
         self._hub.forget(self)
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
@@ -319,7 +338,7 @@ class WebEventStream(EventStream):
         request.registerProducer(self, True)
         request.notifyFinish().addErrback(self._gone)
         self._write(self._opening(first))
-        self._next()
+        self._listen()
         return self.done
 
     def _send(self, data: bytes) -> None:
@@ -353,14 +372,21 @@ class EventStreams:
     L{hotInbox} for the hot path of the HTTP edge (L{hpchat.web.ssehot}), all with the
     L{hpchat.web.api.ChatAPI}'s checks and answers.
 
-    C{heartbeat} is the longest a stream stays silent (C{[chat] stream_heartbeat}).
+    C{heartbeat} (C{[chat] stream_heartbeat}) is how long a stream stays silent before it
+    writes the comment C{: hb}. One loop on the streams' clock (L{hpchat.loops.startLoop}),
+    running while streams are open, ticks C{TICKS_PER_HEARTBEAT} times per heartbeat: it
+    writes C{: hb} to the streams that wrote nothing for at least C{heartbeat} seconds, and
+    closes those whose token is no longer valid.
     """
 
     def __init__(self, api, streams, ownership, heartbeat: float):
         self._api = api
         self.streams = streams
         self.heartbeat = heartbeat
+        self.clock = streams.clock
+        self.seconds: Callable[[], float] = self.clock.seconds
         self.open: set[EventStream] = set()
+        self._beats: task.LoopingCall | None = None
         ownership.subscribeLost(self.dropGroups)
 
         # The last record of each kind made: the two participants' streams of a
@@ -511,11 +537,41 @@ class EventStreams:
     def started(self, stream: EventStream) -> None:
         self.open.add(stream)
         metrics.sseStreams.inc()
+        if self._beats is None:
+            self._beats = startLoop(self.clock, "event stream heartbeats", self._beat,
+                                    self.heartbeat / TICKS_PER_HEARTBEAT)
 
     def forget(self, stream: EventStream) -> None:
         if stream in self.open:
             self.open.discard(stream)
             metrics.sseStreams.dec()
+            if not self.open:
+                self._stopBeats()
+
+    def _stopBeats(self) -> None:
+        beats, self._beats = self._beats, None
+        if beats is not None and beats.running:
+            beats.stop()
+
+    def _beat(self) -> None:
+        """
+        One tick of the heartbeat loop: close the streams whose token expired (or all of
+        them while the node drains), write C{: hb} to those silent for a heartbeat.
+        """
+        # (Less a microsecond: what floating point loses on the ticks' times.)
+        quiet = self.seconds() - self.heartbeat + 1e-6
+        draining = self.draining
+        for stream in list(self.open):
+            if stream.closed:
+                continue
+            try:
+                if draining or not stream._authorized():
+                    # The client reconnects (elsewhere, or to be told 401 and sign in again).
+                    stream.close()
+                elif stream.wrote <= quiet:
+                    stream._write(HEARTBEAT)
+            except Exception:
+                stream._broken(Failure())
 
     def dropGroups(self, groups) -> None:
         """

@@ -14,14 +14,15 @@ connection's C{streamEnded} once its answer is complete. Until then the connecti
 queues what follows but answers nothing else, and its idle timeout does not run.
 
 An open stream holds its connection and transport, its cursor and versions, its user, stream
-name and token, and its poll: about 200 bytes besides the connection.
+name and token, and the listener of its stream (L{hpchat.streams.waiters.Listener}): a few
+hundred bytes besides the connection, and no Deferred or timer of its own.
 
 Framing: an HTTP/1.1 request gets a chunked answer (one chunk per write): a stream that ends
 writes the last chunk, so the client knows it got all of it, and the connection serves the
 next request (such as the client's reconnection) unless the request asked to close it. An
 HTTP/1.0 request gets an answer delimited by the end of the connection.
 
-Writing: each wake of the stream's poll is one write of its framed records, sent to the
+Writing: each change its listener is told of is one write of its framed records, sent to the
 socket at once when the transport holds nothing (plain TCP; through the transport otherwise,
 so TLS encrypts it and writes of one turn go out together). The stream is the transport's
 streaming producer: the transport pauses it when its buffer is full, and a stream that writes
@@ -134,7 +135,7 @@ class HotEventStream(EventStream, StreamedAnswer):
             # (The transport was gone already.)
             return
         sendNow(transport, head + self._frame(self._opening(first)))
-        self._next()
+        self._listen()
 
     def connectionLost(self, reason: Any) -> None:
         self.close(finish=False)

@@ -222,7 +222,7 @@ class Harness:
                 if getattr(c.func, "__func__", None) is HTTPConnection._deadlinePassed]
 
     def waiters(self) -> int:
-        return sum(len(s.waiters) for s in self.streams._streams.values())
+        return sum(len(s.waiters) + len(s.listeners) for s in self.streams._streams.values())
 
     # -- auth
 

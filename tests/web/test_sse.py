@@ -358,6 +358,82 @@ class HeartbeatTests(_SSEMixin, SynchronousTestCase):
         self.assertFalse(reader.ended)
 
 
+class SharedHeartbeatTests(_SSEMixin, SynchronousTestCase):
+    """
+    One loop of the hub writes every stream's heartbeats and checks every stream's token:
+    no timer and no Deferred of a stream's own, the clock run in small steps as real time.
+    """
+
+    harnessArgs = {"stream_heartbeat": 15.0}
+    #: How late a heartbeat or a closing may be: one tick of the loop, and a step.
+    late = 15.0 / sse.TICKS_PER_HEARTBEAT + 0.25
+
+    def beats(self, reader: Reader) -> int:
+        return len([r for r in reader.records() if r.get("comment") == "hb"])
+
+    def test_silentBeatsBusyDoesNot(self):
+        """
+        A stream silent for a heartbeat gets C{: hb} then (within one tick), and again after
+        each heartbeat; one written to more often than that gets none.
+        """
+        busy = self.open()
+        silent = self.open("/v1/inbox/stream", user="carol")
+        for _ in range(3):
+            self.h.send(CID, "bob", "m")
+            self.h.run(4.75, step=0.25)
+        # 14.25 s
+        self.assertEqual(self.beats(silent), 0)
+        self.h.run(0.75 + self.late, step=0.25)
+        self.assertEqual(self.beats(silent), 1)
+        for _ in range(5):
+            self.h.send(CID, "bob", "m")
+            self.h.run(5, step=0.25)
+        # Over 40 s: a second beat 15 s after the first.
+        self.assertEqual(self.beats(silent), 2)
+        self.assertEqual(self.beats(busy), 0)
+        self.assertEqual(len(busy.events("message")), 8)
+        self.assertFalse(busy.ended or silent.ended)
+
+    def test_tokenExpiryWithinAHeartbeat(self):
+        """
+        A stream whose token expires is closed within one tick of the loop (so within one
+        heartbeat), even while it is busy.
+        """
+        token = self.h.auth.mint("alice", 20)
+        reader = self.open(STREAM + "?access_token=" + token, user=None)
+        self.h.run(19.75, step=0.25)
+        self.assertFalse(reader.ended)
+        self.h.send(CID, "bob", "m")
+        self.h.run(0.25 + self.late, step=0.25)
+        self.assertTrue(reader.ended)
+        self.assertEqual(len(reader.events("message")), 1)
+        self.assertEqual((self.h.waiters(), len(self.h.limits.polls)), (0, 0))
+
+    def test_noTimerPerStream(self):
+        """
+        The clock holds as many calls with one stream open as with ten, before and after
+        deliveries; once the last stream is closed, the heartbeat loop is stopped too.
+        """
+
+        def calls() -> int:
+            return len(self.h.clock.getDelayedCalls()) - len(self.h.deadlines())
+
+        idle = calls()
+        first = self.open()
+        one = calls()
+        self.assertEqual(one, idle + 1)
+        readers = [first] + [self.open(user=("alice", "bob")[i % 2]) for i in range(9)]
+        self.assertEqual(len(self.h.api.eventStreams), 10)
+        self.assertEqual(calls(), one)
+        self.send(3)
+        self.assertEqual([len(r.events("message")) for r in readers], [3] * 10)
+        self.assertEqual(calls(), one)
+        for reader in readers:
+            reader.disconnect()
+        self.assertEqual(calls(), idle)
+        self.assertEqual(self.h.waiters(), 0)
+
+
 class RefusedTests(_SSEMixin, SynchronousTestCase):
     def test_noToken(self):
         reader = Reader(self.h, STREAM, user=None)
@@ -431,6 +507,22 @@ class ClosingTests(_SSEMixin, SynchronousTestCase):
         self.assertEqual(len(self.h.api.eventStreams), 0)
         again = Reader(self.h, STREAM, headers={"Last-Event-ID": "0"})
         self.assertJSONError(again, 307, "moved")
+
+    def test_ownershipLostClosesOnce(self):
+        """
+        The stream is told twice that its group moved (its listener is lost, and the hub
+        drops the group's streams): it is closed once, its places given back once.
+        """
+        self.open()
+        self.open(user="bob")
+        released: list[str] = []
+        hub = self.h.api.eventStreams
+        release = hub.release
+        hub.release = lambda user: (released.append(user), release(user))
+        self.h.ownership.lose([self.h.streams.groupOf(CID)])
+        self.assertEqual(sorted(released), ["alice", "bob"])
+        self.assertEqual((len(self.h.limits.polls), self.h.presence.tracker.online), (0, 0))
+        self.assertEqual((self.h.waiters(), self.h.streams.waiting, len(hub)), (0, 0, 0))
 
     def test_otherGroupKept(self):
         reader = self.open()
@@ -570,6 +662,10 @@ class KleinResumeTests(_KleinMixin, ResumeTests):
 
 
 class KleinHeartbeatTests(_KleinMixin, HeartbeatTests):
+    pass
+
+
+class KleinSharedHeartbeatTests(_KleinMixin, SharedHeartbeatTests):
     pass
 
 
