@@ -10,8 +10,8 @@ and each new typing or read version, is written in the turn it happens, with no 
 timer and no new waiter per event (a burst, or a cursor older than the memory, is caught up
 first, in batches of at most C{MAX_EVENTS_PER_POLL} events, with no gap and no repeat). One
 loop of L{EventStreams} on the reactor's clock serves every open stream: a stream that wrote
-nothing for C{[chat] stream_heartbeat} seconds writes the comment C{: hb} (within a fifth of
-a heartbeat more), so that proxies keep the connection open.
+nothing for C{[chat] stream_heartbeat} seconds, less a fifth of one, writes the comment
+C{: hb}, so that it is never silent for longer and proxies keep the connection open.
 
 Frames (C{text/event-stream}): C{event: message} (a Message) and C{event: notification} (an
 InboxEvent) carry their seq as C{id:}. C{event: typing} (C{{"typing", "typing_version"}}) and
@@ -372,10 +372,11 @@ class EventStreams:
     L{hotInbox} for the hot path of the HTTP edge (L{hpchat.web.ssehot}), all with the
     L{hpchat.web.api.ChatAPI}'s checks and answers.
 
-    C{heartbeat} (C{[chat] stream_heartbeat}) is how long a stream stays silent before it
-    writes the comment C{: hb}. One loop on the streams' clock (L{hpchat.loops.startLoop}),
-    running while streams are open, ticks C{TICKS_PER_HEARTBEAT} times per heartbeat: it
-    writes C{: hb} to the streams that wrote nothing for at least C{heartbeat} seconds, and
+    C{heartbeat} (C{[chat] stream_heartbeat}) is the longest a stream stays silent: before
+    that it writes the comment C{: hb}. One loop on the streams' clock
+    (L{hpchat.loops.startLoop}), running while streams are open, ticks
+    C{TICKS_PER_HEARTBEAT} times per heartbeat: it writes C{: hb} to the streams that would
+    otherwise be silent for longer than C{heartbeat} seconds before its next tick, and
     closes those whose token is no longer valid.
     """
 
@@ -558,8 +559,9 @@ class EventStreams:
         One tick of the heartbeat loop: close the streams whose token expired (or all of
         them while the node drains), write C{: hb} to those silent for a heartbeat.
         """
-        # (Less a microsecond: what floating point loses on the ticks' times.)
-        quiet = self.seconds() - self.heartbeat + 1e-6
+        # A tick early, so that no stream stays silent longer than a heartbeat (less a
+        # microsecond: what floating point loses on the ticks' times).
+        quiet = self.seconds() - self.heartbeat + self.heartbeat / TICKS_PER_HEARTBEAT + 1e-6
         draining = self.draining
         for stream in list(self.open):
             if stream.closed:

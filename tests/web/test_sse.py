@@ -338,16 +338,17 @@ class HeartbeatTests(_SSEMixin, SynchronousTestCase):
 
     def test_heartbeat(self):
         """
-        A comment heartbeat is written after each 15 s without anything else.
+        A comment heartbeat is written before 15 s pass without anything else (at the
+        loop's last tick before that: after 12 s at the soonest).
         """
         reader = self.open()
 
         def beats() -> int:
             return len([r for r in reader.records() if r.get("comment") == "hb"])
 
-        self.h.advance(14.9)
+        self.h.advance(11.9)
         self.assertEqual(beats(), 0)
-        self.h.advance(0.2)
+        self.h.advance(3.1)
         self.assertEqual(beats(), 1)
         self.h.advance(10)
         self.send(1)
@@ -373,23 +374,24 @@ class SharedHeartbeatTests(_SSEMixin, SynchronousTestCase):
 
     def test_silentBeatsBusyDoesNot(self):
         """
-        A stream silent for a heartbeat gets C{: hb} then (within one tick), and again after
-        each heartbeat; one written to more often than that gets none.
+        A silent stream gets C{: hb} at the loop's last tick before a heartbeat of silence
+        (12 s, with 5 ticks per 15 s heartbeat), and again each time; one written to more
+        often than that gets none.
         """
         busy = self.open()
         silent = self.open("/v1/inbox/stream", user="carol")
         for _ in range(3):
             self.h.send(CID, "bob", "m")
-            self.h.run(4.75, step=0.25)
-        # 14.25 s
+            self.h.run(3.75, step=0.25)
+        # 11.25 s
         self.assertEqual(self.beats(silent), 0)
         self.h.run(0.75 + self.late, step=0.25)
         self.assertEqual(self.beats(silent), 1)
         for _ in range(5):
             self.h.send(CID, "bob", "m")
             self.h.run(5, step=0.25)
-        # Over 40 s: a second beat 15 s after the first.
-        self.assertEqual(self.beats(silent), 2)
+        # At 40.25 s: beats at 12, 24 and 36 s, never 15 s of silence.
+        self.assertEqual(self.beats(silent), 3)
         self.assertEqual(self.beats(busy), 0)
         self.assertEqual(len(busy.events("message")), 8)
         self.assertFalse(busy.ended or silent.ended)
