@@ -440,12 +440,18 @@ class BatchPersister(Service):
         metrics.persistBatchSize.observe(len(batch))
         metrics.persistLatency.observe(self._clock.seconds() - started)
         # Group commit: the store takes the next batch before this one's callbacks run (they
-        # answer requests and wake polls), so that it is not idle meanwhile.
+        # answer requests and wake polls), so that it is not idle meanwhile; but batches start
+        # at most once per flush interval (unless one is full), so that under load each
+        # commit, whose fsync costs the same however many events it holds, carries more.
         self._flushing = None
         self._toAcknowledge.append(batch)
         try:
             if self._queue and self._accepting:
-                self._flush()
+                wait = started + self.flushInterval - self._clock.seconds()
+                if wait <= 0 or len(self._queue) >= self.batchSize:
+                    self._flush()
+                elif self._kick is None:
+                    self._kick = self._clock.callLater(wait, self._kicked)
         finally:
             self._acknowledge()
 

@@ -87,11 +87,16 @@ class PersisterTests(SynchronousTestCase):
 
     def test_batchesAreBoundedAndFullBatchFlushesAtOnce(self):
         """
-        A full batch is written without waiting for the interval, and what is left right
-        after it; batches hold at most batchSize events, in order.
+        A full batch is written without waiting for the interval, and so is a full batch
+        right after it; what is left goes a flush interval after the last one started;
+        batches hold at most batchSize events, in order.
         """
         ds = [self.persister.enqueue(ev(i), 1) for i in range(1, 8)]
         self.clock.advance(0)
+        self.assertEqual([len(b) for b in self.appends()], [3, 3])
+        self.clock.advance(0.0099)
+        self.assertEqual([len(b) for b in self.appends()], [3, 3])
+        self.clock.advance(0.0001)
         self.assertEqual([len(b) for b in self.appends()], [3, 3, 1])
         self.assertEqual([e.seq for b in self.appends() for e in b], list(range(1, 8)))
         for d in ds:
@@ -366,14 +371,16 @@ class PersisterTests(SynchronousTestCase):
 
     def test_groupCommit(self):
         """
-        Events queued while a batch is written go out as soon as it is done, not at the next
-        interval, and before the first batch's events are acknowledged (whose callbacks answer
-        requests), so that the store is not idle meanwhile.
+        Events queued while a batch is written go out as soon as it is done when it took a
+        flush interval or more, not at the next tick, and before the first batch's events are
+        acknowledged (whose callbacks answer requests), so that the store is not idle
+        meanwhile.
         """
         self.store.hold()
         first = self.persister.enqueue(ev(1), 1)
         self.clock.advance(0.01)
         later = self.persister.enqueue(ev(2), 1)
+        self.clock.advance(0.01)
         writtenWhenAcknowledged = []
         first.addCallback(lambda _: writtenWhenAcknowledged.append(len(self.store.held)))
         self.store.release(keepHolding=True)
@@ -381,6 +388,26 @@ class PersisterTests(SynchronousTestCase):
         self.assertNoResult(later)
         self.store.release()
         self.successResultOf(later)
+
+    def test_batchesStartAFlushIntervalApart(self):
+        """
+        After a batch that took less than a flush interval, what was queued meanwhile waits
+        until an interval after that batch started, then goes as one batch (under load a
+        commit carries more events; its fsync costs the same).
+        """
+        self.persister.batchSize = 100
+        self.store.hold()
+        first = self.persister.enqueue(ev(1), 1)
+        self.clock.advance(0.01)
+        queued = [self.persister.enqueue(ev(i), 1) for i in range(2, 5)]
+        self.clock.advance(0.004)
+        self.store.release()
+        self.successResultOf(first)
+        self.assertEqual([len(b) for b in self.appends()], [1])
+        self.clock.advance(0.006)
+        self.assertEqual([len(b) for b in self.appends()], [1, 3])
+        for d in queued:
+            self.successResultOf(d)
 
     def test_stopTimeoutBoundsABatchInFlight(self):
         """
