@@ -21,7 +21,6 @@ hold the whole stream, the store is asked first.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Callable, Mapping
 
 from twisted.internet import defer
@@ -31,6 +30,7 @@ from twisted.python.failure import Failure
 
 from hpchat import metrics
 from hpchat.deferreds import ObservableDeferred, shield
+from hpchat.ids import newEventId
 from hpchat.storage.base import Event, IEventStore
 from hpchat.streamids import inboxStream
 from hpchat.streams.readmarkers import conversationRows
@@ -146,7 +146,7 @@ class Appends:
         Queue a new event on C{stream}; fires with C{(event, True)} once it is durable and
         visible.
         """
-        event = Event(stream=stream.name, seq=stream.nextSeq, id=eventId or uuid.uuid4().hex,
+        event = Event(stream=stream.name, seq=stream.nextSeq, id=eventId or newEventId(),
                       group=stream.group, type=type, sender=sender, ts=self._clock.seconds(),
                       client_id=clientId, data=data)
         durable, companion = self._handOff(stream, event)
