@@ -8,7 +8,6 @@ is C{inbox:u}. Every stream hashes to one of N chat groups; a group is the unit 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 from typing import TypeGuard
@@ -51,11 +50,9 @@ def inboxStream(user: str) -> str:
     return f"inbox:{user}"
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def groupOf(stream: str, groups: int) -> int:
     """
-    The chat group of C{stream}: a stable hash, the same on every node and Python process
-    (remembered for the most recently asked streams: every request asks several times).
+    The chat group of C{stream}: a stable hash, the same on every node and Python process.
     """
     digest = hashlib.blake2b(stream.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % groups
