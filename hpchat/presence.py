@@ -192,6 +192,10 @@ class PresenceHome:
             del self._seen[user]
 
 
+#: The refresh of the users online here goes in this many slices per C{refreshInterval}.
+REFRESH_SLICES = 20
+
+
 class PresenceTracker:
     """
     This node's long-polls per user, reported to the users' homes.
@@ -213,7 +217,12 @@ class PresenceTracker:
         self.refreshInterval = refreshInterval
         self._counts: dict[str, int] = {}
         self._pending: dict[str, Report] = {}
-        self._lastRefresh = clock.seconds()
+        # The users last reported online (to a home that took the report): a poll that
+        # ends and another that starts between two flushes changes nothing to report.
+        self._reportedOnline: set[str] = set()
+        # The refresh goes in REFRESH_SLICES slices, one per refreshInterval / REFRESH_SLICES
+        # seconds, so that no flush reports every user online here at once.
+        self._refreshedSlice = self._sliceAt(clock.seconds())
 
     def started(self, user: str) -> None:
         count = self._counts.get(user, 0)
@@ -237,18 +246,33 @@ class PresenceTracker:
     def online(self) -> int:
         return len(self._counts)
 
+    def _sliceAt(self, now: float) -> int:
+        return int(now // (self.refreshInterval / REFRESH_SLICES))
+
     def flush(self) -> defer.Deferred | None:
         """
-        Report what changed (and, every C{refreshInterval}, every user online here) to their
-        homes, one call per home node. Reports whose home is not settled wait for the next
-        flush; a failed call's reports go again unless newer ones were made meanwhile.
+        Report what changed to the users' homes, one call per home node: a user who went
+        offline, or came online (not one whose poll ended and another started since the last
+        report). Every user online here is reported again once per C{refreshInterval}, in
+        slices (a user's slice is its hash), so that a home does not let the report expire.
+        Reports whose home is not settled wait for the next flush; a failed call's reports go
+        again unless newer ones were made meanwhile.
         """
         now = self._clock.seconds()
         pending, self._pending = self._pending, {}
-        if now - self._lastRefresh >= self.refreshInterval:
-            self._lastRefresh = now
+        reportedOnline = self._reportedOnline
+        for user in [u for u, (online, _) in pending.items()
+                     if online and u in reportedOnline]:
+            del pending[user]
+        current = self._sliceAt(now)
+        if current != self._refreshedSlice:
+            due = {n % REFRESH_SLICES
+                   for n in range(max(self._refreshedSlice + 1, current - REFRESH_SLICES + 1),
+                                  current + 1)}
+            self._refreshedSlice = current
             for user in self._counts:
-                pending.setdefault(user, (True, now))
+                if hash(user) % REFRESH_SLICES in due:
+                    pending.setdefault(user, (True, now))
         if not pending:
             return None
         byNode: dict[str, tuple[str, dict[str, Report]]] = {}
@@ -264,6 +288,11 @@ class PresenceTracker:
                 if isinstance(route, defer.Deferred):
                     route.addErrback(lambda _: None)
                 self._pending.setdefault(user, report)
+                continue
+            if report[0]:
+                reportedOnline.add(user)
+            else:
+                reportedOnline.discard(user)
         if local:
             self._home.report(me, local)
         sent = []
@@ -278,6 +307,8 @@ class PresenceTracker:
                       count=len(reports), node=node, error=failure.getErrorMessage())
         for user, report in reports.items():
             self._pending.setdefault(user, report)
+            # Not taken: an online report goes again even if the user stays online.
+            self._reportedOnline.discard(user)
 
 
 class Presence(Service):

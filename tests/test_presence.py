@@ -223,6 +223,62 @@ class TrackerTests(SynchronousTestCase):
                          [{"alice": (True, 1000.0)}, {"alice": (True, 1010.0)}])
 
 
+    def test_blipBetweenFlushesNotReported(self):
+        """
+        A user reported online whose poll ends and whose next poll starts before the next
+        flush is not reported again (until the refresh).
+        """
+        self.ownership.set(group("alice"), Redirect("node-b", "http://b"))
+        self.tracker.started("alice")
+        self.tracker.flush()
+        self.tracker.ended("alice")
+        self.tracker.started("alice")
+        # (Within one slice of the refresh: no refresh is due.)
+        self.clock.advance(0.1)
+        self.assertIsNone(self.tracker.flush())
+        self.tracker.ended("alice")
+        self.clock.advance(0.1)
+        self.tracker.flush()
+        self.assertEqual([r for _, _, r in self.sent],
+                         [{"alice": (True, 1000.0)}, {"alice": (False, 1000.1)}])
+
+    def test_refreshInSlices(self):
+        """
+        Flushed every half second, each flush refreshes about a twentieth of the users
+        online here, and each of them once per refreshInterval.
+        """
+        users = [f"u{i}" for i in range(400)]
+        for user in users:
+            self.ownership.set(group(user), Redirect("node-b", "http://b"))
+            self.tracker.started(user)
+        self.tracker.flush()
+        self.sent.clear()
+        sizes = []
+        for _ in range(20):
+            self.clock.advance(0.5)
+            before = sum(len(r) for _, _, r in self.sent)
+            self.tracker.flush()
+            sizes.append(sum(len(r) for _, _, r in self.sent) - before)
+        refreshed = [user for _, _, r in self.sent for user in r]
+        self.assertEqual(sorted(refreshed), sorted(users))
+        self.assertLess(max(sizes), 60)
+
+    def test_failedOnlineReportGoesAgain(self):
+        """
+        An online report whose call failed goes again at the next flush, though the user
+        stayed online.
+        """
+        self.ownership.set(group("alice"), Redirect("node-b", "http://b"))
+        self.answer = lambda: defer.fail(ConnectionError("down"))
+        self.tracker.started("alice")
+        self.tracker.flush()
+        self.answer = lambda: defer.succeed(None)
+        self.clock.advance(0.5)
+        self.tracker.flush()
+        self.assertEqual([r for _, _, r in self.sent],
+                         [{"alice": (True, 1000.0)}, {"alice": (True, 1000.0)}])
+
+
 class ServiceTests(SynchronousTestCase):
     def test_loopsAndStop(self):
         """
