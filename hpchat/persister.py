@@ -164,6 +164,8 @@ class BatchPersister(Service):
         # _acknowledge), and whether that is under way.
         self._toAcknowledge: deque[list[_Pending]] = deque()
         self._acknowledging = False
+        # When the last batch started (batches start at most once per flush interval).
+        self._lastStart = float("-inf")
 
     def subscribeLost(self, callback: LostCallback) -> None:
         """
@@ -310,9 +312,14 @@ class BatchPersister(Service):
     def _queued(self, pending: _Pending) -> defer.Deferred:
         self._queue.append(pending)
         self._backlog.add(pending.group)
-        if (len(self._queue) >= self.batchSize and self._flushing is None
-                and self._kick is None and self._clock.seconds() >= self._retryAt):
-            self._kick = self._clock.callLater(0, self._kicked)
+        if self._flushing is None and self._kick is None:
+            # The store is idle: a full batch goes at once, and so does the first event after
+            # a flush interval without a batch (at the end of this turn of the reactor, with
+            # whatever else it queues), instead of waiting for the loop's next tick.
+            now = self._clock.seconds()
+            if now >= self._retryAt and (len(self._queue) >= self.batchSize
+                                         or now - self._lastStart >= self.flushInterval):
+                self._kick = self._clock.callLater(0, self._kicked)
         return pending.deferred
 
     # -- the loop
@@ -342,7 +349,7 @@ class BatchPersister(Service):
             fences = self._fencesOf(batch)
         if not batch:
             return defer.succeed(None)
-        started = self._clock.seconds()
+        started = self._lastStart = self._clock.seconds()
         outbox = [p.outbox for p in batch if p.outbox is not None]
         events: list[Event] = []
         for p in batch:
