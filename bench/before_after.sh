@@ -3,6 +3,7 @@
 # both see the same machine: bench/before_after.sh REV OTHER_CHECKOUT [C:R ...]
 #   REV             the commit OTHER_CHECKOUT holds (git worktree add --detach DIR REV)
 #   C:R ...         points (default 1000:500 10000:500), each run twice per tree
+#   LG_ARGS=...     more load generator arguments (LG_ARGS="--target hpchat-sse": streams)
 # The node runs on core 0, the generator on core 1; JSON lines go to
 # bench/results/before-after.jsonl (their "source.commit" tells the trees apart).
 set -euo pipefail
@@ -22,8 +23,8 @@ for rep in 1 2; do
         for tree in "$other" "$here"; do
             (cd "$tree" && PYTHONPATH=$tree taskset -c 1 "$python" bench/lg_node.py \
                 --wrap "taskset -c 0" -- -c "$clients" -r "$rate" --duration 15 \
-                --ramp-rate 1000 -q --json-out "$out" > /dev/null)
-            echo "$(git -C "$tree" rev-parse --short HEAD) C=$clients R=$rate run $rep: done"
+                --ramp-rate 1000 -q ${LG_ARGS:-} --json-out "$out" > /dev/null)
+            echo "$(git -C "$tree" rev-parse --short HEAD) C=$clients R=$rate ${LG_ARGS:-} run $rep: done"
         done
     done
 done

@@ -183,11 +183,12 @@ _RAISE_FENCES = (
 
 #: Pages the write-ahead log grows to before a commit copies them into the database file (the
 #: default is 1,000). A chat's hot pages (the newest of each busy stream and conversation
-#: row) change in commit after commit; each checkpoint copies a page once however often it
-#: changed, so checkpointing a tenth as often copies far fewer pages: 13 % less of the
-#: writer thread's CPU per event at 10 messages per commit, measured on ext4. The log is
-#: then up to 40 MB (SQLite reuses it from the start after each checkpoint).
-WAL_CHECKPOINT_PAGES = 10_000
+#: row) change in commit after commit, and a checkpoint copies a page once however often it
+#: changed, so checkpointing less often copies fewer pages (bench/sqlite_writer.py: 13 % less
+#: of the writer's CPU per batch at 10,000 pages in a quiet run; within the noise in others).
+#: But the commit that checkpoints waits for the copy and its fsync, which delays the
+#: acknowledgements of its batch: 3,000 pages (12 MB) keeps that short.
+WAL_CHECKPOINT_PAGES = 3_000
 
 
 def _connect(path: str) -> sqlite3.Connection:

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""
+The SQLite writer thread's cost per batch, by WAL checkpoint size: the node's own append
+transaction (hpchat.storage.sqlite) on a new file, fed batches shaped like the chat's (10
+messages of 500 conversations, each with its recipient's inbox notification and both
+participants' conversation rows), run on this thread: CPU time (user + system) and wall
+time per batch.
+
+  PYTHONPATH=. taskset -c 1 python bench/sqlite_writer.py [--batches 2000] [--pages 1000,3000,10000]
+
+The file is made in --dir (default: var/ of the repository, so on the disk under test) and
+removed afterwards. Rounds alternate the sizes, --rounds times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import tempfile
+import time
+import uuid
+
+from hpchat import strictjson
+from hpchat.storage import sqlite as S
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def batches(count: int, seed: int = 1) -> list[tuple]:
+    rng = random.Random(seed)
+    seqs: dict[str, int] = {}
+    work = []
+    for _ in range(count):
+        events, rows = [], []
+        for _ in range(10):
+            c = rng.randrange(500)
+            a, b = f"u{2 * c:05d}", f"u{2 * c + 1:05d}"
+            cid = f"dm:{a}:{b}"
+            seq = seqs[cid] = seqs.get(cid, 0) + 1
+            mid = uuid.uuid4().hex
+            now = time.time()
+            events.append([cid, seq, mid, c % 64, "message", a, now, f"k{mid[:8]}",
+                           strictjson.dumps({"text": "x" * 40})])
+            inbox = f"inbox:{b}"
+            iseq = seqs[inbox] = seqs.get(inbox, 0) + 1
+            events.append([inbox, iseq, "m." + mid, (c + 7) % 64, "message", a, now, None,
+                           strictjson.dumps({"conversation": cid, "seq": seq,
+                                             "preview": "x" * 40})])
+            for user, partner in ((a, b), (b, a)):
+                rows.append([user, cid, c % 64, partner, seq, seq if user == a else 0, 0, now])
+        work.append((strictjson.dumps(events), {g: 1 for g in range(64)}, None,
+                     strictjson.dumps(rows)))
+    return work
+
+
+def run(pages: int, work: list[tuple], folder: str) -> tuple[float, float]:
+    path = os.path.join(tempfile.mkdtemp(dir=folder), "bench.sqlite3")
+    try:
+        db = S._connect(path)
+        db.executescript(S._SCHEMA)
+        S._migrate(db)
+        db.execute(f"PRAGMA wal_autocheckpoint={pages}")
+        store = S.SQLiteStore(None, path)
+        store._writer = db
+        cpu, wall = time.thread_time(), time.perf_counter()
+        for batch in work:
+            store._appendTxn(*batch)
+        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        db.close()
+        n = len(work)
+        return 1e6 * cpu / n, 1e6 * wall / n
+    finally:
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument("--batches", type=int, default=2000)
+    p.add_argument("--pages", default="1000,3000,10000")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--dir", default=os.path.join(os.path.dirname(HERE), "var"))
+    args = p.parse_args()
+    os.makedirs(args.dir, exist_ok=True)
+    work = batches(args.batches)
+    for r in range(args.rounds):
+        for pages in (int(x) for x in args.pages.split(",")):
+            cpu, wall = run(pages, work, args.dir)
+            print(f"round {r + 1}, wal_autocheckpoint={pages}: {cpu:.0f} us CPU, {wall:.0f} us "
+                  "wall per batch")
+
+
+if __name__ == "__main__":
+    main()
