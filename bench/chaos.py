@@ -3,6 +3,7 @@ The chaos soak on a real 3-node cluster (etcd, nsqd with --mem-queue-size=0, twi
 loopback), ending in the checker; prints its JSON summary and exits 1 on any violation.
 
   python bench/chaos.py --seed 7 --duration 300 --faults kill,stop,term,nsqd,etcd
+  python bench/chaos.py --seed 7 --duration 150 --no-nsq     # notifications without NSQ
 
 See docs/reliability.md, "Chaos soak".
 """
@@ -33,7 +34,8 @@ async def main(reactor, args) -> None:
                          faults=tuple(f for f in args.faults.split(",") if f),
                          writers=args.writers, conversations=args.conversations,
                          users=args.users, leaseTtl=args.lease_ttl, lateGrace=args.grace,
-                         storage=storage(args.storage), overlap=args.overlap)
+                         storage=storage(args.storage), overlap=args.overlap,
+                         nsq=not args.no_nsq)
     summary = None
     try:
         soak = ChaosSoak(scope, config, out=lambda line: print(line, file=sys.stderr,
@@ -67,5 +69,11 @@ if __name__ == "__main__":
                         help="the nodes' [storage] section as key=value,key=value, or "
                              "'sqlite' for one SQLite file shared by the nodes (default: a "
                              "temporary PostgreSQL server)")
+    parser.add_argument("--no-nsq", action="store_true",
+                        help="no nsqd (and no flirts, no nsqd fault): a message's notification "
+                             "is written with it where its inbox is held, else sent by the "
+                             "outbox over an internal call")
     args = parser.parse_args()
+    if args.no_nsq:
+        args.faults = ",".join(f for f in args.faults.split(",") if f != "nsqd")
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, args)))

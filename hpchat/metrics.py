@@ -90,5 +90,8 @@ social = Counter("hpchat_social", "Social feature events, by event (send_blocked
 countSocial = _counting(social)
 loopFailures = Counter("hpchat_loop_failures", "Exceptions caught in a periodic loop's body, by "
                        "loop (the loop goes on)", ["loop"], registry=REGISTRY)
+outboxPending = Gauge("hpchat_outbox_pending", "Outbox notifications of this node's groups not "
+                      "yet published and marked done: being published, or left by a failed "
+                      "publish for the next sweep", registry=REGISTRY)
 notificationsHeld = Gauge("hpchat_notifications_held", "Notifications taken from nsqd and not "
                           "yet durable in their inbox (delivered or retried)", registry=REGISTRY)

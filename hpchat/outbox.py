@@ -27,6 +27,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hpchat import metrics
 from hpchat.deferreds import fireAll, observer
 from hpchat.groups import Local
 from hpchat.loops import retryDelays
@@ -68,6 +69,8 @@ class OutboxPublisher(Service):
         self._policy = policy or retryDelays(0.5, 30.0, factor=1.5, jitter=random.random)
         # Ids being published or marked done: not published again meanwhile.
         self._busy: set[str] = set()
+        # Ids whose publish failed, until published (or no longer pending here at a sweep).
+        self._unsent: set[str] = set()
         self._toMark: list[OutboxEntry] = []
         self._marking: defer.Deferred | None = None
         self._markWaiters: list[defer.Deferred[None]] = []
@@ -82,7 +85,17 @@ class OutboxPublisher(Service):
 
     def startService(self) -> None:
         super().startService()
+        # Read when /metrics is scraped.
+        metrics.outboxPending.set_function(lambda: self.pending)
         self._schedule(0)
+
+    @property
+    def pending(self) -> int:
+        """
+        Entries being published or marked done, and those a failed publish left for the
+        next sweep (the C{hpchat_outbox_pending} gauge).
+        """
+        return len(self._busy | self._unsent)
 
     def stopService(self) -> defer.Deferred:
         """
@@ -126,6 +139,7 @@ class OutboxPublisher(Service):
         d.addErrback(lambda f: self.log.failure("outbox bug", f))
 
     def _sent(self, _: object, entry: OutboxEntry, again: bool) -> None:
+        self._unsent.discard(entry.id)
         if again:
             self.republished += 1
         else:
@@ -145,6 +159,7 @@ class OutboxPublisher(Service):
 
     def _notSent(self, failure: Failure, entry: OutboxEntry) -> None:
         self._busy.discard(entry.id)
+        self._unsent.add(entry.id)
         self.log.warn("outbox: notification {id} not published ({error}); a sweep tries again",
                       id=entry.id, error=failure.getErrorMessage() or repr(failure.value))
         self._schedule(self._policy(self._pendingSweeps))
@@ -220,7 +235,10 @@ class OutboxPublisher(Service):
         pending = False
         # This node's own entries first: those of other groups (whose owner is away) must
         # not crowd them out of the sweep.
-        for entry in await self._store.pendingOutbox(owned, self.sweepLimit) if owned else []:
+        found = await self._store.pendingOutbox(owned, self.sweepLimit) if owned else []
+        # A failed one no longer pending here was done elsewhere, or its group moved.
+        self._unsent.intersection_update(entry.id for entry in found)
+        for entry in found:
             pending = True
             if entry.id in self._busy:
                 continue

@@ -133,6 +133,27 @@ class OutboxTests(SynchronousTestCase):
         self.assertEqual(self.store.outbox, {})
         self.assertEqual(self.node.outbox.republished, 1)
 
+    def test_pendingCountsUntilDone(self):
+        """
+        The C{hpchat_outbox_pending} count holds an entry while it is published, after its
+        publish failed until a sweep publishes it, and until it is marked done.
+        """
+        from hpchat import metrics
+
+        def pending() -> float:
+            return metrics.outboxPending.collect()[0].samples[0].value
+
+        self.assertEqual(pending(), 0)
+        self.send()
+        self.assertEqual(pending(), 1)
+        self.published[0][1].errback(RuntimeError("nsqd refused"))
+        self.assertEqual(pending(), 1)
+        self.clock.advance(0.5)
+        self.published[1][1].callback(None)
+        self.assertEqual(pending(), 1)
+        self.clock.advance(self.node.outbox.markDelay)
+        self.assertEqual((self.store.outbox, pending()), ({}, 0))
+
     def test_republishedWhenServedAfterARestart(self):
         """
         A node killed after the message was durable but before its notification was

@@ -87,11 +87,17 @@ class ChaosConfig:
     sendDeadline: float = 60.0
     pollTimeout: float = 3.0
     storage: dict[str, str] | str | None = None
+    #: Without NSQ (C{False}): no nsqd, no flirts, and the nodes write a message's
+    #: notification with the message when they hold the inbox, else through the outbox and
+    #: an internal call.
+    nsq: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULTS}")
+        if not self.nsq and "nsqd" in self.faults:
+            raise ValueError("the nsqd fault needs nsq")
 
 
 @dataclass
@@ -230,13 +236,14 @@ class ChaosSoak:
         self.etcd = EtcdProcess(theReactor())
         self.scope.addCleanup(self.etcd.cleanup)
         await self.etcd.start()
-        self.nsqd = NSQD(theReactor(), extraArgs=["--mem-queue-size=0"])
-        self.scope.addCleanup(self.nsqd.cleanup)
-        await self.nsqd.start()
-        await self.nsqd.createTopic(TOPIC)
-        await self.nsqd.createChannel(TOPIC, CHANNEL)
-        await self.nsqd.createChannel(TOPIC, AUDIT_CHANNEL)
-        self.startAudit()
+        if config.nsq:
+            self.nsqd = NSQD(theReactor(), extraArgs=["--mem-queue-size=0"])
+            self.scope.addCleanup(self.nsqd.cleanup)
+            await self.nsqd.start()
+            await self.nsqd.createTopic(TOPIC)
+            await self.nsqd.createChannel(TOPIC, CHANNEL)
+            await self.nsqd.createChannel(TOPIC, AUDIT_CHANNEL)
+            self.startAudit()
         self.scope.addCleanup(lambda: defer.ensureDeferred(self.stop()))
         if config.storage is None:
             from tests.support.postgres import freshDatabase
@@ -252,14 +259,17 @@ class ChaosSoak:
                 "storage": dict(storage, flush_interval="0.005"),
                 "cluster": {"etcd": self.etcd.clientURL, "lease_ttl": str(config.leaseTtl),
                             "fence_margin": str(config.fenceMargin)},
-                "nsq": {"nsqd_tcp": self.nsqd.tcpAddress, "topic": TOPIC, "channel": CHANNEL},
                 "limits": {"sends_per_second": "1000", "sends_burst": "1000",
                            "max_polls_per_user": "64"},
             }
+            if self.nsqd is not None:
+                sections["nsq"] = {"nsqd_tcp": self.nsqd.tcpAddress, "topic": TOPIC,
+                                   "channel": CHANNEL}
             self.nodes.append(Node(self.workdir, f"n{i + 1}", sections=sections))
         await defer.gatherResults([defer.ensureDeferred(n.start(timeout=60))
                                    for n in self.nodes])
-        self.log(f"cluster up: etcd {self.etcd.clientURL}, nsqd {self.nsqd.httpURL}, nodes "
+        nsqd = self.nsqd.httpURL if self.nsqd is not None else "none"
+        self.log(f"cluster up: etcd {self.etcd.clientURL}, nsqd {nsqd}, nodes "
                  + ", ".join(f"{n.nodeId}={n.url}" for n in self.nodes))
 
     def startAudit(self) -> None:
@@ -393,6 +403,8 @@ class ChaosSoak:
         return record.seen[-1][0] if record.seen else record.startAfter
 
     async def publisher(self) -> None:
+        if self.nsqd is None:
+            return
         rng = random.Random(f"{self.config.seed}-flirts")
         n = 0
         while not self._stopWrites:
@@ -525,7 +537,7 @@ class ChaosSoak:
         await self.etcd.resume()
         if not self.etcd.running():
             await self.etcd.start()
-        if not self.nsqd.running:
+        if self.nsqd is not None and not self.nsqd.running:
             await self.nsqd.start()
         for node in self.nodes:
             node.signal(signal.SIGCONT)

@@ -49,11 +49,26 @@ async def observe(soak: "ChaosSoak") -> dict[str, Any]:
             # Events not yet durable, and notifications taken from nsqd not yet in their inbox.
             pending = [float(line.split()[-1]) for line in text.splitlines()
                        if line.startswith(("hpchat_persist_pending ",
-                                           "hpchat_notifications_held "))]
+                                           "hpchat_notifications_held ",
+                                           "hpchat_outbox_pending "))]
             state["pending"][node.nodeId] = sum(pending) if pending else None
         except Exception as e:
             state["ready"][node.nodeId] = False
             state["pending"][node.nodeId] = repr(e)[:100]
+    if soak.nsqd is None:
+        state["nsqd"] = {}
+    else:
+        await _observeNSQD(soak, state)
+    state["quiet"] = (all(state["ready"].values())
+                      and all(p == 0 for p in state["pending"].values())
+                      and (soak.nsqd is None or (
+                          state["nsqd"].get("topic_depth") == 0
+                          and all(state["nsqd"].get(k) == 0
+                                  for k in ("depth", "in_flight", "deferred")))))
+    return state
+
+
+async def _observeNSQD(soak: "ChaosSoak", state: dict[str, Any]) -> None:
     try:
         topic = await soak.nsqd.stats(TOPIC)
         channel = next((c for c in topic.get("channels") or []
@@ -65,12 +80,6 @@ async def observe(soak: "ChaosSoak") -> dict[str, Any]:
                          "consumers": channel.get("client_count")}
     except Exception as e:
         state["nsqd"] = {"error": repr(e)[:100]}
-    state["quiet"] = (all(state["ready"].values())
-                      and all(p == 0 for p in state["pending"].values())
-                      and state["nsqd"].get("topic_depth") == 0
-                      and all(state["nsqd"].get(k) == 0
-                              for k in ("depth", "in_flight", "deferred")))
-    return state
 
 
 async def settle(soak: "ChaosSoak") -> dict[str, Any]:
