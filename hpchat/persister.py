@@ -282,7 +282,6 @@ class BatchPersister(Service):
         else:
             pending = _Pending(event, token, event.group, event.stream, None,
                                self._rowsFor(rows), companion[0], companion[1])
-            self._backlog.add(companion[0].group)
         return self._queued(pending)
 
     def enqueueRows(self, group: int, stream: str, rows: Sequence[ConversationRow],
@@ -311,7 +310,8 @@ class BatchPersister(Service):
 
     def _queued(self, pending: _Pending) -> defer.Deferred:
         self._queue.append(pending)
-        self._backlog.add(pending.group)
+        for group in pending.groups():
+            self._backlog.add(group)
         if self._flushing is None and self._kick is None:
             # The store is idle: a full batch goes at once, and so does the first event after
             # a flush interval without a batch (at the end of this turn of the reactor, with
@@ -387,12 +387,7 @@ class BatchPersister(Service):
 
     @staticmethod
     def _fencesOf(batch: list[_Pending]) -> dict[int, int]:
-        fences = {}
-        for p in batch:
-            fences[p.group] = p.token
-            if p.companion is not None:
-                fences[p.companion.group] = p.companionToken
-        return fences
+        return {group: token for p in batch for group, token in p.fences()}
 
     def _failLapsed(self, fences: dict[int, int]) -> bool:
         """

@@ -123,6 +123,8 @@ class WaitersTests(SynchronousTestCase):
     L{Waiters} on a L{Stream} of its own, without the facade.
     """
 
+    history = 10
+
     def setUp(self) -> None:
         self.clock = task.Clock()
         self.store = MemoryEventStore()
@@ -130,7 +132,7 @@ class WaitersTests(SynchronousTestCase):
         self.waiters = Waiters(self.clock, self.store)
         self.stream = Stream(CID, 1, 7, StreamSnapshot(last_seq=2, recent=[message(1), message(2)],
                                                        reads={"alice": 2}),
-                             historyInMemory=10, now=0.0)
+                             historyInMemory=self.history, now=0.0)
 
     def test_alwaysADeferred(self) -> None:
         """
@@ -220,14 +222,8 @@ class ListenerTests(SynchronousTestCase):
     L{Waiters.listen} on a L{Stream} of its own: told synchronously, no Deferred, no timer.
     """
 
-    def setUp(self) -> None:
-        self.clock = task.Clock()
-        self.store = MemoryEventStore()
-        self.store.open()
-        self.waiters = Waiters(self.clock, self.store)
-        self.stream = Stream(CID, 1, 7, StreamSnapshot(last_seq=2, recent=[message(1), message(2)],
-                                                       reads={"alice": 2}),
-                             historyInMemory=300, now=0.0)
+    history = 300
+    setUp = WaitersTests.setUp
 
     def listen(self, after: int | None = 2, typingVersion: int | None = None,
                readVersion: int | None = None) -> tuple[Recorder, Listener]:

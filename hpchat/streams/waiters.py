@@ -202,11 +202,7 @@ class Waiters:
         for waiter in list(stream.waiters):
             if stream.lastSeq > waiter.after:
                 events = stream.eventsAfter(waiter.after) or []
-            elif typingChanged and waiter.typingVersion is not None \
-                    and waiter.typingVersion != stream.typingVersion:
-                events = []
-            elif readChanged and waiter.readVersion is not None \
-                    and waiter.readVersion != version:
+            elif self._versionsMoved(waiter, stream, typingChanged, version):
                 events = []
             else:
                 continue
@@ -312,11 +308,8 @@ class Waiters:
             if listener.reading or listener.closed:
                 continue
             after = listener.after
-            if lastSeq <= after and not (
-                    (typingChanged and listener.typingVersion is not None
-                     and listener.typingVersion != stream.typingVersion)
-                    or (version is not None and listener.readVersion is not None
-                        and listener.readVersion != version)):
+            if lastSeq <= after and not self._versionsMoved(listener, stream, typingChanged,
+                                                            version):
                 continue
             if shared is None or sharedAfter != after:
                 events = stream.eventsAfter(after)
@@ -342,10 +335,7 @@ class Waiters:
                 if events is None:
                     self._readFor(listener)
                     return
-            elif (listener.typingVersion is not None
-                  and listener.typingVersion != stream.typingVersion) \
-                    or (listener.readVersion is not None
-                        and listener.readVersion != readVersionOf(stream.reads)):
+            elif self._versionsMoved(listener, stream, True, readVersionOf(stream.reads)):
                 events = []
             else:
                 return
@@ -381,6 +371,18 @@ class Waiters:
             read, failed).addErrback(
             lambda f: self.log.failure("catching a listener of {stream} up failed", f,
                                        stream=stream.name))
+
+    @staticmethod
+    def _versionsMoved(follower: Waiter | Listener, stream: Stream, typingChanged: bool,
+                       readVersion: int | None) -> bool:
+        """
+        Whether C{stream}'s typing version (when C{typingChanged}) or read version (when
+        given) is not the one C{follower} follows (if it follows it).
+        """
+        return ((typingChanged and follower.typingVersion is not None
+                 and follower.typingVersion != stream.typingVersion)
+                or (readVersion is not None and follower.readVersion is not None
+                    and follower.readVersion != readVersion))
 
     @staticmethod
     def resultOf(stream: Stream, events: list[Event]) -> PollResult:

@@ -59,15 +59,16 @@ class BlockAcrossNodesTests(unittest.TestCase):
             self.fail("every blocker's inbox was owned by its conversation's owner")
         # The version and the pair known on the conversation's owner are recent.
         self.assertEqual(await self.sendStatus(cluster, cid, "dave", "again"), 201)
-        status, _, _ = await cluster.client.call("PUT", "/v1/blocks/dave", blocker,
-                                                 start=inboxOwner)
-        self.assertEqual(status, 204)
-        took = await self.untilStatus(cluster, cid, "dave", 403)
-        self.assertLess(took, TTL + SLACK)
+
+        async def changeBlock(method: str, sendStatus: int) -> None:
+            # Set on the blocker's inbox owner; in force on the conversation's within the TTL.
+            status, _, _ = await cluster.client.call(method, "/v1/blocks/dave", blocker,
+                                                     start=inboxOwner)
+            self.assertEqual(status, 204)
+            took = await self.untilStatus(cluster, cid, "dave", sendStatus)
+            self.assertLess(took, TTL + SLACK)
+
+        await changeBlock("PUT", 403)
         # Still refused: the answer is kept.
         self.assertEqual(await self.sendStatus(cluster, cid, "dave", "refused"), 403)
-        status, _, _ = await cluster.client.call("DELETE", "/v1/blocks/dave", blocker,
-                                                 start=inboxOwner)
-        self.assertEqual(status, 204)
-        took = await self.untilStatus(cluster, cid, "dave", 201)
-        self.assertLess(took, TTL + SLACK)
+        await changeBlock("DELETE", 201)
