@@ -191,4 +191,7 @@ class IEventStore(Interface):
     def findEventId(stream, id):
         """
         Fire with the L{Event} of C{stream} whose id is C{id} (a notification id), or None.
+        A notification id is stored once per inbox stream (a repeat is a L{StreamConflict});
+        the ids of a conversation's events are the node's own (random), and a store need not
+        index them.
         """

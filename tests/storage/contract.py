@@ -241,22 +241,24 @@ class EventStoreContract:
     @asyncTest
     async def test_duplicatesWithinOneBatchConflict(self):
         """
-        A batch that repeats a seq, an id or a (sender, client_id) of its own stream conflicts
-        and writes nothing, not even its other events.
+        A batch that repeats a seq, a notification id (of an inbox stream: a conversation's
+        event ids are the node's own, random) or a (sender, client_id) of its own stream
+        conflicts and writes nothing, not even its other events.
         """
         store = await self.opened()
         other = event(1, stream="dm:carol:dave", group=2)
+        inbox = "inbox:bob"
         batches = [
             [other, event(1), event(1, id="second")],
-            [other, event(1), event(2, id=event(1).id)],
+            [other, event(1, stream=inbox), event(2, stream=inbox, id=event(1, stream=inbox).id)],
             [other, event(1, client_id="k"), event(2, client_id="k")],
         ]
         for batch in batches:
             failure = await self._failure(store.append(batch, {1: 1, 2: 1}))
             self.assertIsInstance(failure, StreamConflict)
             self.assertEqual(failure.groups, (1,))
-            self.assertEqual(await store.readAfter(S, 0, 10), [])
-            self.assertEqual(await store.readAfter("dm:carol:dave", 0, 10), [])
+            for stream in (S, inbox, "dm:carol:dave"):
+                self.assertEqual(await store.readAfter(stream, 0, 10), [])
         # Another sender may reuse a client_id, and other streams may reuse ids and seqs.
         await store.append([event(1, client_id="k"), event(2, client_id="k", sender="bob"),
                             event(1, stream="dm:carol:dave", group=2, id=event(1).id)],

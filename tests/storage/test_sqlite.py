@@ -94,7 +94,7 @@ class SQLiteSpecificTests(unittest.TestCase):
         """
         from hpchat.storage import sqlite
 
-        self.assertEqual(SCHEMA_VERSION, 5)
+        self.assertGreaterEqual(SCHEMA_VERSION, 5)
         self.patch(sqlite, "SCHEMA_VERSION", 4)
         old = self.store()
         await old.open()
@@ -114,6 +114,45 @@ class SQLiteSpecificTests(unittest.TestCase):
         self.assertEqual(await store.blocksVersion(), 1)
         self.assertEqual(sqlite3.connect(old.path).execute("PRAGMA user_version").fetchone(),
                          (5,))
+
+    @asyncTest
+    async def test_notificationIdsAloneAreIndexed(self):
+        """
+        A file of schema version 5 (every event's id indexed) opens with the index on the
+        inbox streams' ids alone: a notification id is still stored once and found through
+        that index, and a conversation's event is still found by its id.
+        """
+        from hpchat.storage import sqlite
+
+        self.patch(sqlite, "SCHEMA_VERSION", 5)
+        old = self.store()
+        await old.open()
+        await old.append([event(1), event(1, stream="inbox:bob", id="n-1", type="flirt",
+                                            sender="alice", data={})], {1: 1})
+        await old.close()
+        with sqlite3.connect(old.path) as version5:
+            version5.execute("CREATE UNIQUE INDEX events_by_id ON events (stream, id)")
+        version5.close()
+        self.patch(sqlite, "SCHEMA_VERSION", 6)
+        store = self.store(old.path)
+        await store.open()
+        self.addCleanup(store.close)
+        db = sqlite3.connect(store.path)
+        self.addCleanup(db.close)
+        indexes = {name for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' "
+            "AND sql IS NOT NULL")}
+        self.assertEqual(indexes, {"events_by_client_id", "events_by_notification_id"})
+        plan = " ".join(str(row[-1]) for row in db.execute(
+            f"EXPLAIN QUERY PLAN SELECT * FROM events WHERE stream = ? AND id = ? "
+            f"AND {sqlite.NOTIFICATION_IDS}", ("inbox:bob", "n-1")))
+        self.assertIn("events_by_notification_id", plan)
+        self.assertEqual((await store.findEventId("inbox:bob", "n-1")).seq, 1)
+        self.assertEqual((await store.findEventId("dm:alice:bob", event(1).id)).seq, 1)
+        self.assertIsNone(await store.findEventId("dm:alice:bob", "n-1"))
+        with self.assertRaises(Exception) as caught:
+            await store.append([event(2, stream="inbox:bob", id="n-1")], {1: 1})
+        self.assertEqual(type(caught.exception).__name__, "StreamConflict")
 
     @asyncTest
     async def test_twoStoresShareOneFile(self):
