@@ -319,7 +319,10 @@ class RealTCPSlowReaderTests(TestCase):
         await _within(client.headed, 10)
         [stream] = h.api.eventStreams.open
         self.assertEqual(ISSLTransport.providedBy(stream._transport), tls)
-        _raw(stream._transport).socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock = _raw(stream._transport).socket
+        # Events go out as they are written, never held for the client's delayed ACK.
+        self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         limited = metrics.limited.labels("stream_backlog")._value.get()
         paused = False
         for _ in range(400):
