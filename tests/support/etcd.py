@@ -32,6 +32,8 @@ from twisted.internet.defer import inlineCallbacks, returnValue
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest
 
+from tests.support.process import freePort as _freeLoopbackPort
+
 ENV_VAR = "HPCHAT_ETCD"
 DEFAULT_PATH = "/usr/bin/etcd"
 INSTALL_HINT = (
@@ -75,6 +77,8 @@ def freePort(host="127.0.0.1"):
     There is a small window in which another process could take it; L{EtcdProcess}
     retries with new ports if etcd then fails to bind.
     """
+    if host == "127.0.0.1":
+        return _freeLoopbackPort()
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.bind((host, 0))

@@ -6,20 +6,34 @@ stopping a child with SIGTERM then SIGKILL.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 
 from twisted.internet import defer, task
 
+#: Where test servers listen: below Linux's default ephemeral range (32768-60999), from which
+#: the kernel gives every outgoing connection its local port. A port the kernel handed out for
+#: a bind to port 0 and that was closed again may be taken by any connection made before the
+#: server binds it ("Address already in use"); one from here only by another explicit bind.
+_PORTS = range(20_000, 32_000)
+_random = random.Random()
+
 
 def freePort() -> int:
     """
-    A TCP port on 127.0.0.1 that nothing listens on right now.
+    A TCP port on 127.0.0.1 that nothing listens on right now, outside the ephemeral range.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(200):
+        port = _random.choice(_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 def theReactor():
