@@ -7,9 +7,14 @@ participants' conversation rows), run on this thread: CPU time (user + system) a
 time per batch.
 
   PYTHONPATH=. taskset -c 1 python bench/sqlite_writer.py [--batches 2000] [--pages 1000,3000,10000]
+  PYTHONPATH=. taskset -c 1 python bench/sqlite_writer.py --pages 3000 \
+      --variants current,file-journals,all-ids,before
 
 The file is made in --dir (default: var/ of the repository, so on the disk under test) and
-removed afterwards. Rounds alternate the sizes, --rounds times.
+removed afterwards. Rounds alternate the sizes (and --variants), --rounds times. The variants
+put back what schema 6 changed, on top of the current code: statement journals in a file
+(file-journals: temp_store=FILE), every event's id indexed (all-ids: the index of schema 5),
+or both (before).
 """
 
 from __future__ import annotations
@@ -55,12 +60,23 @@ def batches(count: int, seed: int = 1) -> list[tuple]:
     return work
 
 
-def run(pages: int, work: list[tuple], folder: str) -> tuple[float, float]:
+VARIANTS = {
+    "current": [],
+    "file-journals": ["PRAGMA temp_store=FILE"],
+    "all-ids": ["CREATE UNIQUE INDEX events_by_id ON events (stream, id)"],
+    "before": ["PRAGMA temp_store=FILE", "CREATE UNIQUE INDEX events_by_id ON events (stream, id)"],
+}
+
+
+def run(pages: int, work: list[tuple], folder: str,
+        variant: str = "current") -> tuple[float, float]:
     path = os.path.join(tempfile.mkdtemp(dir=folder), "bench.sqlite3")
     try:
         db = S._connect(path)
         db.executescript(S._SCHEMA)
         S._migrate(db)
+        for statement in VARIANTS[variant]:
+            db.execute(statement)
         db.execute(f"PRAGMA wal_autocheckpoint={pages}")
         store = S.SQLiteStore(None, path)
         store._writer = db
@@ -80,15 +96,17 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=2000)
     p.add_argument("--pages", default="1000,3000,10000")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--variants", default="current", help=", ".join(VARIANTS))
     p.add_argument("--dir", default=os.path.join(os.path.dirname(HERE), "var"))
     args = p.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     work = batches(args.batches)
     for r in range(args.rounds):
         for pages in (int(x) for x in args.pages.split(",")):
-            cpu, wall = run(pages, work, args.dir)
-            print(f"round {r + 1}, wal_autocheckpoint={pages}: {cpu:.0f} us CPU, {wall:.0f} us "
-                  "wall per batch")
+            for variant in args.variants.split(","):
+                cpu, wall = run(pages, work, args.dir, variant)
+                print(f"round {r + 1}, wal_autocheckpoint={pages}, {variant}: {cpu:.0f} us CPU, "
+                      f"{wall:.0f} us wall per batch", flush=True)
 
 
 if __name__ == "__main__":

@@ -79,9 +79,9 @@ SCHEMA_VERSION = 6
 
 #: The events an id is looked up by (L{SQLiteStore.findEventId}): notifications, which are
 #: kept once per id. A conversation's events have ids of the node's own making (random, so
-#: unique without an index), and indexing them cost a page write per message, a fifth of the
-#: writer's CPU (bench/sqlite_writer.py). A query uses the partial index only when it repeats
-#: this condition word for word.
+#: unique without an index), and indexing them cost a page write per message, about a quarter
+#: of the writer's CPU (bench/sqlite_writer.py --variants current,all-ids). A query uses the
+#: partial index only when it repeats this condition word for word.
 NOTIFICATION_IDS = "substr(stream, 1, 6) = 'inbox:'"
 # What each version adds to the one before; the first entry is version 1.
 _MIGRATIONS = [
@@ -212,8 +212,9 @@ def _connect(path: str) -> sqlite3.Connection:
     connection.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
     # A statement that writes many rows inside a transaction (each batch's INSERT ... SELECT
     # FROM json_each) keeps a statement journal to undo itself alone; on a file that is an
-    # open, unlink, write and close per batch, a quarter of the writer's CPU
-    # (bench/sqlite_writer.py). In memory it is a few pages, dropped at the statement's end.
+    # open, unlink and close per batch and a write of every page's original, a sixth of the
+    # writer's CPU (bench/sqlite_writer.py --variants current,file-journals). In memory it
+    # costs no system call and is dropped at the statement's end.
     connection.execute("PRAGMA temp_store=MEMORY")
     return connection
 
