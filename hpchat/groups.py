@@ -69,6 +69,11 @@ class IOwnership(Interface):
         Call C{callback(groups)} whenever this node stops owning some groups.
         """
 
+    def subscribeGained(callback):
+        """
+        Call C{callback(groups)} whenever this node starts owning some groups.
+        """
+
     def ready():
         """
         True when this node can serve requests (registered and holding a valid lease).
@@ -110,6 +115,10 @@ class SingleNodeOwnership:
         return {self._nodeId: self._url}, {g: self._nodeId for g in range(self._groups)}
 
     def subscribeLost(self, callback: Callable) -> None:
+        pass
+
+    def subscribeGained(self, callback: Callable) -> None:
+        # Every group is this node's from the start, and stays so.
         pass
 
     def ready(self) -> bool:

@@ -8,7 +8,8 @@ commit hook hands the event here and the entry is published at once; when the pu
 acknowledged (nsqd's C{OK}, or the inbox append is durable without NSQ) the entry is marked
 done in the store.
 
-What a crash, a restart or a failover leaves pending is found by sweeps: at start, and again
+What a crash, a restart or a failover leaves pending is found by sweeps: at start, when this
+node gains groups (a failed-over owner's entries are then this node's to publish), and again
 with growing delays (Twisted's C{backoffPolicy}) while entries stay pending, and every
 C{idleInterval} seconds otherwise. A sweep reads the pending entries of every group and
 publishes those of the groups this node owns. Asking the ownership about the others claims an
@@ -77,6 +78,8 @@ class OutboxPublisher(Service):
         self._markTimer: Any = None
         self._timer: Any = None
         self._sweeping = False
+        # A sweep was due while one ran (which may have read the owned groups before a gain).
+        self._sweepAgain = False
         self._pendingSweeps = 0
         self.published = 0
         self.republished = 0
@@ -140,6 +143,10 @@ class OutboxPublisher(Service):
 
     def _sent(self, _: object, entry: OutboxEntry, again: bool) -> None:
         self._unsent.discard(entry.id)
+        # Publishing works again: the delays before the next sweeps start from the shortest,
+        # so that an entry whose publish fails next (its inbox's owner failing over) is tried
+        # again within a second, not after the longest delay of a long run of sweeps.
+        self._pendingSweeps = 0
         if again:
             self.republished += 1
         else:
@@ -189,6 +196,13 @@ class OutboxPublisher(Service):
 
     # -- sweeps
 
+    def groupsGained(self, groups: list[int]) -> None:
+        """
+        The ownership's gained-groups hook: sweep now rather than at the next idle sweep, so
+        that the notifications a previous owner left pending in C{groups} go out at once.
+        """
+        self._schedule(0)
+
     def _schedule(self, delay: float) -> None:
         if not self.running:
             return
@@ -201,7 +215,10 @@ class OutboxPublisher(Service):
 
     def _sweep(self) -> None:
         self._timer = None
-        if self._sweeping or not self.running:
+        if not self.running:
+            return
+        if self._sweeping:
+            self._sweepAgain = True
             return
         self._sweeping = True
         d = defer.ensureDeferred(self._sweepOnce())
@@ -221,6 +238,9 @@ class OutboxPublisher(Service):
             else:
                 self._pendingSweeps = 0
                 self._schedule(self.idleInterval)
+            if self._sweepAgain:
+                self._sweepAgain = False
+                self._schedule(0)
 
         d.addBoth(done)
 

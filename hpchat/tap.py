@@ -149,6 +149,7 @@ def buildNode(config: Config, reactor: Any, configPath: str = "<config>") -> HPC
 
     outbox = OutboxPublisher(reactor, store, publish, outboxEntry, ownership, config.chat.groups)
     streams.onCommitted.append(outbox.committed)
+    ownership.subscribeGained(outbox.groupsGained)
 
     presence = None
     if IPresenceStore.providedBy(store):

@@ -354,6 +354,7 @@ class FakeOwnership:
         self.nodes = {nodeId: url}
         self.isReady = True
         self.lostCallbacks: list = []
+        self.gainedCallbacks: list = []
         self.routeCalls: list[int] = []
 
     def set(self, group: int, route) -> None:
@@ -393,6 +394,19 @@ class FakeOwnership:
 
     def subscribeLost(self, callback):
         self.lostCallbacks.append(callback)
+
+    def subscribeGained(self, callback):
+        self.gainedCallbacks.append(callback)
+
+    def gain(self, groups, token: int | None = None) -> None:
+        """
+        Own C{groups} (under C{token}, else the default one) and tell the subscribers.
+        """
+        groups = list(groups)
+        for g in groups:
+            self.routes[g] = Local(token) if token is not None else self.default
+        for callback in self.gainedCallbacks:
+            callback(groups)
 
     def ready(self):
         return self.isReady

@@ -35,6 +35,7 @@ class Node:
         self.outbox = OutboxPublisher(clock, store, publish, outboxEntry, self.ownership, GROUPS,
                                       policy=backoffPolicy(0.5, 30.0, jitter=lambda: 0))
         self.streams.onCommitted.append(self.outbox.committed)
+        self.ownership.subscribeGained(self.outbox.groupsGained)
 
     def start(self):
         self.persister.startService()
@@ -133,6 +134,27 @@ class OutboxTests(SynchronousTestCase):
         self.assertEqual(self.store.outbox, {})
         self.assertEqual(self.node.outbox.republished, 1)
 
+    def test_successShortensTheRetryDelay(self):
+        """
+        After a long run of sweeps that found entries pending (the delays grown to 30 s), a
+        publish that succeeds makes the next failed one retried after the shortest delay.
+        """
+        self.send()
+        self.published[0][1].errback(RuntimeError("owner away"))
+        for _ in range(12):
+            self.clock.advance(30)
+            self.published[-1][1].errback(RuntimeError("owner away"))
+        self.assertEqual(self.node.outbox._policy(self.node.outbox._pendingSweeps), 30)
+        self.clock.advance(30)
+        self.published[-1][1].callback(None)
+        self.clock.advance(self.node.outbox.markDelay)
+        self.assertEqual(self.store.outbox, {})
+        self.send("second")
+        count = len(self.published)
+        self.published[-1][1].errback(RuntimeError("owner away again"))
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.published), count + 1)
+
     def test_pendingCountsUntilDone(self):
         """
         The C{hpchat_outbox_pending} count holds an entry while it is published, after its
@@ -202,6 +224,55 @@ class OutboxTests(SynchronousTestCase):
                                   "alice", 1.0, None, {"text": "x"}))
         self.store.outbox[entry.id] = entry
         self.clock.advance(self.node.outbox.idleInterval)
+        self.assertEqual([nid for nid, _ in self.published], [entry.id])
+
+    def test_gainedGroupIsSweptAtOnce(self):
+        """
+        A group this node gains (its owner failed over) is swept at once, not at the next idle
+        sweep: the entries its previous owner left pending go out.
+        """
+        group = self.node.streams.groupOf(CID)
+        self.node.ownership.set(group, Redirect("node-b", "http://node-b.test:8080"))
+        self.clock.advance(0)
+        entry = outboxEntry(Event(CID, 1, "e1", group, "message", "alice", 1.0, None,
+                                  {"text": "x"}))
+        self.store.outbox[entry.id] = entry
+        self.clock.advance(1)
+        self.assertEqual(self.published, [])
+        self.node.ownership.gain([group])
+        self.clock.advance(0)
+        self.assertEqual([nid for nid, _ in self.published], [entry.id])
+
+    def test_gainDuringASweepSweepsAgain(self):
+        """
+        A gain told while a sweep is reading the store (which may have taken the owned groups
+        before it) is followed by another sweep as soon as that one ends.
+        """
+        group = self.node.streams.groupOf(CID)
+        self.node.ownership.set(group, Redirect("node-b", "http://node-b.test:8080"))
+        self.clock.advance(0)
+        entry = outboxEntry(Event(CID, 1, "e1", group, "message", "alice", 1.0, None,
+                                  {"text": "x"}))
+        self.store.outbox[entry.id] = entry
+        reads: list[defer.Deferred] = []
+        pendingOutbox = self.store.pendingOutbox
+
+        def slowRead(groups, limit):
+            d: defer.Deferred = defer.Deferred()
+            reads.append(d)
+            d.addCallback(lambda _: pendingOutbox(groups, limit))
+            return d
+
+        self.patch(self.store, "pendingOutbox", slowRead)
+        self.clock.advance(self.node.outbox.idleInterval)
+        self.assertEqual(len(reads), 1)
+        self.node.ownership.gain([group])
+        self.clock.advance(0)
+        self.assertEqual(len(reads), 1, "one sweep at a time")
+        self.patch(self.store, "pendingOutbox", pendingOutbox)
+        reads[0].callback(None)
+        self.assertEqual(self.published, [])
+        self.clock.advance(0)
         self.assertEqual([nid for nid, _ in self.published], [entry.id])
 
     def test_ownEntriesNotCrowdedOut(self):

@@ -163,6 +163,7 @@ class EtcdOwnership(Service):
         self._handingOff: set[int] = set()
         self._serving: set[int] = set()
         self._lostCallbacks: list[Callable] = []
+        self._gainedCallbacks: list[Callable] = []
         self._rebalanceCall = None
         self._keeper = keeperFactory(client, self.keys.prefix, onResync=self._resynced,
                                      onEvents=self._changed, clock=clock)
@@ -229,6 +230,9 @@ class EtcdOwnership(Service):
 
     def subscribeLost(self, callback: Callable) -> None:
         self._lostCallbacks.append(callback)
+
+    def subscribeGained(self, callback: Callable) -> None:
+        self._gainedCallbacks.append(callback)
 
     def ready(self) -> bool:
         return self._leaseValid() and self._keeper.resyncs > 0 and self._nodeId in self._nodes
@@ -335,18 +339,22 @@ class EtcdOwnership(Service):
 
     def _settle(self) -> None:
         """
-        Recompute the groups this node serves; tell subscribers about the ones it lost.
+        Recompute the groups this node serves; tell subscribers about the ones it lost and
+        the ones it gained.
         """
         serving = {g for g in self._owners if self.tokenFor(g) is not None}
-        lost = self._serving - serving
+        lost, gained = self._serving - serving, serving - self._serving
         self._serving = serving
         metrics.groupsOwned.set(len(serving))
-        if lost:
-            for callback in self._lostCallbacks:
+        for changed, callbacks, what in ((lost, self._lostCallbacks, "lost"),
+                                         (gained, self._gainedCallbacks, "gained")):
+            if not changed:
+                continue
+            for callback in callbacks:
                 try:
-                    callback(sorted(lost))
+                    callback(sorted(changed))
                 except Exception:
-                    self.log.failure("a lost-groups subscriber failed")
+                    self.log.failure("a {what}-groups subscriber failed", what=what)
 
     # -- lease, registration, keepalive, fencing
 

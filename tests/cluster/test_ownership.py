@@ -128,6 +128,8 @@ class OwnershipTests(SynchronousTestCase):
         self.keeper = self.ownership._keeper
         self.lost: list[list[int]] = []
         self.ownership.subscribeLost(self.lost.append)
+        self.gained: list[list[int]] = []
+        self.ownership.subscribeGained(self.gained.append)
         self.ownership.startService()
         self.lease = self.etcd.nextLease
         self.keeper.snapshot([nodeKv("me", self.lease, "http://me")], 12)
@@ -271,6 +273,22 @@ class OwnershipTests(SynchronousTestCase):
         self.keeper.events([WatchEvent("DELETE", KeyValue(P + b"groups/6", modRevision=40))], 40)
         self.assertEqual(self.lost, [[6]])
         self.assertIsNone(self.ownership.tokenFor(6))
+
+    def test_gainedGroupsAreTold(self):
+        """
+        Groups this node starts serving, through the watch or its own claim, are told to the
+        gained-groups subscribers once each; a group it already serves is not told again.
+        """
+        self.own(2)
+        self.own(5, 21)
+        self.own(2, 22)
+        route = self.successResultOf(defer.maybeDeferred(self.ownership.route, 3))
+        self.assertEqual(route, Local(self.etcd.revision))
+        self.assertEqual(self.gained, [[2], [5], [3]])
+        self.keeper.events([WatchEvent("DELETE", KeyValue(P + b"groups/5", modRevision=40))], 40)
+        self.own(5, 41)
+        self.assertEqual(self.gained, [[2], [5], [3], [5]])
+        self.assertEqual(self.lost, [[5]])
 
     def test_staleDeleteDoesNotUndoANewerClaim(self):
         """
