@@ -14,7 +14,7 @@ from hpchat.groups import Redirect
 from hpchat.notify import outboxEntry, parseNotification
 from hpchat.outbox import OutboxPublisher
 from hpchat.persister import BatchPersister
-from hpchat.storage.base import Event, FenceRejected
+from hpchat.storage.base import Event, FenceRejected, OutboxEntry
 from hpchat.streams import Streams
 from tests.fakes import FakeOwnership, MemoryEventStore
 
@@ -226,10 +226,9 @@ class OutboxTests(SynchronousTestCase):
         self.clock.advance(self.node.outbox.idleInterval)
         self.assertEqual([nid for nid, _ in self.published], [entry.id])
 
-    def test_gainedGroupIsSweptAtOnce(self):
+    def leftByAnotherOwner(self) -> tuple[int, OutboxEntry]:
         """
-        A group this node gains (its owner failed over) is swept at once, not at the next idle
-        sweep: the entries its previous owner left pending go out.
+        CID's group owned by node-b, and a pending entry of it in the store.
         """
         group = self.node.streams.groupOf(CID)
         self.node.ownership.set(group, Redirect("node-b", "http://node-b.test:8080"))
@@ -237,6 +236,14 @@ class OutboxTests(SynchronousTestCase):
         entry = outboxEntry(Event(CID, 1, "e1", group, "message", "alice", 1.0, None,
                                   {"text": "x"}))
         self.store.outbox[entry.id] = entry
+        return group, entry
+
+    def test_gainedGroupIsSweptAtOnce(self):
+        """
+        A group this node gains (its owner failed over) is swept at once, not at the next idle
+        sweep: the entries its previous owner left pending go out.
+        """
+        group, entry = self.leftByAnotherOwner()
         self.clock.advance(1)
         self.assertEqual(self.published, [])
         self.node.ownership.gain([group])
@@ -248,12 +255,7 @@ class OutboxTests(SynchronousTestCase):
         A gain told while a sweep is reading the store (which may have taken the owned groups
         before it) is followed by another sweep as soon as that one ends.
         """
-        group = self.node.streams.groupOf(CID)
-        self.node.ownership.set(group, Redirect("node-b", "http://node-b.test:8080"))
-        self.clock.advance(0)
-        entry = outboxEntry(Event(CID, 1, "e1", group, "message", "alice", 1.0, None,
-                                  {"text": "x"}))
-        self.store.outbox[entry.id] = entry
+        group, entry = self.leftByAnotherOwner()
         reads: list[defer.Deferred] = []
         pendingOutbox = self.store.pendingOutbox
 
