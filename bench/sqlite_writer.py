@@ -60,11 +60,13 @@ def batches(count: int, seed: int = 1) -> list[tuple]:
     return work
 
 
+_FILE_JOURNALS = ["PRAGMA temp_store=FILE"]
+_ALL_IDS = ["CREATE UNIQUE INDEX events_by_id ON events (stream, id)"]
 VARIANTS = {
     "current": [],
-    "file-journals": ["PRAGMA temp_store=FILE"],
-    "all-ids": ["CREATE UNIQUE INDEX events_by_id ON events (stream, id)"],
-    "before": ["PRAGMA temp_store=FILE", "CREATE UNIQUE INDEX events_by_id ON events (stream, id)"],
+    "file-journals": _FILE_JOURNALS,
+    "all-ids": _ALL_IDS,
+    "before": _FILE_JOURNALS + _ALL_IDS,
 }
 
 

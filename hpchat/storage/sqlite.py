@@ -53,6 +53,7 @@ from hpchat.storage.sqlshared import OUTBOX_COLUMNS as _OUTBOX_COLUMNS
 from hpchat.storage.sqlshared import SQLReads
 from hpchat.storage.sqlshared import row as _row
 from hpchat.storage.worker import ThreadWorker
+from hpchat.streamids import inboxStream
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -428,15 +429,12 @@ class SQLiteStore(SQLReads):
             groups, streams = self._conflicting(db.execute, strictjson.loads(batch))
             raise StreamConflict(groups, str(e), streams=streams) from None
 
-    # -- reads (reader thread): readAfter, readBefore and findClientId are SQLReads'
+    # -- reads (reader thread): readAfter, readBefore, findClientId and findEventId are
+    # SQLReads'
 
-    def findEventId(self, stream: str, id: str) -> defer.Deferred:
-        if not stream.startswith("inbox:"):
-            # Not indexed (NOTIFICATION_IDS): a walk through the stream's events.
-            return super().findEventId(stream, id)
-        d = self._read(self._select, f"SELECT {_COLUMNS} FROM events "
-                       f"WHERE stream = ? AND id = ? AND {NOTIFICATION_IDS}", (stream, id), False)
-        return d.addCallback(lambda events: events[0] if events else None)
+    def _idIndexCondition(self, stream: str) -> str:
+        # The ids of other streams are not indexed: their lookup walks the stream's events.
+        return f" AND {NOTIFICATION_IDS}" if stream.startswith(inboxStream("")) else ""
 
     # -- conversation summaries
 
