@@ -2,7 +2,7 @@
 """
 The SQLite writer thread's cost per batch, by WAL checkpoint size: the node's own append
 transaction (hpchat.storage.sqlite) on a new file, fed batches shaped like the chat's (10
-messages of 500 conversations, each with its recipient's inbox notification and both
+messages, or --sizes, of 500 conversations, each with its recipient's inbox notification and both
 participants' conversation rows), run on this thread: CPU time (user + system) and wall
 time per batch.
 
@@ -33,13 +33,13 @@ from hpchat.storage import sqlite as S
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def batches(count: int, seed: int = 1) -> list[tuple]:
+def batches(count: int, size: int = 10, seed: int = 1) -> list[tuple]:
     rng = random.Random(seed)
     seqs: dict[str, int] = {}
     work = []
     for _ in range(count):
         events, rows = [], []
-        for _ in range(10):
+        for _ in range(size):
             c = rng.randrange(500)
             a, b = f"u{2 * c:05d}", f"u{2 * c + 1:05d}"
             cid = f"dm:{a}:{b}"
@@ -98,17 +98,22 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=2000)
     p.add_argument("--pages", default="1000,3000,10000")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--sizes", default="10", help="messages per batch, e.g. 5,10,40")
     p.add_argument("--variants", default="current", help=", ".join(VARIANTS))
     p.add_argument("--dir", default=os.path.join(os.path.dirname(HERE), "var"))
     args = p.parse_args()
     os.makedirs(args.dir, exist_ok=True)
-    work = batches(args.batches)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    # The same number of messages for every size.
+    work = {size: batches(args.batches * 10 // size, size) for size in sizes}
     for r in range(args.rounds):
         for pages in (int(x) for x in args.pages.split(",")):
-            for variant in args.variants.split(","):
-                cpu, wall = run(pages, work, args.dir, variant)
-                print(f"round {r + 1}, wal_autocheckpoint={pages}, {variant}: {cpu:.0f} us CPU, "
-                      f"{wall:.0f} us wall per batch", flush=True)
+            for size in sizes:
+                for variant in args.variants.split(","):
+                    cpu, wall = run(pages, work[size], args.dir, variant)
+                    print(f"round {r + 1}, wal_autocheckpoint={pages}, {size} per batch, "
+                          f"{variant}: {cpu:.0f} us CPU, {wall:.0f} us wall per batch, "
+                          f"{cpu / size:.0f} us CPU per message", flush=True)
 
 
 if __name__ == "__main__":

@@ -156,6 +156,21 @@ class BlockList:
         self._refreshing = None
         return outcome
 
+    def knownBetween(self, a: str, b: str) -> bool | None:
+        """
+        What L{between} would fire with, when it is known here now (a fresh cached answer
+        under a fresh version); else C{None}, and L{between} reads it.
+
+        For the send path: nearly every send's pair is cached, and answering it without a
+        Deferred saves the chaining of one Deferred into another for each message.
+        """
+        if self._versioned and self._clock.seconds() - self._versionAt >= self.ttl:
+            return None
+        cached = self._cache.get(_pair(a, b))
+        if cached is not None and self._fresh(cached[0]):
+            return bool(cached[1])
+        return None
+
     def between(self, a: str, b: str) -> defer.Deferred:
         """
         Fire with True when C{a} has blocked C{b} or C{b} has blocked C{a}.

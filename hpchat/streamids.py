@@ -13,6 +13,8 @@ import re
 from typing import TypeGuard
 
 _USER = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
+# A well-formed conversation id in one match (a message's path parses its id five times).
+_CONVERSATION = re.compile(r"dm:([A-Za-z0-9_-]{1,64}):([A-Za-z0-9_-]{1,64})", re.ASCII)
 
 
 class BadConversation(ValueError):
@@ -29,6 +31,13 @@ def parseConversation(cid: str) -> tuple[str, str]:
     """
     Return the two participants of conversation C{cid}, or raise L{BadConversation}.
     """
+    found = _CONVERSATION.fullmatch(cid) if type(cid) is str else None
+    if found is not None:
+        a, b = found.groups()
+        # (ASCII: the order of the text is the order of its bytes.)
+        if a < b:
+            return a, b
+    # Refused, or not a plain str: the checks one by one, for the reason.
     parts = cid.split(":")
     if len(parts) != 3 or parts[0] != "dm":
         raise BadConversation("conversation ids look like dm:<a>:<b>")

@@ -65,6 +65,23 @@ class BlockListTests(SynchronousTestCase):
         del self.store.blocksBetween
         self.assertTrue(self.successResultOf(self.blocks.between("alice", "bob")))
 
+    def test_knownBetweenOnlyWhileFresh(self):
+        """
+        knownBetween() answers from a fresh cached lookup only, and agrees with between();
+        else None (never a stale answer), and the next between() reads again.
+        """
+        self.assertIsNone(self.blocks.knownBetween("alice", "bob"))
+        self.assertFalse(self.successResultOf(self.blocks.between("alice", "bob")))
+        self.assertIs(self.blocks.knownBetween("bob", "alice"), False)
+        self.store.blocks[("bob", "alice")] = 0.0
+        self.store.blockVersion += 1
+        self.clock.advance(0.5)
+        self.assertIsNone(self.blocks.knownBetween("alice", "bob"))
+        self.assertTrue(self.successResultOf(self.blocks.between("alice", "bob")))
+        self.assertIs(self.blocks.knownBetween("alice", "bob"), True)
+        self.successResultOf(self.blocks.set("bob", "alice", False, 1, 1))
+        self.assertIsNone(self.blocks.knownBetween("alice", "bob"))
+
     def test_readFailure(self):
         """
         A failed read fails every waiting lookup and caches nothing.

@@ -2,6 +2,8 @@
 User ids, conversation ids and group hashing.
 """
 
+import random
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from hpchat.streamids import (
@@ -12,6 +14,22 @@ from hpchat.streamids import (
     isUserId,
     parseConversation,
 )
+
+
+def referenceParse(cid: str) -> tuple[str, str]:
+    """
+    parseConversation's rules one by one, as they read in the API document.
+    """
+    parts = cid.split(":")
+    if len(parts) != 3 or parts[0] != "dm":
+        raise BadConversation("conversation ids look like dm:<a>:<b>")
+    a, b = parts[1], parts[2]
+    if not (isUserId(a) and isUserId(b)):
+        raise BadConversation("conversation participants must be valid user ids")
+    if a.encode() >= b.encode():
+        raise BadConversation(
+            "conversation ids name two different users in byte order: dm:<a>:<b> with a < b")
+    return a, b
 
 
 class StreamIdTests(SynchronousTestCase):
@@ -35,6 +53,33 @@ class StreamIdTests(SynchronousTestCase):
         for bad in ("dm:bob:alice", "dm:a:a", "dm:a", "xx:a:b", "dm:a:b:c", "dm::b", "dm:a b:c"):
             self.assertRaises(BadConversation, parseConversation, bad)
         self.assertEqual(inboxStream("bob"), "inbox:bob")
+
+    def test_conversationsLikeTheRules(self):
+        """
+        The one-match parse agrees with the rules checked one by one, on random ids near the
+        edges (lengths 0, 1, 64, 65, separators, case, non-ASCII, line ends), refusals and
+        their reasons included.
+        """
+        rng = random.Random(11)
+        alphabet = "aAzZ09_-:é\n \x00Ǆ"
+
+        def part() -> str:
+            kind = rng.random()
+            if kind < 0.2:
+                return rng.choice(["", "a", "B", "x" * 64, "x" * 65, "a\n", "\u0660"])
+            return "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 8)))
+
+        for _ in range(5000):
+            cid = rng.choice(["dm", "DM", "dm ", ""]) + rng.choice([":", ""]) + part() \
+                + rng.choice([":", "", "::"]) + part()
+            try:
+                expected = referenceParse(cid)
+            except BadConversation as e:
+                with self.assertRaises(BadConversation) as refused:
+                    parseConversation(cid)
+                self.assertEqual(str(refused.exception), str(e), cid)
+            else:
+                self.assertEqual(parseConversation(cid), expected, cid)
 
     def test_groupsAreStableAndSpread(self):
         """

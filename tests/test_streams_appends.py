@@ -209,6 +209,25 @@ class InFlightTests(StreamsTestCase):
         self.assertEqual(len(self.store.events[CID]), 1)
         self.assertEqual(self.successResultOf(self.streams.get(CID)).inFlight, {})
 
+    def test_aSenderThatGivesUpLeavesTheWrite(self) -> None:
+        """
+        Cancelling a send (its client went away), with or without a client_id, fails that
+        caller alone: the message is still written, made visible and told to the hooks.
+        """
+        for clientId in ("k", None):
+            self.store.hold()
+            sending = self.streams.send(CID, "alice", f"gone {clientId}", clientId)
+            poll = self.streams.poll(CID, None, None, 10)
+            sending.cancel()
+            self.failureResultOf(sending, defer.CancelledError)
+            self.clock.advance(0.005)
+            self.store.release()
+            [event] = self.successResultOf(poll).events
+            self.assertEqual((event.data["text"], event.client_id),
+                             (f"gone {clientId}", clientId))
+            self.assertEqual(self.committed[-1], event)
+        self.assertEqual(self.successResultOf(self.streams.get(CID)).inFlight, {})
+
     def test_aFailedWriteFailsItsRepeats(self) -> None:
         """
         When the write fails, its repeats fail with it, and nothing stays in flight.

@@ -94,19 +94,19 @@ class Appends:
     def _append(self, name: str, type: str, sender: str | None, data: dict[str, Any],
                 clientId: str | None = None, eventId: str | None = None,
                 key: DedupeKey | None = None) -> defer.Deferred[Appended]:
-        # A caller that goes away does not stop the write: others will see the event.
+        # A caller that goes away does not stop the write: others will see the event. What
+        # _appendTo returns is already the caller's own (see _write).
         stream = self._table.current(name)
         if stream is not None and (key is None or stream.complete or key in stream.inFlight
                                    or stream.findInMemory(key) is not None):
             # The common case, decided from memory alone.
             try:
-                d = self._appendTo(stream, type, sender, data, clientId, eventId, key)
+                return self._appendTo(stream, type, sender, data, clientId, eventId, key)
             except Exception:
-                d = defer.fail()
-        else:
-            d = defer.ensureDeferred(self._appendLoading(name, type, sender, data, clientId,
-                                                         eventId, key))
-        return shield(d, "an append")
+                return defer.fail()
+        return shield(defer.ensureDeferred(self._appendLoading(name, type, sender, data,
+                                                               clientId, eventId, key)),
+                      "an append")
 
     async def _appendLoading(self, name: str, type: str, sender: str | None,
                              data: dict[str, Any], clientId: str | None, eventId: str | None,
@@ -144,7 +144,7 @@ class Appends:
                key: DedupeKey | None) -> defer.Deferred[Appended]:
         """
         Queue a new event on C{stream}; fires with C{(event, True)} once it is durable and
-        visible.
+        visible. The Deferred is the caller's own: cancelling it leaves the write running.
         """
         event = Event(stream=stream.name, seq=stream.nextSeq, id=eventId or newEventId(),
                       group=stream.group, type=type, sender=sender, ts=self._clock.seconds(),
@@ -172,8 +172,9 @@ class Appends:
             return failure
 
         if key is None:
-            return durable.addCallbacks(written, failed)
-        # Repeats of the key observe this write until it is done; this caller too, first.
+            return shield(durable.addCallbacks(written, failed), "an append")
+        # Repeats of the key observe this write until it is done; this caller too, first
+        # (an observer's cancellation leaves the write and the other observers be).
         writing: ObservableDeferred[Appended] = ObservableDeferred(
             durable.addCallbacks(written, failed), "an append")
         if not writing.done:

@@ -41,6 +41,7 @@ DEFAULT_POLL_TIMEOUT = 25.0
 DEFAULT_HISTORY = 50
 MAX_HISTORY = 200
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
+_INTEGER = re.compile(r"-?\d{1,18}")
 
 
 class ApiError(Exception):
@@ -221,7 +222,7 @@ class ChatAPI:
         if not values:
             return None
         text = values[0].decode("ascii", "replace")
-        if not re.fullmatch(r"-?\d{1,18}", text):
+        if not _INTEGER.fullmatch(text):
             raise _badRequest(f"{name} must be an integer")
         value = int(text)
         if low is not None and value < low:

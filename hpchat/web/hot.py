@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
+from twisted.web.http import parse_qs
 
 from hpchat import metrics
 from hpchat.web.ssehot import StreamedAnswer
@@ -29,6 +29,28 @@ if TYPE_CHECKING:
 _NO_ARGS: dict[bytes, list[bytes]] = {}
 
 
+def queryArgs(query: bytes) -> dict[bytes, list[bytes]]:
+    """
+    C{twisted.web.http.parse_qs(query, 1)}: a query with nothing quoted in it (the hot
+    routes' C{timeout=25&after=7}) is split without unquoting each part. (parse_qs is
+    imported by name: twisted.web.http is a deprecation proxy, whose every attribute read
+    costs two Python calls.)
+    """
+    if b"%" in query or b"+" in query or b";" in query:
+        return parse_qs(query, 1)
+    args: dict[bytes, list[bytes]] = {}
+    for item in query.split(b"&"):
+        name, equals, value = item.partition(b"=")
+        if not equals:
+            continue
+        values = args.get(name)
+        if values is None:
+            args[name] = [value]
+        else:
+            values.append(value)
+    return args
+
+
 def hotRequest(exchange: Exchange) -> HotRequest:
     """
     The L{HotRequest} of C{exchange}, whose body is handed over (and dropped from it).
@@ -38,7 +60,7 @@ def hotRequest(exchange: Exchange) -> HotRequest:
     target = exchange.target
     path, _, query = target.partition(b"?")
     # Handlers only read the arguments: a request without any shares one empty dict.
-    args = http.parse_qs(query, 1) if query else _NO_ARGS
+    args = queryArgs(query) if query else _NO_ARGS
     return HotRequest(exchange.method, target, path, args, exchange.headers, body)
 
 

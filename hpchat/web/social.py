@@ -204,6 +204,9 @@ class SocialRoutes:
                                       "a participant of this conversation has blocked the other")
             return call()
 
+        known = self.blocks.knownBetween(a, b)
+        if known is not None:
+            return checked(known)
         return self.blocks.between(a, b).addCallback(checked)
 
     def _blocker(self, request) -> str:

@@ -11,11 +11,13 @@ import random
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http import parse_qs
 
 from hpchat import metrics
 from hpchat.config import LimitsConfig
 from hpchat.groups import Redirect
 from hpchat.web.channel import Exchange, HotRequest, HTTPConnection, checkTarget
+from hpchat.web.hot import queryArgs
 from hpchat.web.site import buildSite
 from tests.web.fakes import Harness
 
@@ -666,3 +668,29 @@ class LimitTests(ConnectionTestsBase):
         _, transport = self.connect()
         self.assertEqual(transport.value(), b"")
         self.assertEqual(limited("connections"), before + 1)
+
+
+class QueryArgsTests(SynchronousTestCase):
+    """
+    L{hpchat.web.hot.queryArgs}, the hot routes' query parser.
+    """
+
+    def test_likeTwistedWeb(self):
+        """
+        It gives what twisted.web's parse_qs(query, 1) gives (the parser of every other
+        route), on random queries of names, values, separators, quoting and repeats.
+        """
+        rng = random.Random(5)
+        pieces = [b"a", b"after", b"timeout", b"1", b"25", b"=", b"&", b";", b"+", b"%20",
+                  b"%zz", b"%", b"", b"x y", b"\xff"]
+        for _ in range(5000):
+            query = b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 9)))
+            self.assertEqual(queryArgs(query), parse_qs(query, 1), query)
+
+    def test_repeatsKeepTheirOrder(self):
+        """
+        A repeated name keeps every value, in order; a part without = is left out, one
+        with an empty value is kept.
+        """
+        self.assertEqual(queryArgs(b"after=1&after=2&flag&timeout=&after=3"),
+                         {b"after": [b"1", b"2", b"3"], b"timeout": [b""]})
