@@ -100,11 +100,29 @@ def unsafeHeader(value: bytes) -> bool:
     return b"\r" in value or b"\n" in value or b"\0" in value
 
 
-def headerLines(headers: Mapping[bytes, bytes]) -> list[bytes]:
+# The lines of the answers' own headers, by their (name, value) pairs, for the few names
+# whose values come from the code (nearly every answer has the same two, a JSON answer's).
+_KNOWN_LINES: dict[tuple[tuple[bytes, bytes], ...], tuple[bytes, ...]] = {}
+_CONSTANT_NAMES = frozenset([b"content-type", b"cache-control", b"retry-after",
+                             b"www-authenticate"])
+
+
+def headerLines(headers: Mapping[bytes, bytes]) -> Sequence[bytes]:
     """
     The lines of a hot answer's own C{headers}; a value that could end the field or the
     head is dropped and logged.
     """
+    key = tuple(headers.items())
+    known = _KNOWN_LINES.get(key)
+    if known is not None:
+        return known
+    lines = tuple(_headerLines(headers))
+    if len(_KNOWN_LINES) < 64 and _CONSTANT_NAMES.issuperset(headers):
+        _KNOWN_LINES[key] = lines
+    return lines
+
+
+def _headerLines(headers: Mapping[bytes, bytes]) -> list[bytes]:
     lines = []
     for name, value in headers.items():
         if unsafeHeader(value):

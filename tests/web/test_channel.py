@@ -19,6 +19,7 @@ from hpchat.groups import Redirect
 from hpchat.web.channel import Exchange, HotRequest, HTTPConnection, checkTarget
 from hpchat.web.hot import queryArgs
 from hpchat.web.site import buildSite
+from hpchat.web.wire import headerLines
 from tests.web.fakes import Harness
 
 CID = "dm:alice:bob"
@@ -694,3 +695,28 @@ class QueryArgsTests(SynchronousTestCase):
         """
         self.assertEqual(queryArgs(b"after=1&after=2&flag&timeout=&after=3"),
                          {b"after": [b"1", b"2", b"3"], b"timeout": [b""]})
+
+
+class HeaderLinesTests(SynchronousTestCase):
+    """
+    L{hpchat.web.wire.headerLines}: an answer's own header lines.
+    """
+
+    def test_remembersOnlyConstantHeaders(self):
+        """
+        The lines of headers whose values come from the code are remembered and given
+        again; others (a redirect's Location) are made each time; an unsafe value is
+        dropped either way.
+        """
+        constant = {b"content-type": b"application/json; charset=utf-8",
+                b"cache-control": b"no-store"}
+        first = headerLines(dict(constant))
+        self.assertEqual(list(first), [b"Content-Type: application/json; charset=utf-8\r\n",
+                                       b"Cache-Control: no-store\r\n"])
+        self.assertIs(headerLines(dict(constant)), first)
+        redirect = {b"location": b"http://b/v1/x", b"retry-after": b"1"}
+        self.assertEqual(list(headerLines(redirect)),
+                         [b"Location: http://b/v1/x\r\n", b"Retry-After: 1\r\n"])
+        self.assertIsNot(headerLines(redirect), headerLines(redirect))
+        self.assertEqual(list(headerLines({b"location": b"http://b/\r\nX: y"})), [])
+        self.assertEqual(list(headerLines({b"retry-after": b"1\r\nX: y"})), [])
