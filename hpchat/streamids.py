@@ -38,6 +38,14 @@ def parseConversation(cid: str) -> tuple[str, str]:
         if a < b:
             return a, b
     # Refused, or not a plain str: the checks one by one, for the reason.
+    return parseConversationStepwise(cid)
+
+
+def parseConversationStepwise(cid: str) -> tuple[str, str]:
+    """
+    L{parseConversation} by its rules one at a time, as the API document states them: what
+    it does for an id its single match refuses (and the reference its tests compare it to).
+    """
     parts = cid.split(":")
     if len(parts) != 3 or parts[0] != "dm":
         raise BadConversation("conversation ids look like dm:<a>:<b>")
