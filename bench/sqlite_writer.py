@@ -9,7 +9,6 @@ time per batch.
   PYTHONPATH=. taskset -c 1 python bench/sqlite_writer.py [--batches 2000] [--pages 1000,3000,10000]
   PYTHONPATH=. taskset -c 1 python bench/sqlite_writer.py --pages 3000 \
       --variants current,file-journals,all-ids,before
-
   PYTHONPATH=. taskset -c 1 python bench/sqlite_writer.py --pages 3000 --sizes 12 \
       --variants current,no-notification-ids,no-activity-index,synchronous-normal
   PYTHONPATH=. taskset -c 1 python bench/sqlite_writer.py --pages 3000 --sizes 12 --without inbox
@@ -125,10 +124,10 @@ def main() -> None:
     args = p.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     sizes = [int(x) for x in args.sizes.split(",")]
-    # The same number of messages for every size.
     without = frozenset(x for x in args.without.split(",") if x)
     if not without <= set(PARTS):
         p.error(f"--without takes {', '.join(PARTS)}")
+    # The same number of messages for every size.
     work = {size: batches(args.batches * 10 // size, size, without=without) for size in sizes}
     for r in range(args.rounds):
         for pages in (int(x) for x in args.pages.split(",")):

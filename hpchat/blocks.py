@@ -92,14 +92,27 @@ class BlockList:
         Fire with the frozenset of (blocker, blocked) pairs between C{a} and C{b}.
         """
         key = _pair(a, b)
-        if self._versioned and self._clock.seconds() - self._versionAt >= self.ttl:
+        if self._versionStale():
             return self._refresh().addCallback(lambda _: self._lookup(key))
         return self._lookup(key)
 
-    def _lookup(self, key: tuple[str, str]) -> defer.Deferred:
+    def _versionStale(self) -> bool:
+        """
+        Whether the known blocks' version is to be read again before a lookup.
+        """
+        return self._versioned and self._clock.seconds() - self._versionAt >= self.ttl
+
+    def _cached(self, key: tuple[str, str]) -> frozenset | None:
+        """
+        The fresh cached answer for C{key}, if there is one.
+        """
         cached = self._cache.get(key)
-        if cached is not None and self._fresh(cached[0]):
-            return defer.succeed(cached[1])
+        return cached[1] if cached is not None and self._fresh(cached[0]) else None
+
+    def _lookup(self, key: tuple[str, str]) -> defer.Deferred:
+        cached = self._cached(key)
+        if cached is not None:
+            return defer.succeed(cached)
         reading = self._reading.get(key)
         if reading is not None and self._fresh(reading[0]):
             return reading[2].observe()
@@ -164,12 +177,10 @@ class BlockList:
         For the send path: nearly every send's pair is cached, and answering it without a
         Deferred saves the chaining of one Deferred into another for each message.
         """
-        if self._versioned and self._clock.seconds() - self._versionAt >= self.ttl:
+        if self._versionStale():
             return None
-        cached = self._cache.get(_pair(a, b))
-        if cached is not None and self._fresh(cached[0]):
-            return bool(cached[1])
-        return None
+        cached = self._cached(_pair(a, b))
+        return None if cached is None else bool(cached)
 
     def between(self, a: str, b: str) -> defer.Deferred:
         """

@@ -346,15 +346,17 @@ class EtcdOwnership(Service):
         lost, gained = self._serving - serving, serving - self._serving
         self._serving = serving
         metrics.groupsOwned.set(len(serving))
-        for changed, callbacks, what in ((lost, self._lostCallbacks, "lost"),
-                                         (gained, self._gainedCallbacks, "gained")):
-            if not changed:
-                continue
-            for callback in callbacks:
-                try:
-                    callback(sorted(changed))
-                except Exception:
-                    self.log.failure("a {what}-groups subscriber failed", what=what)
+        if lost:
+            self._tell(self._lostCallbacks, lost, "lost")
+        if gained:
+            self._tell(self._gainedCallbacks, gained, "gained")
+
+    def _tell(self, callbacks: list[Callable], groups: set[int], what: str) -> None:
+        for callback in callbacks:
+            try:
+                callback(sorted(groups))
+            except Exception:
+                self.log.failure("a {what}-groups subscriber failed", what=what)
 
     # -- lease, registration, keepalive, fencing
 
