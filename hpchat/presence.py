@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from hpchat.deferreds import ObservableDeferred
 from hpchat.groups import Local, Redirect
 from hpchat.loops import startLoop
+from hpchat.slices import Slices
 from hpchat.streamids import groupOf, inboxStream
 
 #: What a node reports per user: (online, when that became so).
@@ -54,7 +55,8 @@ class PresenceHome:
     log = Logger()
 
     def __init__(self, clock: Any, store: Any, ownership: Any, groups: int, grace: float = 30.0,
-                 expiry: float = 30.0, onlineWriteInterval: float = 30.0):
+                 expiry: float = 30.0, onlineWriteInterval: float = 30.0,
+                 persistInterval: float = 1.0):
         self._clock = clock
         self._store = store
         self._ownership = ownership
@@ -66,7 +68,9 @@ class PresenceHome:
         self._seen: dict[str, dict[str, _Seen]] = {}
         # user -> last_seen to make durable.
         self._dirty: dict[str, float] = {}
-        self._lastOnlineWrite = clock.seconds()
+        # The users in _seen, visited a slice per persist (see persist).
+        self._sweep: Slices[str] = Slices(max(1, round(onlineWriteInterval / persistInterval)),
+                                          onlineWriteInterval, clock.seconds())
         # The last-seen write in flight or last done (see _writing).
         self._written: ObservableDeferred[None] | None = None
 
@@ -81,7 +85,11 @@ class PresenceHome:
         for user, (online, at) in reports.items():
             if self._ownership.tokenFor(self._group(user)) is None:
                 continue
-            self._seen.setdefault(user, {})[node] = _Seen(bool(online), float(at), now)
+            nodes = self._seen.get(user)
+            if nodes is None:
+                nodes = self._seen[user] = {}
+                self._sweep.add(user)
+            nodes[node] = _Seen(bool(online), float(at), now)
             if not online:
                 self._dirty[user] = max(float(at), self._dirty.get(user, 0.0))
 
@@ -124,6 +132,7 @@ class PresenceHome:
         groups = set(groups)
         for user in [u for u in self._seen if self._group(u) in groups]:
             del self._seen[user]
+            self._sweep.discard(user)
             self._dirty.pop(user, None)
 
     @property
@@ -134,18 +143,19 @@ class PresenceHome:
         """
         Write the last-seen times that changed (and, every C{onlineWriteInterval}, those of
         the users online now), for the users still at home here; forget users offline for
-        longer than C{grace} + C{expiry} once written.
+        longer than C{grace} + C{expiry} once written. The online users' writes and the
+        forgetting visit a slice of the users at each call (all of them once per
+        C{onlineWriteInterval}), not all at once.
         """
         if self._writing:
             return None
         now = self._clock.seconds()
-        if now - self._lastOnlineWrite >= self.onlineWriteInterval:
-            self._lastOnlineWrite = now
-            for user in self._seen:
-                online, last = self.state(user)
-                if online and last is not None:
-                    self._dirty[user] = max(last, self._dirty.get(user, 0.0))
-        self._prune(now)
+        due = self._sweep.due(now)
+        for user in due:
+            online, last = self.state(user)
+            if online and last is not None:
+                self._dirty[user] = max(last, self._dirty.get(user, 0.0))
+        self._prune(now, due)
         if not self._dirty:
             return None
         dirty, self._dirty = self._dirty, {}
@@ -179,7 +189,7 @@ class PresenceHome:
             return defer.maybeDeferred(self.persist)
         return written.observe().addCallback(lambda _: self.persist())
 
-    def _prune(self, now: float) -> None:
+    def _prune(self, now: float, users: Iterable[str]) -> None:
         horizon = self.grace + self.expiry
         def gone(s) -> bool:
             # Offline for long, or reported online by a node that stopped reporting (it
@@ -187,9 +197,12 @@ class PresenceHome:
             ended = s.reportedAt if s.online else s.at
             return now - ended > horizon
 
-        for user in [u for u, nodes in self._seen.items()
-                     if u not in self._dirty and all(gone(s) for s in nodes.values())]:
-            del self._seen[user]
+        for user in users:
+            nodes = self._seen.get(user)
+            if (nodes is not None and user not in self._dirty
+                    and all(gone(s) for s in nodes.values())):
+                del self._seen[user]
+                self._sweep.discard(user)
 
 
 #: The refresh of the users online here goes in this many slices per C{refreshInterval}.
@@ -220,14 +233,15 @@ class PresenceTracker:
         # The users last reported online (to a home that took the report): a poll that
         # ends and another that starts between two flushes changes nothing to report.
         self._reportedOnline: set[str] = set()
-        # The refresh goes in REFRESH_SLICES slices, one per refreshInterval / REFRESH_SLICES
-        # seconds, so that no flush reports every user online here at once.
-        self._refreshedSlice = self._sliceAt(clock.seconds())
+        # The users online here, for the refresh: one slice per refreshInterval /
+        # REFRESH_SLICES seconds, so that no flush reports (or even looks at) them all at once.
+        self._online: Slices[str] = Slices(REFRESH_SLICES, refreshInterval, clock.seconds())
 
     def started(self, user: str) -> None:
         count = self._counts.get(user, 0)
         self._counts[user] = count + 1
         if count == 0:
+            self._online.add(user)
             self._pending[user] = (True, self._clock.seconds())
 
     def ended(self, user: str) -> None:
@@ -236,6 +250,7 @@ class PresenceTracker:
             self._counts[user] = count
             return
         self._counts.pop(user, None)
+        self._online.discard(user)
         self._pending[user] = (False, self._clock.seconds())
 
     def endedWith(self, result, user: str):
@@ -245,9 +260,6 @@ class PresenceTracker:
     @property
     def online(self) -> int:
         return len(self._counts)
-
-    def _sliceAt(self, now: float) -> int:
-        return int(now // (self.refreshInterval / REFRESH_SLICES))
 
     def flush(self) -> defer.Deferred | None:
         """
@@ -264,15 +276,8 @@ class PresenceTracker:
         for user in [u for u, (online, _) in pending.items()
                      if online and u in reportedOnline]:
             del pending[user]
-        current = self._sliceAt(now)
-        if current != self._refreshedSlice:
-            due = {n % REFRESH_SLICES
-                   for n in range(max(self._refreshedSlice + 1, current - REFRESH_SLICES + 1),
-                                  current + 1)}
-            self._refreshedSlice = current
-            for user in self._counts:
-                if hash(user) % REFRESH_SLICES in due:
-                    pending.setdefault(user, (True, now))
+        for user in self._online.due(now):
+            pending.setdefault(user, (True, now))
         if not pending:
             return None
         byNode: dict[str, tuple[str, dict[str, Report]]] = {}
@@ -322,7 +327,7 @@ class Presence(Service):
                  persistInterval: float = 1.0):
         self._clock = clock
         self.home = PresenceHome(clock, store, ownership, groups, grace=grace,
-                                 expiry=3 * refreshInterval)
+                                 expiry=3 * refreshInterval, persistInterval=persistInterval)
         self.tracker = PresenceTracker(clock, ownership, groups, self.home, send,
                                        refreshInterval=refreshInterval)
         self.flushInterval = flushInterval

@@ -75,7 +75,6 @@ class HomeTests(SynchronousTestCase):
         self.home.report("n1", {"alice": (True, 1000.0)})
         self.clock.advance(61)
         self.successResultOf(defer.maybeDeferred(self.home.persist))
-        self.home._prune(self.clock.seconds())
         self.assertNotIn("alice", self.home._seen)
         self.assertEqual(self.lookup("alice")["alice"][0], False)
 
@@ -102,6 +101,29 @@ class HomeTests(SynchronousTestCase):
         self.home.report("n1", {"bob": (True, 995.0)})
         self.successResultOf(defer.maybeDeferred(self.home.persist))
         self.assertEqual(self.store.presence, {"alice": 990.0, "bob": 1060.0})
+
+    def test_onlineWritesInSlices(self):
+        """
+        Persisted every second, each persist writes the last-seen times of about a
+        sixtieth of the users online (onlineWriteInterval 60 s), and each of them once per
+        onlineWriteInterval: no persist looks at every user at home here.
+        """
+        users = [f"u{i}" for i in range(600)]
+        written: list[dict[str, float]] = []
+        real = self.store.writeLastSeen
+
+        def record(entries, fences):
+            written.append(dict(entries))
+            return real(entries, fences)
+
+        self.store.writeLastSeen = record
+        for _ in range(60):
+            self.clock.advance(1)
+            self.home.report("n1", {user: (True, 1000.0) for user in users})
+            self.successResultOf(defer.maybeDeferred(self.home.persist))
+        self.assertEqual(sorted(u for entries in written for u in entries), sorted(users))
+        self.assertLess(max(len(entries) for entries in written), 40)
+        self.assertEqual(set(self.store.presence.values()) - set(range(1001, 1061)), set())
 
     def test_persistLastWaitsForTheWriteInFlight(self):
         """

@@ -396,6 +396,22 @@ class SharedHeartbeatTests(_SSEMixin, SynchronousTestCase):
         self.assertEqual(len(busy.events("message")), 8)
         self.assertFalse(busy.ended or silent.ended)
 
+    def test_beatsSpreadOverTicks(self):
+        """
+        Each tick of the loop visits a slice of the open streams, not all of them: 90
+        silent streams get their first heartbeats over many ticks, each stream one.
+        """
+        readers = [self.open("/v1/inbox/stream", user=f"u{i}") for i in range(90)]
+        self.h.run(11.9, step=0.1)
+        perTick = []
+        for _ in range(40):
+            before = sum(self.beats(r) for r in readers)
+            self.h.run(0.1, step=0.1)
+            perTick.append(sum(self.beats(r) for r in readers) - before)
+        self.assertEqual([self.beats(r) for r in readers], [1] * 90)
+        self.assertGreater(len([n for n in perTick if n]), 10)
+        self.assertLess(max(perTick), 30)
+
     def test_tokenExpiryWithinAHeartbeat(self):
         """
         A stream whose token expires is closed within one tick of the loop (so within one
