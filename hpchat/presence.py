@@ -253,10 +253,6 @@ class PresenceTracker:
         self._online.discard(user)
         self._pending[user] = (False, self._clock.seconds())
 
-    def endedWith(self, result, user: str):
-        self.ended(user)
-        return result
-
     @property
     def online(self) -> int:
         return len(self._counts)

@@ -46,18 +46,30 @@ class PollResult:
 
 class Waiter:
     """
-    One waiting poll: what it waits for, its Deferred and its timeout (both C{None} once it
-    is answered).
+    One waiting poll on C{stream}: what it waits for, its Deferred and its timeout (both
+    C{None} once it is answered). It is its Deferred's canceller itself: two closures per
+    poll (a canceller and a timeout) and their cells were a tenth of the objects a waiting
+    poll keeps for the garbage collector to visit.
     """
 
-    __slots__ = ("after", "typingVersion", "readVersion", "deferred", "timer")
+    __slots__ = ("after", "typingVersion", "readVersion", "deferred", "timer", "stream",
+                 "_waiters")
 
-    def __init__(self, after: int, typingVersion: int | None, readVersion: int | None = None):
+    def __init__(self, after: int, typingVersion: int | None, readVersion: int | None = None,
+                 stream: Stream | None = None, waiters: Waiters | None = None):
         self.after = after
         self.typingVersion = typingVersion
         self.readVersion = readVersion
         self.deferred: defer.Deferred[PollResult] | None = None
         self.timer: IDelayedCall | None = None
+        self.stream = stream
+        self._waiters = waiters
+
+    def __call__(self, d: defer.Deferred[PollResult]) -> None:
+        # The canceller: the HTTP layer cancels the handler's Deferred when the client goes
+        # away.
+        if self._waiters is not None and self.stream is not None:
+            self._waiters._finish(self.stream, self)
 
 
 def _ignore(*args: Any) -> None:
@@ -148,22 +160,18 @@ class Waiters:
 
     def _wait(self, stream: Stream, after: int, typingVersion: int | None, timeout: float,
               readVersion: int | None) -> defer.Deferred[PollResult]:
-        waiter = Waiter(after, typingVersion, readVersion)
-
-        def cancel(d: defer.Deferred[PollResult]) -> None:
-            # The HTTP layer cancels the handler's Deferred when the client goes away.
-            self._finish(stream, waiter)
-
-        def timedOut() -> None:
-            waiter.timer = None
-            self._answer(stream, waiter, [])
-
-        d: defer.Deferred[PollResult] = defer.Deferred(cancel)
+        waiter = Waiter(after, typingVersion, readVersion, stream, self)
+        d: defer.Deferred[PollResult] = defer.Deferred(waiter)
         waiter.deferred = d
-        waiter.timer = self._clock.callLater(timeout, timedOut)
+        waiter.timer = self._clock.callLater(timeout, self._timedOut, waiter)
         stream.waiters.add(waiter)
         self.count += 1
         return d
+
+    def _timedOut(self, waiter: Waiter) -> None:
+        waiter.timer = None
+        if waiter.stream is not None:
+            self._answer(waiter.stream, waiter, [])
 
     def _finish(self, stream: Stream, waiter: Waiter) -> defer.Deferred[PollResult] | None:
         """

@@ -11,7 +11,7 @@ always C{{"error": {"code", "message"}}} with the documented status; never a tra
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 from klein import Klein
 from twisted.internet import defer
@@ -289,18 +289,23 @@ class ChatAPI:
         raise ApiError(503, "unavailable", f"the owner of group {group} is not settled yet",
                        {b"retry-after": str(max(1, int(round(retry)))).encode()})
 
-    def _onStream(self, request, stream: str, call) -> defer.Deferred:
+    def _onStream(self, request, stream: str, call,
+                  answer: Callable[[Any, Any], Any] | None = None) -> defer.Deferred:
         """
         Run C{call()} (which returns a Deferred) against C{stream} on this node, mapping
-        stream errors to answers. A group lost meanwhile is routed again, so the client is
-        redirected to the new owner.
+        stream errors to answers, and its result to C{answer(result, request)} when given
+        (one callback pair instead of two, for what a waiting poll holds). A group lost
+        meanwhile is routed again, so the client is redirected to the new owner.
         """
         here = self._serveHere(request, stream)
         if here is None:
             result = defer.maybeDeferred(call)
         else:
             result = here.addCallback(lambda _: call())
-        return result.addErrback(self._streamFailed, request, stream)
+        if answer is None:
+            return result.addErrback(self._streamFailed, request, stream)
+        return result.addCallbacks(answer, self._streamFailed, callbackArgs=(request,),
+                                   errbackArgs=(request, stream))
 
     def _streamFailed(self, failure, request, stream: str):
         error = failure.value
@@ -346,8 +351,8 @@ class ChatAPI:
         if clientId is not None and (not isinstance(clientId, str)
                                      or not _CLIENT_ID.fullmatch(clientId)):
             raise _badRequest("client_id must match [A-Za-z0-9_-]{1,64}")
-        sent = self._onStream(request, cid, lambda: self._send(cid, user, text, clientId))
-        return sent.addCallback(self._sent, request)
+        return self._onStream(request, cid, lambda: self._send(cid, user, text, clientId),
+                              self._sent)
 
     def _send(self, cid: str, user: str, text: str, clientId: str | None) -> defer.Deferred:
         # Charged once this node serves the stream (a redirected request is charged by the
@@ -407,51 +412,38 @@ class ChatAPI:
         typingVersion = self._intArg(request, "typing_version", low=0)
         readVersion = self._intArg(request, "read_version", low=0)
         timeout = self._timeout(request)
-        polled = self._onStream(
+        return self._onStream(
             request, cid, lambda: self._poll(user, cid, after, typingVersion, timeout,
-                                             readVersion))
-        return polled.addCallback(self._polled, request)
+                                             readVersion), self._polled)
 
     def _poll(self, user: str, stream: str, after: int | None, typingVersion: int | None,
               timeout: float, readVersion: int | None = None) -> defer.Deferred:
         """
-        L{_pollLimited}, while which C{user} counts as online (L{hpchat.presence}).
+        C{Streams.poll}, while which C{user} counts as online (L{hpchat.presence}) and, from
+        when it is not answered at once until it is answered, times out, fails or is
+        cancelled by a disconnect, among C{user}'s polls on this node (conversations and
+        inbox together). A poll answered at once is never refused; one that would wait beyond
+        C{max_polls_per_user} is withdrawn (nothing is left waiting) and answered 429.
         """
         presence = self._social.presence
-        if presence is None:
-            return self._pollLimited(user, stream, after, typingVersion, timeout, readVersion)
-        tracker = presence.tracker
-        tracker.started(user)
-        try:
-            polled = self._pollLimited(user, stream, after, typingVersion, timeout, readVersion)
-        except BaseException:
-            tracker.ended(user)
-            raise
-        return polled.addBoth(tracker.endedWith, user)
-
-    def _pollLimited(self, user: str, stream: str, after: int | None,
-                     typingVersion: int | None, timeout: float,
-                     readVersion: int | None = None) -> defer.Deferred:
-        """
-        C{Streams.poll}, counted among C{user}'s polls on this node (conversations and inbox
-        together) while it waits: from when it is not answered at once until it is answered,
-        times out, fails or is cancelled by a disconnect. A poll answered at once is never
-        refused; one that would wait beyond C{max_polls_per_user} is withdrawn (nothing is
-        left waiting) and answered 429.
-        """
-        if self._limits is None:
-            return self._streams.poll(stream, after, typingVersion, timeout, readVersion)
-        polls = self._limits.polls
+        tracker = None if presence is None else presence.tracker
+        polls = None if self._limits is None else self._limits.polls
+        if tracker is not None:
+            tracker.started(user)
         # Counted first and released when answered: one answered at once is counted back
         # before the check, so only a poll left waiting can be over the cap.
-        polls.add(user)
+        if polls is not None:
+            polls.add(user)
         try:
             polled = self._streams.poll(stream, after, typingVersion, timeout, readVersion)
         except BaseException:
-            polls.release(user)
+            self._pollEnded(None, polls, tracker, user)
             raise
-        polled.addBoth(self._pollEnded, polls, user)
-        if polls.exceeded(user):
+        if polls is None and tracker is None:
+            return polled
+        # (One callback for both: each one a waiting poll holds is more for the collector.)
+        polled.addBoth(self._pollEnded, polls, tracker, user)
+        if polls is not None and polls.exceeded(user):
             polled.addErrback(self._withdrawn)
             polled.cancel()
             metrics.countLimited("polls_per_user")
@@ -461,8 +453,11 @@ class ChatAPI:
         return polled
 
     @staticmethod
-    def _pollEnded(result, polls, user: str):
-        polls.release(user)
+    def _pollEnded(result, polls, tracker, user: str):
+        if polls is not None:
+            polls.release(user)
+        if tracker is not None:
+            tracker.ended(user)
         return result
 
     @staticmethod
@@ -503,9 +498,9 @@ class ChatAPI:
         stream = inboxStream(user)
         after = self._intArg(request, "after", low=0)
         timeout = self._timeout(request)
-        polled = self._onStream(request, stream,
-                                lambda: self._poll(user, stream, after, None, timeout))
-        return polled.addCallback(self._inboxPolled, request)
+        return self._onStream(request, stream,
+                              lambda: self._poll(user, stream, after, None, timeout),
+                              self._inboxPolled)
 
     @staticmethod
     def _inboxPolled(result, request) -> bytes:
