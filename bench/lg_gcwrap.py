@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import atexit
 import gc
-import os
 import runpy
 import signal
 import sys
 import time
+
+from wrapargs import err, wrapperArgs
 
 
 def _describe(parent, child) -> str:
@@ -110,30 +111,13 @@ def _cycle(start, garbage) -> str:
     return None
 
 
-def _err(text: str) -> None:
-    # Straight to fd 2: twistd replaces sys.stderr with its logger, which would allocate
-    # inside the GC callback and is gone by the time atexit runs.
-    os.write(2, text.encode("utf-8", "replace"))
-
-
 def main() -> None:
-    argv = sys.argv[1:]
-    minMs = 5.0
-    census = False
-    while argv[:1] in (["--min-ms"], ["--census"], ["--threshold"]):
-        if argv[0] == "--census":
-            census = True
-            argv = argv[1:]
-        elif argv[0] == "--threshold":
-            gc.set_threshold(*(int(x) for x in argv[1].split(",")))
-            argv = argv[2:]
-        else:
-            minMs = float(argv[1])
-            argv = argv[2:]
-    if argv[:1] == ["--"]:
-        argv = argv[1:]
-    if not argv:
-        raise SystemExit(__doc__)
+    found, argv = wrapperArgs(sys.argv[1:], ("--census",), ("--min-ms", "--threshold"),
+                              __doc__)
+    minMs = float(found.get("--min-ms", 5.0))
+    census = bool(found.get("--census"))
+    if "--threshold" in found:
+        gc.set_threshold(*(int(x) for x in str(found["--threshold"]).split(",")))
     started: dict[int, float] = {}
     totals = {g: [0, 0.0, 0.0] for g in range(3)}  # count, total ms, max ms
 
@@ -148,16 +132,16 @@ def main() -> None:
         total[1] += ms
         total[2] = max(total[2], ms)
         if generation == 2:
-            _err(f"[gcwrap] {time.strftime('%H:%M:%S')} cumulative: " + ", ".join(
+            err(f"[gcwrap] {time.strftime('%H:%M:%S')} cumulative: " + ", ".join(
                 f"gen{g} {c} x {t:.0f} ms" for g, (c, t, _m) in totals.items())
                 + f"; process CPU {time.process_time():.2f} s\n")
         if generation >= 1 and ms >= minMs:
-            _err(f"[gcwrap] {time.strftime('%H:%M:%S')} gen{generation} "
+            err(f"[gcwrap] {time.strftime('%H:%M:%S')} gen{generation} "
                              f"collection {ms:.1f} ms, collected {info['collected']}\n")
         if census and generation == 2 and gc.garbage:
             from collections import Counter
             kinds = Counter(type(o).__qualname__ for o in gc.garbage)
-            _err(f"[gcwrap] census of {len(gc.garbage)} objects in cycles: "
+            err(f"[gcwrap] census of {len(gc.garbage)} objects in cycles: "
                              + ", ".join(f"{k}={n}" for k, n in kinds.most_common(20)) + "\n")
             # Tally the functions of cyclic frames and coroutines: where the cycles come from.
             where = Counter()
@@ -168,7 +152,7 @@ def main() -> None:
                     where[f"{code.co_name}@{code.co_filename.rsplit('/', 2)[-1]}"] += 1
             request = next((o for o in gc.garbage if type(o).__name__ == "HPChatRequest"), None)
             if request is not None:
-                _err("[gcwrap] what holds a request: " + _holders(request, gc.garbage)
+                err("[gcwrap] what holds a request: " + _holders(request, gc.garbage)
                                  + "\n")
             tried = 0
             for o in gc.garbage:
@@ -178,18 +162,18 @@ def main() -> None:
                 tried += 1
                 cycle = _cycle(o, gc.garbage)
                 if cycle is not None:
-                    _err(f"[gcwrap] a cycle: {cycle}\n")
+                    err(f"[gcwrap] a cycle: {cycle}\n")
                     break
                 if tried > 300:
                     break
             if where:
-                _err("[gcwrap] cyclic frames/coroutines: " + ", ".join(
+                err("[gcwrap] cyclic frames/coroutines: " + ", ".join(
                     f"{k}={n}" for k, n in where.most_common(15)) + "\n")
             gc.garbage.clear()
 
     def summary():
         for generation, (count, totalMs, maxMs) in totals.items():
-            _err(f"[gcwrap] gen{generation}: {count} collections, {totalMs:.0f} ms "
+            err(f"[gcwrap] gen{generation}: {count} collections, {totalMs:.0f} ms "
                              f"in all, longest {maxMs:.1f} ms\n")
 
     if census:

@@ -13,16 +13,13 @@ Only for diagnosis: the timing wrapper itself costs a few microseconds a call.
 from __future__ import annotations
 
 import atexit
-import os
 import runpy
 import signal
 import sys
 import time
 from collections import defaultdict
 
-
-def _err(text: str) -> None:
-    os.write(2, text.encode("utf-8", "replace"))
+from wrapargs import err, wrapperArgs
 
 
 def _name(f) -> str:
@@ -41,20 +38,9 @@ def _name(f) -> str:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    minMs = 3.0
-    each = False
-    while argv[:1] in (["--min-ms"], ["--each"]):
-        if argv[0] == "--each":
-            each = True
-            argv = argv[1:]
-        else:
-            minMs = float(argv[1])
-            argv = argv[2:]
-    if argv[:1] == ["--"]:
-        argv = argv[1:]
-    if not argv:
-        raise SystemExit(__doc__)
+    found, argv = wrapperArgs(sys.argv[1:], ("--each",), ("--min-ms",), __doc__)
+    minMs = float(found.get("--min-ms", 3.0))
+    each = bool(found.get("--each"))
     limit = minMs / 1000.0
     stalls: dict[str, list[float]] = defaultdict(list)
     clock = time.perf_counter
@@ -63,7 +49,7 @@ def main() -> None:
     def noted(name: str, seconds: float) -> None:
         stalls[name].append(seconds)
         if each:
-            _err(f"[stall] {clock() - began:9.3f} s {seconds * 1000:7.1f} ms {name}\n")
+            err(f"[stall] {clock() - began:9.3f} s {seconds * 1000:7.1f} ms {name}\n")
 
     def timed(f, name=None):
         def run(*a, **kw):
@@ -107,11 +93,11 @@ def main() -> None:
     def summary():
         elapsed = clock() - began
         total = sum(sum(v) for v in stalls.values())
-        _err(f"[stall] turns >= {minMs} ms over {elapsed:.0f} s: "
+        err(f"[stall] turns >= {minMs} ms over {elapsed:.0f} s: "
              f"{sum(len(v) for v in stalls.values())}, {total * 1000:.0f} ms in all\n")
         for name, spent in sorted(list(stalls.items()), key=lambda kv: -sum(kv[1])):
             spent = sorted(spent)
-            _err(f"[stall] {len(spent):6d} x, {sum(spent) * 1000:8.0f} ms, median "
+            err(f"[stall] {len(spent):6d} x, {sum(spent) * 1000:8.0f} ms, median "
                  f"{spent[len(spent) // 2] * 1000:6.1f} ms, longest {spent[-1] * 1000:6.1f} ms"
                  f"  {name}\n")
 

@@ -55,8 +55,8 @@ class Waiter:
     __slots__ = ("after", "typingVersion", "readVersion", "deferred", "timer", "stream",
                  "_waiters")
 
-    def __init__(self, after: int, typingVersion: int | None, readVersion: int | None = None,
-                 stream: Stream | None = None, waiters: Waiters | None = None):
+    def __init__(self, after: int, typingVersion: int | None, readVersion: int | None,
+                 stream: Stream, waiters: Waiters):
         self.after = after
         self.typingVersion = typingVersion
         self.readVersion = readVersion
@@ -68,8 +68,7 @@ class Waiter:
     def __call__(self, d: defer.Deferred[PollResult]) -> None:
         # The canceller: the HTTP layer cancels the handler's Deferred when the client goes
         # away.
-        if self._waiters is not None and self.stream is not None:
-            self._waiters._finish(self.stream, self)
+        self._waiters._finish(self.stream, self)
 
 
 def _ignore(*args: Any) -> None:
@@ -170,8 +169,7 @@ class Waiters:
 
     def _timedOut(self, waiter: Waiter) -> None:
         waiter.timer = None
-        if waiter.stream is not None:
-            self._answer(waiter.stream, waiter, [])
+        self._answer(waiter.stream, waiter, [])
 
     def _finish(self, stream: Stream, waiter: Waiter) -> defer.Deferred[PollResult] | None:
         """

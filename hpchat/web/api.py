@@ -389,8 +389,8 @@ class ChatAPI:
         typing = body.get("typing")
         if not isinstance(typing, bool):
             raise _badRequest("typing must be true or false")
-        done = self._onStream(request, cid, lambda: self._setTyping(cid, user, typing))
-        return done.addCallback(self._noContent, request)
+        return self._onStream(request, cid, lambda: self._setTyping(cid, user, typing),
+                              self._noContent)
 
     def _setTyping(self, cid: str, user: str, typing: bool) -> defer.Deferred:
         if self._limits is not None:
@@ -479,9 +479,8 @@ class ChatAPI:
         before = self._intArg(request, "before", low=1)
         limit = self._intArg(request, "limit", low=1)
         limit = DEFAULT_HISTORY if limit is None else min(limit, MAX_HISTORY)
-        found = self._onStream(request, cid,
-                               lambda: self._streams.history(cid, before, limit))
-        return found.addCallback(self._history, request)
+        return self._onStream(request, cid, lambda: self._streams.history(cid, before, limit),
+                              self._history)
 
     @staticmethod
     def _history(result, request) -> bytes:

@@ -233,8 +233,7 @@ class SocialRoutes:
                 raise StreamUnavailable(f"group {group} is not owned here")
             return self.blocks.set(user, other, on, group, token)
 
-        done = self._api._onStream(request, stream, write)
-        return done.addCallback(self._api._noContent, request)
+        return self._api._onStream(request, stream, write, self._api._noContent)
 
     def blocksList(self, request) -> defer.Deferred:
         api = _api()
