@@ -69,6 +69,8 @@ class StorageConfig:
     batch_size: int
     flush_interval: float
     max_pending: int
+    #: The interval between batches while the node is nearly idle (L{hpchat.pacing}).
+    min_flush_interval: float = 0.001
     cluster_file: str | None = None
     key_prefix: str = "hpchat"
     dsn: str | None = None
@@ -405,13 +407,20 @@ def parseConfig(text: str, path: str = "<config>") -> Config:
             raise ConfigError(path, "chat", "max_text_chars",
                               f"must be at most {FDB_MAX_TEXT_CHARS} with [storage] backend = "
                               f"foundationdb (got {chat.max_text_chars})")
+    flushInterval = s.number("flush_interval", 0.005, 0.0005, 10)
+    minFlushInterval = s.number("min_flush_interval", min(0.001, flushInterval), 0.0005, 10)
+    if minFlushInterval > flushInterval:
+        raise ConfigError(path, "storage", "min_flush_interval",
+                          f"must be at most flush_interval ({flushInterval:g}) "
+                          f"(got {minFlushInterval:g})")
     storage = StorageConfig(
         backend=backend,
         path=storagePath,
         # SQLite's cost is per transaction (its commit), so it takes bigger batches;
         # FoundationDB keeps a default batch within one transaction's limits.
         batch_size=s.integer("batch_size", 100 if backend == "foundationdb" else 1000, 1, 10000),
-        flush_interval=s.number("flush_interval", 0.005, 0.0005, 10),
+        flush_interval=flushInterval,
+        min_flush_interval=minFlushInterval,
         max_pending=s.integer("max_pending", 10000, 1, 10_000_000),
         cluster_file=clusterFile,
         key_prefix=keyPrefix,

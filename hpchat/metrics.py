@@ -59,6 +59,9 @@ persistLatency = Histogram("hpchat_persist_seconds", "Time to make one batch dur
                            buckets=_FAST, registry=REGISTRY)
 pendingEvents = Gauge("hpchat_persist_pending", "Events waiting to become durable",
                       registry=REGISTRY)
+persistInterval = Gauge("hpchat_persist_interval_seconds",
+                        "Seconds the last batch made the next wait to start (the pacing)",
+                        registry=REGISTRY)
 storeErrors = Counter("hpchat_store_errors", "Failed store calls, by kind", ["kind"],
                       registry=REGISTRY)
 overloaded = Counter("hpchat_overloaded", "Sends refused because too many were pending",

@@ -44,6 +44,7 @@ from hpchat import metrics
 from hpchat.backlog import GroupBacklog
 from hpchat.deferreds import fireAll, observer
 from hpchat.loops import guarded, retryDelays, startLoop
+from hpchat.pacing import FixedPacing, Pacing
 from hpchat.storage.base import Event, FenceRejected, OutboxEntry, StoreError, StreamConflict
 from hpchat.storage.conversations import ConversationRow, IConversationStore
 
@@ -129,6 +130,9 @@ class BatchPersister(Service):
         None (the default: no outbox).
     @param backlog: the L{GroupBacklog} that counts the queued events (default: a new one);
         shared with whoever waits for groups to drain (the ownership's hand-offs).
+    @param pacing: the L{Pacing} asked, as each batch starts, how long before the next one
+        may start unless it is full (default: C{flushInterval} always). The loop ticks every
+        C{flushInterval}, so that should be the longest interval the pacing gives.
     """
 
     log = Logger()
@@ -140,7 +144,7 @@ class BatchPersister(Service):
                  flushInterval: float = 0.005, maxPending: int = 10000,
                  fence: WriteFence | None = None,
                  outboxFor: Callable[[Event], OutboxEntry | None] | None = None,
-                 backlog: GroupBacklog | None = None):
+                 backlog: GroupBacklog | None = None, pacing: Pacing | None = None):
         self._clock = clock
         self._store = store
         self.batchSize = batchSize
@@ -149,6 +153,7 @@ class BatchPersister(Service):
         self._fence: WriteFence = fence if fence is not None else Unfenced()
         self._outboxFor = outboxFor if outboxFor is not None else (lambda event: None)
         self._backlog = backlog if backlog is not None else GroupBacklog()
+        self._pacing: Pacing = pacing if pacing is not None else FixedPacing(flushInterval)
         self._lostCallbacks: list[LostCallback] = []
         self._retryDelay = retryDelays(self.minBackoff, self.maxBackoff)
         self._queue: deque[_Pending] = deque()
@@ -164,8 +169,9 @@ class BatchPersister(Service):
         # _acknowledge), and whether that is under way.
         self._toAcknowledge: deque[list[_Pending]] = deque()
         self._acknowledging = False
-        # When the last batch started (batches start at most once per flush interval).
+        # When the last batch started, and when the next may (unless it is full).
         self._lastStart = float("-inf")
+        self._nextStart = float("-inf")
 
     def subscribeLost(self, callback: LostCallback) -> None:
         """
@@ -189,6 +195,8 @@ class BatchPersister(Service):
         super().startService()
         # Read when /metrics is scraped, not set on every change of the hot path.
         metrics.pendingEvents.set_function(lambda: len(self._queue))
+        metrics.persistInterval.set_function(
+            lambda: max(0.0, self._nextStart - self._lastStart))
         self._accepting = True
         self._loop = startLoop(self._clock, "persister", self._tick, self.flushInterval)
 
@@ -312,14 +320,18 @@ class BatchPersister(Service):
         self._queue.append(pending)
         for group in pending.groups():
             self._backlog.add(group)
-        if self._flushing is None and self._kick is None:
-            # The store is idle: a full batch goes at once, and so does the first event after
-            # a flush interval without a batch (at the end of this turn of the reactor, with
-            # whatever else it queues), instead of waiting for the loop's next tick.
-            now = self._clock.seconds()
-            if now >= self._retryAt and (len(self._queue) >= self.batchSize
-                                         or now - self._lastStart >= self.flushInterval):
-                self._kick = self._clock.callLater(0, self._kicked)
+        if self._flushing is None:
+            # The store is idle: a full batch goes at once, and so does an event once the
+            # pacing's interval since the last batch started has passed (at the end of this
+            # turn of the reactor, with whatever else it queues), not at the loop's next tick.
+            if self._kick is None:
+                now = self._clock.seconds()
+                if now >= self._retryAt:
+                    wait = 0.0 if len(self._queue) >= self.batchSize else self._nextStart - now
+                    self._kick = self._clock.callLater(max(0.0, wait), self._kicked)
+            elif (len(self._queue) >= self.batchSize
+                  and self._kick.getTime() > self._clock.seconds()):
+                self._kick.reset(0)
         return pending.deferred
 
     # -- the loop
@@ -350,6 +362,7 @@ class BatchPersister(Service):
         if not batch:
             return defer.succeed(None)
         started = self._lastStart = self._clock.seconds()
+        self._nextStart = started + self._pacing.interval(started)
         outbox = [p.outbox for p in batch if p.outbox is not None]
         events: list[Event] = []
         for p in batch:
@@ -443,13 +456,13 @@ class BatchPersister(Service):
         metrics.persistLatency.observe(self._clock.seconds() - started)
         # Group commit: the store takes the next batch before this one's callbacks run (they
         # answer requests and wake polls), so that it is not idle meanwhile; but batches start
-        # at most once per flush interval (unless one is full), so that under load each
-        # commit, whose fsync costs the same however many events it holds, carries more.
+        # at most once per the pacing's interval (unless one is full), so that under load
+        # each commit, whose fsync costs the same however many events it holds, carries more.
         self._flushing = None
         self._toAcknowledge.append(batch)
         try:
             if self._queue and self._accepting:
-                wait = started + self.flushInterval - self._clock.seconds()
+                wait = self._nextStart - self._clock.seconds()
                 if wait <= 0 or len(self._queue) >= self.batchSize:
                     self._flush()
                 elif self._kick is None:

@@ -83,6 +83,7 @@ def buildNode(config: Config, reactor: Any, configPath: str = "<config>") -> HPC
     from hpchat.limits import UserLimits
     from hpchat.notify import InboxRouter, messageNotification, outboxEntry, parseNotification
     from hpchat.outbox import OutboxPublisher
+    from hpchat.pacing import CommitPacing
     from hpchat.persister import BatchPersister
     from hpchat.presence import Presence
     from hpchat.storage.blocklist import IBlockStore
@@ -117,7 +118,9 @@ def buildNode(config: Config, reactor: Any, configPath: str = "<config>") -> HPC
     persister = BatchPersister(reactor, store, batchSize=config.storage.batch_size,
                                flushInterval=config.storage.flush_interval,
                                maxPending=config.storage.max_pending, fence=ownership,
-                               outboxFor=outboxEntry, backlog=backlog)
+                               outboxFor=outboxEntry, backlog=backlog,
+                               pacing=CommitPacing(config.storage.min_flush_interval,
+                                                   config.storage.flush_interval))
 
     streams = Streams(reactor, store, persister, ownership, groups=config.chat.groups,
                       historyInMemory=config.chat.history_in_memory,

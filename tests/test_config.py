@@ -48,6 +48,16 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(parseConfig(MINIMAL + "[chat]\nstream_heartbeat = 2.5\n",
                                      "x.ini").chat.stream_heartbeat, 2.5)
 
+    def test_minFlushIntervalDefault(self):
+        """
+        The interval of a nearly idle node is 1 ms, or flush_interval when that is shorter.
+        """
+        storage = parseConfig(MINIMAL, "etc/x.ini").storage
+        self.assertEqual((storage.flush_interval, storage.min_flush_interval), (0.005, 0.001))
+        storage = parseConfig(MINIMAL + "[storage]\nflush_interval = 0.0007\n",
+                              "etc/x.ini").storage
+        self.assertEqual(storage.min_flush_interval, 0.0007)
+
     def test_shippedConfigIsValid(self):
         """
         etc/hpchat.ini parses, has no [cluster] or [nsq], and keeps dev_login off.
@@ -119,6 +129,8 @@ class ConfigTests(SynchronousTestCase):
              "[chat] stream_heartbeat: must be a number"),
             (MINIMAL + "[storage]\nbackend = oracle\n", "[storage] backend"),
             (MINIMAL + "[storage]\nbatchsize = 5\n", "[storage] batchsize: is not a known"),
+            (MINIMAL + "[storage]\nflush_interval = 0.002\nmin_flush_interval = 0.003\n",
+             "[storage] min_flush_interval: must be at most flush_interval (0.002)"),
             (MINIMAL.replace("0123456789abcdef0123456789abcdef", "short"),
              "[auth] secret: must be at least 32 bytes"),
             (MINIMAL.replace("secret = 0123456789abcdef0123456789abcdef", ""),

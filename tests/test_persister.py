@@ -428,6 +428,55 @@ class PersisterTests(SynchronousTestCase):
         for d in queued:
             self.successResultOf(d)
 
+    def test_batchesStartThePacingsIntervalApart(self):
+        """
+        The interval is the pacing's, asked as each batch starts: an event that finds the
+        store idle goes at once when the interval the last batch was given has passed, and
+        else when it passes (not at the loop's next tick).
+        """
+        # Binary fractions of a second, so that the clock's sums are exact.
+        intervals = [2 ** -9, 2 ** -7, 2 ** -7]
+        asked: list[float] = []
+
+        class Pacing:
+            def interval(self, now: float) -> float:
+                asked.append(now)
+                return intervals[len(asked) - 1]
+
+        self.build(pacing=Pacing(), flushInterval=1.0)
+        self.clock.advance(1.0)
+        first = self.persister.enqueue(ev(1), 1)
+        self.clock.advance(0)
+        self.successResultOf(first)
+        self.clock.advance(2 ** -9)
+        second = self.persister.enqueue(ev(2), 1)
+        self.clock.advance(0)
+        self.successResultOf(second)
+        self.assertEqual(asked, [1.0, 1.0 + 2 ** -9])
+        self.clock.advance(2 ** -7 - 2 ** -10)
+        third = self.persister.enqueue(ev(3), 1)
+        self.clock.advance(0)
+        self.assertNoResult(third)
+        self.clock.advance(2 ** -10)
+        self.successResultOf(third)
+
+    def test_fullBatchDoesNotWaitForThePacing(self):
+        """
+        A batch that fills while the next start waits for the interval goes at once.
+        """
+        self.build(flushInterval=1.0)
+        self.clock.advance(1.0)
+        self.persister.enqueue(ev(1), 1)
+        self.clock.advance(0)
+        waiting = [self.persister.enqueue(ev(i), 1) for i in (2, 3)]
+        self.clock.advance(0)
+        self.assertNoResult(waiting[0])
+        waiting.append(self.persister.enqueue(ev(4), 1))
+        self.clock.advance(0)
+        for d in waiting:
+            self.successResultOf(d)
+        self.assertEqual([len(b) for b in self.appends()], [1, 3])
+
     def test_stopTimeoutBoundsABatchInFlight(self):
         """
         When the store holds a batch past stopTimeout at shutdown, stopService still fires
