@@ -51,7 +51,7 @@ class CommitPacing:
     first reading alone counts.
     """
 
-    SAMPLE = 0.25
+    SAMPLE = 0.1
     IDLE = 0.5
     BUSY = 0.8
 
