@@ -15,26 +15,30 @@ _VERSION_BITS = (0x4000 << 64) | (0x8000 << 48)
 
 
 class _Pool:
-    __slots__ = ("data", "offset", "pid")
+    __slots__ = ("data", "offset")
 
     def __init__(self) -> None:
         self.data = b""
         self.offset = 0
-        self.pid = 0
+
+    def drop(self) -> None:
+        self.data, self.offset = b"", 0
 
 
 _pool = _Pool()
+# A forked child reads bytes of its own, never its parent's: the pool is emptied in the child
+# (a getpid() per id, to notice a fork, was a system call per message).
+os.register_at_fork(after_in_child=_pool.drop)
 
 
 def newEventId() -> str:
     """
-    A new random id, formatted as C{uuid.uuid4().hex} (version and variant bits set). A
-    forked process reads bytes of its own, never its parent's.
+    A new random id, formatted as C{uuid.uuid4().hex} (version and variant bits set).
     """
     pool = _pool
     offset = pool.offset
-    if offset + 16 > len(pool.data) or pool.pid != os.getpid():
-        pool.data, pool.pid, offset = os.urandom(_POOL_BYTES), os.getpid(), 0
+    if offset + 16 > len(pool.data):
+        pool.data, offset = os.urandom(_POOL_BYTES), 0
     pool.offset = offset + 16
     value = int.from_bytes(pool.data[offset:offset + 16], "big")
     return "%032x" % ((value & _VERSION_MASK) | _VERSION_BITS)

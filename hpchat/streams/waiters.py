@@ -4,7 +4,8 @@ Long-poll waiters, in the shape of Synapse's notifier (C{synapse/notifier.py}): 
 keeps its listeners, each keyed by what it waits for (events after a seq, a typing version, a
 read version); the cursors are compared before waiting; a waiter is woken when what it waits
 for changes, or by its clock timeout, and has one Deferred whose canceller deregisters it (the
-HTTP layer cancels when the client goes away). Answering a waiter cancels its timeout.
+HTTP layer cancels when the client goes away). Answering a waiter forgets its timeout; the
+timeouts of all waiters share one timer (L{hpchat.deadlines.Deadlines}).
 
 Unlike Synapse's listeners, which are woken and then look again, a waiter here is answered
 directly with the events that woke it: a commit wakes only the waiters whose cursor is behind,
@@ -24,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hpchat.deadlines import Deadlines
 from hpchat.storage.base import Event, IEventStore
 from hpchat.streams.readmarkers import readVersion as readVersionOf
 from hpchat.streams.state import MAX_EVENTS_PER_POLL, CursorAhead, Stream
@@ -46,13 +48,13 @@ class PollResult:
 
 class Waiter:
     """
-    One waiting poll on C{stream}: what it waits for, its Deferred and its timeout (both
-    C{None} once it is answered). It is its Deferred's canceller itself: two closures per
+    One waiting poll on C{stream}: what it waits for, its Deferred and its timeout's bucket
+    (both C{None} once it is answered). It is its Deferred's canceller itself: two closures per
     poll (a canceller and a timeout) and their cells were a tenth of the objects a waiting
     poll keeps for the garbage collector to visit.
     """
 
-    __slots__ = ("after", "typingVersion", "readVersion", "deferred", "timer", "stream",
+    __slots__ = ("after", "typingVersion", "readVersion", "deferred", "bucket", "stream",
                  "_waiters")
 
     def __init__(self, after: int, typingVersion: int | None, readVersion: int | None,
@@ -61,7 +63,7 @@ class Waiter:
         self.typingVersion = typingVersion
         self.readVersion = readVersion
         self.deferred: defer.Deferred[PollResult] | None = None
-        self.timer: IDelayedCall | None = None
+        self.bucket: int | None = None
         self.stream = stream
         self._waiters = waiters
 
@@ -131,6 +133,7 @@ class Waiters:
         self._clock = clock
         self._store = store
         self.count = 0
+        self._deadlines: Deadlines[Waiter] = Deadlines(clock, self._timedOut)
 
     def poll(self, stream: Stream, after: int | None, typingVersion: int | None,
              timeout: float, readVersion: int | None = None) -> defer.Deferred[PollResult]:
@@ -162,29 +165,28 @@ class Waiters:
         waiter = Waiter(after, typingVersion, readVersion, stream, self)
         d: defer.Deferred[PollResult] = defer.Deferred(waiter)
         waiter.deferred = d
-        waiter.timer = self._clock.callLater(timeout, self._timedOut, waiter)
+        waiter.bucket = self._deadlines.add(waiter, timeout)
         stream.waiters.add(waiter)
         self.count += 1
         return d
 
     def _timedOut(self, waiter: Waiter) -> None:
-        waiter.timer = None
+        waiter.bucket = None
         self._answer(waiter.stream, waiter, [])
 
     def _finish(self, stream: Stream, waiter: Waiter) -> defer.Deferred[PollResult] | None:
         """
-        Forget C{waiter}: out of the stream's set, its timer cancelled. Returns its Deferred
-        (None if it was answered already) for the caller to fire, and drops the waiter's
-        references to it and to its timer, so that no reference cycle (waiter -> Deferred ->
+        Forget C{waiter}: out of the stream's set and its timeout's bucket. Returns its
+        Deferred (None if it was answered already) for the caller to fire, and drops the
+        waiter's reference to it, so that no reference cycle (waiter -> Deferred ->
         canceller -> waiter) is left for the garbage collector.
         """
         if waiter in stream.waiters:
             stream.waiters.discard(waiter)
             self.count -= 1
-        if waiter.timer is not None:
-            if waiter.timer.active():
-                waiter.timer.cancel()
-            waiter.timer = None
+        if waiter.bucket is not None:
+            self._deadlines.discard(waiter, waiter.bucket)
+            waiter.bucket = None
         stream.lastUsed = self._clock.seconds()
         d, waiter.deferred = waiter.deferred, None
         return d
