@@ -46,7 +46,10 @@ class StreamsTestCase(SynchronousTestCase):
         self.successResultOf(self.persister.stopService())
 
     def waiterTimers(self):
-        return [c for c in self.clock.getDelayedCalls() if "timedOut" in repr(c.func)]
+        """
+        The timer of the waiters' timeouts (one for all of them), if it is on the clock.
+        """
+        return [c for c in self.clock.getDelayedCalls() if "Deadlines._fire" in repr(c.func)]
 
     def send(self, text="hi", sender="alice", clientId=None, stream=CID):
         d = self.streams.send(stream, sender, text, clientId)
@@ -85,6 +88,26 @@ class LifecycleTests(StreamsTestCase):
         self.streams._streams.clear()
         event, _ = self.sent("c")
         self.assertEqual(event.seq, 3)
+
+    def test_groupOfALoadedStreamIsItsOwn(self) -> None:
+        """
+        The group of a stream in memory is the one it was loaded under, without hashing its
+        name again; of any other, the hash of its name.
+        """
+        from hpchat import streamids
+        from hpchat.streams import service
+
+        expected = streamids.groupOf(CID, self.streams.groups)
+        self.assertEqual(self.streams.groupOf(CID), expected)
+        stream = self.successResultOf(self.streams.get(CID))
+        self.assertEqual(stream.group, expected)
+
+        def hashed(name: str, groups: int) -> int:
+            raise AssertionError(f"hashed {name!r} again")
+
+        self.patch(service, "groupOf", hashed)
+        self.assertEqual(self.streams.groupOf(CID), expected)
+        self.assertRaises(AssertionError, self.streams.groupOf, "inbox:carol")
 
     def test_notOwnedIsUnavailable(self) -> None:
         """

@@ -34,6 +34,7 @@ class PollTests(StreamsTestCase):
         """
         poll = self.streams.poll(CID, None, None, 30)
         self.assertNoResult(poll)
+        self.assertEqual(len(self.waiterTimers()), 1)
         event, _ = self.sent("hi")
         self.assertEqual(self.successResultOf(poll).events, [event])
         self.assertEqual(self.waiterTimers(), [])

@@ -123,7 +123,10 @@ class Streams(Service):
     # -- the streams in memory
 
     def groupOf(self, name: str) -> int:
-        return groupOf(name, self.groups)
+        # A stream in memory knows its group: a dictionary lookup instead of the hash (about
+        # a microsecond, and several per message).
+        stream = self._streams.get(name)
+        return stream.group if stream is not None else groupOf(name, self.groups)
 
     def current(self, name: str) -> Stream | None:
         """
