@@ -6,7 +6,7 @@ A timer per poll (C{reactor.callLater}) costs its DelayedCall, a push onto the r
 of every pending call, whose order is a Python-level comparison (some 14 of them with 10,000
 polls waiting), and a cancellation when the poll is answered, nearly always before it times
 out. The reactor drops cancelled calls by rebuilding its heap once they are half of it: with
-10,000 polls waiting, a pause of 4-6 ms every few seconds. L{Deadlines} keeps the waiting
+10,000 polls waiting, a pause of 4-7 ms every few seconds. L{Deadlines} keeps the waiting
 items in buckets of C{resolution} seconds by deadline, with one timer for the earliest
 bucket: adding and discarding an item is a set operation. A bucket fires when its latest
 deadline has passed, so an item's timeout comes at most C{resolution} late, never early.

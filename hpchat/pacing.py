@@ -6,7 +6,7 @@ A commit costs the store about the same however many events it holds (SQLite: so
 of CPU and an fsync), so under load the persister waits a flush interval between batches and
 each commit carries more. While the node has CPU to spare, that wait is only latency: at 200
 messages/s on 5,000 event streams a 5 ms interval doubled the median delivery (6.5 against
-3.2 ms), while at the saturation point a 1 ms interval cost 6 % of the throughput.
+3.2 ms), while at the saturation point a 1 ms interval cost 5 % of the throughput.
 L{CommitPacing} shortens the interval while the node's process is idle enough and lengthens
 it as the process gets busy.
 """
