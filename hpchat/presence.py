@@ -66,6 +66,8 @@ class PresenceHome:
         self.onlineWriteInterval = onlineWriteInterval
         # user -> reporting node -> what it said last.
         self._seen: dict[str, dict[str, _Seen]] = {}
+        # user (in _seen) -> the group of their inbox.
+        self._groupOf: dict[str, int] = {}
         # user -> last_seen to make durable.
         self._dirty: dict[str, float] = {}
         # The users in _seen, visited a slice per persist (see persist).
@@ -75,7 +77,10 @@ class PresenceHome:
         self._written: ObservableDeferred[None] | None = None
 
     def _group(self, user: str) -> int:
-        return groupOf(inboxStream(user), self._groups)
+        # The users in _seen keep their group: a refresh reports each of them every
+        # refreshInterval, and the hash of the name costs about a microsecond each time.
+        group = self._groupOf.get(user)
+        return group if group is not None else groupOf(inboxStream(user), self._groups)
 
     def report(self, node: str, reports: dict[str, Report]) -> None:
         """
@@ -83,11 +88,13 @@ class PresenceHome:
         """
         now = self._clock.seconds()
         for user, (online, at) in reports.items():
-            if self._ownership.tokenFor(self._group(user)) is None:
+            group = self._group(user)
+            if self._ownership.tokenFor(group) is None:
                 continue
             nodes = self._seen.get(user)
             if nodes is None:
                 nodes = self._seen[user] = {}
+                self._groupOf[user] = group
                 self._sweep.add(user)
             nodes[node] = _Seen(bool(online), float(at), now)
             if not online:
@@ -132,6 +139,7 @@ class PresenceHome:
         groups = set(groups)
         for user in [u for u in self._seen if self._group(u) in groups]:
             del self._seen[user]
+            del self._groupOf[user]
             self._sweep.discard(user)
             self._dirty.pop(user, None)
 
@@ -202,6 +210,7 @@ class PresenceHome:
             if (nodes is not None and user not in self._dirty
                     and all(gone(s) for s in nodes.values())):
                 del self._seen[user]
+                del self._groupOf[user]
                 self._sweep.discard(user)
 
 

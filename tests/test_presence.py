@@ -76,6 +76,7 @@ class HomeTests(SynchronousTestCase):
         self.clock.advance(61)
         self.successResultOf(defer.maybeDeferred(self.home.persist))
         self.assertNotIn("alice", self.home._seen)
+        self.assertNotIn("alice", self.home._groupOf)
         self.assertEqual(self.lookup("alice")["alice"][0], False)
 
     def test_storedLastSeen(self):
@@ -162,6 +163,24 @@ class HomeTests(SynchronousTestCase):
         self.home.report("n1", {"alice": (True, 1000.0)})
         self.home.dropGroups([group("alice")])
         self.assertEqual(self.lookup("alice"), {"alice": (False, None)})
+        self.assertEqual(self.home._groupOf, {})
+
+    def test_knownUsersGroupNotHashedAgain(self):
+        """
+        A user the home remembers keeps the group of their inbox: the refreshes that report
+        them again do not hash their name.
+        """
+        from hpchat import presence
+
+        self.home.report("n1", {"alice": (True, 1000.0)})
+        self.assertEqual(self.home._groupOf, {"alice": group("alice")})
+
+        def hashed(stream: str, groups: int) -> int:
+            raise AssertionError(f"hashed {stream!r} again")
+
+        self.patch(presence, "groupOf", hashed)
+        self.home.report("n2", {"alice": (True, 1001.0)})
+        self.assertEqual(self.lookup("alice")["alice"][0], True)
 
 
 class TrackerTests(SynchronousTestCase):
