@@ -65,10 +65,9 @@ class Deadlines(Generic[T]):
             if deadline <= held[1][0]:
                 return bucket
             held[1][0] = deadline
-        if self._timerBucket is None or bucket < self._timerBucket:
+        # An earlier bucket than the timer's, or the timer's own with a later deadline.
+        if self._timerBucket is None or bucket <= self._timerBucket:
             self._schedule(bucket, deadline)
-        elif bucket == self._timerBucket and self._timer is not None:
-            self._timer.reset(max(0.0, deadline - self._clock.seconds()))
         return bucket
 
     def discard(self, item: T, bucket: int) -> None:
@@ -105,11 +104,7 @@ class Deadlines(Generic[T]):
                 self.clear()
                 return
             bucket = order[0]
-            held = self._buckets.get(bucket)
-            if held is None:
-                heapq.heappop(order)
-                continue
-            items, latest = held
+            items, latest = self._buckets[bucket]
             if latest[0] > now:
                 self._schedule(bucket, latest[0])
                 return

@@ -169,9 +169,10 @@ class BatchPersister(Service):
         # _acknowledge), and whether that is under way.
         self._toAcknowledge: deque[list[_Pending]] = deque()
         self._acknowledging = False
-        # When the last batch started, and when the next may (unless it is full).
-        self._lastStart = float("-inf")
+        # When the next batch may start (unless it is full), and the pacing's interval that
+        # the last one gave.
         self._nextStart = float("-inf")
+        self._interval = 0.0
 
     def subscribeLost(self, callback: LostCallback) -> None:
         """
@@ -195,8 +196,7 @@ class BatchPersister(Service):
         super().startService()
         # Read when /metrics is scraped, not set on every change of the hot path.
         metrics.pendingEvents.set_function(lambda: len(self._queue))
-        metrics.persistInterval.set_function(
-            lambda: max(0.0, self._nextStart - self._lastStart))
+        metrics.persistInterval.set_function(lambda: self._interval)
         self._accepting = True
         self._loop = startLoop(self._clock, "persister", self._tick, self.flushInterval)
 
@@ -361,8 +361,9 @@ class BatchPersister(Service):
             fences = self._fencesOf(batch)
         if not batch:
             return defer.succeed(None)
-        started = self._lastStart = self._clock.seconds()
-        self._nextStart = started + self._pacing.interval(started)
+        started = self._clock.seconds()
+        self._interval = self._pacing.interval(started)
+        self._nextStart = started + self._interval
         outbox = [p.outbox for p in batch if p.outbox is not None]
         events: list[Event] = []
         for p in batch:
