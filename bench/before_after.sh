@@ -4,6 +4,8 @@
 #   REV             the commit OTHER_CHECKOUT holds (git worktree add --detach DIR REV)
 #   C:R ...         points (default 1000:500 10000:500), each run twice per tree
 #   LG_ARGS=...     more load generator arguments (LG_ARGS="--target hpchat-sse": streams)
+#   NODE_ARGS=...   more bench/lg_node.py arguments (NODE_ARGS="--node-setting
+#                   chat.history_in_memory=20": conversations longer than their memory)
 # The node runs on core 0, the generator on core 1; JSON lines go to
 # bench/results/before-after.jsonl (their "source.commit" tells the trees apart).
 set -euo pipefail
@@ -22,7 +24,7 @@ for rep in 1 2; do
         rate=${point##*:}
         for tree in "$other" "$here"; do
             (cd "$tree" && PYTHONPATH=$tree taskset -c 1 "$python" bench/lg_node.py \
-                --wrap "taskset -c 0" -- -c "$clients" -r "$rate" --duration 15 \
+                ${NODE_ARGS:-} --wrap "taskset -c 0" -- -c "$clients" -r "$rate" --duration 15 \
                 --ramp-rate 1000 -q ${LG_ARGS:-} --json-out "$out" > /dev/null)
             echo "$(git -C "$tree" rev-parse --short HEAD) C=$clients R=$rate ${LG_ARGS:-} run $rep: done"
         done

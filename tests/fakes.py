@@ -83,6 +83,7 @@ class MemoryEventStore:
 
     @ivar batches: every successfully written batch, as C{(events, fences)}.
     @ivar appendCalls: the number of calls to L{append}.
+    @ivar lookups: the number of calls to L{findClientId} and L{findEventId}.
     @ivar outbox: the pending outbox entries, by id.
     """
 
@@ -94,6 +95,7 @@ class MemoryEventStore:
         #: Every successfully written batch, as C{(events, conversation rows)}.
         self.rowBatches: list[tuple[list[Event], list]] = []
         self.appendCalls = 0
+        self.lookups = 0
         self.claims: list[tuple[int, int, str]] = []
         self.outbox: dict[str, OutboxEntry] = {}
         #: Conversation summaries by (user, stream).
@@ -259,12 +261,14 @@ class MemoryEventStore:
         return defer.succeed([_copy(e) for e in (events[-limit:] if limit > 0 else [])])
 
     def findClientId(self, stream, sender, client_id):
+        self.lookups += 1
         for e in self.stored(stream):
             if e.sender == sender and e.client_id == client_id:
                 return defer.succeed(_copy(e))
         return defer.succeed(None)
 
     def findEventId(self, stream, id):
+        self.lookups += 1
         for e in self.stored(stream):
             if e.id == id:
                 return defer.succeed(_copy(e))

@@ -77,6 +77,35 @@ class SendTests(StreamsTestCase):
         again, created = self.sent("a", clientId="old")
         self.assertEqual((again, created), (first, False))
 
+    def test_newClientIdsBeyondMemoryAskNoStore(self) -> None:
+        """
+        A stream that has stayed in memory since its start tells a new client_id from a
+        repeat without the store, however far its log has moved on; the repeat of a message
+        dropped from the log is looked up in the store and answered with the original.
+        """
+        first, _ = self.sent("a", clientId="old")
+        for i in range(self.history * 2):
+            self.assertTrue(self.sent(f"m{i}", clientId=f"k{i}")[1])
+        self.assertEqual(self.store.lookups, 0)
+        again, created = self.sent("a", clientId="old")
+        self.assertEqual((again, created, self.store.lookups), (first, False, 1))
+        self.assertEqual(self.sent("b", sender="bob", clientId="old")[0].seq,
+                         self.history * 2 + 2)
+        self.assertEqual(len(self.store.events[CID]), self.history * 2 + 2)
+
+    def test_aStreamLoadedWithoutItsStartAsksTheStore(self) -> None:
+        """
+        Loaded again with only its recent events, a stream cannot tell a new client_id from
+        one of its older messages: each new one is looked up in the store.
+        """
+        for i in range(self.history + 2):
+            self.sent(f"m{i}", clientId=f"k{i}")
+        self.streams.dropGroups([self.streams.groupOf(CID)])
+        self.assertTrue(self.sent("new", clientId="new")[1])
+        self.assertEqual(self.store.lookups, 1)
+        again, created = self.sent("m0", clientId="k0")
+        self.assertEqual((again.seq, created, self.store.lookups), (1, False, 2))
+
     def notify(self, nid, type="message", user="bob"):
         d = self.streams.appendNotification(user, f"inbox:{user}", nid, type, "alice",
                                             {"conversation": CID, "seq": 1})

@@ -9,7 +9,13 @@ from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from hpchat.storage.base import Event, StreamSnapshot
-from hpchat.streams.state import MAX_EVENTS_PER_POLL, Stream, dedupeKey, participants
+from hpchat.streams.state import (
+    DROPPED_KEYS_PER_EVENT,
+    MAX_EVENTS_PER_POLL,
+    Stream,
+    dedupeKey,
+    participants,
+)
 
 CID = "dm:alice:bob"
 
@@ -57,22 +63,56 @@ class LogTests(SynchronousTestCase):
 
     def test_rememberDropsTheOldest(self) -> None:
         """
-        A full log drops its oldest event and that event's dedupe key, and then no longer
-        holds the whole stream.
+        A full log drops its oldest event and that event's dedupe key; while the stream's
+        keys are all known, the dropped key is kept as a fingerprint, so that memory still
+        tells a new key from a repeat (one to look up in the store).
         """
         s = stream([message(1, "a"), message(2, "b"), message(3, "c")])
-        self.assertTrue(s.complete)
+        self.assertTrue(s.unused(("c", "alice", "d")))
         s.remember(message(4, "d"))
-        self.assertEqual(([e.seq for e in s.recent], s.lastSeq, s.complete), ([2, 3, 4], 4, False))
+        self.assertEqual(([e.seq for e in s.recent], s.lastSeq), ([2, 3, 4], 4))
         self.assertIsNone(s.findInMemory(("c", "alice", "a")))
         self.assertEqual(s.findInMemory(("c", "alice", "d")), message(4, "d"))
+        self.assertFalse(s.unused(("c", "alice", "a")))
+        self.assertFalse(s.unused(("c", "alice", "d")))
+        self.assertTrue(s.unused(("c", "alice", "e")))
+        self.assertTrue(s.unused(("c", "bob", "a")))
 
-    def test_completeness(self) -> None:
+    def test_keysKnownFromTheStart(self) -> None:
         """
-        A stream is complete in memory when its log starts at seq 1, or it is empty.
+        Memory knows every key of a stream loaded from its start (or empty); of one loaded
+        without it, none can be told unused.
         """
-        self.assertTrue(stream([], lastSeq=0).complete)
-        self.assertFalse(stream([message(2), message(3)]).complete)
+        self.assertTrue(stream([], lastSeq=0).unused(("c", "alice", "a")))
+        self.assertTrue(stream([message(1, "a")]).unused(("c", "alice", "b")))
+        partial = stream([message(2, "b"), message(3)])
+        self.assertFalse(partial.unused(("c", "alice", "x")))
+        self.assertIsNotNone(partial.findInMemory(("c", "alice", "b")))
+
+    def test_droppedKeysAreBounded(self) -> None:
+        """
+        At most DROPPED_KEYS_PER_EVENT fingerprints per event of the log: past that, memory
+        no longer tells a key unused, and keeps no fingerprints.
+        """
+        s = stream([], lastSeq=0, history=2)
+        bound = DROPPED_KEYS_PER_EVENT * 2
+        for seq in range(1, bound + 3):
+            s.remember(message(seq, f"k{seq}"))
+        self.assertEqual(len(s.dropped or ()), bound)
+        self.assertTrue(s.unused(("c", "alice", "new")))
+        self.assertFalse(s.unused(("c", "alice", "k1")))
+        s.remember(message(bound + 3, "last"))
+        self.assertIsNone(s.dropped)
+        self.assertFalse(s.unused(("c", "alice", "new")))
+        self.assertIsNotNone(s.findInMemory(("c", "alice", "last")))
+
+    def test_keylessEventsKeepNoFingerprint(self) -> None:
+        """
+        A message without a client id has no key, and leaves none when dropped.
+        """
+        s = stream([message(1), message(2)], history=2)
+        s.remember(message(3))
+        self.assertEqual(s.dropped, set())
 
     def test_dedupeKeys(self) -> None:
         """

@@ -97,8 +97,9 @@ class Appends:
         # A caller that goes away does not stop the write: others will see the event. What
         # _appendTo returns is already the caller's own (see _write).
         stream = self._table.current(name)
-        if stream is not None and (key is None or stream.complete or key in stream.inFlight
-                                   or stream.findInMemory(key) is not None):
+        if stream is not None and (key is None or key in stream.inFlight
+                                   or stream.findInMemory(key) is not None
+                                   or stream.unused(key)):
             # The common case, decided from memory alone.
             try:
                 return self._appendTo(stream, type, sender, data, clientId, eventId, key)
@@ -234,8 +235,8 @@ class Appends:
         """
         The event already written (or being written) under dedupe C{key}, if any.
         """
-        if not stream.complete and key not in stream.inFlight \
-                and stream.findInMemory(key) is None:
+        if key not in stream.inFlight and stream.findInMemory(key) is None \
+                and not stream.unused(key):
             if key[0] == "c":
                 stored = await self._store.findClientId(stream.name, key[1], key[2])
             else:

@@ -32,6 +32,10 @@ MAX_EVENTS_PER_POLL = 100
 #: What makes an event a repeat: C{("c", sender, client_id)} or C{("n", id)}.
 DedupeKey = tuple[str | None, ...]
 
+#: How many dedupe keys of events dropped from a stream's log it keeps (as fingerprints), per
+#: event the log holds: a fingerprint costs about a fifth of an event's memory.
+DROPPED_KEYS_PER_EVENT = 5
+
 
 class StreamUnavailable(Exception):
     """
@@ -79,7 +83,7 @@ class Stream:
     parts only.
     """
 
-    __slots__ = ("name", "group", "token", "lastSeq", "nextSeq", "recent", "complete",
+    __slots__ = ("name", "group", "token", "lastSeq", "nextSeq", "recent", "dropped",
                  "waiters", "listeners", "typing", "typingVersion", "inFlight", "lastUsed", "keys",
                  "users", "reads", "readsQueued", "readsInFlight", "updated")
 
@@ -97,10 +101,12 @@ class Stream:
             key = dedupeKey(event)
             if key is not None:
                 self.keys[key] = event
-        # True while the log in memory starts at seq 1, i.e. it holds the whole stream.
-        self.complete = not self.recent or self.recent[0].seq == 1
-        if snapshot.last_seq == 0:
-            self.complete = True
+        # While every dedupe key of the stream is known here: the fingerprints (hashes) of
+        # the keys of the events dropped from `recent`, so that a send with a new client_id
+        # is told from a repeat without asking the store. None when they are not all known:
+        # the stream was loaded without its start, or more were dropped than the bound.
+        whole = not self.recent or self.recent[0].seq == 1 or snapshot.last_seq == 0
+        self.dropped: set[int] | None = set() if whole else None
         self.waiters: set[Waiter] = set()
         # (A dict for its order: the listeners are told in the order they came.)
         self.listeners: dict[Listener, None] = {}
@@ -154,10 +160,20 @@ class Stream:
     def findInMemory(self, key: DedupeKey) -> Event | None:
         return self.keys.get(key)
 
+    def unused(self, key: DedupeKey) -> bool:
+        """
+        Whether memory alone tells that no event of this stream has dedupe key C{key}: every
+        key of the stream is known here and C{key} is none of them. (A fingerprint that
+        matches by chance only sends the lookup to the store.)
+        """
+        dropped = self.dropped
+        return dropped is not None and key not in self.keys and hash(key) not in dropped
+
     def remember(self, event: Event) -> None:
         """
-        Make the committed C{event} the last one: append it to the log in memory (dropping
-        the oldest when full, and then the log no longer holds the whole stream).
+        Make the committed C{event} the last one: append it to the log in memory, dropping
+        the oldest when full (its dedupe key kept as a fingerprint while they are all known,
+        up to DROPPED_KEYS_PER_EVENT per event of the log).
         """
         self.lastSeq = event.seq
         recent = self.recent
@@ -165,12 +181,16 @@ class Stream:
             oldest = dedupeKey(recent[0])
             if oldest is not None:
                 self.keys.pop(oldest, None)
+                dropped = self.dropped
+                if dropped is not None:
+                    if len(dropped) < DROPPED_KEYS_PER_EVENT * len(recent):
+                        dropped.add(hash(oldest))
+                    else:
+                        self.dropped = None
         recent.append(event)
         key = dedupeKey(event)
         if key is not None:
             self.keys[key] = event
-        if self.complete and recent[0].seq != 1:
-            self.complete = False
 
     def clearTyping(self) -> None:
         """
@@ -208,5 +228,5 @@ class StreamTable(Protocol):
         """Forget C{stream}; its waiters fail with C{reason}."""
 
 
-__all__ = ["MAX_EVENTS_PER_POLL", "CursorAhead", "DedupeKey", "Stream", "StreamTable",
-           "StreamUnavailable", "dedupeKey", "participants"]
+__all__ = ["DROPPED_KEYS_PER_EVENT", "MAX_EVENTS_PER_POLL", "CursorAhead", "DedupeKey", "Stream",
+           "StreamTable", "StreamUnavailable", "dedupeKey", "participants"]
