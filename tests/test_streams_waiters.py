@@ -160,6 +160,23 @@ class WaitersTests(SynchronousTestCase):
         self.assertEqual([e.seq for e in self.successResultOf(waiting).events], [3])
         self.assertEqual((self.waiters.count, self.clock.getDelayedCalls()), (0, []))
 
+    def test_sameCursorSharesOneResult(self) -> None:
+        """
+        The waiters a commit answers share one result per cursor: the same object for the
+        same cursor, each its own events for another.
+        """
+        one = self.waiters.poll(self.stream, 2, None, 30)
+        two = self.waiters.poll(self.stream, 2, None, 30)
+        self.stream.remember(message(3))
+        later = self.waiters.poll(self.stream, 3, None, 30)
+        self.stream.remember(message(4))
+        self.waiters.wake(self.stream, typingChanged=False)
+        first, second, third = map(self.successResultOf, (one, two, later))
+        self.assertIs(first, second)
+        self.assertEqual(([e.seq for e in first.events], [e.seq for e in third.events]),
+                         ([3, 4], [4]))
+        self.assertEqual(self.waiters.count, 0)
+
     def test_readVersionWakes(self) -> None:
         """
         A waiter that gave the read version is answered when a marker moves; one that did

@@ -207,14 +207,21 @@ class Waiters:
             self._tellAll(stream, typingChanged, version)
         if not stream.waiters:
             return
+        # Waiters with the same cursor (both participants of a conversation, nearly always)
+        # share one result, as the listeners do.
+        lastSeq = stream.lastSeq
+        shared: dict[int, PollResult] = {}
         for waiter in list(stream.waiters):
-            if stream.lastSeq > waiter.after:
-                events = stream.eventsAfter(waiter.after) or []
-            elif self._versionsMoved(waiter, stream, typingChanged, version):
-                events = []
-            else:
+            after = waiter.after
+            if lastSeq <= after and not self._versionsMoved(waiter, stream, typingChanged,
+                                                            version):
                 continue
-            self._answer(stream, waiter, events)
+            result = shared.get(after)
+            if result is None:
+                result = shared[after] = self.resultOf(stream, stream.eventsAfter(after) or [])
+            d = self._finish(stream, waiter)
+            if d is not None:
+                d.callback(result)
 
     def answerAll(self, streams: Iterable[Stream]) -> None:
         """

@@ -69,10 +69,17 @@ def inboxEventJSON(event: Event) -> dict[str, Any]:
 
 
 def _json(request, status: int, body: Any) -> bytes:
+    return _encoded(request, status, strictjson.dumpb(body))
+
+
+def _encoded(request, status: int, body: bytes) -> bytes:
+    """
+    C{body}, already JSON, as the answer to C{request} with C{status}.
+    """
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
-    return strictjson.dumpb(body)
+    return body
 
 
 def _route(request, name: str) -> None:
@@ -108,6 +115,9 @@ class ChatAPI:
         self._persister = persister
         self._chat = chat
         self.draining = False
+        # The last poll result answered and its JSON: the waiters a change answers with the
+        # same cursor share one result (hpchat.streams.waiters), and so one encoding.
+        self._lastPolled: tuple[Any, bytes] | None = None
         self._social = SocialRoutes(self, streams, store, ownership, blocks, presence,
                                     internalClient)
         # The open Server-Sent Events streams (hpchat.web.sse).
@@ -464,12 +474,16 @@ class ChatAPI:
     def _withdrawn(failure) -> None:
         failure.trap(defer.CancelledError)
 
-    @staticmethod
-    def _polled(result, request) -> bytes:
-        return _json(request, 200, {"events": [messageJSON(e) for e in result.events],
-                                    "last_seq": result.last_seq, "typing": result.typing,
-                                    "typing_version": result.typing_version,
-                                    "read": result.read, "read_version": result.read_version})
+    def _polled(self, result, request) -> bytes:
+        last = self._lastPolled
+        if last is not None and last[0] is result:
+            return _encoded(request, 200, last[1])
+        body = strictjson.dumpb({"events": [messageJSON(e) for e in result.events],
+                                 "last_seq": result.last_seq, "typing": result.typing,
+                                 "typing_version": result.typing_version,
+                                 "read": result.read, "read_version": result.read_version})
+        self._lastPolled = (result, body)
+        return _encoded(request, 200, body)
 
     @app.route("/v1/conversations/<cid>/messages", methods=["GET"])
     def history(self, request, cid):

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from twisted.internet import defer, task
 from twisted.web.http_headers import Headers
 
+from hpchat import metrics
 from hpchat.blocks import BlockList
 from hpchat.config import ChatConfig, LimitsConfig
 from hpchat.limits import UserLimits
@@ -301,3 +302,12 @@ class Harness:
 
     def lastSeq(self, cid: str, user: str = "alice") -> int:
         return self.answer(self.events(cid, user, timeout=0)).json["last_seq"]
+
+
+def requestsCounted(route: str, status: str) -> float:
+    """
+    The node's hpchat_http_requests_total{route, status} now, as /metrics would show it.
+    """
+    value = metrics.REGISTRY.get_sample_value("hpchat_http_requests_total",
+                                              {"route": route, "status": status})
+    return value or 0.0

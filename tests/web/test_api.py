@@ -402,7 +402,15 @@ class EventsTests(_APITestMixin, SynchronousTestCase):
         self.assertEqual(self.h.waiters(), 3)
         self.h.sent(CID, "bob", "all of you")
         for d in polls:
-            self.assertEqual([e["seq"] for e in fired(d).json["events"]], [1])
+            answer = fired(d)
+            self.assertEqual((answer.code, answer.header("content-type")), (200, JSON_TYPE))
+            self.assertEqual([e["seq"] for e in answer.json["events"]], [1])
+        # (They share one encoded answer; the next change is encoded anew.)
+        again = [self.poll("alice", after=1), self.poll("bob", after=1)]
+        self.h.flush()
+        self.h.sent(CID, "alice", "again")
+        self.assertEqual([[e["text"] for e in fired(d).json["events"]] for d in again],
+                         [["again"], ["again"]])
 
     def test_typingVersionChange(self):
         """A poll with typing_version returns when typing changes."""

@@ -20,7 +20,7 @@ from hpchat.web.channel import Exchange, HotRequest, HTTPConnection, checkTarget
 from hpchat.web.hot import queryArgs
 from hpchat.web.site import buildSite
 from hpchat.web.wire import headerLines
-from tests.web.fakes import Harness
+from tests.web.fakes import Harness, requestsCounted
 
 CID = "dm:alice:bob"
 
@@ -138,8 +138,7 @@ class FramingTests(ConnectionTestsBase):
         """
         A send is answered 201 once its batch is written; its status is counted.
         """
-        counter = metrics.requests.labels("send", "201")
-        before = counter._value.get()
+        before = requestsCounted("send", "201")
         channel, transport = self.connect()
         channel.dataReceived(self.post(f"/v1/conversations/{CID}/messages",
                                        {"text": "hi", "client_id": "c1"}))
@@ -147,7 +146,7 @@ class FramingTests(ConnectionTestsBase):
         self.h.settle()
         [(status, _, body)] = parseAnswers(transport.value())
         self.assertEqual((status, json.loads(body)["message"]["seq"]), (201, 1))
-        self.assertEqual(counter._value.get(), before + 1)
+        self.assertEqual(requestsCounted("send", "201"), before + 1)
 
     def test_pipelinedInOrder(self):
         """

@@ -13,9 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
 
-from hpchat import metrics
 from hpchat.web.site import HPChatRequest, HPChatSite, WebService
-from tests.web.fakes import Harness
+from tests.web.fakes import Harness, requestsCounted
 
 
 class SiteTests(SynchronousTestCase):
@@ -23,13 +22,12 @@ class SiteTests(SynchronousTestCase):
         """
         Every answered request counts in hpchat_http_requests_total{route,status}.
         """
-        counter = metrics.requests.labels("events", "401")
-        before = counter._value.get()
+        before = requestsCounted("events", "401")
         request = HPChatRequest(DummyChannel())
         request.hpchatRoute = "events"
         request.setResponseCode(401)
         request.finish()
-        self.assertEqual(counter._value.get(), before + 1)
+        self.assertEqual(requestsCounted("events", "401"), before + 1)
 
     def test_noAccessLog(self):
         """
